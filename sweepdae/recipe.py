@@ -1,0 +1,478 @@
+"""The frozen, typed recipe of one cell: every knob of the l-DAE paper, with defaults and cross-field checks.
+
+Knob names are the grid language: a grid sets `tokenizer.latent_dim = 32`, which is the field `latent_dim` of
+`Recipe.tokenizer`. Defaults are the paper's where it gives one (arXiv 2401.14404, cited per field as "paper"),
+DiT's or MAE's reference code where the paper is silent, and small-scale choices otherwise (said so).
+This module imports no torch so that `sweepdae plan` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from sweepdae.errors import RecipeError
+
+# Bump when the meaning of an existing knob changes, so old cells are not mistaken for new ones.
+RECIPE_SCHEMA_VERSION = 1
+
+
+class DatasetName(str, Enum):
+    digits = "digits"
+    fashion_mnist = "fashion-mnist"
+    mnist = "mnist"
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    imagefolder = "imagefolder"
+    synthetic = "synthetic"  # random class-structured images; for tests and benchmarks only
+
+
+class TokenizerName(str, Enum):
+    pixel = "pixel"
+    patch_pca = "patch_pca"
+    patch_ae = "patch_ae"
+    patch_vae = "patch_vae"
+    conv_vae = "conv_vae"
+
+
+class ScheduleName(str, Enum):
+    ddpm_linear = "ddpm_linear"  # paper Sec. 4.1 / DDPM: beta linear 1e-4 -> 0.02 over 1000 steps
+    linear_gamma2 = "linear_gamma2"  # paper Tab. 1 last row: gamma^2 linear from 1 to 0
+    sigma_linear = "sigma_linear"  # paper Tab. 3 "remove input scaling": gamma = 1, sigma linear 0 -> sqrt(2)
+
+
+class NoiseLevels(str, Enum):
+    multi = "multi"  # t drawn uniformly from the schedule (paper default)
+    single = "single"  # one fixed level (paper Sec. 5 "single noise level")
+
+
+class ModelSize(str, Enum):
+    micro = "micro"
+    tiny = "tiny"
+    small = "small"
+    base = "base"
+    half_large = "half_large"
+    large = "large"
+
+
+class Target(str, Enum):
+    eps = "eps"  # predict the noise (DiT baseline)
+    z0 = "z0"  # predict the clean latent (paper Tab. 3 "predict clean data")
+    image = "image"  # predict the original image, weighted residual on the full PCA basis (paper Tab. 3 last row)
+
+
+class Space(str, Enum):
+    latent = "latent"
+    image = "image"  # through the inverse PCA (paper Tab. 3 "image input/output via inv. PCA")
+
+
+class LossWeight(str, Enum):
+    auto = "auto"  # paper: 1 for eps; gamma_t^2 for clean targets; 1/(1+sigma_t^2) without input scaling
+    uniform = "uniform"
+    gamma2 = "gamma2"
+    inv_1p_sigma2 = "inv_1p_sigma2"
+
+
+class Augment(str, Enum):
+    center_crop = "center_crop"  # paper default
+    random_resized_crop = "random_resized_crop"  # paper Sec. 5 "augmentation"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 on GPU, fp32 on CPU (bf16 measured ~14x slower on the 2-core CPU here)
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class ProbeOptimizer(str, Enum):
+    sgd = "sgd"
+    lars = "lars"  # MAE's linear-probe optimizer
+
+
+class Sampler(str, Enum):
+    auto = "auto"  # DDPM ancestral for variance-preserving schedules, DDIM for sigma_linear
+    ddpm = "ddpm"
+    ddim = "ddim"
+    euler = "euler"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: DatasetName = DatasetName.fashion_mnist
+    root: str = ""  # folder holding the files; "" = the registry's default locations
+    image_size: int = 32  # resized square side (paper: 256)
+    channels: int = 0  # 0 = keep the data's channels; 1 or 3 converts
+    train_size: int = 0  # 0 = the whole train split; else a deterministic subset
+    test_size: int = 0  # 0 = the whole test split
+    augment: Augment = Augment.center_crop  # training augmentation (paper: center crop; random crop +0.5)
+    num_workers: int = 4  # loader processes for streamed (imagefolder) data
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    name: TokenizerName = TokenizerName.patch_pca
+    patch_size: int = 8  # pixels per token side for patch tokenizers (paper: 16 on 256 px -> 256 tokens)
+    latent_dim: int = 16  # d per token (paper Tab. 2: 8..128; pixel tokenizer ignores it, d = C*p*p)
+    # PCA (paper: "eigen-basis of randomly sampled patches"; count, centering and whitening unspecified)
+    pca_num_patches: int = 100_000
+    pca_center: bool = True
+    pca_whiten: bool = False
+    # patch AE / VAE and conv VAE training (unspecified in the paper; small-scale defaults)
+    fit_epochs: int = 5
+    fit_batch_size: int = 256
+    fit_lr: float = 1e-3
+    kl_weight: float = 1e-4  # VAE KL weight (unspecified; LDM's KL-f8 uses 1e-6 with a perceptual loss)
+    # conv VAE (paper Tab. 1: recon + KL, optionally + perceptual + adversarial, as VQGAN)
+    conv_downsample: int = 4  # stride of the conv encoder (paper: 8 on 256 px)
+    conv_group: int = 2  # DiT groups g x g latent pixels per token (paper: 2), tokens = (H/(down*g))^2
+    conv_channels: int = 64
+    perceptual_weight: float = 0.0  # VQGAN uses 1.0 (taming-transformers LPIPSWithDiscriminator)
+    perceptual_net: str = "efficientnet_lite0"  # VGG weights are not offline; any supervised ImageNet net
+    adversarial_weight: float = 0.0  # VQGAN's disc_weight; 0.5 in taming configs
+    # latent normalisation so that sigma means the same for every tokenizer (paper silent; sweepdae choice)
+    latent_scale: str = "per_dim"  # per_dim | global | none
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    schedule: ScheduleName = ScheduleName.ddpm_linear
+    num_steps: int = 1000  # paper / DDPM: T = 1000
+    levels: NoiseLevels = NoiseLevels.multi
+    single_sigma: float = math.sqrt(1.0 / 3.0)  # paper Sec. 5 single level (v1 text lost the radical)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    size: ModelSize = ModelSize.micro
+    class_cond: bool = False  # paper Tab. 1: DiT baseline is class-conditional; l-DAE is not
+    cond_mlp_ratio: float = 1.0  # adaLN MLP hidden / width; paper's l-DAE shrinks it to 1/4
+    adaln_zero: bool = True  # DiT's zero-initialised adaLN gates (paper silent; DiT keeps them)
+    encoder_depth: int = 0  # 0 = first half of the blocks (paper: equal halves are best)
+    fused_attn: bool = True  # scaled_dot_product_attention
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    target: Target = Target.eps
+    input_space: Space = Space.latent
+    output_space: Space = Space.latent
+    loss_weight: LossWeight = LossWeight.auto
+    residual_weight: float = 0.1  # paper Tab. 3: w_i = 0.1 for PCA components beyond d
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # paper: 400
+    batch_size: int = 256  # effective batch (paper: 2048)
+    micro_batch_size: int = 0  # 0 = batch_size; smaller means gradient accumulation
+    base_lr: float = 1e-4  # paper: lr = 1e-4 x batch / 256
+    warmup_epochs: float = 1.0  # paper: 100 of 400
+    weight_decay: float = 0.0  # paper
+    beta1: float = 0.9  # DiT's AdamW defaults (paper silent on the optimizer)
+    beta2: float = 0.999
+    ema_decay: float = 0.0  # 0 = off; DiT uses 0.9999 (paper silent)
+    grad_clip: float = 0.0  # 0 = off
+    precision: Precision = Precision.auto
+    compile: bool = False
+    checkpoint_every: int = 1  # epochs
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    t: int = 10  # paper Sec. 4: clean input at t = 10 of 1000
+    noisy_input: bool = False  # paper's fixed-t ablation, noisy column
+    depth: int = 0  # 0 = the encoder's last block (paper: block 12 of 24)
+    epochs: int = 90  # MAE protocol
+    batch_size: int = 1024  # paper: 16384
+    optimizer: ProbeOptimizer = ProbeOptimizer.lars
+    base_lr: float = 0.1  # MAE: lr = 0.1 x batch / 256 (= 6.4 at 16384); paper text says 6.4e-3
+    lr: float = 0.0  # > 0 overrides base_lr scaling (set 6.4e-3 for the paper's stated value)
+    augment: bool = False  # RandomResizedCrop + flip, recomputing features every epoch (MAE)
+    knn_k: int = 20  # kNN probe, cosine similarity
+    knn_temperature: float = 0.07  # InstDisc/DINO weighted vote
+
+
+@dataclass(frozen=True)
+class FIDConfig:
+    enabled: bool = False
+    num_samples: int = 256  # paper scale: 50,000
+    sampler: Sampler = Sampler.auto
+    steps: int = 50  # DiT: 250
+    guidance_scale: float = 1.0  # unconditional rows cannot use guidance
+    ref_split: str = "train"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides what one cell computes; its hash is the cell's identity."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    seed: int = 0
+
+    # -- identity ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_jsonable(self)
+
+    def canonical_json(self) -> str:
+        return json.dumps({"schema": RECIPE_SCHEMA_VERSION, "recipe": self.to_dict()}, sort_keys=True,
+                          separators=(",", ":"))
+
+    def key(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted knob path -> JSON value (enums as their string)."""
+        out: dict[str, Any] = {}
+        for path, value in _flatten(self.to_dict()):
+            out[path] = value
+        return out
+
+    # -- derived quantities --------------------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        """Channels after conversion; 0 in the config means "as the data has them", resolved by the loader."""
+        return self.data.channels
+
+    def patch_dim(self, channels: int) -> int:
+        """D: values per image patch (paper: 3 x 16 x 16 = 768)."""
+        return channels * self.tokenizer.patch_size ** 2
+
+    def num_tokens(self) -> int:
+        if self.tokenizer.name == TokenizerName.conv_vae:
+            return (self.data.image_size // (self.tokenizer.conv_downsample * self.tokenizer.conv_group)) ** 2
+        return (self.data.image_size // self.tokenizer.patch_size) ** 2
+
+    def with_updates(self, updates: dict[str, Any]) -> Recipe:
+        return recipe_from_flat({**self.flat(), **updates})
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, float):
+        return float(repr(obj)) if math.isfinite(obj) else repr(obj)
+    return obj
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flatten(v, path + ".")
+        else:
+            yield path, v
+
+
+# -- knob table: the grid language ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Knob:
+    path: str
+    section: str | None
+    name: str
+    type: Any
+    default: Any
+
+    def describe_type(self) -> str:
+        if isinstance(self.type, type) and issubclass(self.type, Enum):
+            return "one of " + ", ".join(repr(m.value) for m in self.type)
+        return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(self.type,
+                                                                                                  str(self.type))
+
+
+def _knobs() -> dict[str, Knob]:
+    out: dict[str, Knob] = {}
+    hints = typing.get_type_hints(Recipe)
+    for f in dataclasses.fields(Recipe):
+        ftype = hints[f.name]
+        if dataclasses.is_dataclass(ftype):
+            sub_hints = typing.get_type_hints(ftype)
+            default_section = ftype()
+            for sf in dataclasses.fields(ftype):
+                path = f"{f.name}.{sf.name}"
+                out[path] = Knob(path, f.name, sf.name, sub_hints[sf.name], getattr(default_section, sf.name))
+        else:
+            out[f.name] = Knob(f.name, None, f.name, ftype, f.default)
+    return out
+
+
+KNOBS: dict[str, Knob] = _knobs()
+
+
+def suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def coerce_knob(path: str, value: Any) -> Any:
+    """Check one knob value's type and registry name; return it in the recipe's type or raise RecipeError."""
+    knob = KNOBS.get(path)
+    if knob is None:
+        raise RecipeError(f"unknown knob {path!r}{suggest(path, KNOBS)}")
+    t = knob.type
+    if isinstance(t, types.UnionType):  # not used today; kept explicit
+        raise RecipeError(f"knob {path!r} has an unsupported type")
+    if isinstance(t, type) and issubclass(t, Enum):
+        if not isinstance(value, str):
+            raise RecipeError(f"{path} must be {knob.describe_type()}, got {value!r}")
+        try:
+            return t(value)
+        except ValueError:
+            raise RecipeError(f"{path}: unknown name {value!r}{suggest(value, [m.value for m in t])}; valid: "
+                              + ", ".join(m.value for m in t)) from None
+    if t is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{path} must be true or false, got {value!r}")
+        return value
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{path} must be an integer, got {value!r}")
+        return value
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise RecipeError(f"{path} must be finite, got {value!r}")
+        return float(value)
+    if t is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{path} must be a string, got {value!r}")
+        return value
+    raise RecipeError(f"knob {path!r} has an unsupported type {t!r}")
+
+
+def recipe_from_flat(flat: dict[str, Any]) -> Recipe:
+    """Build and validate a Recipe from dotted knob paths (missing knobs take their defaults)."""
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for path, value in flat.items():
+        coerced = coerce_knob(path, value)
+        knob = KNOBS[path]
+        if knob.section is None:
+            top[knob.name] = coerced
+        else:
+            sections.setdefault(knob.section, {})[knob.name] = coerced
+    hints = typing.get_type_hints(Recipe)
+    kwargs: dict[str, Any] = dict(top)
+    for name, values in sections.items():
+        kwargs[name] = hints[name](**values)
+    recipe = Recipe(**kwargs)
+    validate(recipe)
+    return recipe
+
+
+def recipe_from_dict(d: dict[str, Any]) -> Recipe:
+    """Inverse of Recipe.to_dict (used to load recipe.json files)."""
+    return recipe_from_flat(dict(_flatten(d)))
+
+
+# -- cross-field checks -----------------------------------------------------------------------------------------
+MODEL_DEPTHS = {"micro": 6, "tiny": 12, "small": 12, "base": 24, "half_large": 24, "large": 48}
+
+
+def validate(r: Recipe) -> None:
+    """Impossible combinations raise RecipeError naming the knob(s)."""
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise RecipeError(msg)
+
+    tk, d = r.tokenizer, r.data
+    for path in ("data.image_size", "tokenizer.patch_size", "tokenizer.latent_dim", "train.epochs",
+                 "train.batch_size", "noise.num_steps", "probe.epochs", "probe.batch_size", "fid.num_samples",
+                 "fid.steps", "tokenizer.conv_downsample", "tokenizer.conv_group", "tokenizer.conv_channels",
+                 "tokenizer.fit_batch_size", "tokenizer.pca_num_patches", "probe.knn_k"):
+        need(_get(r, path) > 0, f"{path} must be positive, got {_get(r, path)}")
+    for path in ("data.train_size", "data.test_size", "train.micro_batch_size", "train.warmup_epochs",
+                 "train.weight_decay", "train.ema_decay", "train.grad_clip", "tokenizer.kl_weight",
+                 "tokenizer.perceptual_weight", "tokenizer.adversarial_weight", "tokenizer.fit_epochs",
+                 "model.encoder_depth", "probe.depth", "probe.t", "probe.lr", "objective.residual_weight",
+                 "data.num_workers", "seed"):
+        need(_get(r, path) >= 0, f"{path} must be >= 0, got {_get(r, path)}")
+    need(d.channels in (0, 1, 3), f"data.channels must be 0 (keep), 1 or 3, got {d.channels}")
+    need(tk.latent_scale in ("per_dim", "global", "none"),
+         f"tokenizer.latent_scale must be one of 'per_dim', 'global', 'none', got {tk.latent_scale!r}")
+    need(r.fid.ref_split in ("train", "test"), f"fid.ref_split must be 'train' or 'test', got {r.fid.ref_split!r}")
+    need(r.train.ema_decay < 1.0, f"train.ema_decay must be < 1, got {r.train.ema_decay}")
+    need(0.0 < r.train.beta1 < 1.0 and 0.0 < r.train.beta2 < 1.0, "train.beta1/beta2 must be in (0, 1)")
+    need(r.train.base_lr > 0, f"train.base_lr must be positive, got {r.train.base_lr}")
+    need(r.probe.base_lr > 0, f"probe.base_lr must be positive, got {r.probe.base_lr}")
+    need(r.noise.single_sigma > 0, f"noise.single_sigma must be positive, got {r.noise.single_sigma}")
+    need(r.probe.t < r.noise.num_steps, f"probe.t ({r.probe.t}) must be < noise.num_steps ({r.noise.num_steps})")
+    need(r.model.cond_mlp_ratio > 0, f"model.cond_mlp_ratio must be positive, got {r.model.cond_mlp_ratio}")
+    if r.train.micro_batch_size:
+        need(r.train.batch_size % r.train.micro_batch_size == 0,
+             f"train.batch_size ({r.train.batch_size}) must be a multiple of train.micro_batch_size "
+             f"({r.train.micro_batch_size})")
+    if tk.name == TokenizerName.conv_vae:
+        stride = tk.conv_downsample * tk.conv_group
+        need(d.image_size % stride == 0, f"data.image_size ({d.image_size}) must be divisible by "
+             f"tokenizer.conv_downsample x tokenizer.conv_group ({stride})")
+        need(tk.conv_downsample & (tk.conv_downsample - 1) == 0,
+             f"tokenizer.conv_downsample must be a power of two, got {tk.conv_downsample}")
+    else:
+        need(d.image_size % tk.patch_size == 0, f"data.image_size ({d.image_size}) must be divisible by "
+             f"tokenizer.patch_size ({tk.patch_size})")
+    if tk.name != TokenizerName.conv_vae:
+        need(tk.perceptual_weight == 0 and tk.adversarial_weight == 0,
+             "tokenizer.perceptual_weight / adversarial_weight need tokenizer.name = 'conv_vae'")
+    if tk.name in (TokenizerName.patch_pca, TokenizerName.patch_ae, TokenizerName.patch_vae) and d.channels:
+        need(tk.latent_dim <= r.patch_dim(d.channels),
+             f"tokenizer.latent_dim ({tk.latent_dim}) must be <= the patch dimension "
+             f"({d.channels} x {tk.patch_size}^2 = {r.patch_dim(d.channels)}) for {tk.name.value}")
+    if tk.name != TokenizerName.patch_pca and tk.pca_whiten:
+        raise RecipeError("tokenizer.pca_whiten needs tokenizer.name = 'patch_pca'")
+    pca_only = (r.objective.input_space == Space.image or r.objective.output_space == Space.image
+                or r.objective.target == Target.image)
+    if pca_only:
+        need(tk.name == TokenizerName.patch_pca,
+             "objective.input_space/output_space = 'image' and objective.target = 'image' go through the inverse "
+             f"PCA and need tokenizer.name = 'patch_pca', got {tk.name.value!r}")
+    if r.objective.target == Target.image:
+        need(r.objective.output_space == Space.image,
+             "objective.target = 'image' predicts the original image and needs objective.output_space = 'image'")
+    depth = MODEL_DEPTHS[r.model.size.value]
+    need(r.model.encoder_depth < depth,
+         f"model.encoder_depth ({r.model.encoder_depth}) must be < the model's {depth} blocks")
+    need(r.probe.depth <= depth, f"probe.depth ({r.probe.depth}) must be <= the model's {depth} blocks")
+    if r.fid.guidance_scale != 1.0:
+        need(r.model.class_cond, "fid.guidance_scale != 1 needs model.class_cond = true "
+             "(unconditional rows cannot use guidance)")
+
+
+def _get(r: Recipe, path: str) -> Any:
+    obj: Any = r
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def get_knob(r: Recipe, path: str) -> Any:
+    """Value of a dotted knob on a recipe (enums returned as enums)."""
+    if path not in KNOBS:
+        raise RecipeError(f"unknown knob {path!r}{suggest(path, KNOBS)}")
+    return _get(r, path)
+
+
+def encoder_depth(r: Recipe) -> int:
+    return r.model.encoder_depth or MODEL_DEPTHS[r.model.size.value] // 2
+
+
+def probe_depth(r: Recipe) -> int:
+    return r.probe.depth or encoder_depth(r)
