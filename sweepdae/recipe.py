@@ -35,6 +35,11 @@ class DatasetName(str, Enum):
     synthetic = "synthetic"  # random class-structured images; for tests and benchmarks only
 
 
+# Channels each dataset has on disk; lets grid validation check d <= D before any data is loaded.
+NATIVE_CHANNELS = {"digits": 1, "fashion-mnist": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "imagefolder": 3,
+                   "synthetic": 3}
+
+
 class TokenizerName(str, Enum):
     pixel = "pixel"
     patch_pca = "patch_pca"
@@ -199,6 +204,7 @@ class ProbeConfig:
     augment: bool = False  # RandomResizedCrop + flip, recomputing features every epoch (MAE)
     knn_k: int = 20  # kNN probe, cosine similarity
     knn_temperature: float = 0.07  # InstDisc/DINO weighted vote
+    baselines: bool = False  # also probe the same network at random init and the raw pixels (reference rows)
 
 
 @dataclass(frozen=True)
@@ -246,8 +252,8 @@ class Recipe:
     # -- derived quantities --------------------------------------------------------------------------------
     @property
     def channels(self) -> int:
-        """Channels after conversion; 0 in the config means "as the data has them", resolved by the loader."""
-        return self.data.channels
+        """Channels the model sees: data.channels, or the dataset's own when that is 0 ("keep")."""
+        return self.data.channels or NATIVE_CHANNELS[self.data.name.value]
 
     def patch_dim(self, channels: int) -> int:
         """D: values per image patch (paper: 3 x 16 x 16 = 768)."""
@@ -432,10 +438,14 @@ def validate(r: Recipe) -> None:
     if tk.name != TokenizerName.conv_vae:
         need(tk.perceptual_weight == 0 and tk.adversarial_weight == 0,
              "tokenizer.perceptual_weight / adversarial_weight need tokenizer.name = 'conv_vae'")
-    if tk.name in (TokenizerName.patch_pca, TokenizerName.patch_ae, TokenizerName.patch_vae) and d.channels:
-        need(tk.latent_dim <= r.patch_dim(d.channels),
+    if tk.name in (TokenizerName.patch_pca, TokenizerName.patch_ae, TokenizerName.patch_vae):
+        need(tk.latent_dim <= r.patch_dim(r.channels),
              f"tokenizer.latent_dim ({tk.latent_dim}) must be <= the patch dimension "
-             f"({d.channels} x {tk.patch_size}^2 = {r.patch_dim(d.channels)}) for {tk.name.value}")
+             f"({r.channels} x {tk.patch_size}^2 = {r.patch_dim(r.channels)}) for {tk.name.value}")
+    if tk.name == TokenizerName.conv_vae:
+        need(tk.latent_dim % tk.conv_group ** 2 == 0,
+             f"tokenizer.latent_dim ({tk.latent_dim}) must be a multiple of tokenizer.conv_group^2 "
+             f"({tk.conv_group ** 2}) for conv_vae: each token groups conv_group x conv_group latent pixels")
     if tk.name != TokenizerName.patch_pca and tk.pca_whiten:
         raise RecipeError("tokenizer.pca_whiten needs tokenizer.name = 'patch_pca'")
     pca_only = (r.objective.input_space == Space.image or r.objective.output_space == Space.image

@@ -1,1 +1,250 @@
-"""sweepdae.cli."""
+"""The `sweepdae` command line: thin Typer commands over the library; SweepdaeError -> one red line, exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from sweepdae import __version__
+from sweepdae.errors import SweepdaeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Declarative ablation sweeps of l-DAE: plan, run, watch and report grids of cells.")
+err = Console(stderr=True)
+out = Console()
+
+StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URL: journal:PATH, sqlite:///PATH or "
+                                              "postgresql://...; default $SWEEPDAE_STORE or journal:sweepdae.journal")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile of the grid (paper, demo, smoke, "
+                                                "...); default: the grid's default_profile")]
+RunsOpt = Annotated[str | None, typer.Option("--runs-dir", help="Where cell folders go (default $SWEEPDAE_RUNS or "
+                                             "./runs)")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"sweepdae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """sweepdae: reproduce and extend the l-DAE ablations, one TOML grid per table."""
+
+
+def grid_path(name: str) -> Path:
+    """A grid file path, or the name of a grid shipped with sweepdae (`quickstart`, `tokenizer_dims`, ...)."""
+    p = Path(name)
+    if p.exists() or p.suffix == ".toml" or "/" in name:
+        return p
+    from importlib.resources import files
+
+    shipped = Path(str(files("sweepdae.grids"))) / f"{name}.toml"
+    return shipped if shipped.exists() else p
+
+
+def _plan(grid: str, profile: str | None) -> Any:
+    from sweepdae.grid import expand, load_grid
+
+    return expand(load_grid(grid_path(grid)), profile)
+
+
+def _store(url: str | None, create: bool = True) -> Any:
+    from sweepdae.store import open_store
+
+    return open_store(url, create=create)
+
+
+@app.command()
+def plan(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
+         profile: ProfileOpt = None, store: StoreOpt = None,
+         as_json: Annotated[bool, typer.Option("--json", help="Print the cells as JSON on stdout")] = False) -> None:
+    """Expand a grid into cells: label, key, status in the store."""
+    p = _plan(grid, profile)
+    statuses = _statuses(store, [c.key for c in p.cells])
+    if as_json:
+        cells = [{"key": c.key, "label": c.label, "status": statuses.get(c.key, "new"), "coords": c.coords,
+                  "recipe": c.recipe.to_dict()} for c in p.cells]
+        sys.stdout.write(json.dumps({"grid": p.grid.name, "profile": p.profile, "cells": cells}, indent=1) + "\n")
+        return
+    t = Table(title=f"{p.grid.name} ({p.profile or 'base'}): {p.grid.title}", title_justify="left")
+    for col in ("#", "cell", "key", "status"):
+        t.add_column(col)
+    for i, c in enumerate(p.cells):
+        t.add_row(str(i), c.label, c.key[:12], statuses.get(c.key, "new"))
+    out.print(t)
+    counts: dict[str, int] = {}
+    for c in p.cells:
+        s = statuses.get(c.key, "new")
+        counts[s] = counts.get(s, 0) + 1
+    out.print(f"{len(p.cells)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+
+def _statuses(url: str | None, keys: list[str]) -> dict[str, str]:
+    try:
+        s = _store(url, create=False)
+    except SweepdaeError as e:
+        if "no store" in str(e):
+            return {}
+        raise
+    try:
+        return dict(s.status(keys))
+    finally:
+        s.close()
+
+
+@app.command()
+def status(grid: Annotated[str | None, typer.Argument(help="Grid file (default: every cell in the store)")] = None,
+           profile: ProfileOpt = None, store: StoreOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
+           watch: Annotated[bool, typer.Option("--watch", help="Refresh until every cell is done or failed")] = False,
+           interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch")] = 2.0) -> None:
+    """Cells of a grid (or of the whole store) with their status, attempts and probe accuracy."""
+    from sweepdae.runner.status import show_status
+
+    keys = [c.key for c in _plan(grid, profile).cells] if grid else None
+    show_status(_store(store, create=False), keys, as_json=as_json, watch=watch, interval=interval, console=out)
+
+
+@app.command()
+def run(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
+        profile: ProfileOpt = None, store: StoreOpt = None,
+        gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
+        gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell (one process each)")] = 1,
+        cells_per_gpu: Annotated[int, typer.Option(help="Cells packed on one GPU")] = 1,
+        cpu_cells: Annotated[int, typer.Option(help="Concurrent cells without a GPU")] = 1,
+        max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure (oom, crash, killed)")] = 1,
+        fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first cell that fails")] = False,
+        only: Annotated[str | None, typer.Option(help="Only cells whose label matches this regex")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run")] = False,
+        launcher: Annotated[str, typer.Option(help="auto (fork on CPU, accelerate on GPU), accelerate or fork")
+                            ] = "auto",
+        plain: Annotated[bool | None, typer.Option("--plain/--live", help="Force line output / the live view")
+                         ] = None,
+        runs_dir: RunsOpt = None,
+        report: Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML report at the end")
+                          ] = False) -> None:
+    """Run every cell of a grid that the store does not have yet; resumes killed sweeps."""
+    if launcher not in ("auto", "accelerate", "fork"):
+        raise SweepdaeError(f"--launcher: expected auto, accelerate or fork, got {launcher!r}")
+    p = _plan(grid, profile)
+    from sweepdae.runner import parse_gpus, run_plan, select
+
+    parse_gpus(gpus)
+    if dry_run:
+        cells = select(p, only)
+        statuses = _statuses(store, [c.key for c in cells])
+        todo = [c for c in cells if statuses.get(c.key, "new") != "done"]
+        err.print(f"{p.grid.name} ({p.profile or 'base'}): {len(cells)} cells, {len(cells) - len(todo)} done, "
+                  f"{len(todo)} would run")
+        for c in todo:
+            out.print(f"  {c.key[:12]}  {c.label}")
+        return
+    s = _store(store)
+    try:
+        summary = run_plan(s, p, only=only, gpus=gpus, gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu,
+                           cpu_cells=cpu_cells, max_retries=max_retries, fail_fast=fail_fast, runs_dir=runs_dir,
+                           launcher=launcher, plain=plain)
+        from sweepdae.runner.status import summary_table
+
+        err.print(summary_table(s, sorted({c.key for c in select(p, only)})))
+        if report:
+            from sweepdae.report import write_reports
+
+            paths = write_reports(s, grids=[p.grid.name], out=Path("reports"), html=True, latex=False, csv=False)
+            for path in paths:
+                out.print(f"report: {path}")
+    finally:
+        s.close()
+    if not summary.ok:
+        bad = sum(1 for v in summary.statuses.values() if v != "done")
+        err.print(f"[red]{bad} of {summary.total} cells not done[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(store: StoreOpt = None,
+           gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
+           gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell")] = 1,
+           cells_per_gpu: Annotated[int, typer.Option(help="Cells packed on one GPU")] = 1,
+           cpu_cells: Annotated[int, typer.Option(help="Concurrent cells without a GPU")] = 1,
+           max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure")] = 1,
+           forever: Annotated[bool, typer.Option("--forever", help="Keep waiting for new cells")] = False,
+           launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
+           plain: Annotated[bool | None, typer.Option("--plain/--live", help="Line output / live view")] = None,
+           runs_dir: RunsOpt = None) -> None:
+    """Take queued cells of any grid from a shared store and run them here."""
+    from sweepdae.runner import run_worker
+
+    s = _store(store, create=False)
+    try:
+        summary = run_worker(s, gpus=gpus, gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu,
+                             cpu_cells=cpu_cells, max_retries=max_retries, forever=forever, runs_dir=runs_dir,
+                             launcher=launcher, plain=plain)
+    finally:
+        s.close()
+    err.print(f"worker: {len(summary.done)} done, {len(summary.failed)} failed")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(grids: Annotated[list[str] | None, typer.Argument(help="Grid names or files (default: all in store)")
+                            ] = None,
+           store: StoreOpt = None,
+           html: Annotated[bool, typer.Option("--html", help="Self-contained HTML page")] = False,
+           latex: Annotated[bool, typer.Option("--latex", help="booktabs LaTeX tables and figures")] = False,
+           csv: Annotated[bool, typer.Option("--csv", help="Tidy CSV/JSON data behind every table")] = False,
+           out_dir: Annotated[Path, typer.Option("--out", help="Output folder")] = Path("reports")) -> None:
+    """Render the paper's tables and figures from the store, with the paper's numbers beside ours."""
+    from sweepdae.report import write_reports
+
+    if not (html or latex or csv):
+        html = True
+    names = [_grid_name(g) for g in grids] if grids else None
+    s = _store(store, create=False)
+    try:
+        paths = write_reports(s, grids=names, out=out_dir, html=html, latex=latex, csv=csv)
+    finally:
+        s.close()
+    for p in paths:
+        out.print(str(p))
+
+
+def _grid_name(g: str) -> str:
+    p = grid_path(g)
+    if p.exists():
+        from sweepdae.grid import load_grid
+
+        return load_grid(p).name
+    return g
+
+
+def main() -> None:
+    """Console entry point: library errors become one red line on stderr and a non-zero exit, no traceback."""
+    try:
+        rc = app(standalone_mode=False)
+    except SweepdaeError as e:
+        err.print(Text("error: ", style="red") + Text(str(e).replace("\n", " ")), highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("[red]aborted[/red]")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)

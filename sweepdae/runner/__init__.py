@@ -1,1 +1,102 @@
-"""sweepdae.runner."""
+"""Sweep execution: enqueue a grid's missing cells and run them on this machine's slots."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweepdae.errors import SweepdaeError
+from sweepdae.grid import Plan
+from sweepdae.runner.coordinator import Coordinator, Options
+from sweepdae.runner.slots import Slot, detect_gpus, free_port, make_slots, parse_gpus
+from sweepdae.runner.view import View, make_view
+
+__all__ = ["Coordinator", "Options", "RunSummary", "Slot", "detect_gpus", "enqueue_plan", "free_port", "make_slots",
+           "parse_gpus", "run_plan", "run_worker", "runs_dir_for"]
+
+
+@dataclass
+class RunSummary:
+    total: int
+    cached: int
+    done: list[str]
+    failed: list[str]
+    statuses: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and all(s == "done" for s in self.statuses.values())
+
+
+def runs_dir_for(runs_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(runs_dir or os.environ.get("SWEEPDAE_RUNS", "runs")).resolve()
+
+
+def select(plan: Plan, only: str | None) -> list[Any]:
+    """Cells of the plan whose label matches the --only regular expression (or key prefix)."""
+    if not only:
+        return list(plan.cells)
+    try:
+        pat = re.compile(only)
+    except re.error as e:
+        raise SweepdaeError(f"--only: invalid regular expression {only!r}: {e}") from None
+    cells = [c for c in plan.cells if pat.search(c.label) or c.key.startswith(only)]
+    if not cells:
+        raise SweepdaeError(f"--only {only!r} matches none of the {len(plan.cells)} cells of {plan.grid.name}")
+    return cells
+
+
+def enqueue_plan(store: Any, plan: Plan, cells: list[Any]) -> dict[str, str]:
+    """Register the grid and enqueue its cells that are not done, queued or running (dedup by key)."""
+    store.register_grid(plan.grid.name, plan.profile or "", plan.spec(),
+                        [{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step, "seed": c.seed}
+                         for c in plan.cells])
+    return store.enqueue([{"key": c.key, "label": c.label, "recipe": c.recipe.to_dict(), "grid": plan.grid.name,
+                           "profile": plan.profile or ""} for c in cells])
+
+
+def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "auto", gpus_per_cell: int = 1,
+             cells_per_gpu: int = 1, cpu_cells: int = 1, max_retries: int = 1, fail_fast: bool = False,
+             runs_dir: str | None = None, launcher: str = "auto", plain: bool | None = None,
+             view: View | None = None) -> RunSummary:
+    """`sweepdae run`: enqueue, then coordinate until every selected cell is done or failed for good."""
+    cells = select(plan, only)
+    slots = make_slots(parse_gpus(gpus, detect_gpus() if gpus == "auto" else None), gpus_per_cell=gpus_per_cell,
+                       cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells)
+    outcome = enqueue_plan(store, plan, cells)
+    cached = sum(1 for v in outcome.values() if v == "cached")
+    view = view or make_view(total=len(cells), cached=cached, title=f"{plan.grid.name} ({plan.profile or 'base'})",
+                             plain=plain)
+    if cached:
+        view.message(f"{cached} of {len(cells)} cells already done (cached), not run again")
+    keys = {c.key for c in cells}
+    coord = Coordinator(store, Options(runs_dir=runs_dir_for(runs_dir), slots=slots, launcher=launcher,
+                                       max_retries=max_retries, fail_fast=fail_fast, keys=keys), view)
+    try:
+        coord.run()
+    finally:
+        view.close()
+    statuses = store.status(sorted(keys))
+    return RunSummary(total=len(cells), cached=cached, done=coord.done, failed=coord.failed_for_good,
+                      statuses=statuses)
+
+
+def run_worker(store: Any, *, gpus: str = "auto", gpus_per_cell: int = 1, cells_per_gpu: int = 1,
+               cpu_cells: int = 1, max_retries: int = 1, forever: bool = False, runs_dir: str | None = None,
+               launcher: str = "auto", plain: bool | None = None) -> RunSummary:
+    """`sweepdae worker`: run queued cells of any grid until none are left (or forever)."""
+    slots = make_slots(parse_gpus(gpus, detect_gpus() if gpus == "auto" else None), gpus_per_cell=gpus_per_cell,
+                       cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells)
+    st = store.status()
+    todo = sum(1 for s in st.values() if s in ("queued", "running"))
+    view = make_view(total=todo, cached=0, title="worker", plain=plain)
+    coord = Coordinator(store, Options(runs_dir=runs_dir_for(runs_dir), slots=slots, launcher=launcher,
+                                       max_retries=max_retries, forever=forever), view)
+    try:
+        coord.run()
+    finally:
+        view.close()
+    return RunSummary(total=todo, cached=0, done=coord.done, failed=coord.failed_for_good, statuses={})

@@ -1,0 +1,156 @@
+"""Expand a Grid (with a profile) into Cells: product x zip axes, trajectories, include/exclude, seeds."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweepdae.errors import GridError, RecipeError
+from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, _fmt
+from sweepdae.recipe import Recipe, recipe_from_flat
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a fully resolved recipe, its key (identity), a human label and where it sits in the grid."""
+
+    key: str
+    label: str
+    recipe: Recipe = field(repr=False)
+    coords: dict[str, str]  # axis name (or "step") -> label at this cell
+    step: int | None  # trajectory position, None outside trajectories
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "label": self.label, "coords": self.coords, "step": self.step, "seed": self.seed,
+                "recipe": self.recipe.to_dict()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    grid: Grid
+    profile: str | None
+    cells: tuple[Cell, ...]
+
+    def spec(self) -> dict[str, Any]:
+        """What the store keeps about the grid so reports can lay it out without the file."""
+        g = self.grid
+        prof = g.profiles.get(self.profile) if self.profile else None
+        axes = [{"name": a.name, "paths": list(a.paths), "labels": list(a.labels)} for a in g.axes]
+        return {"name": g.name, "title": g.title, "description": g.description, "mirrors": g.mirrors,
+                "profile": self.profile, "profile_description": prof.description if prof else "",
+                "axes": axes, "steps": [s.label for s in g.trajectory], "seeds": sorted({c.seed for c in self.cells}),
+                "report": {"rows": g.report.rows, "cols": g.report.cols, "metrics": list(g.report.metrics),
+                           "findings": list(g.report.findings)},
+                "path": g.path}
+
+
+def resolve_profile(grid: Grid, profile: str | None) -> str | None:
+    if profile is None:
+        return grid.default_profile
+    if profile not in grid.profiles:
+        valid = ", ".join(grid.profiles) or "none"
+        raise GridError(f"{grid.path}: --profile: grid {grid.name!r} has no profile {profile!r}; valid: {valid}")
+    return profile
+
+
+def expand(grid: Grid, profile: str | None = None) -> Plan:
+    """Every cell of the grid under `profile` (None = the grid's default profile), in a stable order."""
+    pname = resolve_profile(grid, profile)
+    prof = grid.profiles[pname] if pname else None
+    base = {**grid.base, **(prof.overrides if prof else {})}
+    axes = [_profiled(a, prof.axes.get(a.name) if prof else None) for a in grid.axes]
+    seeds = (prof.seeds if prof and prof.seeds else None) or grid.seeds
+
+    points: list[tuple[dict[str, Any], dict[str, str], int | None, str | None]] = []
+    steps = grid.trajectory or ()
+    n_points = len(steps) or 1
+    for a in axes:
+        n_points *= len(a.values)
+    if n_points * len(seeds) > MAX_CELLS:
+        raise GridError(f"{grid.path}: grid expands to {n_points * len(seeds)} cells, more than {MAX_CELLS}")
+    for combo in itertools.product(*[range(len(a.values)) for a in axes]):
+        knobs: dict[str, Any] = {}
+        coords: dict[str, str] = {}
+        for a, i in zip(axes, combo, strict=True):
+            knobs.update(dict(zip(a.paths, a.values[i], strict=True)))
+            coords[a.name] = a.labels[i]
+        if steps:
+            acc: dict[str, Any] = {}
+            for si, s in enumerate(steps):
+                acc = {**acc, **s.set}
+                points.append(({**knobs, **acc}, {**coords, "step": s.label}, si, None))
+        else:
+            points.append((knobs, coords, None, None))
+    points = [p for p in points if not _excluded(grid, {**base, **p[0]}, p[1])]
+    for inc in grid.include:
+        inc = dict(inc)
+        label = inc.pop("__label__", None)
+        points.append((inc, {"include": label or _auto_label(inc)}, None, label))
+
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for knobs, coords, step, inc_label in points:
+        for seed in seeds:
+            flat = {**base, **knobs, "seed": seed}
+            try:
+                recipe = recipe_from_flat(flat)
+            except RecipeError as e:
+                where = " ".join(f"{k}={v}" for k, v in coords.items())
+                raise GridError(f"{grid.path}: cell [{where}]{' (profile ' + pname + ')' if pname else ''}: {e}"
+                                ) from None
+            key = recipe.key()
+            if key in seen:  # two grid points that resolve to the same recipe are one cell
+                continue
+            seen.add(key)
+            label = _label(axes, coords, step, grid, inc_label, seed)
+            cells.append(Cell(key=key, label=label, recipe=recipe, coords={**coords, "seed": str(seed)}, step=step,
+                              seed=seed))
+    if not cells:
+        raise GridError(f"{grid.path}: the grid expands to no cells (every point excluded?)")
+    return Plan(grid=grid, profile=pname, cells=tuple(cells))
+
+
+def _profiled(axis: Axis, values: tuple[Any, ...] | None) -> Axis:
+    if values is None:
+        return axis
+    return Axis(name=axis.name, paths=axis.paths, values=values, labels=axis.labels, bare=axis.bare)
+
+
+def _excluded(grid: Grid, knobs: dict[str, Any], coords: dict[str, str]) -> bool:
+    """A pattern matches when, for every knob in it, the cell's axis label (knobs on an axis) or resolved value
+    (other knobs) is among the pattern's values."""
+    for pat in grid.exclude:
+        hit = True
+        for path, vals in pat.items():
+            axis_label = next((coords[a.name] for a in grid.axes if path in a.paths and a.name in coords), None)
+            if axis_label is not None:
+                ok = axis_label in {_fmt(x) for x in vals}
+            else:
+                ok = knobs.get(path) in vals
+            if not ok:
+                hit = False
+                break
+        if hit:
+            return True
+    return False
+
+
+def _auto_label(knobs: dict[str, Any]) -> str:
+    return " ".join(f"{p.rsplit('.', 1)[-1]}={_fmt(v)}" for p, v in knobs.items()) or "base"
+
+
+def _label(axes: list[Axis], coords: dict[str, str], step: int | None, grid: Grid, inc_label: str | None,
+           seed: int) -> str:
+    parts: list[str] = []
+    if inc_label is not None or "include" in coords:
+        parts.append(coords["include"])
+    else:
+        for a in axes:
+            i = a.labels.index(coords[a.name])
+            parts.append(a.label_at(i))
+        if step is not None:
+            parts.append(grid.trajectory[step].label)
+    parts.append(f"seed={seed}")
+    return " ".join(parts)

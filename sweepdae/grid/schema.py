@@ -1,0 +1,487 @@
+"""Parse and validate a grid TOML file into a frozen `Grid` (the edge where bad input is rejected).
+
+The grid language (README "Writing a grid" has a worked example):
+
+    [grid]       name, title, description, mirrors (paper table/figure id), seeds, default_profile
+    [base]       knob defaults for every cell (dotted keys: tokenizer.latent_dim = 32)
+    [axes]       product axes: knob = [values] or knob = {values = [...], labels = [...], name = "d"}
+    [[zip]]      knobs varying together: {knob = [...], knob2 = [...], labels = [...], name = "..."}
+    [[trajectory]] ordered cumulative steps: {label = "...", set = {knob = value, ...}}
+    [[include]]  extra cells: {label = "...", knob = value, ...}
+    [[exclude]]  patterns: {knob = value or [values]}; a cell matching every knob of a pattern is dropped.
+                 For a knob on an axis the pattern names the axis *label* (e.g. the paper's d), so one pattern
+                 serves every profile; other knobs match the cell's resolved value.
+    [profiles.NAME] knob overrides, plus optional axes = {...} (new values per axis), seeds, description
+    [report]     rows, cols, metrics, findings
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from sweepdae.errors import GridError, RecipeError
+from sweepdae.recipe import KNOBS, coerce_knob, suggest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MAX_AXIS_VALUES = 1000
+MAX_CELLS = 20_000
+METRICS = ("probe_top1", "probe_top5", "knn_top1", "fid", "train_loss", "train_seconds", "images_per_s",
+           "random_init_probe_top1", "raw_pixel_probe_top1")
+FINDINGS = ("optimal_latent_dim", "unimodal_in_d", "kl_unnecessary", "fid_vs_accuracy", "multi_level_helps",
+            "image_prediction_ok", "bigger_longer_helps", "trajectory")
+
+_TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report"}
+_GRID_KEYS = {"name", "title", "description", "mirrors", "seeds", "default_profile"}
+_REPORT_KEYS = {"rows", "cols", "metrics", "findings", "paper_rows", "paper_cols"}
+_PROFILE_EXTRA = {"axes", "seeds", "description"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One product or zipped axis: every position sets one value for each of its knobs."""
+
+    name: str  # short name used in labels (e.g. "d")
+    paths: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]  # values[i] = the knobs' values at position i
+    labels: tuple[str, ...]
+    bare: bool  # label shows the value alone (strings like tokenizer names) instead of name=value
+
+    def label_at(self, i: int) -> str:
+        return self.labels[i] if self.bare else f"{self.name}={self.labels[i]}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """A trajectory step: the knobs it changes relative to the previous step."""
+
+    label: str
+    set: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    overrides: dict[str, Any]
+    axes: dict[str, tuple[Any, ...]]  # axis name or knob path -> new values (same labels by position)
+    seeds: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    rows: str | None = None  # knob path, axis name or "step"
+    cols: str | None = None
+    metrics: tuple[str, ...] = ("probe_top1",)
+    findings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid file."""
+
+    path: str
+    name: str
+    title: str
+    description: str
+    mirrors: str
+    seeds: tuple[int, ...]
+    default_profile: str | None
+    base: dict[str, Any]
+    axes: tuple[Axis, ...]
+    trajectory: tuple[Step, ...]
+    include: tuple[dict[str, Any], ...]
+    exclude: tuple[dict[str, tuple[Any, ...]], ...]
+    profiles: dict[str, Profile]
+    report: ReportSpec
+    source: str = field(repr=False, default="")
+
+
+class _Ctx:
+    """Carries the file name and text so every error names the file, the key path and the line."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def error(self, key: str, message: str) -> GridError:
+        line = self.line_of(key)
+        where = f"{self.path}:{line}" if line else self.path
+        return GridError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+    def line_of(self, key: str) -> int | None:
+        """Best-effort line number of a dotted key path (tomllib reports lines only for syntax errors)."""
+        parts = [p for p in re.split(r"\.|\[\d+\]", key) if p]
+        for n in range(len(parts), 0, -1):
+            leaf = parts[n - 1]
+            pat = re.compile(r'^\s*(\[+\s*)?("?[\w.\-"]*' + re.escape(leaf) + r'"?)\s*(=|\]|\.)')
+            for i, ln in enumerate(self.lines, 1):
+                if pat.search(ln) or re.search(r'[{\s,]"?' + re.escape(leaf) + r'"?\s*=', ln):
+                    return i
+        return None
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid file; raises GridError with file, key and line on any mistake."""
+    p = Path(path)
+    name = str(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise GridError(f"{name}: no such grid file") from None
+    except OSError as e:
+        raise GridError(f"{name}: cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GridError(f"{name}: not UTF-8 text (byte {e.start})") from None
+    return parse_grid(text, name)
+
+
+def parse_grid(text: str, path: str = "<grid>") -> Grid:
+    ctx = _Ctx(path, text)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e).splitlines()[0] if str(e) else "invalid TOML"
+        m = re.search(r"line (\d+)", msg)
+        where = f"{path}:{m.group(1)}" if m else path
+        raise GridError(f"{where}: invalid TOML: {msg}") from None
+    except RecursionError:
+        raise GridError(f"{path}: invalid TOML: nesting too deep") from None
+    try:
+        return _build(doc, ctx, text)
+    except RecursionError:
+        raise GridError(f"{path}: nesting too deep") from None
+
+
+def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
+    for k in doc:
+        if k not in _TOP_KEYS:
+            raise ctx.error(k, f"unknown section{suggest(k, _TOP_KEYS)}; valid: {', '.join(sorted(_TOP_KEYS))}")
+    g = _table(doc.get("grid"), "grid", ctx, required=True)
+    for k in g:
+        if k not in _GRID_KEYS:
+            raise ctx.error(f"grid.{k}", f"unknown key{suggest(k, _GRID_KEYS)}; valid: {', '.join(sorted(_GRID_KEYS))}")
+    name = _str(g.get("name"), "grid.name", ctx, required=True)
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", name):
+        raise ctx.error("grid.name", f"must be 1-64 letters, digits, '_' or '-', got {name!r}")
+    seeds = _seeds(g.get("seeds", [0]), "grid.seeds", ctx)
+    base = _knob_table(doc.get("base", {}), "base", ctx)
+    axes = list(_product_axes(doc.get("axes", {}), ctx)) + list(_zip_axes(doc.get("zip", []), ctx))
+    names = [a.name for a in axes]
+    for a in axes:
+        if names.count(a.name) > 1:
+            raise ctx.error(f"axes.{a.name}", "two axes share this name; give one of them name = \"...\"")
+    seen: set[str] = set()
+    for a in axes:
+        for p in a.paths:
+            if p in seen:
+                raise ctx.error(p, "knob varied by two axes")
+            seen.add(p)
+    trajectory = tuple(_trajectory(doc.get("trajectory", []), ctx))
+    include = tuple(_include(doc.get("include", []), ctx))
+    exclude = tuple(_exclude(doc.get("exclude", []), ctx))
+    profiles = _profiles(doc.get("profiles", {}), axes, ctx)
+    default_profile = g.get("default_profile")
+    if default_profile is not None:
+        _str(default_profile, "grid.default_profile", ctx)
+        if default_profile not in profiles:
+            raise ctx.error("grid.default_profile", f"no profile {default_profile!r}; defined: "
+                            + (", ".join(profiles) or "none"))
+    report = _report(doc.get("report", {}), axes, ctx)
+    return Grid(path=ctx.path, name=name, title=_str(g.get("title", name), "grid.title", ctx),
+                description=_str(g.get("description", ""), "grid.description", ctx),
+                mirrors=_str(g.get("mirrors", ""), "grid.mirrors", ctx), seeds=seeds,
+                default_profile=default_profile, base=base, axes=tuple(axes), trajectory=trajectory,
+                include=include, exclude=exclude, profiles=profiles, report=report, source=text)
+
+
+# -- pieces -------------------------------------------------------------------------------------------------------
+def _table(v: Any, key: str, ctx: _Ctx, required: bool = False) -> dict[str, Any]:
+    if v is None:
+        if required:
+            raise ctx.error(key, f"missing [{key}] table")
+        return {}
+    if not isinstance(v, dict):
+        raise ctx.error(key, f"must be a table, got {_tname(v)}")
+    return v
+
+
+def _str(v: Any, key: str, ctx: _Ctx, required: bool = False) -> str:
+    if v is None and required:
+        raise ctx.error(key, "missing (a string)")
+    if not isinstance(v, str):
+        raise ctx.error(key, f"must be a string, got {_tname(v)}")
+    return v
+
+
+def _tname(v: Any) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a float"}.get(type(v), type(v).__name__)
+
+
+def _seeds(v: Any, key: str, ctx: _Ctx) -> tuple[int, ...]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(s, int) and not isinstance(s, bool) for s in v):
+        raise ctx.error(key, f"must be a non-empty array of integers, got {v!r}"[:200])
+    if len(v) > MAX_AXIS_VALUES or len(set(v)) != len(v) or min(v) < 0:
+        raise ctx.error(key, f"must hold distinct non-negative integers (at most {MAX_AXIS_VALUES})")
+    return tuple(v)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested TOML tables -> dotted knob paths; stops at values that are not tables."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and path not in KNOBS and path.count(".") < 1 and not _is_axis_table(v):
+            out.extend(_flatten(v, path + "."))
+        else:
+            out.append((path, v))
+    return out
+
+
+def _is_axis_table(v: dict[str, Any]) -> bool:
+    return "values" in v
+
+
+def _check_knob(path: str, value: Any, key: str, ctx: _Ctx) -> Any:
+    if path not in KNOBS:
+        raise ctx.error(key, f"unknown knob {path!r}{suggest(path, KNOBS)}")
+    try:
+        return _jsonable(coerce_knob(path, value))
+    except RecipeError as e:
+        raise ctx.error(key, str(e)) from None
+
+
+def _jsonable(v: Any) -> Any:
+    return v.value if isinstance(v, Enum) else v
+
+
+def _knob_table(v: Any, key: str, ctx: _Ctx) -> dict[str, Any]:
+    t = _table(v, key, ctx)
+    out: dict[str, Any] = {}
+    for path, value in _flatten(t):
+        out[path] = _check_knob(path, value, f"{key}.{path}", ctx)
+    return out
+
+
+def _values(v: Any, key: str, path: str, ctx: _Ctx) -> list[Any]:
+    if not isinstance(v, list):
+        raise ctx.error(key, f"axis values must be an array, got {_tname(v)}")
+    if not v:
+        raise ctx.error(key, "axis has no values (an empty axis would expand to no cells)")
+    if len(v) > MAX_AXIS_VALUES:
+        raise ctx.error(key, f"axis has {len(v)} values, more than {MAX_AXIS_VALUES}")
+    vals = [_check_knob(path, x, key, ctx) for x in v]
+    if len({repr(x) for x in vals}) != len(vals):
+        raise ctx.error(key, "axis repeats a value")
+    return vals
+
+
+def _labels(v: Any, n: int, key: str, ctx: _Ctx, default: list[Any]) -> tuple[str, ...]:
+    if v is None:
+        return tuple(_fmt(x) for x in default)
+    if not isinstance(v, list) or not all(isinstance(x, (str, int, float)) for x in v) or len(v) != n:
+        raise ctx.error(key, f"labels must be an array of {n} strings, one per value")
+    return tuple(str(x) for x in v)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _product_axes(v: Any, ctx: _Ctx) -> list[Axis]:
+    t = _table(v, "axes", ctx)
+    out = []
+    for path, spec in _flatten(t):
+        key = f"axes.{path}"
+        if path not in KNOBS:
+            raise ctx.error(key, f"unknown knob {path!r}{suggest(path, KNOBS)}")
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"values", "labels", "name"}
+            if unknown:
+                raise ctx.error(f"{key}.{sorted(unknown)[0]}", "unknown axis key; valid: values, labels, name")
+            vals = _values(spec.get("values"), key + ".values", path, ctx)
+            labels = _labels(spec.get("labels"), len(vals), key + ".labels", ctx, vals)
+            name = _str(spec.get("name", path.rsplit(".", 1)[-1]), key + ".name", ctx)
+        else:
+            vals = _values(spec, key, path, ctx)
+            labels = _labels(None, len(vals), key, ctx, vals)
+            name = path.rsplit(".", 1)[-1]
+        bare = all(isinstance(x, str) for x in vals)
+        out.append(Axis(name=name, paths=(path,), values=tuple((x,) for x in vals), labels=labels, bare=bare))
+    return out
+
+
+def _zip_axes(v: Any, ctx: _Ctx) -> list[Axis]:
+    if not isinstance(v, list):
+        raise ctx.error("zip", "must be an array of tables ([[zip]])")
+    out = []
+    for i, z in enumerate(v):
+        key = f"zip[{i}]"
+        z = _table(z, key, ctx)
+        meta = {k: z[k] for k in ("labels", "name") if k in z}
+        knobs = _flatten({k: val for k, val in z.items() if k not in meta})
+        if len(knobs) < 2:
+            raise ctx.error(key, "a zipped axis needs at least two knobs")
+        cols = []
+        for path, vals in knobs:
+            if path not in KNOBS:
+                raise ctx.error(f"{key}.{path}", f"unknown knob {path!r}{suggest(path, KNOBS)}")
+            if not isinstance(vals, list) or not vals:
+                raise ctx.error(f"{key}.{path}", "must be a non-empty array")
+            if len(vals) > MAX_AXIS_VALUES:
+                raise ctx.error(f"{key}.{path}", f"more than {MAX_AXIS_VALUES} values")
+            cols.append((path, [_check_knob(path, x, f"{key}.{path}", ctx) for x in vals]))
+        n = len(cols[0][1])
+        for path, vals in cols:
+            if len(vals) != n:
+                raise ctx.error(f"{key}.{path}", f"has {len(vals)} values but {cols[0][0]} has {n}: zipped knobs "
+                                "must have the same length")
+        rows = [tuple(c[1][j] for c in cols) for j in range(n)]
+        default_labels = ["/".join(_fmt(x) for x in r) for r in rows]
+        labels = _labels(meta.get("labels"), n, f"{key}.labels", ctx, default_labels)
+        name = _str(meta.get("name", "+".join(p.rsplit(".", 1)[-1] for p, _ in cols)), f"{key}.name", ctx)
+        out.append(Axis(name=name, paths=tuple(p for p, _ in cols), values=tuple(rows), labels=labels, bare=False))
+    return out
+
+
+def _trajectory(v: Any, ctx: _Ctx) -> list[Step]:
+    if not isinstance(v, list):
+        raise ctx.error("trajectory", "must be an array of tables ([[trajectory]])")
+    out = []
+    labels: set[str] = set()
+    for i, s in enumerate(v):
+        key = f"trajectory[{i}]"
+        s = _table(s, key, ctx)
+        unknown = set(s) - {"label", "set"}
+        if unknown:
+            raise ctx.error(f"{key}.{sorted(unknown)[0]}", "unknown step key; valid: label, set")
+        label = _str(s.get("label"), f"{key}.label", ctx, required=True)
+        if label in labels:
+            raise ctx.error(f"{key}.label", f"duplicate step label {label!r}")
+        labels.add(label)
+        out.append(Step(label=label, set=_knob_table(s.get("set", {}), f"{key}.set", ctx)))
+    return out
+
+
+def _include(v: Any, ctx: _Ctx) -> list[dict[str, Any]]:
+    if not isinstance(v, list):
+        raise ctx.error("include", "must be an array of tables ([[include]])")
+    out = []
+    for i, s in enumerate(v):
+        key = f"include[{i}]"
+        s = dict(_table(s, key, ctx))
+        label = s.pop("label", None)
+        cell = _knob_table(s, key, ctx)
+        if label is not None:
+            cell["__label__"] = _str(label, f"{key}.label", ctx)
+        out.append(cell)
+    return out
+
+
+def _exclude(v: Any, ctx: _Ctx) -> list[dict[str, tuple[Any, ...]]]:
+    if not isinstance(v, list):
+        raise ctx.error("exclude", "must be an array of tables ([[exclude]])")
+    out = []
+    for i, s in enumerate(v):
+        key = f"exclude[{i}]"
+        s = _table(s, key, ctx)
+        if not s:
+            raise ctx.error(key, "an empty pattern would exclude every cell")
+        pat: dict[str, tuple[Any, ...]] = {}
+        for path, val in _flatten(s):
+            vals = val if isinstance(val, list) else [val]
+            pat[path] = tuple(_check_knob(path, x, f"{key}.{path}", ctx) for x in vals)
+        out.append(pat)
+    return out
+
+
+def _profiles(v: Any, axes: list[Axis], ctx: _Ctx) -> dict[str, Profile]:
+    t = _table(v, "profiles", ctx)
+    out = {}
+    by_name = {a.name: a for a in axes}
+    by_path = {a.paths[0]: a for a in axes if len(a.paths) == 1}
+    for pname, body in t.items():
+        key = f"profiles.{pname}"
+        body = dict(_table(body, key, ctx))
+        extra = {k: body.pop(k) for k in list(body) if k in _PROFILE_EXTRA}
+        overrides = _knob_table(body, key, ctx)
+        prof_axes: dict[str, tuple[Any, ...]] = {}
+        for aname, vals in _flatten(_table(extra.get("axes", {}), f"{key}.axes", ctx)):
+            akey = f"{key}.axes.{aname}"
+            axis = by_name.get(aname) or by_path.get(aname)
+            if axis is None:
+                raise ctx.error(akey, f"no axis {aname!r}{suggest(aname, list(by_name) + list(by_path))}")
+            if not isinstance(vals, list) or len(vals) != len(axis.values):
+                raise ctx.error(akey, f"must be an array of {len(axis.values)} values (one per label of the axis, "
+                                "so reports still match the paper's columns)")
+            if len(axis.paths) == 1:
+                rows = tuple((_check_knob(axis.paths[0], x, akey, ctx),) for x in vals)
+            else:
+                rows_l = []
+                for x in vals:
+                    if not isinstance(x, list) or len(x) != len(axis.paths):
+                        raise ctx.error(akey, f"each value must be an array of {len(axis.paths)} ("
+                                        + ", ".join(axis.paths) + ")")
+                    rows_l.append(tuple(_check_knob(p, y, akey, ctx) for p, y in zip(axis.paths, x, strict=True)))
+                rows = tuple(rows_l)
+            if len({repr(r) for r in rows}) != len(rows):
+                raise ctx.error(akey, "axis repeats a value")
+            prof_axes[axis.name] = rows
+        seeds = _seeds(extra["seeds"], f"{key}.seeds", ctx) if "seeds" in extra else None
+        desc = _str(extra.get("description", ""), f"{key}.description", ctx)
+        out[pname] = Profile(name=pname, description=desc, overrides=overrides, axes=prof_axes, seeds=seeds)
+    return out
+
+
+def _report(v: Any, axes: list[Axis], ctx: _Ctx) -> ReportSpec:
+    t = _table(v, "report", ctx)
+    for k in t:
+        if k not in _REPORT_KEYS:
+            raise ctx.error(f"report.{k}", f"unknown key{suggest(k, _REPORT_KEYS)}; valid: "
+                            + ", ".join(sorted(_REPORT_KEYS)))
+    dims = {a.name for a in axes} | {p for a in axes for p in a.paths} | {"step", "seed", "label"}
+    rows = t.get("rows")
+    cols = t.get("cols")
+    for k, d in (("rows", rows), ("cols", cols)):
+        if d is not None and (not isinstance(d, str) or d not in dims):
+            raise ctx.error(f"report.{k}", f"must name an axis, 'step', 'seed' or 'label'; got {d!r}"
+                            f"{suggest(str(d), dims)}")
+    metrics = t.get("metrics", ["probe_top1"])
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, list) or not metrics:
+        raise ctx.error("report.metrics", "must be a non-empty array of metric names")
+    for m in metrics:
+        if m not in METRICS:
+            raise ctx.error("report.metrics", f"unknown metric {m!r}{suggest(str(m), METRICS)}; valid: "
+                            + ", ".join(METRICS))
+    findings = t.get("findings", [])
+    if not isinstance(findings, list):
+        raise ctx.error("report.findings", "must be an array of finding names")
+    for f in findings:
+        if f not in FINDINGS:
+            raise ctx.error("report.findings", f"unknown finding {f!r}{suggest(str(f), FINDINGS)}; valid: "
+                            + ", ".join(FINDINGS))
+    return ReportSpec(rows=rows, cols=cols, metrics=tuple(metrics), findings=tuple(findings))
+
+
+def is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -1,0 +1,114 @@
+"""The cell's probes: frozen encoder features at a fixed t (cached), linear probe, kNN, and reference baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sweepdae.recipe import Recipe, probe_depth
+
+FEATURES = "features.pt"
+
+
+def encoder_feature_fn(recipe: Recipe, model: nn.Module, tokenizer: Any, *, depth: int, seed: int = 0
+                       ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """x in [-1, 1] -> pooled tokens after block `depth`, input at t = probe.t (paper Sec. 4: clean input, t = 10).
+
+    Class-conditional models get the null label, so the probe never sees the true class through the input.
+    """
+    from sweepdae.noise import create_schedule
+    from sweepdae.objectives import make_model_input
+
+    schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
+    gen: dict[str, torch.Generator] = {}
+
+    def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z0 = tokenizer.encode(x)  # [B, N, d]
+        t = torch.full((x.shape[0],), recipe.probe.t, device=x.device, dtype=torch.long)
+        if recipe.probe.noisy_input:
+            g = gen.setdefault("g", torch.Generator(device=x.device).manual_seed(seed))
+            noise = torch.randn(z0.shape, device=x.device, generator=g)
+        else:
+            noise = torch.zeros_like(z0)
+        xt = schedule.add_noise(z0, t, noise)
+        inp = make_model_input(xt, tokenizer=tokenizer, objective=recipe.objective)
+        null = getattr(model, "num_classes", 0)
+        yy = torch.full_like(y, null) if null else None
+        return model.features(inp, t, yy, depth=depth)  # [B, width]
+
+    return fn
+
+
+def probe_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, train: tuple[torch.Tensor, torch.Tensor],
+               test: tuple[torch.Tensor, torch.Tensor], num_classes: int, device: torch.device, run_dir: Path,
+               events: Callable[..., None]) -> dict[str, float]:
+    """Linear probe (MAE protocol) and kNN on the cell's encoder; reference baselines when probe.baselines."""
+    from sweepdae.eval import extract_features, knn_probe, linear_probe, linear_probe_augmented
+
+    depth = probe_depth(recipe)
+    fn = encoder_feature_fn(recipe, model, tokenizer, depth=depth, seed=recipe.seed)
+    pc = recipe.probe
+    batch = 512
+    out: dict[str, float] = {}
+    cache = run_dir / FEATURES
+    feats = None
+    if cache.exists():
+        try:
+            feats = torch.load(cache, map_location="cpu")
+        except Exception:
+            feats = None
+    if feats is None:
+        with torch.no_grad():
+            tr_f, tr_y = extract_features(fn, train[0], train[1], batch_size=batch, device=device)
+            te_f, te_y = extract_features(fn, test[0], test[1], batch_size=batch, device=device)
+        feats = {"train": (tr_f, tr_y), "test": (te_f, te_y), "depth": depth}
+        from sweepdae.utils import atomic_save
+
+        atomic_save(lambda p: torch.save(feats, p), cache)
+    (tr_f, tr_y), (te_f, te_y) = feats["train"], feats["test"]
+    progress = (lambda e: events(phase="probe", **e))
+    if pc.augment:
+        from sweepdae.data import augment_batch
+
+        out.update(linear_probe_augmented(fn, train, test, num_classes=num_classes, cfg=pc, seed=recipe.seed,
+                                          augment_fn=lambda x, g: augment_batch(x, "random_resized_crop", generator=g),
+                                          device=device))
+    else:
+        out.update(linear_probe(tr_f, tr_y, te_f, te_y, num_classes=num_classes, cfg=pc, seed=recipe.seed,
+                                device=device, progress=progress))
+    out.update(knn_probe(tr_f, tr_y, te_f, te_y, k=pc.knn_k, temperature=pc.knn_temperature,
+                         num_classes=num_classes))
+    if pc.baselines:
+        out.update(_baselines(recipe, tokenizer=tokenizer, train=train, test=test, num_classes=num_classes,
+                              device=device, depth=depth))
+    return out
+
+
+def _baselines(recipe: Recipe, *, tokenizer: Any, train: tuple[torch.Tensor, torch.Tensor],
+               test: tuple[torch.Tensor, torch.Tensor], num_classes: int, device: torch.device, depth: int
+               ) -> dict[str, float]:
+    """The same architecture at random init, and raw pixels, under the same probe: what training must beat."""
+    from sweepdae.eval import extract_features, linear_probe
+    from sweepdae.train import build_model
+
+    torch.manual_seed(recipe.seed + 1)
+    rand = build_model(recipe, tokenizer, num_classes).to(device).eval()
+    fn = encoder_feature_fn(recipe, rand, tokenizer, depth=depth, seed=recipe.seed)
+    with torch.no_grad():
+        tr_f, tr_y = extract_features(fn, train[0], train[1], batch_size=512, device=device)
+        te_f, te_y = extract_features(fn, test[0], test[1], batch_size=512, device=device)
+    r = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=num_classes, cfg=recipe.probe, seed=recipe.seed,
+                     device=device)
+
+    def pixels(x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    tr_f, tr_y = extract_features(pixels, train[0], train[1], batch_size=2048, device=device)
+    te_f, te_y = extract_features(pixels, test[0], test[1], batch_size=2048, device=device)
+    p = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=num_classes, cfg=recipe.probe, seed=recipe.seed,
+                     device=device)
+    return {"random_init_probe_top1": r["probe_top1"], "raw_pixel_probe_top1": p["probe_top1"]}

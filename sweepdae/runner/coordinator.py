@@ -1,0 +1,258 @@
+"""The coordinator: claim queued cells for free slots, launch them, watch them, record results, retry failures.
+
+One coordinator per machine. All store writes of a machine go through it (so SQLite is safe with one machine);
+several coordinators share a journal file (one machine) or PostgreSQL (several). A claimed cell holds a lease that
+the coordinator renews while the cell's process lives; `reap_stale` turns expired leases of dead coordinators
+back into queued attempts, whose cells resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweepdae.cell import EVENTS, FAILURE, RECIPE, RESULT
+from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
+from sweepdae.runner.slots import Slot
+from sweepdae.runner.view import View
+from sweepdae.utils import atomic_write_json, read_events
+
+HEARTBEAT_S = 10.0
+LEASE_S = 60.0
+REAP_EVERY_S = 15.0
+
+
+@dataclass
+class Running:
+    claim: Any
+    slot: Slot
+    handle: Handle
+    run_dir: Path
+    started: float
+    offset: int = 0
+    last_beat: float = 0.0
+    last_event: dict[str, Any] = field(default_factory=dict)
+    port: int | None = None
+
+
+@dataclass
+class Options:
+    runs_dir: Path
+    slots: list[Slot]
+    launcher: str = "auto"  # auto | accelerate | fork
+    max_retries: int = 1
+    fail_fast: bool = False
+    keys: set[str] | None = None  # only these cells (the grid of `run`); None = any queued cell (`worker`)
+    forever: bool = False
+    poll_s: float = 0.2
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Coordinator:
+    """Runs queued cells until none are left (or forever), with at most one cell per slot."""
+
+    def __init__(self, store: Any, opts: Options, view: View) -> None:
+        self.store = store
+        self.opts = opts
+        self.view = view
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.running: dict[int, Running] = {}  # slot index -> running cell
+        self.stopping = 0  # 1 after the first Ctrl-C, 2 after the second
+        self.failed_for_good: list[str] = []
+        self.done: list[str] = []
+        self._last_reap = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        old = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            self._loop()
+        finally:
+            signal.signal(signal.SIGINT, old)
+            if self.running:  # second Ctrl-C or an error: stop now, the cells stay resumable
+                for r in self.running.values():
+                    r.handle.signal(signal.SIGKILL)
+                for r in list(self.running.values()):
+                    self._wait(r)
+                    self._finish(r, interrupted=True)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.stopping += 1
+        if self.stopping == 1:
+            self.view.message("Ctrl-C: no new cells; running cells stop after their checkpoint (Ctrl-C again: now)")
+            for r in self.running.values():
+                r.handle.signal(signal.SIGINT)
+        else:
+            raise KeyboardInterrupt
+
+    def _loop(self) -> None:
+        while True:
+            now = time.time()
+            if now - self._last_reap > REAP_EVERY_S:
+                self._last_reap = now
+                for key in self.store.reap_stale():
+                    self.view.message(f"requeued stale cell {key[:10]} (its coordinator stopped)")
+            if not self.stopping and not (self.opts.fail_fast and self.failed_for_good):
+                for slot in self.opts.slots:
+                    if slot.index not in self.running:
+                        claim = self.store.claim(self.owner, lease_s=LEASE_S, keys=self.opts.keys)
+                        if claim is None:
+                            break
+                        self._start(claim, slot)
+            for idx, r in list(self.running.items()):
+                self._watch(r)
+                if r.handle.poll() is not None:
+                    del self.running[idx]
+                    self._finish(r)
+            self.view.refresh()
+            if not self.running:
+                if self.stopping or (self.opts.fail_fast and self.failed_for_good):
+                    return
+                if not self._work_left():
+                    if not self.opts.forever:
+                        return
+                    time.sleep(2.0)
+            time.sleep(self.opts.poll_s)
+
+    def _work_left(self) -> bool:
+        st = self.store.status(sorted(self.opts.keys) if self.opts.keys is not None else None)
+        return any(s in ("queued", "running") for s in st.values())
+
+    # -- one cell ------------------------------------------------------------------------------------------------
+    def _start(self, claim: Any, slot: Slot) -> None:
+        run_dir = self.opts.runs_dir / claim.key
+        run_dir.mkdir(parents=True, exist_ok=True)
+        overrides = dict(getattr(claim, "overrides", None) or {})
+        recipe = claim.recipe
+        if overrides:
+            from sweepdae.recipe import recipe_from_dict
+
+            recipe = recipe_from_dict(recipe).with_updates(overrides).to_dict()
+        atomic_write_json(run_dir / RECIPE, {"key": claim.key, "label": claim.label, "recipe": recipe,
+                                             "overrides": overrides, "attempt": claim.attempt})
+        env = {**os.environ, **self.opts.env, "SWEEPDAE_ATTEMPT": str(claim.attempt)}
+        # a finished result of this key already on disk (e.g. its first coordinator was reaped while the cell
+        # ended): record it instead of training again
+        if _valid_result(run_dir, claim.key):
+            rc_handle: Handle = _DoneHandle()
+        elif self._launcher(slot) == "fork":
+            rc_handle = launch_fork(run_dir, slot, env=env)
+        else:
+            ports = {r.port for r in self.running.values() if r.port}
+            h = launch_accelerate(run_dir, slot, env=env, ports_in_use=ports)
+            rc_handle = h
+        offset = (run_dir / EVENTS).stat().st_size if (run_dir / EVENTS).exists() else 0
+        r = Running(claim=claim, slot=slot, handle=rc_handle, run_dir=run_dir, started=time.time(), offset=offset,
+                    last_beat=time.time(), port=getattr(rc_handle, "port", None))
+        self.running[slot.index] = r
+        self.view.cell_started(claim.key, claim.label, slot.label, claim.attempt)
+
+    def _launcher(self, slot: Slot) -> str:
+        if self.opts.launcher != "auto":
+            return self.opts.launcher
+        return "fork" if not slot.gpus else "accelerate"
+
+    def _watch(self, r: Running) -> None:
+        events, r.offset = read_events(r.run_dir / EVENTS, r.offset)
+        for e in events:
+            r.last_event.update(e)
+            self.view.cell_event(r.claim.key, e)
+        now = time.time()
+        if now - r.last_beat > HEARTBEAT_S:
+            r.last_beat = now
+            if not self.store.heartbeat(r.claim):
+                self.view.message(f"lease of {r.claim.label} lost (reaped); its result will still be kept")
+
+    def _wait(self, r: Running) -> None:
+        for _ in range(100):
+            if r.handle.poll() is not None:
+                return
+            time.sleep(0.05)
+
+    def _finish(self, r: Running, interrupted: bool = False) -> None:
+        self._watch(r)
+        rc = r.handle.poll()
+        elapsed = time.time() - r.started
+        key = r.claim.key
+        result = _valid_result(r.run_dir, key)
+        if result is not None:
+            info = {"timings": {**result.get("timings", {}), "wall_s": elapsed}, "artifacts": result["artifacts"],
+                    "run_dir": str(r.run_dir), "provenance": result.get("provenance", {}), "steps": result["steps"],
+                    "resumed_from_epoch": result.get("resumed_from_epoch"), "tokenizer": result.get("tokenizer"),
+                    "slot": r.slot.label, "overrides": getattr(r.claim, "overrides", None) or {}}
+            metrics = {k: float(v) for k, v in result["metrics"].items()}
+            recorded = self.store.complete(r.claim, metrics=metrics, info=info)
+            self.done.append(key)
+            self.view.cell_finished(key, "done" if recorded else "done (already recorded)", metrics)
+            return
+        failure = _read_json(r.run_dir / FAILURE) or {}
+        cls = failure.get("failure_class")
+        if cls is None:
+            cls = "killed" if interrupted or rc in (-9, -15, 137, 143, -2, 130) or self.stopping else "crash"
+        retryable = failure.get("retryable", cls in ("killed", "crash", "oom", "io"))
+        interrupted = interrupted or bool(self.stopping) or cls == "killed"
+        attempt = int(getattr(r.claim, "attempt", 1))
+        overrides = dict(getattr(r.claim, "overrides", None) or {})
+        if cls == "oom":
+            overrides = _halve_micro_batch(r.claim.recipe, overrides)
+            retryable = retryable and overrides is not None
+        # an interrupted cell (Ctrl-C, SIGKILL of the coordinator) is resumable and does not use up a retry
+        retry = interrupted or (retryable and attempt <= self.opts.max_retries)
+        tail = failure.get("traceback_tail") or _log_tail(r.run_dir)
+        info = {"exit_code": rc, "run_dir": str(r.run_dir), "wall_s": elapsed, "slot": r.slot.label,
+                "recipe_overrides": overrides or {}, "last_event": r.last_event}
+        self.store.fail(r.claim, failure_class=cls, error=failure.get("error", f"exit code {rc}"),
+                        traceback_tail=tail, retry=retry, info=info)
+        if not retry:
+            self.failed_for_good.append(key)
+        status = "interrupted (resumable)" if interrupted else ("failed, retrying" if retry else "failed")
+        self.view.cell_finished(key, status, {}, error=f"{cls}: {failure.get('error', f'exit code {rc}')}")
+
+
+class _DoneHandle:
+    pid = 0
+    port = None
+
+    def poll(self) -> int | None:
+        return 0
+
+    def signal(self, sig: int) -> None:
+        pass
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _valid_result(run_dir: Path, key: str) -> dict[str, Any] | None:
+    res = _read_json(run_dir / RESULT)
+    return res if res is not None and res.get("key") == key and "metrics" in res else None
+
+
+def _log_tail(run_dir: Path, n: int = 4000) -> str:
+    try:
+        with open(run_dir / "cell.log", "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - n))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _halve_micro_batch(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """Out of memory: half the micro-batch, twice the accumulation, same effective batch (None if at 1)."""
+    batch = int(recipe["train"]["batch_size"])
+    micro = int(overrides.get("train.micro_batch_size") or recipe["train"]["micro_batch_size"] or batch)
+    if micro <= 1 or micro % 2:
+        return None
+    return {**overrides, "train.micro_batch_size": micro // 2}

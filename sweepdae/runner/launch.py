@@ -1,0 +1,124 @@
+"""Launch one cell: `accelerate launch` in its own process group, or a fork of the coordinator on CPU.
+
+A fresh `accelerate launch` pays Python + torch + timm imports every time (~6-10 s on the 2-core CPU here);
+the fork launcher reuses the coordinator's already-imported modules, so a CPU cell starts in well under a second
+(BENCHMARKS.md). Both write the cell's stdout/stderr to runs/<key>/cell.log and report through files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sweepdae.cell import LOG
+from sweepdae.runner.slots import Slot, cell_env, free_port
+
+
+class Handle(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def signal(self, sig: int) -> None: ...
+
+
+@dataclass
+class ProcHandle:
+    proc: subprocess.Popen[bytes]
+    port: int | None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def accelerate_command(run_dir: Path, slot: Slot, port: int) -> list[str]:
+    """The exact command line of a cell (unit-tested): one process per GPU, a free rendezvous port."""
+    n = max(1, len(slot.gpus))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
+           "--main_process_port", str(port), "--dynamo_backend", "no", "--mixed_precision", "no"]
+    if not slot.gpus:
+        cmd.append("--cpu")
+    elif n > 1:
+        cmd.append("--multi_gpu")
+    return cmd + ["-m", "sweepdae.cell", str(run_dir)]
+
+
+def launch_accelerate(run_dir: Path, slot: Slot, *, env: dict[str, str], ports_in_use: set[int]) -> ProcHandle:
+    port = free_port(ports_in_use)
+    cmd = accelerate_command(run_dir, slot, port)
+    log = open(run_dir / LOG, "ab")
+    log.write(("$ " + " ".join(cmd) + "\n").encode())
+    log.flush()
+    full_env = cell_env(slot, env)
+    full_env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1) if not slot.gpus else "4")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    log.close()
+    return ProcHandle(proc, port)
+
+
+@dataclass
+class ForkHandle:
+    pid: int
+    _rc: int | None = None
+
+    def poll(self) -> int | None:
+        if self._rc is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self._rc = -1
+                return self._rc
+            if pid == 0:
+                return None
+            self._rc = os.waitstatus_to_exitcode(status)
+        return self._rc
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle:
+    """Fork the coordinator and run the cell in the child (CPU only; torch must not have started threads)."""
+    log_fd = os.open(run_dir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.setsid()
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            os.environ.clear()
+            os.environ.update(cell_env(slot, env))
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            from sweepdae.cell import main
+
+            code = main([str(run_dir)])
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(log_fd)
+    return ForkHandle(pid)

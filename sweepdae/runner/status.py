@@ -1,0 +1,65 @@
+"""`sweepdae status`: the cells of a grid (or the store) with status, attempts and results; --watch refreshes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+def status_table(store: Any, keys: list[str] | None) -> tuple[Table, dict[str, int]]:
+    df = store.cells(keys)
+    t = Table(title="cells", title_justify="left")
+    for col in ("cell", "key", "status", "attempts", "probe top-1", "kNN top-1", "FID", "failure"):
+        t.add_column(col)
+    counts: dict[str, int] = {}
+    for _, row in df.iterrows():
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        t.add_row(str(row["label"]), str(row["key"])[:12], str(row["status"]), str(row.get("attempts", "")),
+                  _num(row.get("metric.probe_top1")), _num(row.get("metric.knn_top1")), _num(row.get("metric.fid")),
+                  str(row.get("failure_class") or ""))
+    if keys is not None:
+        missing = len(set(keys)) - len(df)
+        if missing > 0:
+            counts["new"] = counts.get("new", 0) + missing
+    t.caption = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    return t, counts
+
+
+def summary_table(store: Any, keys: list[str]) -> Table:
+    return status_table(store, keys)[0]
+
+
+def _num(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if f != f else f"{f:.2f}"
+
+
+def show_status(store: Any, keys: list[str] | None, *, as_json: bool, watch: bool, interval: float,
+                console: Console) -> None:
+    try:
+        if as_json:
+            df = store.cells(keys)
+            rows = json.loads(df.drop(columns=[c for c in ("recipe",) if c in df.columns]).to_json(orient="records"))
+            sys.stdout.write(json.dumps({"cells": rows, "counts": status_table(store, keys)[1]}, indent=1) + "\n")
+            return
+        if not watch:
+            console.print(status_table(store, keys)[0])
+            return
+        with Live(status_table(store, keys)[0], console=console, refresh_per_second=2) as live:
+            while True:
+                table, counts = status_table(store, keys)
+                live.update(table)
+                if not counts.get("queued") and not counts.get("running") and not counts.get("new"):
+                    return
+                time.sleep(interval)
+    finally:
+        store.close()

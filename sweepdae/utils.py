@@ -1,0 +1,122 @@
+"""Small shared helpers: atomic writes, JSON lines events, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sweepdae import __version__
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def atomic_save(save_fn: Callable[[str], None], path: Path) -> None:
+    """Atomic version of a saver that writes to a path (e.g. torch.save, savefig)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_fn(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class EventLog:
+    """Progress events as JSON lines (the live view and the coordinator tail this file)."""
+
+    def __init__(self, path: Path | None, echo: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.path = path
+        self.echo = echo
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, **event: Any) -> None:
+        event.setdefault("time", time.time())
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(event, default=str) + "\n")
+        if self.echo is not None:
+            self.echo(event)
+
+
+def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Complete JSON lines from byte `offset`; returns them and the new offset (a partial last line waits)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    out = []
+    end = data.rfind(b"\n") + 1
+    for line in data[:end].splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out, offset + end
+
+
+def git_info(cwd: Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the sweepdae checkout (or the working dir), None when not a git repo."""
+    where = cwd or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+_PROVENANCE: dict[str, Any] = {}
+
+
+def provenance() -> dict[str, Any]:
+    if not _PROVENANCE:
+        import accelerate
+        import timm
+        import torch
+
+        dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or "cpu")
+        _PROVENANCE.update({"sweepdae": __version__, **{f"git_{k}": v for k, v in git_info().items()},
+                            "torch": torch.__version__, "timm": timm.__version__,
+                            "accelerate": accelerate.__version__, "python": platform.python_version(),
+                            "host": socket.gethostname(), "device": dev})
+    return dict(_PROVENANCE)
