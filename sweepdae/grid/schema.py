@@ -190,7 +190,7 @@ def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
             seen.add(p)
     trajectory = tuple(_trajectory(doc.get("trajectory", []), ctx))
     include = tuple(_include(doc.get("include", []), ctx))
-    exclude = tuple(_exclude(doc.get("exclude", []), ctx))
+    exclude = tuple(_exclude(doc.get("exclude", []), ctx, axes))
     profiles = _profiles(doc.get("profiles", {}), axes, ctx)
     default_profile = g.get("default_profile")
     if default_profile is not None:
@@ -319,14 +319,20 @@ def _product_axes(v: Any, ctx: _Ctx) -> list[Axis]:
                 raise ctx.error(f"{key}.{sorted(unknown)[0]}", "unknown axis key; valid: values, labels, name")
             vals = _values(spec.get("values"), key + ".values", path, ctx)
             labels = _labels(spec.get("labels"), len(vals), key + ".labels", ctx, vals)
-            name = _str(spec.get("name", path.rsplit(".", 1)[-1]), key + ".name", ctx)
+            name = _str(spec.get("name", _short(path)), key + ".name", ctx)
         else:
             vals = _values(spec, key, path, ctx)
             labels = _labels(None, len(vals), key, ctx, vals)
-            name = path.rsplit(".", 1)[-1]
+            name = _short(path)
         bare = all(isinstance(x, str) for x in vals)
         out.append(Axis(name=name, paths=(path,), values=tuple((x,) for x in vals), labels=labels, bare=bare))
     return out
+
+
+def _short(path: str) -> str:
+    """Default axis name: the knob's last part, or its section for `*.name` knobs (tokenizer.name -> tokenizer)."""
+    section, _, leaf = path.rpartition(".")
+    return section if leaf == "name" and section else leaf
 
 
 def _zip_axes(v: Any, ctx: _Ctx) -> list[Axis]:
@@ -357,7 +363,7 @@ def _zip_axes(v: Any, ctx: _Ctx) -> list[Axis]:
         rows = [tuple(c[1][j] for c in cols) for j in range(n)]
         default_labels = ["/".join(_fmt(x) for x in r) for r in rows]
         labels = _labels(meta.get("labels"), n, f"{key}.labels", ctx, default_labels)
-        name = _str(meta.get("name", "+".join(p.rsplit(".", 1)[-1] for p, _ in cols)), f"{key}.name", ctx)
+        name = _str(meta.get("name", "+".join(_short(p) for p, _ in cols)), f"{key}.name", ctx)
         out.append(Axis(name=name, paths=tuple(p for p, _ in cols), values=tuple(rows), labels=labels, bare=False))
     return out
 
@@ -396,7 +402,7 @@ def _include(v: Any, ctx: _Ctx) -> list[dict[str, Any]]:
     return out
 
 
-def _exclude(v: Any, ctx: _Ctx) -> list[dict[str, tuple[Any, ...]]]:
+def _exclude(v: Any, ctx: _Ctx, axes: list[Axis]) -> list[dict[str, tuple[Any, ...]]]:
     if not isinstance(v, list):
         raise ctx.error("exclude", "must be an array of tables ([[exclude]])")
     out = []
@@ -408,7 +414,15 @@ def _exclude(v: Any, ctx: _Ctx) -> list[dict[str, tuple[Any, ...]]]:
         pat: dict[str, tuple[Any, ...]] = {}
         for path, val in _flatten(s):
             vals = val if isinstance(val, list) else [val]
-            pat[path] = tuple(_check_knob(path, x, f"{key}.{path}", ctx) for x in vals)
+            axis = next((a for a in axes if path in a.paths), None)
+            if axis is not None and len(axis.paths) == 1:  # match axis labels (the paper's values)
+                for x in vals:
+                    if _fmt(x) not in axis.labels:
+                        raise ctx.error(f"{key}.{path}", f"{x!r} is not a label of axis {axis.name!r}; labels: "
+                                        + ", ".join(axis.labels))
+                pat[path] = tuple(vals)
+            else:
+                pat[path] = tuple(_check_knob(path, x, f"{key}.{path}", ctx) for x in vals)
         out.append(pat)
     return out
 

@@ -1,0 +1,5 @@
+"""`python -m sweepdae` is the `sweepdae` command."""
+
+from sweepdae.cli import main
+
+main()

@@ -1,0 +1,249 @@
+"""The grid language: expansion, profiles, labels, keys, and one-line errors for invalid grids."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweepdae.errors import GridError, RecipeError
+from sweepdae.grid import expand, load_grid, parse_grid
+from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MINI = """
+[grid]
+name = "mini"
+seeds = [0, 1]
+
+[base]
+data.name = "digits"
+data.image_size = 8
+tokenizer.patch_size = 4
+model.size = "micro"
+
+[axes]
+tokenizer.name = ["patch_pca", "patch_ae"]
+tokenizer.latent_dim = { values = [2, 4, 8], labels = ["8", "16", "32"], name = "d" }
+
+[[exclude]]
+tokenizer.name = "patch_ae"
+tokenizer.latent_dim = "32"
+"""
+
+
+def test_product_exclude_seeds_and_labels() -> None:
+    plan = expand(parse_grid(MINI, "mini.toml"))
+    labels = [c.label for c in plan.cells]
+    assert len(plan.cells) == (2 * 3 - 1) * 2
+    assert "patch_pca d=8 seed=0" in labels and "patch_ae d=16 seed=1" in labels
+    assert not any(c.label.startswith("patch_ae d=32") for c in plan.cells)
+    assert len({c.key for c in plan.cells}) == len(plan.cells)
+    cell = next(c for c in plan.cells if c.label == "patch_pca d=32 seed=1")
+    assert cell.recipe.tokenizer.latent_dim == 8 and cell.recipe.seed == 1
+    assert cell.coords == {"tokenizer": "patch_pca", "d": "32", "seed": "1"}
+
+
+def test_zip_trajectory_include() -> None:
+    text = """
+[grid]
+name = "z"
+[base]
+data.name = "digits"
+data.image_size = 8
+tokenizer.name = "pixel"
+[[zip]]
+data.image_size = [8, 16]
+tokenizer.patch_size = [2, 4]
+labels = ["48", "192"]
+name = "pixel"
+[[trajectory]]
+label = "baseline"
+[[trajectory]]
+label = "clean target"
+set = { objective.target = "z0" }
+[[trajectory]]
+label = "no input scaling"
+set = { noise.schedule = "sigma_linear" }
+[[include]]
+label = "extra"
+tokenizer.name = "patch_pca"
+tokenizer.latent_dim = 4
+"""
+    plan = expand(parse_grid(text, "z.toml"))
+    assert len(plan.cells) == 2 * 3 + 1
+    steps = [c for c in plan.cells if c.coords.get("pixel") == "48"]
+    assert [c.step for c in steps] == [0, 1, 2]
+    # cumulative: the third step keeps the second step's change
+    assert steps[2].recipe.objective.target.value == "z0" and steps[2].recipe.noise.schedule.value == "sigma_linear"
+    assert steps[0].recipe.data.image_size == 8 and steps[0].recipe.tokenizer.patch_size == 2
+    assert plan.cells[-1].label == "extra seed=0" and plan.cells[-1].recipe.tokenizer.name.value == "patch_pca"
+
+
+def test_tokenizer_dims_has_the_papers_18_cells() -> None:
+    g = load_grid(ROOT / "grids" / "tokenizer_dims.toml")
+    for profile in g.profiles:
+        plan = expand(g, profile)
+        assert len(plan.cells) == 18, profile
+        names = {(c.coords["tokenizer"], c.coords["d"]) for c in plan.cells}
+        assert ("patch_vae", "128") not in names and ("patch_ae", "128") not in names
+        assert ("conv_vae", "128") in names and ("patch_pca", "128") in names
+
+
+def test_paper_profile_is_the_papers_setting() -> None:
+    plan = expand(load_grid(ROOT / "grids" / "tokenizer_dims.toml"), "paper")
+    r = plan.cells[0].recipe
+    assert (r.data.image_size, r.tokenizer.patch_size, r.model.size.value, r.train.epochs, r.train.batch_size) == (
+        256, 16, "half_large", 400, 2048)
+    assert sorted({c.recipe.tokenizer.latent_dim for c in plan.cells}) == [8, 16, 32, 64, 128]
+    assert r.num_tokens() == 256
+
+
+def test_same_recipe_from_two_grids_is_one_key() -> None:
+    a = parse_grid(MINI, "a.toml")
+    b_text = MINI.replace('name = "mini"', 'name = "other"').replace(
+        'tokenizer.name = ["patch_pca", "patch_ae"]', 'tokenizer.name = ["patch_ae", "patch_pca"]')
+    ka = {c.label: c.key for c in expand(a).cells}
+    kb = {c.label: c.key for c in expand(parse_grid(b_text, "b.toml")).cells}
+    assert ka == kb
+
+
+knob_values = st.fixed_dictionaries({}, optional={
+    "tokenizer.latent_dim": st.integers(1, 64),
+    "train.epochs": st.integers(1, 50),
+    "train.base_lr": st.floats(1e-6, 1e-2),
+    "model.class_cond": st.booleans(),
+    "noise.schedule": st.sampled_from(["ddpm_linear", "linear_gamma2", "sigma_linear"]),
+    "probe.t": st.integers(0, 999),
+    "seed": st.integers(0, 1000),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(knob_values, st.randoms())
+def test_key_stable_under_reordering(flat: dict[str, object], rnd: random.Random) -> None:
+    items = list(flat.items())
+    rnd.shuffle(items)
+    a, b = recipe_from_flat(flat), recipe_from_flat(dict(items))
+    assert a.key() == b.key() == recipe_from_flat(a.flat()).key()
+    assert json.loads(a.canonical_json())["recipe"] == a.to_dict()
+
+
+# knobs whose every single change from the defaults is an impossible combination on its own
+NEEDS_COMPANION = {"tokenizer.perceptual_weight": {"tokenizer.name": "conv_vae"},
+                   "tokenizer.adversarial_weight": {"tokenizer.name": "conv_vae"},
+                   "fid.guidance_scale": {"model.class_cond": True}}
+
+
+@pytest.mark.parametrize("path", sorted(KNOBS))
+def test_key_changes_when_any_knob_changes(path: str) -> None:
+    base = Recipe().with_updates(NEEDS_COMPANION.get(path, {}))
+    knob = KNOBS[path]
+    v = knob.default
+    candidates: list[object]
+    if isinstance(v, bool):
+        candidates = [not v]
+    elif hasattr(v, "value") and hasattr(type(v), "__members__"):
+        candidates = [m.value for m in type(v) if m != v]
+    elif isinstance(v, int):
+        candidates = [v + 1, v + 2, max(0, v - 1), v * 2, 3]
+    elif isinstance(v, float):
+        candidates = [v * 0.5 if v else 0.5, v + 0.25]
+    else:
+        candidates = [v + "x", "global", "none", "test"]
+    for c in candidates:
+        try:
+            other = base.with_updates({path: c})
+        except RecipeError:
+            continue
+        assert other.key() != base.key(), path
+        return
+    raise AssertionError(f"no valid single change of {path}: add it to NEEDS_COMPANION")
+
+
+def test_key_is_stable_across_formatting() -> None:
+    reformatted = MINI.replace("[base]\n", "[base]\n# a comment\n").replace(
+        'data.name = "digits"', 'data = { name = "digits", image_size = 8 }').replace("data.image_size = 8\n", "")
+    assert [c.key for c in expand(parse_grid(MINI)).cells] == [c.key for c in expand(parse_grid(reformatted)).cells]
+
+
+# -- invalid grids: one line, file + key (+ line), exit 2, nothing stored ---------------------------------------------
+MISTAKES = {
+    "unknown knob with suggestion": (MINI.replace("model.size", "model.sise"), "did you mean 'model.size'"),
+    "wrong type": (MINI.replace('data.image_size = 8', 'data.image_size = "8"'), "must be an integer"),
+    "unknown registry name": (MINI.replace('"patch_ae"]', '"patch_aex"]'), "valid: pixel, patch_pca"),
+    "PCA d larger than D": (MINI.replace("values = [2, 4, 8]", "values = [2, 4, 80]"),
+                            "must be <= the patch dimension"),
+    "image target without PCA": (MINI.replace('model.size = "micro"',
+                                              'model.size = "micro"\nobjective.target = "image"\n'
+                                              'objective.output_space = "image"'), "need tokenizer.name = 'patch_pca'"),
+    "empty axis": (MINI.replace('tokenizer.name = ["patch_pca", "patch_ae"]', "tokenizer.name = []"), "no values"),
+    "unknown section": (MINI + "\n[axis]\nx = 1\n", "unknown section"),
+    "TOML syntax": (MINI + "\n[grid\n", "invalid TOML"),
+    "duplicate key": (MINI.replace('model.size = "micro"', 'model.size = "micro"\nmodel.size = "tiny"'),
+                      "invalid TOML"),
+    "zip lengths differ": (MINI + "\n[[zip]]\ndata.image_size = [8, 16]\ntokenizer.patch_size = [4]\n",
+                           "same length"),
+    "missing grid table": (MINI.replace("[grid]\nname = \"mini\"\nseeds = [0, 1]\n", ""), "missing [grid]"),
+    "bad seeds": (MINI.replace("seeds = [0, 1]", "seeds = [0, 0]"), "distinct"),
+    "unknown profile axis": (MINI + "\n[profiles.smoke]\naxes.q = [1, 2, 3]\n", "no axis 'q'"),
+    "profile axis length": (MINI + "\n[profiles.smoke]\naxes.d = [1, 2]\n", "array of 3 values"),
+    "unknown report metric": (MINI + "\n[report]\nmetrics = [\"acc\"]\n", "unknown metric"),
+    "guidance without classes": (MINI.replace('model.size = "micro"', 'model.size = "micro"\nfid.guidance_scale = 4.0'),
+                                 "unconditional rows cannot use guidance"),
+    "negative size": (MINI.replace('model.size = "micro"', 'model.size = "micro"\ndata.train_size = -5'), ">= 0"),
+    "not utf-8": (b"\xff\xfe[grid]", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_invalid_grid_library_error(tmp_path: Path, name: str) -> None:
+    text, expected = MISTAKES[name]
+    path = tmp_path / "bad.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(GridError) as e:
+        expand(load_grid(path))
+    msg = str(e.value)
+    assert str(path) in msg and expected in msg and "\n" not in msg
+
+
+def test_error_names_key_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(MINI.replace("model.size", "model.sise"))
+    with pytest.raises(GridError) as e:
+        load_grid(path)
+    line = MINI.splitlines().index('model.size = "micro"') + 1
+    assert f"bad.toml:{line}: base.model.sise: unknown knob" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["unknown knob with suggestion", "TOML syntax", "PCA d larger than D", "not utf-8"])
+@pytest.mark.parametrize("cmd", [["plan"], ["run", "--dry-run"], ["run"]])
+def test_invalid_grid_cli(tmp_path: Path, name: str, cmd: list[str]) -> None:
+    text, expected = MISTAKES[name]
+    path = tmp_path / "bad.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    store = tmp_path / "s.journal"
+    p = subprocess.run([sys.executable, "-m", "sweepdae", *cmd, str(path), "--store", f"journal:{store}"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in p.stderr
+    assert not store.exists()
+
+
+def test_plan_json(tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-m", "sweepdae", "plan", str(ROOT / "grids" / "tokenizer_dims.toml"),
+                        "--json", "--store", f"journal:{tmp_path / 's.journal'}"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["grid"] == "tokenizer_dims" and len(doc["cells"]) == 18
+    assert {"key", "label", "status", "recipe"} <= set(doc["cells"][0])
+    assert all(c["status"] == "new" for c in doc["cells"])
