@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sweepdae import __version__
-from sweepdae.errors import SweepdaeError
+from sweepdae.errors import GridError, SweepdaeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Declarative ablation sweeps of l-DAE: plan, run, watch and report grids of cells.")
@@ -45,10 +45,13 @@ def grid_path(name: str) -> Path:
     p = Path(name)
     if p.exists() or p.suffix == ".toml" or "/" in name:
         return p
-    from importlib.resources import files
+    from sweepdae.resources import resource_dir, shipped_grids
 
-    shipped = Path(str(files("sweepdae.grids"))) / f"{name}.toml"
-    return shipped if shipped.exists() else p
+    shipped = resource_dir("grids") / f"{name}.toml"
+    if shipped.exists():
+        return shipped
+    raise GridError(f"{name}: no such grid file, and no shipped grid of that name (shipped: "
+                        + ", ".join(shipped_grids()) + ")")
 
 
 def _plan(grid: str, profile: str | None) -> Any:

@@ -364,7 +364,9 @@ def _zip_axes(v: Any, ctx: _Ctx) -> list[Axis]:
         default_labels = ["/".join(_fmt(x) for x in r) for r in rows]
         labels = _labels(meta.get("labels"), n, f"{key}.labels", ctx, default_labels)
         name = _str(meta.get("name", "+".join(_short(p) for p, _ in cols)), f"{key}.name", ctx)
-        out.append(Axis(name=name, paths=tuple(p for p, _ in cols), values=tuple(rows), labels=labels, bare=False))
+        # explicit labels of a zipped axis read on their own ("patch_pca d=16"); generated ones as name=a/b
+        out.append(Axis(name=name, paths=tuple(p for p, _ in cols), values=tuple(rows), labels=labels,
+                        bare="labels" in meta))
     return out
 
 
