@@ -163,6 +163,7 @@ class ModelConfig:
     adaln_zero: bool = True  # DiT's zero-initialised adaLN gates (paper silent; DiT keeps them)
     encoder_depth: int = 0  # 0 = first half of the blocks (paper: equal halves are best)
     fused_attn: bool = True  # scaled_dot_product_attention
+    class_dropout: float = 0.1  # label dropout for classifier-free guidance (DiT's class_dropout_prob)
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ def _knobs() -> dict[str, Knob]:
         ftype = hints[f.name]
         if dataclasses.is_dataclass(ftype):
             sub_hints = typing.get_type_hints(ftype)
-            default_section = ftype()
+            default_section = typing.cast(Any, ftype)()
             for sf in dataclasses.fields(ftype):
                 path = f"{f.name}.{sf.name}"
                 out[path] = Knob(path, f.name, sf.name, sub_hints[sf.name], getattr(default_section, sf.name))
@@ -408,7 +409,7 @@ def validate(r: Recipe) -> None:
     for path in ("data.train_size", "data.test_size", "train.micro_batch_size", "train.warmup_epochs",
                  "train.weight_decay", "train.ema_decay", "train.grad_clip", "tokenizer.kl_weight",
                  "tokenizer.perceptual_weight", "tokenizer.adversarial_weight", "tokenizer.fit_epochs",
-                 "model.encoder_depth", "probe.depth", "probe.t", "probe.lr", "objective.residual_weight",
+                 "model.encoder_depth", "model.class_dropout", "probe.depth", "probe.t", "probe.lr", "objective.residual_weight",
                  "data.num_workers", "seed"):
         need(_get(r, path) >= 0, f"{path} must be >= 0, got {_get(r, path)}")
     need(d.channels in (0, 1, 3), f"data.channels must be 0 (keep), 1 or 3, got {d.channels}")

@@ -53,7 +53,8 @@ def build_model(recipe: Recipe, tokenizer: Any, num_classes: int) -> nn.Module:
     return create_model(recipe.model.size.value, in_dim=in_dim, out_dim=out_dim, num_tokens=tokenizer.num_tokens,
                         num_classes=num_classes if recipe.model.class_cond else 0,
                         cond_mlp_ratio=recipe.model.cond_mlp_ratio, adaln_zero=recipe.model.adaln_zero,
-                        encoder_depth=encoder_depth(recipe), fused_attn=recipe.model.fused_attn)
+                        encoder_depth=encoder_depth(recipe), fused_attn=recipe.model.fused_attn,
+                        class_dropout=recipe.model.class_dropout)
 
 
 def lr_at(step: float, *, peak: float, warmup_steps: float, total_steps: int) -> float:
