@@ -1,0 +1,181 @@
+"""ImageNet-layout folders (root/train/<class>/*, root/val/<class>/*), decoded with PIL and streamed by a DataLoader."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from sweepdae.data._augment import sample_crop_boxes, sample_flips
+from sweepdae.data._base import ImageData, as_augment, data_env_dir, subset_indices
+from sweepdae.data._memory import MISC, split_size
+from sweepdae.errors import DatasetError
+from sweepdae.recipe import Augment, DataConfig
+
+# torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# ImageNet's folders are train/ and val/; "test" is accepted for sets that name it so.
+SPLIT_DIRS = {"train": ("train",), "test": ("val", "test")}
+ENV_SUBDIRS = ("imagefolder", "imagenet")  # looked for under $SWEEPDAE_DATA when data.root is empty
+
+
+def locate_imagefolder(root: str) -> Path:
+    """The folder holding train/: data.root, else $SWEEPDAE_DATA/imagefolder or $SWEEPDAE_DATA/imagenet."""
+    env = data_env_dir()
+    if root:
+        candidates = [Path(root).expanduser()]
+    else:
+        candidates = [env / sub for sub in ENV_SUBDIRS] if env else []
+    for folder in candidates:
+        if (folder / "train").is_dir():
+            return folder
+    looked = "; ".join(str(c) for c in candidates) or "nowhere (data.root is empty and SWEEPDAE_DATA is unset)"
+    raise DatasetError(f"imagefolder: no train/ folder found; looked in {looked}; set data.root to a folder laid "
+                       "out as train/<class>/*.jpg and val/<class>/*.jpg (ImageNet layout)")
+
+
+def scan_split(root: Path, split: str) -> tuple[list[str], list[str], list[int]]:
+    """(classes, files, labels): classes are train/'s sorted sub-folders, files sorted within each class."""
+    key = ("imagefolder-scan", str(root.resolve()), split)
+    if key in MISC:
+        return MISC[key]  # type: ignore[no-any-return]
+    classes = sorted(e.name for e in os.scandir(root / "train") if e.is_dir())
+    split_dir = next((root / d for d in SPLIT_DIRS[split] if (root / d).is_dir()), None)
+    if not classes:
+        raise DatasetError(f"imagefolder: {root / 'train'} has no class folders (expected train/<class>/*.jpg)")
+    if split_dir is None:
+        raise DatasetError(f"imagefolder: {root} has no {' or '.join(SPLIT_DIRS[split])}/ folder for the {split} split")
+    unknown = sorted({e.name for e in os.scandir(split_dir) if e.is_dir()} - set(classes))
+    if unknown:
+        raise DatasetError(f"imagefolder: {split_dir} has classes not in train/: {unknown[:5]}")
+    files: list[str] = []
+    labels: list[int] = []
+    for label, cls in enumerate(classes):
+        for dirpath, dirnames, names in os.walk(split_dir / cls, followlinks=True):
+            dirnames.sort()
+            for fname in sorted(names):
+                if fname.lower().endswith(IMG_EXTENSIONS):
+                    files.append(os.path.join(dirpath, fname))
+                    labels.append(label)
+    if not files:
+        raise DatasetError(f"imagefolder: no images ({', '.join(IMG_EXTENSIONS)}) under {split_dir}")
+    MISC[key] = (classes, files, labels)
+    return classes, files, labels
+
+
+def center_crop_arr(image: Image.Image, image_size: int) -> np.ndarray:
+    """ADM's center crop (DiT train.py): halve with BOX while large, bicubic so the short side fits, crop middle."""
+    while min(*image.size) >= 2 * image_size:
+        image = image.resize((image.width // 2, image.height // 2), resample=Image.Resampling.BOX)
+    scale = image_size / min(*image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.Resampling.BICUBIC)
+    arr = np.array(image, dtype=np.uint8)
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return arr[top:top + image_size, left:left + image_size]
+
+
+def load_image(path: str, image_size: int, mode: str, seed: int | None) -> torch.Tensor:
+    """Decode one file to uint8 [C, S, S]: ADM center crop, or MAE's RandomResizedCrop + flip drawn from `seed`."""
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"imagefolder: cannot decode {path}: {e}") from e
+    if seed is None:
+        arr = center_crop_arr(image, image_size)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        width, height = image.size
+        top, left, h, w = (int(v) for v in sample_crop_boxes(1, height, width, generator=g)[0])
+        # MAE main_pretrain.py: interpolation=3 (bicubic); PIL's resize antialiases when it shrinks.
+        image = image.resize((image_size, image_size), resample=Image.Resampling.BICUBIC,
+                             box=(left, top, left + w, top + h))
+        if bool(sample_flips(1, generator=g)[0]):
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        arr = np.array(image, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr  # [S, S, C]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class _Pass(Dataset[tuple[torch.Tensor, int]]):
+    """One pass in a fixed order: item k is file order[k], augmented with seeds[k] (picklable for workers)."""
+
+    def __init__(self, files: list[str], labels: list[int], order: list[int], seeds: list[int] | None,
+                 image_size: int, mode: str) -> None:
+        self.files, self.labels, self.order, self.seeds = files, labels, order, seeds
+        self.image_size, self.mode = image_size, mode
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        i = self.order[k]
+        seed = None if self.seeds is None else self.seeds[k]
+        return load_image(self.files[i], self.image_size, self.mode, seed), self.labels[i]
+
+
+class StreamedImageData(ImageData):
+    """An image folder decoded on the fly by `num_workers` DataLoader processes; never held in memory."""
+
+    in_memory = False
+
+    def __init__(self, split: str, files: list[str], labels: list[int], num_classes: int, *, channels: int,
+                 image_size: int, num_workers: int, device: torch.device, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.name, self.split = "imagefolder", split
+        self.files, self.labels = files, labels
+        self.num_classes, self.channels, self.image_size = num_classes, channels, image_size
+        self.num_workers, self.device = num_workers, device
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None, augment: Augment | str = "center_crop",
+                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        aug = as_augment(augment)
+        random = shuffle or aug == Augment.random_resized_crop
+        gen = self._pass_generator(generator) if random else None
+        n = len(self)
+        order = list(range(n))
+        if shuffle:
+            assert gen is not None
+            order = torch.randperm(n, generator=gen, device=gen.device).tolist()
+        seeds = None
+        if aug == Augment.random_resized_crop:
+            assert gen is not None  # one seed per item, drawn here: the pass is the same for any num_workers
+            seeds = torch.randint(0, 2**62, (n,), generator=gen, device=gen.device).tolist()
+        target = torch.device(device) if device is not None else self.device
+        loader = DataLoader(_Pass(self.files, self.labels, order, seeds, self.image_size,
+                                  "L" if self.channels == 1 else "RGB"),
+                            batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
+                            drop_last=drop_last, pin_memory=target.type == "cuda")
+        return self._iterate(loader, target)
+
+    @staticmethod
+    def _iterate(loader: DataLoader[tuple[torch.Tensor, int]],
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            for x, y in loader:  # x: [B, C, S, S] uint8, y: [B] int64
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        except DatasetError as e:  # from a worker it carries the worker's traceback; keep the one-line message
+            last = str(e).strip().splitlines()[-1]
+            raise DatasetError(last.split("DatasetError: ", 1)[-1]) from e
+
+
+def build_imagefolder(cfg: DataConfig, split: str, device: torch.device, seed: int) -> ImageData:
+    """Registry builder for `imagefolder` (3 channels unless data.channels = 1)."""
+    root = locate_imagefolder(cfg.root)
+    classes, files, labels = scan_split(root, split)
+    idx = subset_indices(len(files), split_size(cfg, split), what=f"imagefolder {split} ({root})")
+    if idx is not None:
+        files, labels = [files[i] for i in idx], [labels[i] for i in idx]
+    return StreamedImageData(split, files, labels, len(classes), channels=1 if cfg.channels == 1 else 3,
+                             image_size=cfg.image_size, num_workers=cfg.num_workers, device=device, seed=seed)
