@@ -70,13 +70,12 @@ def probe_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, train: tuple
 
         atomic_save(lambda p: torch.save(feats, p), cache)
     (tr_f, tr_y), (te_f, te_y) = feats["train"], feats["test"]
-    progress = (lambda e: events(phase="probe", **e))
-    if pc.augment:
-        from sweepdae.data import augment_batch
+    def progress(epoch: int, epochs: int, loss: float) -> None:
+        events(phase="probe", probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)
 
-        out.update(linear_probe_augmented(fn, train, test, num_classes=num_classes, cfg=pc, seed=recipe.seed,
-                                          augment_fn=lambda x, g: augment_batch(x, "random_resized_crop", generator=g),
-                                          device=device))
+    if pc.augment:  # MAE's probe augmentation (RandomResizedCrop 0.08-1 + flip), features recomputed per epoch
+        out.update(linear_probe_augmented(fn, train[0], train[1], test[0], test[1], num_classes=num_classes, cfg=pc,
+                                          seed=recipe.seed, device=device, progress=progress))
     else:
         out.update(linear_probe(tr_f, tr_y, te_f, te_y, num_classes=num_classes, cfg=pc, seed=recipe.seed,
                                 device=device, progress=progress))

@@ -198,9 +198,12 @@ class ProbeConfig:
     noisy_input: bool = False  # paper's fixed-t ablation, noisy column
     depth: int = 0  # 0 = the encoder's last block (paper: block 12 of 24)
     epochs: int = 90  # MAE protocol
-    batch_size: int = 1024  # paper: 16384
-    optimizer: ProbeOptimizer = ProbeOptimizer.lars
-    base_lr: float = 0.1  # MAE: lr = 0.1 x batch / 256 (= 6.4 at 16384); paper text says 6.4e-3
+    batch_size: int = 256  # paper: 16384
+    optimizer: ProbeOptimizer = ProbeOptimizer.lars  # MAE's linear-probe optimizer
+    # lr = base_lr x batch / 256. MAE (and the paper profile) use base_lr 0.1 at batch 16384 (lr 6.4; the paper's text
+    # says 6.4e-3). At small scale that many fewer steps underfit: measured on Fashion-MNIST raw pixels (10k/2k,
+    # 30 epochs, batch 256) LARS reaches 73.3% at base_lr 0.1, 83.6% at 6.4, logistic regression ~83%; so 6.4 here.
+    base_lr: float = 6.4
     lr: float = 0.0  # > 0 overrides base_lr scaling (set 6.4e-3 for the paper's stated value)
     augment: bool = False  # RandomResizedCrop + flip, recomputing features every epoch (MAE)
     knn_k: int = 20  # kNN probe, cosine similarity

@@ -57,15 +57,15 @@ def fid_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, train: tuple[t
              test: tuple[torch.Tensor, torch.Tensor], num_classes: int, device: torch.device, cache: Path,
              run_dir: Path, artifacts: dict[str, str]) -> dict[str, float]:
     """FID of fid.num_samples generated images against the reference split (statistics cached per split/n)."""
-    from sweepdae.eval import InceptionFeatures, fid_from_images, reference_stats, sample_grid
+    from sweepdae.eval import InceptionFeatures, fid_from_images, reference_key, reference_stats, sample_grid
 
     ref = train if recipe.fid.ref_split == "train" else test
     n_ref = min(len(ref[0]), max(recipe.fid.num_samples, 1000))
-    key = f"{recipe.data.name.value}-{recipe.data.root}-{recipe.data.image_size}-{recipe.data.train_size}-" \
-          f"{recipe.data.test_size}-{recipe.fid.ref_split}-{n_ref}-bilinear299"
+    d = recipe.data
+    dataset = f"{d.name.value}:{d.root}:{d.train_size if recipe.fid.ref_split == 'train' else d.test_size}:{d.channels}"
+    key = reference_key(dataset=dataset, split=recipe.fid.ref_split, n=n_ref, image_size=d.image_size)
     extractor = InceptionFeatures(device=device)
-    mu, sigma = reference_stats(ref[0][:n_ref], cache_dir=cache, key=key, batch_size=100, device=device,
-                                extractor=extractor)
+    mu, sigma = reference_stats(ref[0][:n_ref], cache_dir=cache, key=key, batch_size=100, device=device)
     fake = generate(recipe, model=model, tokenizer=tokenizer, num=recipe.fid.num_samples, num_classes=num_classes,
                     device=device, seed=recipe.seed + 12345)
     fid = fid_from_images(fake, mu, sigma, batch_size=100, device=device, extractor=extractor)
