@@ -1,0 +1,518 @@
+"""`Store`: the results store and work queue of every sweep, over one Optuna study."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from sweepdae.errors import StoreError
+from sweepdae.store import _frame
+from sweepdae.store._common import DEFAULT_LEASE_S, Claim, guarded, jsonable, overrides_after
+from sweepdae.store._trials import (
+    CellStatus,
+    clean_metrics,
+    deep_merge,
+    duplicate_of,
+    group_by_key,
+    key_of,
+    key_status,
+    next_attempt,
+    start_time,
+)
+from sweepdae.store._url import STUDY_NAME, StoreURL
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_ERROR_CHARS = 2_000  # `error` is one message; keep rows small
+_TRACEBACK_CHARS = 10_000  # the tail of a traceback is where the cause is
+
+
+class Store:
+    """Results store and work queue of every sweep: one Optuna study named "sweepdae" holds every cell of every
+    grid as trials, keyed by the cell key in `user_attrs["key"]`. Create it with `open_store(url)`.
+
+    Contract (the same on every backend; `tests/test_store.py::TestStoreContract` checks it on all three):
+
+    * Backends: journal file (default; safe for many processes on one file system), PostgreSQL (many machines),
+      SQLite (only when one coordinator process makes every store call: SQLite has no row locks, and two
+      processes can claim the same trial).
+    * A cell key has attempts (trials). Its status is computed over all of them: done if any COMPLETE; else
+      running if any RUNNING; else queued if any WAITING; else failed if any FAIL; else new (see `CellStatus`).
+    * Everything is kept in trial `user_attrs` (Optuna 5 has no public system-attr setters): `key`, `label`,
+      `recipe`, `grid`, `attempt` (1 + the highest earlier attempt), `retry_of` (trial number), `reason`
+      (enqueue | retry | reaped | requeue | recovered), `recipe_overrides`, `enqueued`; on claim `owner`,
+      `lease_expires`, `started` (unix times); `progress`; on completion `metrics`, `info`, `finished`; on
+      failure `failure_class`, `error`, `traceback_tail`, `info`, `finished`, `retry`; markers `duplicate`,
+      `stale`, `spurious`, `recovered_from`.
+    * Claiming never calls `Study.ask()`: it moves the oldest WAITING trial to RUNNING with the storage's atomic
+      WAITING -> RUNNING transition, so an empty queue returns None and no sampler-made ("spurious") trial is
+      ever created. A keyless WAITING trial (not ours) that gets claimed is failed with `spurious=True`.
+    * Duplicates: two processes enqueueing the same key at once can both add a WAITING trial. Claim resolves it:
+      a claimed trial whose key already has a COMPLETE trial, or an unfinished (WAITING/RUNNING) trial with a
+      lower number, is failed with `duplicate=True` and the next trial is claimed. "Lowest unfinished number
+      wins" makes the decision the same in every process, so exactly one of the copies runs. If that leaves
+      the key with nothing unfinished while its last real attempt failed asking for a retry (whose owner saw
+      the copy RUNNING and queued none), the claimer queues the retry itself. A copy that runs after an
+      earlier attempt finished is numbered (and overridden) as that attempt's retry.
+    * Leases: a claim holds a lease (`lease_expires`) that `heartbeat` renews. `reap_stale` fails every RUNNING
+      trial whose lease ran out (`failure_class="killed"`, `stale=True`) and enqueues the next attempt. Leases
+      are our own on every backend (JournalStorage has no heartbeats; RDB heartbeats only run in `optimize`).
+    * Exactly-once results: a worker whose trial was reaped but who finishes anyway still records its result
+      (`complete` returns True) unless the key is done by then: the result goes onto the key's lowest
+      unfinished trial -- its WAITING retry (claimed first), or the retry another worker already runs (taken
+      over: that worker's `heartbeat` and `complete` then return False) -- or onto a new trial if none is left.
+      Every COMPLETE of a key is the exclusive finish of the one trial a claim may keep running (the lowest
+      unfinished of its key), so a key never gets two COMPLETE trials. (If a take-over and the retry's own
+      completion happen within milliseconds, `metrics` and `info` may come from the two different runs.)
+    * COMPLETE needs a finite objective value: `metrics["objective"]` when given and finite, else 0.0. The
+      study direction is "maximize"; nothing in sweepdae reads the value, the metrics are in `user_attrs`.
+    * Storage failures (server down, unreadable journal) raise `StoreError` with one line; the PostgreSQL engine
+      uses `pool_pre_ping`, so the same Store keeps working after a server restart.
+    """
+
+    def __init__(self, parsed: StoreURL, storage: optuna.storages.BaseStorage, study: optuna.Study) -> None:
+        self.url = parsed.shown  # password masked
+        self.kind = parsed.kind
+        self._storage = storage
+        self._study = study
+        self._study_id = storage.get_study_id_from_name(STUDY_NAME)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+    def _trials(self, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._storage.get_all_trials(self._study_id, deepcopy=False, states=states)
+
+    def _key_trials(self, key: str) -> list[FrozenTrial]:
+        return group_by_key(self._trials()).get(key, [])
+
+    def _grid_cells(self) -> dict[str, dict[str, Any]]:
+        """key -> {label, grids} for every cell of every registered grid."""
+        cells: dict[str, dict[str, Any]] = {}
+        for grid in self.grids():
+            for cell in grid.get("cells", []):
+                entry = cells.setdefault(cell["key"], {"label": cell.get("label"), "grids": []})
+                if grid["name"] not in entry["grids"]:
+                    entry["grids"].append(grid["name"])
+        return cells
+
+    # ------------------------------------------------------------------ grids
+    @guarded
+    def register_grid(self, name: str, *, profile: str, spec: dict[str, Any], cells: list[dict[str, Any]]) -> None:
+        """Remember a grid so reports know every one of its cells, also those never run.
+
+        Stored as study user attr `grid:{name}:{profile}` = {name, profile, spec, cells: [{key, label, coords,
+        step}], updated}. Idempotent: registering the same content again writes nothing.
+        """
+        entry: dict[str, Any] = {
+            "name": name,
+            "profile": profile,
+            "spec": spec,
+            "cells": [
+                {"key": c["key"], "label": c.get("label"), "coords": c.get("coords"), "step": c.get("step")}
+                for c in cells
+            ],
+        }
+        jsonable(entry, f"grid {name!r}")
+        entry = json.loads(json.dumps(entry))  # tuples -> lists, as the storage will hand them back
+        attr = f"grid:{name}:{profile}"
+        current = self._storage.get_study_user_attrs(self._study_id).get(attr)
+        if isinstance(current, dict) and {k: v for k, v in current.items() if k != "updated"} == entry:
+            return
+        self._storage.set_study_user_attr(self._study_id, attr, {**entry, "updated": time.time()})
+
+    @guarded
+    def grids(self) -> list[dict[str, Any]]:
+        """Registered grids, each {name, profile, spec, cells, updated}, sorted by (name, profile)."""
+        attrs = self._storage.get_study_user_attrs(self._study_id)
+        found = [v for k, v in attrs.items() if k.startswith("grid:") and isinstance(v, dict)]
+        return sorted(found, key=lambda g: (str(g.get("name")), str(g.get("profile"))))
+
+    # ------------------------------------------------------------------ queue
+    @guarded
+    def enqueue(self, cells: list[dict[str, Any]]) -> dict[str, str]:
+        """Queue every cell that is not done, running or queued; return key -> what happened.
+
+        Each cell is a dict with `key`, `label`, `recipe` (dict) and `grid` (name). Results: "cached" (a COMPLETE
+        trial exists), "running", "already-queued", or "queued" (a new WAITING trial, also for failed keys).
+        Concurrent calls for the same keys may add duplicate WAITING trials; `claim` resolves them.
+        """
+        groups = group_by_key(self._trials())
+        result: dict[str, str] = {}
+        for cell in cells:
+            key = cell.get("key")
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"cell without a string 'key': {cell!r:.200}")
+            if key in result:
+                continue
+            recipe = cell.get("recipe", {})
+            if not isinstance(recipe, dict):
+                raise ValueError(f"cell {key}: 'recipe' must be a dict, got {type(recipe).__name__}")
+            jsonable(recipe, f"recipe of cell {key}")
+            trials = groups.get(key, [])
+            status = key_status(trials)
+            if status is CellStatus.DONE:
+                result[key] = "cached"
+            elif status is CellStatus.RUNNING:
+                result[key] = "running"
+            elif status is CellStatus.QUEUED:
+                result[key] = "already-queued"
+            else:
+                self._add_waiting(
+                    key=key,
+                    label=str(cell.get("label") or key[:12]),
+                    recipe=recipe,
+                    grid=cell.get("grid"),
+                    attempt=next_attempt(trials),
+                    retry_of=trials[-1].number if trials else None,
+                    reason="enqueue",
+                    recipe_overrides={},
+                )
+                result[key] = "queued"
+        return result
+
+    def _add_waiting(self, *, key: str, label: str, recipe: dict[str, Any], grid: str | None, attempt: int,
+                     retry_of: int | None, reason: str, recipe_overrides: dict[str, Any]) -> None:
+        attrs: dict[str, Any] = {
+            "key": key, "label": label, "recipe": recipe, "grid": grid, "attempt": attempt,
+            "retry_of": retry_of, "reason": reason, "enqueued": time.time(),
+        }
+        if recipe_overrides:
+            attrs["recipe_overrides"] = recipe_overrides
+        self._study.enqueue_trial(params={}, user_attrs=attrs)
+
+    def _enqueue_retry(self, trials: list[FrozenTrial], *, retry_of: FrozenTrial, reason: str) -> bool:
+        """Queue the next attempt of the key of `trials` (fresh) unless it is done or has an unfinished trial.
+
+        The new attempt copies label, recipe and grid from `retry_of` and, except for reason "requeue", its
+        recipe overrides deep-merged with `info["recipe_overrides"]` of a failure that asked for them.
+        """
+        if key_status(trials) in (CellStatus.DONE, CellStatus.RUNNING, CellStatus.QUEUED):
+            return False
+        attrs = retry_of.user_attrs
+        overrides = overrides_after(retry_of) if reason != "requeue" else {}
+        key = str(attrs["key"])
+        self._add_waiting(
+            key=key,
+            label=str(attrs.get("label") or key[:12]),
+            recipe=dict(attrs.get("recipe") or {}),
+            grid=attrs.get("grid"),
+            attempt=next_attempt(trials),
+            retry_of=retry_of.number,
+            reason=reason,
+            recipe_overrides=overrides,
+        )
+        return True
+
+    def _retry_after(self, trial_id: int) -> bool:
+        """Queue the attempt after the finished trial `trial_id` (read fresh); True when queued."""
+        trial = self._storage.get_trial(trial_id)
+        key = key_of(trial)
+        if key is None:
+            return False
+        reason = "reaped" if trial.user_attrs.get("stale") else "retry"
+        return self._enqueue_retry(self._key_trials(key), retry_of=trial, reason=reason)
+
+    def _finish(self, trial_id: int, state: TrialState, attrs: Mapping[str, Any],
+                value: float | None = None) -> bool:
+        """Write `attrs`, then move a RUNNING trial to `state`; False when someone else finished it first."""
+        try:
+            for name, attr in attrs.items():
+                self._storage.set_trial_user_attr(trial_id, name, attr)
+            return self._storage.set_trial_state_values(
+                trial_id, state, [value] if value is not None else None
+            )
+        except UpdateFinishedTrialError:
+            return False
+
+    def _rescue(self, keys: set[str]) -> None:
+        """After failing duplicates of `keys`: if a key is left with no COMPLETE, RUNNING or WAITING trial and its
+        last real attempt failed asking for a retry (`retry` or `stale`), queue that retry. Its owner (or the
+        reaper) may have skipped it because it saw our duplicate RUNNING; we failed the duplicate first and read
+        second, so whichever of us reads last sees both failures."""
+        groups = group_by_key(self._trials())
+        for key in keys:
+            trials = groups.get(key, [])
+            real = [t for t in trials if not t.user_attrs.get("duplicate")]
+            if not real or key_status(trials) in (CellStatus.DONE, CellStatus.RUNNING, CellStatus.QUEUED):
+                continue
+            last = real[-1]
+            if last.state == TrialState.FAIL and (last.user_attrs.get("retry") or last.user_attrs.get("stale")):
+                self._enqueue_retry(trials, retry_of=last, reason="reaped" if last.user_attrs.get("stale")
+                                    else "retry")
+
+    @guarded
+    def claim(self, owner: str, *, lease_s: float = DEFAULT_LEASE_S) -> Claim | None:
+        """Take the oldest queued cell (FIFO by trial number), or None when the queue is empty.
+
+        The trial becomes RUNNING with user attrs `owner`, `lease_expires` (now + `lease_s`) and `started`.
+        Duplicate and keyless WAITING trials met on the way are failed (`duplicate` / `spurious`) and skipped.
+        """
+        yielded: set[str] = set()
+        claim: Claim | None = None
+        while claim is None:
+            snapshot = self._trials()
+            waiting = sorted((t for t in snapshot if t.state == TrialState.WAITING), key=lambda t: t.number)
+            if not waiting:
+                break
+            groups = group_by_key(snapshot)
+            for trial in waiting:  # all judged on this one snapshot (see `duplicate_of` for why that is sound)
+                try:
+                    if not self._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                        continue  # another process took it
+                except UpdateFinishedTrialError:
+                    continue
+                claim = self._take(trial, groups, owner, lease_s, yielded)
+                if claim is not None:
+                    break
+            # Everything in this snapshot was taken or skipped: look again.
+        if yielded:
+            self._rescue(yielded)
+        return claim
+
+    def _take(self, trial: FrozenTrial, groups: dict[str, list[FrozenTrial]], owner: str, lease_s: float,
+              yielded: set[str]) -> Claim | None:
+        """Turn the trial we just moved to RUNNING into a Claim, or fail it as spurious/duplicate (None)."""
+        now = time.time()
+        key = key_of(trial)
+        if key is None:
+            self._finish(trial._trial_id, TrialState.FAIL, {"spurious": True})
+            return None
+        winner = duplicate_of(trial, groups.get(key, []))
+        if winner is not None:
+            reason = f"trial {winner.number} of the same key is {winner.state.name}"
+            self._finish(trial._trial_id, TrialState.FAIL, {"duplicate": True, "error": reason})
+            if winner.state != TrialState.COMPLETE:
+                yielded.add(key)
+            return None
+        attrs = dict(trial.user_attrs)
+        # A copy from an enqueue race that runs after an earlier attempt of its key already finished is, in
+        # effect, that attempt's retry (whose owner queued none, seeing this copy WAITING): number it so.
+        earlier = [t for t in groups.get(key, []) if t.number < trial.number and not t.user_attrs.get("duplicate")]
+        updates: dict[str, Any] = {"owner": owner, "lease_expires": now + lease_s, "started": now}
+        if earlier and int(attrs.get("attempt") or 1) <= int(earlier[-1].user_attrs.get("attempt") or 1):
+            updates.update(attempt=next_attempt(earlier), retry_of=earlier[-1].number)
+            if earlier[-1].state == TrialState.FAIL:
+                updates["recipe_overrides"] = deep_merge(attrs.get("recipe_overrides") or {},
+                                                         overrides_after(earlier[-1]))
+        try:
+            for name, value in updates.items():
+                self._storage.set_trial_user_attr(trial._trial_id, name, value)
+        except UpdateFinishedTrialError:
+            return None  # reaped between our claim and here (clocks far apart)
+        attrs.update(updates)
+        overrides = dict(attrs.get("recipe_overrides") or {})
+        return Claim(
+            number=trial.number,
+            key=key,
+            label=str(attrs.get("label") or key[:12]),
+            recipe=deep_merge(attrs.get("recipe") or {}, overrides),
+            attempt=int(attrs.get("attempt") or 1),
+            grid=attrs.get("grid"),
+            owner=owner,
+            lease_s=lease_s,
+            started=now,
+            recipe_overrides=overrides,
+            _trial_id=trial._trial_id,
+        )
+
+    @guarded
+    def heartbeat(self, claim: Claim) -> bool:
+        """Renew the claim's lease; False when the cell should stop: its trial is no longer RUNNING (reaped, or
+        completed with the result of an earlier, reaped worker that finished after all)."""
+        trial = self._storage.get_trial(claim._trial_id)
+        if trial.state != TrialState.RUNNING:
+            return False
+        try:
+            self._storage.set_trial_user_attr(claim._trial_id, "lease_expires", time.time() + claim.lease_s)
+        except UpdateFinishedTrialError:
+            return False
+        return True
+
+    @guarded
+    def record_progress(self, claim: Claim, **fields: Any) -> bool:
+        """Replace the small `progress` dict of the claim's trial (e.g. phase, epoch); False if not RUNNING."""
+        progress = {**fields, "updated": time.time()}
+        jsonable(progress, "progress")
+        try:
+            self._storage.set_trial_user_attr(claim._trial_id, "progress", progress)
+        except UpdateFinishedTrialError:
+            return False
+        return True
+
+    @guarded
+    def reap_stale(self, now: float | None = None) -> list[str]:
+        """Fail every RUNNING trial whose lease expired before `now` (default: time.time()) with
+        `failure_class="killed"`, `stale=True`, and queue the next attempt of its key unless the key is done or
+        has another unfinished trial. Returns the keys queued again. Keyless RUNNING trials older than the
+        default lease are failed as `spurious`."""
+        now = time.time() if now is None else now
+        requeued: list[str] = []
+        for trial in self._trials(states=(TrialState.RUNNING,)):
+            lease = trial.user_attrs.get("lease_expires")
+            if not isinstance(lease, (int, float)):
+                started = start_time(trial)
+                lease = (started if started is not None else now) + DEFAULT_LEASE_S
+            if lease >= now:
+                continue
+            key = key_of(trial)
+            if key is None:
+                self._finish(trial._trial_id, TrialState.FAIL, {"spurious": True, "finished": now})
+                continue
+            owner = trial.user_attrs.get("owner", "?")
+            attrs = {
+                "failure_class": "killed", "stale": True, "finished": now,
+                "error": f"lease expired {now - float(lease):.0f} s ago (owner {owner}); no heartbeat",
+            }
+            if not self._finish(trial._trial_id, TrialState.FAIL, attrs):
+                continue  # finished meanwhile by its owner or by another reaper
+            if self._retry_after(trial._trial_id):
+                requeued.append(key)
+        return requeued
+
+    # ------------------------------------------------------------------ results
+    @guarded
+    def complete(self, claim: Claim, *, metrics: dict[str, float], info: dict[str, Any]) -> bool:
+        """Record the cell's result and mark it done; True when this result is the key's result.
+
+        Sets user attrs `metrics` (non-finite values stored as None), `info` (timings, artifact_dir,
+        provenance) and `finished`, then tells COMPLETE with value `metrics["objective"]` if given and finite,
+        else 0.0. When the trial is no longer RUNNING (a reaper failed it) the result is not lost: unless the
+        key is done, it is written onto the key's lowest unfinished trial -- its WAITING retry (claimed first)
+        or the retry another worker is running (taken over: that worker's heartbeat and complete then return
+        False) -- or onto a new trial when there is none; `recovered_from` = this claim's trial number.
+        Returns False, dropping the result, only when the key is already done by another trial.
+        """
+        clean = clean_metrics(metrics)
+        jsonable(info, "info")
+        objective = clean.get("objective")
+        value = float(objective) if objective is not None else 0.0
+        attrs: dict[str, Any] = {"metrics": clean, "info": info, "finished": time.time()}
+        if self._finish(claim._trial_id, TrialState.COMPLETE, attrs, value):
+            return True
+        return self._recover(claim, attrs, value)
+
+    def _recover(self, claim: Claim, attrs: dict[str, Any], value: float) -> bool:
+        """Record the result of a claim whose trial was failed under it (see `complete`).
+
+        Every COMPLETE of a key goes through the exclusive finish of one trial: the claimed one, or here the
+        lowest unfinished trial of the key, which is also the only one a claim may keep running. So two workers
+        (this one, the retry's runner, another late one) can never both complete the key.
+        """
+        extra = {"owner": claim.owner, "started": claim.started, "recovered_from": claim.number}
+        for _ in range(20):
+            trials = self._key_trials(claim.key)
+            if any(t.state == TrialState.COMPLETE for t in trials):
+                return False
+            unfinished = [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+            if not unfinished:
+                # Nothing queued or running (no retry was asked for): a new attempt to put the result on.
+                own = next((t for t in trials if t._trial_id == claim._trial_id), None)
+                base = own.user_attrs.get("recipe") if own is not None else None
+                self._add_waiting(key=claim.key, label=claim.label, recipe=base if base is not None else claim.recipe,
+                                  grid=claim.grid, attempt=next_attempt(trials), retry_of=claim.number,
+                                  reason="recovered", recipe_overrides=claim.recipe_overrides)
+                continue
+            target = unfinished[0]
+            if target.state == TrialState.WAITING:
+                try:
+                    if not self._storage.set_trial_state_values(target._trial_id, TrialState.RUNNING):
+                        continue  # claimed by a worker meanwhile: take it over on the next round
+                except UpdateFinishedTrialError:
+                    continue
+            if self._finish(target._trial_id, TrialState.COMPLETE, {**extra, **attrs}, value):
+                return True
+        raise StoreError(f"store {self.url}: could not record the late result of trial {claim.number} "
+                         f"(key {claim.key}): the key's trials kept changing")
+
+    @guarded
+    def fail(self, claim: Claim, *, failure_class: str, error: str, traceback_tail: str, retry: bool,
+             info: dict[str, Any] | None = None) -> None:
+        """Record a failed attempt and, when `retry`, queue the next one.
+
+        Sets user attrs `failure_class`, `error` (first 2,000 chars), `traceback_tail` (last 10,000 chars),
+        `info`, `finished`, `retry`, and tells FAIL. The retry gets `retry_of` = this trial's number and
+        `recipe_overrides` = this claim's overrides deep-merged with `info["recipe_overrides"]` (e.g. a halved
+        micro-batch); it is not queued when the key is done or already has another unfinished trial. When the
+        trial is no longer RUNNING (reaped), nothing is written: the reaper already queued the next attempt.
+        """
+        info = dict(info or {})
+        jsonable(info, "info")
+        attrs = {
+            "failure_class": failure_class, "error": error[:_ERROR_CHARS],
+            "traceback_tail": traceback_tail[-_TRACEBACK_CHARS:], "info": info, "finished": time.time(),
+            "retry": retry,
+        }
+        if not self._finish(claim._trial_id, TrialState.FAIL, attrs):
+            return
+        if retry:
+            self._retry_after(claim._trial_id)
+
+    @guarded
+    def requeue_failed(self, keys: list[str] | None = None) -> int:
+        """Queue a fresh attempt (no recipe overrides) of every failed key, or of the failed ones among `keys`;
+        returns how many were queued."""
+        groups = group_by_key(self._trials())
+        wanted = groups.keys() if keys is None else [k for k in keys if k in groups]
+        count = 0
+        for key in wanted:
+            if key_status(groups[key]) is CellStatus.FAILED:
+                count += self._enqueue_retry(groups[key], retry_of=groups[key][-1], reason="requeue")
+        return count
+
+    # ------------------------------------------------------------------ queries
+    @guarded
+    def status(self, keys: list[str] | None = None) -> dict[str, str]:
+        """key -> "new" | "queued" | "running" | "done" | "failed" (one pass over the trials).
+
+        Without `keys`: every key that has a trial or belongs to a registered grid.
+        """
+        groups = group_by_key(self._trials())
+        if keys is None:
+            keys = list(dict.fromkeys([*groups, *self._grid_cells()]))
+        return {key: key_status(groups.get(key, [])).value for key in keys}
+
+    @guarded
+    def cells(self, keys: list[str] | None = None) -> pd.DataFrame:
+        """Tidy table, one row per key (its decisive attempt: the COMPLETE one, else the newest RUNNING, WAITING
+        or FAIL): key, label, status, attempts, grid, grids, trial, attempt, owner, started, finished (UTC
+        timestamps), duration_s, failure_class, error, traceback_tail, artifact_dir, recipe, recipe_overrides,
+        progress, info, then `metric.<name>` and `time.<name>` (from info["timings"]) columns.
+        Without `keys`: every key that has a trial or belongs to a registered grid (status "new")."""
+        return _frame.cells_frame(group_by_key(self._trials()), self._grid_cells(), keys)
+
+    @guarded
+    def attempts(self, keys: list[str] | None = None) -> pd.DataFrame:
+        """Tidy table, one row per trial of a cell (keyless trials left out), in trial order: trial, key,
+        label, attempt, state, grid, owner, started, finished, duration_s, lease_expires, failure_class, error,
+        traceback_tail, duplicate, stale, retry_of, recovered_from, reason, artifact_dir, recipe,
+        recipe_overrides, progress, info, `metric.*`, `time.*`."""
+        return _frame.attempts_frame(group_by_key(self._trials()), keys)
+
+    def close(self) -> None:
+        """Release connections (RDB engine pool). Further calls raise StoreError. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        backend = getattr(self._storage, "_backend", None)  # _CachedStorage(RDBStorage)
+        engine = getattr(backend, "engine", None)
+        if engine is not None:
+            try:
+                engine.dispose()
+            except Exception:  # closing a pool to a dead server must not raise
+                pass
