@@ -76,7 +76,8 @@ def test_accelerate_command_line() -> None:
 
 
 def test_oom_retry_halves_micro_batch() -> None:
-    recipe = {"train": {"batch_size": 256, "micro_batch_size": 0}}
-    assert _halve_micro_batch(recipe, {}) == {"train.micro_batch_size": 128}
-    assert _halve_micro_batch(recipe, {"train.micro_batch_size": 128}) == {"train.micro_batch_size": 64}
-    assert _halve_micro_batch({"train": {"batch_size": 1, "micro_batch_size": 0}}, {}) is None
+    assert _halve_micro_batch({"train": {"batch_size": 256, "micro_batch_size": 0}}) == {
+        "train": {"micro_batch_size": 128}}
+    assert _halve_micro_batch({"train": {"batch_size": 256, "micro_batch_size": 128}}) == {
+        "train": {"micro_batch_size": 64}}
+    assert _halve_micro_batch({"train": {"batch_size": 1, "micro_batch_size": 0}}) is None

@@ -128,12 +128,8 @@ class Coordinator:
     def _start(self, claim: Any, slot: Slot) -> None:
         run_dir = self.opts.runs_dir / claim.key
         run_dir.mkdir(parents=True, exist_ok=True)
-        overrides = dict(getattr(claim, "overrides", None) or {})
-        recipe = claim.recipe
-        if overrides:
-            from sweepdae.recipe import recipe_from_dict
-
-            recipe = recipe_from_dict(recipe).with_updates(overrides).to_dict()
+        overrides = dict(claim.recipe_overrides or {})
+        recipe = claim.recipe  # the store merged the attempt's overrides (e.g. a halved micro-batch) into it
         atomic_write_json(run_dir / RECIPE, {"key": claim.key, "label": claim.label, "recipe": recipe,
                                              "overrides": overrides, "attempt": claim.attempt})
         env = {**os.environ, **self.opts.env, "SWEEPDAE_ATTEMPT": str(claim.attempt)}
@@ -185,9 +181,9 @@ class Coordinator:
             info = {"timings": {**result.get("timings", {}), "wall_s": elapsed}, "artifacts": result["artifacts"],
                     "run_dir": str(r.run_dir), "provenance": result.get("provenance", {}), "steps": result["steps"],
                     "resumed_from_epoch": result.get("resumed_from_epoch"), "tokenizer": result.get("tokenizer"),
-                    "slot": r.slot.label, "overrides": getattr(r.claim, "overrides", None) or {}}
+                    "slot": r.slot.label, "overrides": dict(r.claim.recipe_overrides or {})}
             metrics = {k: float(v) for k, v in result["metrics"].items()}
-            recorded = self.store.complete(r.claim, metrics=metrics, info=info)
+            recorded = self.store.complete(r.claim, metrics=metrics, info=jsonable(info))
             self.done.append(key)
             self.view.cell_finished(key, "done" if recorded else "done (already recorded)", metrics)
             return
@@ -198,9 +194,9 @@ class Coordinator:
         retryable = failure.get("retryable", cls in ("killed", "crash", "oom", "io"))
         interrupted = interrupted or bool(self.stopping) or cls == "killed"
         attempt = int(getattr(r.claim, "attempt", 1))
-        overrides = dict(getattr(r.claim, "overrides", None) or {})
+        overrides: dict[str, Any] | None = {}
         if cls == "oom":
-            overrides = _halve_micro_batch(r.claim.recipe, overrides)
+            overrides = _halve_micro_batch(r.claim.recipe)
             retryable = retryable and overrides is not None
         # an interrupted cell (Ctrl-C, SIGKILL of the coordinator) is resumable and does not use up a retry
         retry = interrupted or (retryable and attempt <= self.opts.max_retries)
@@ -208,11 +204,16 @@ class Coordinator:
         info = {"exit_code": rc, "run_dir": str(r.run_dir), "wall_s": elapsed, "slot": r.slot.label,
                 "recipe_overrides": overrides or {}, "last_event": r.last_event}
         self.store.fail(r.claim, failure_class=cls, error=failure.get("error", f"exit code {rc}"),
-                        traceback_tail=tail, retry=retry, info=info)
+                        traceback_tail=tail, retry=retry, info=jsonable(info))
         if not retry:
             self.failed_for_good.append(key)
         status = "interrupted (resumable)" if interrupted else ("failed, retrying" if retry else "failed")
         self.view.cell_finished(key, status, {}, error=f"{cls}: {failure.get('error', f'exit code {rc}')}")
+
+
+def jsonable(obj: Any) -> Any:
+    """Round-trip through JSON so the store only ever sees plain values."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 class _DoneHandle:
@@ -249,10 +250,14 @@ def _log_tail(run_dir: Path, n: int = 4000) -> str:
         return ""
 
 
-def _halve_micro_batch(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any] | None:
-    """Out of memory: half the micro-batch, twice the accumulation, same effective batch (None if at 1)."""
+def _halve_micro_batch(recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """Out of memory: half the micro-batch, twice the accumulation, same effective batch (None if it cannot).
+
+    `recipe` is the attempt's recipe (overrides of earlier attempts already merged); the result is the nested
+    override the store deep-merges into the next attempt.
+    """
     batch = int(recipe["train"]["batch_size"])
-    micro = int(overrides.get("train.micro_batch_size") or recipe["train"]["micro_batch_size"] or batch)
+    micro = int(recipe["train"]["micro_batch_size"] or batch)
     if micro <= 1 or micro % 2:
         return None
-    return {**overrides, "train.micro_batch_size": micro // 2}
+    return {"train": {"micro_batch_size": micro // 2}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -257,8 +257,12 @@ class Store:
                                     else "retry")
 
     @guarded
-    def claim(self, owner: str, *, lease_s: float = DEFAULT_LEASE_S) -> Claim | None:
+    def claim(self, owner: str, *, lease_s: float = DEFAULT_LEASE_S, keys: Collection[str] | None = None
+              ) -> Claim | None:
         """Take the oldest queued cell (FIFO by trial number), or None when the queue is empty.
+
+        With `keys`, only cells among those keys are taken (`sweepdae run GRID` runs its own grid's cells;
+        `sweepdae worker` passes None and takes any).
 
         The trial becomes RUNNING with user attrs `owner`, `lease_expires` (now + `lease_s`) and `started`.
         Duplicate and keyless WAITING trials met on the way are failed (`duplicate` / `spurious`) and skipped.
@@ -267,7 +271,8 @@ class Store:
         claim: Claim | None = None
         while claim is None:
             snapshot = self._trials()
-            waiting = sorted((t for t in snapshot if t.state == TrialState.WAITING), key=lambda t: t.number)
+            waiting = sorted((t for t in snapshot if t.state == TrialState.WAITING
+                              and (keys is None or key_of(t) in keys or key_of(t) is None)), key=lambda t: t.number)
             if not waiting:
                 break
             groups = group_by_key(snapshot)
