@@ -60,6 +60,7 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     spec = _read_json(run_dir / RECIPE)
     recipe = recipe_from_dict(spec["recipe"])
     identity = spec.get("key") or recipe.key()
+    os.environ["SWEEPDAE_CELL_LABEL"] = str(spec.get("label", ""))
     events = EventLog(run_dir / EVENTS, echo)
     timings: dict[str, float] = {}
     cpu = not torch.cuda.is_available()
@@ -176,11 +177,34 @@ def write_failure(run_dir: Path, exc: BaseException) -> dict[str, Any]:
     return info
 
 
+def _watch_coordinator() -> None:
+    """Exit when the coordinator that launched this cell dies (SIGKILL leaves no chance to stop its cells):
+    the cell would otherwise train on beside the attempt that a new coordinator starts for it."""
+    import threading
+
+    pid = int(os.environ.get("SWEEPDAE_COORDINATOR_PID", "0") or 0)
+    if not pid:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(137)
+            except PermissionError:
+                return
+
+    threading.Thread(target=watch, daemon=True, name="sweepdae-coordinator-watch").start()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweepdae.cell", description=__doc__)
     ap.add_argument("run_dir", type=Path, help="the cell's folder, holding recipe.json")
     args = ap.parse_args(argv)
     run_dir: Path = args.run_dir
+    _watch_coordinator()
     try:
         (run_dir / FAILURE).unlink(missing_ok=True)
         run_cell(run_dir)

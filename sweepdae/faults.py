@@ -4,17 +4,22 @@ kinds: oom (raises torch.OutOfMemoryError), nonfinite (loss becomes NaN), crash 
 sleep (sleeps SWEEPDAE_FAULT_SLEEP seconds, default 30), diskfull (OSError ENOSPC on the next checkpoint write).
 where: step=N (global optimizer step), epoch=N (start of epoch), phase=NAME (tokenizer|train|probe|fid|figures).
 `once` suffix (`oom@step=2:once`) fires only on the first attempt (SWEEPDAE_ATTEMPT == 1).
+SWEEPDAE_FAULT_ONLY=REGEX limits the faults to cells whose label matches (the cell sets SWEEPDAE_CELL_LABEL).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 
 
 def _spec() -> list[tuple[str, str, str, bool]]:
     raw = os.environ.get("SWEEPDAE_FAULT", "")
+    only = os.environ.get("SWEEPDAE_FAULT_ONLY")
+    if raw and only and not re.search(only, os.environ.get("SWEEPDAE_CELL_LABEL", "")):
+        return []
     out = []
     for item in filter(None, (s.strip() for s in raw.split(","))):
         once = item.endswith(":once")

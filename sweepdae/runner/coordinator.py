@@ -23,9 +23,9 @@ from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
 from sweepdae.utils import atomic_write_json, read_events
 
-HEARTBEAT_S = 10.0
-LEASE_S = 60.0
-REAP_EVERY_S = 15.0
+HEARTBEAT_S = float(os.environ.get("SWEEPDAE_HEARTBEAT_S", "10"))
+LEASE_S = float(os.environ.get("SWEEPDAE_LEASE_S", "60"))  # a coordinator silent this long is presumed dead
+REAP_EVERY_S = min(15.0, LEASE_S / 2)
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Coordinator:
             now = time.time()
             if now - self._last_reap > REAP_EVERY_S:
                 self._last_reap = now
-                for key in self.store.reap_stale():
+                for key in self.store.reap_stale(dead_owner=_dead_local_owner):
                     self.view.message(f"requeued stale cell {key[:10]} (its coordinator stopped)")
             if not self.stopping and not (self.opts.fail_fast and self.failed_for_good):
                 for slot in self.opts.slots:
@@ -132,7 +132,8 @@ class Coordinator:
         recipe = claim.recipe  # the store merged the attempt's overrides (e.g. a halved micro-batch) into it
         atomic_write_json(run_dir / RECIPE, {"key": claim.key, "label": claim.label, "recipe": recipe,
                                              "overrides": overrides, "attempt": claim.attempt})
-        env = {**os.environ, **self.opts.env, "SWEEPDAE_ATTEMPT": str(claim.attempt)}
+        env = {**os.environ, **self.opts.env, "SWEEPDAE_ATTEMPT": str(claim.attempt),
+               "SWEEPDAE_COORDINATOR_PID": str(os.getpid())}
         # a finished result of this key already on disk (e.g. its first coordinator was reaped while the cell
         # ended): record it instead of training again
         if _valid_result(run_dir, claim.key):
@@ -209,6 +210,20 @@ class Coordinator:
             self.failed_for_good.append(key)
         status = "interrupted (resumable)" if interrupted else ("failed, retrying" if retry else "failed")
         self.view.cell_finished(key, status, {}, error=f"{cls}: {failure.get('error', f'exit code {rc}')}")
+
+
+def _dead_local_owner(owner: str) -> bool:
+    """A coordinator of this host whose process is gone (killed): its cells need not wait for the lease."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def jsonable(obj: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -361,11 +361,15 @@ class Store:
         return True
 
     @guarded
-    def reap_stale(self, now: float | None = None) -> list[str]:
+    def reap_stale(self, now: float | None = None, *, dead_owner: Callable[[str], bool] | None = None
+                   ) -> list[str]:
         """Fail every RUNNING trial whose lease expired before `now` (default: time.time()) with
         `failure_class="killed"`, `stale=True`, and queue the next attempt of its key unless the key is done or
         has another unfinished trial. Returns the keys queued again. Keyless RUNNING trials older than the
-        default lease are failed as `spurious`."""
+        default lease are failed as `spurious`.
+
+        `dead_owner(owner)` may say that an owner is certainly gone (a coordinator of this host whose process
+        no longer exists); its trials are reaped at once, lease or not."""
         now = time.time() if now is None else now
         requeued: list[str] = []
         for trial in self._trials(states=(TrialState.RUNNING,)):
@@ -373,7 +377,8 @@ class Store:
             if not isinstance(lease, (int, float)):
                 started = start_time(trial)
                 lease = (started if started is not None else now) + DEFAULT_LEASE_S
-            if lease >= now:
+            gone = dead_owner is not None and dead_owner(str(trial.user_attrs.get("owner", "")))
+            if lease >= now and not gone:
                 continue
             key = key_of(trial)
             if key is None:

@@ -1,0 +1,255 @@
+"""Sweep execution end to end on the CPU: real CLI processes, real journal/PostgreSQL stores, real cells."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweepdae.store import open_store
+
+TINY = """
+[grid]
+name = "tiny"
+seeds = [0]
+
+[base]
+data.name = "digits"
+data.image_size = 8
+tokenizer.name = "patch_pca"
+tokenizer.patch_size = 4
+tokenizer.pca_num_patches = 2000
+model.size = "micro"
+train.epochs = {epochs}
+train.batch_size = 64
+train.warmup_epochs = 0.5
+probe.epochs = 5
+
+[axes]
+tokenizer.latent_dim = {dims}
+"""
+
+
+def write_grid(tmp: Path, dims: list[int] = [2, 4, 8], epochs: int = 1, name: str = "tiny") -> Path:  # noqa: B006
+    p = tmp / f"{name}.toml"
+    p.write_text(TINY.format(dims=dims, epochs=epochs).replace('name = "tiny"', f'name = "{name}"'))
+    return p
+
+
+def sweepdae(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
+             store: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "sweepdae", *args]
+    if args and args[0] in ("run", "worker", "status"):
+        cmd += ["--store", store or f"journal:{tmp / 'store.journal'}"]
+    if args and args[0] in ("run", "worker"):
+        cmd += ["--plain", "--runs-dir", str(tmp / "runs")]
+    return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def attempts(tmp: Path, store: str | None = None) -> Any:
+    s = open_store(store or f"journal:{tmp / 'store.journal'}", create=False)
+    try:
+        return s.attempts()
+    finally:
+        s.close()
+
+
+def cells(tmp: Path, store: str | None = None) -> Any:
+    s = open_store(store or f"journal:{tmp / 'store.journal'}", create=False)
+    try:
+        return s.cells()
+    finally:
+        s.close()
+
+
+def test_run_records_every_cell_then_rerun_is_cached(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path)
+    p = sweepdae(tmp_path, "run", str(grid))
+    assert p.returncode == 0, p.stderr
+    df = cells(tmp_path)
+    assert sorted(df["status"]) == ["done"] * 3
+    assert df["metric.probe_top1"].between(0, 100).all() and df["metric.knn_top1"].notna().all()
+    for run_dir in (tmp_path / "runs").glob("[0-9a-f]*"):
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["steps"] == 1438 // 64 and (run_dir / "denoising.png").exists()
+    sizes = {d: (d / "events.jsonl").stat().st_size for d in (tmp_path / "runs").glob("[0-9a-f]*")}
+    again = sweepdae(tmp_path, "run", str(grid))
+    assert again.returncode == 0 and "3 of 3 cells already done" in again.stderr
+    assert sizes == {d: (d / "events.jsonl").stat().st_size for d in sizes}  # nothing ran again
+    assert len(attempts(tmp_path)) == 3
+
+
+def test_accelerate_launch_path(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path, dims=[2])
+    p = sweepdae(tmp_path, "run", str(grid), "--launcher", "accelerate")
+    assert p.returncode == 0, p.stderr
+    (run_dir,) = (tmp_path / "runs").glob("[0-9a-f]*")
+    log = (run_dir / "cell.log").read_text()
+    assert "accelerate.commands.launch" in log and "--main_process_port" in log and "--cpu" in log
+    assert json.loads((run_dir / "result.json").read_text())["metrics"]["probe_top1"] >= 0
+
+
+def test_failing_cell_is_isolated_and_retried(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path)
+    env = {"SWEEPDAE_FAULT": "crash@phase=probe", "SWEEPDAE_FAULT_ONLY": "latent_dim=4"}
+    p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "0", env=env)
+    assert p.returncode == 1
+    df = cells(tmp_path).set_index("label")
+    assert df.loc["latent_dim=4 seed=0", "status"] == "failed"
+    assert df.loc["latent_dim=4 seed=0", "failure_class"] == "crash"
+    assert "injected crash" in df.loc["latent_dim=4 seed=0", "traceback_tail"]
+    assert (df.drop("latent_dim=4 seed=0")["status"] == "done").all()
+    # a new run retries the failed cell (once-only fault now passes) and leaves the done ones alone
+    env["SWEEPDAE_FAULT"] = "crash@phase=probe:once"
+    p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "1", env=env)
+    assert p.returncode == 0, p.stderr
+    a = attempts(tmp_path)
+    assert len(a) == 4 and sorted(cells(tmp_path)["status"]) == ["done"] * 3
+
+
+def test_max_retries_and_fail_fast(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path)
+    env = {"SWEEPDAE_FAULT": "crash@phase=train:once", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "2", env=env)
+    assert p.returncode == 0, p.stderr
+    df = cells(tmp_path).set_index("label")
+    assert df.loc["latent_dim=2 seed=0", "attempts"] == 2 and (df["status"] == "done").all()
+
+    other = tmp_path / "ff"
+    other.mkdir()
+    grid = write_grid(other)
+    env = {"SWEEPDAE_FAULT": "crash@phase=train", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    p = sweepdae(other, "run", str(grid), "--fail-fast", "--max-retries", "0", env=env)
+    assert p.returncode == 1
+    st = cells(other).set_index("label")["status"]
+    assert st["latent_dim=2 seed=0"] == "failed" and (st.drop("latent_dim=2 seed=0") == "queued").all()
+
+
+def test_oom_retries_with_half_micro_batch_and_nonfinite_is_final(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path, dims=[2, 4])
+    env = {"SWEEPDAE_FAULT": "oom@step=3:once", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "1", "--only", "latent_dim=2", env=env)
+    assert p.returncode == 0, p.stderr
+    a = attempts(tmp_path).sort_values("trial")
+    assert list(a["failure_class"].fillna("")) == ["oom", ""]
+    assert a.iloc[1]["recipe_overrides"] == {"train": {"micro_batch_size": 32}}
+    (run_dir,) = [d for d in (tmp_path / "runs").glob("[0-9a-f]*")]
+    spec = json.loads((run_dir / "recipe.json").read_text())
+    assert spec["recipe"]["train"]["micro_batch_size"] == 32 and spec["recipe"]["train"]["batch_size"] == 64
+
+    env = {"SWEEPDAE_FAULT": "nonfinite@step=2", "SWEEPDAE_FAULT_ONLY": "latent_dim=4"}
+    p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "3", env=env)
+    assert p.returncode == 1
+    df = cells(tmp_path).set_index("label")
+    assert df.loc["latent_dim=4 seed=0", "failure_class"] == "nonfinite"
+    assert df.loc["latent_dim=4 seed=0", "attempts"] == 1
+
+
+def _wait_for(cond: Any, timeout: float, what: str) -> None:
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_rerun_resumes_from_checkpoint(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path, dims=[2, 4], epochs=3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SWEEPDAE_FAULT": "sleep@epoch=2:once",
+           "SWEEPDAE_FAULT_SLEEP": "60", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    cmd = [sys.executable, "-m", "sweepdae", "run", str(grid), "--store", f"journal:{tmp_path / 'store.journal'}",
+           "--plain", "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = lambda: list((tmp_path / "runs").glob("*/checkpoint.pt"))  # noqa: E731
+    _wait_for(lambda: ckpts() and any(e.get("epoch") == 2 and e.get("phase") == "train" and "loss" in e
+                                      for e in events(ckpts()[0].parent)) or
+              any(json.loads(line).get("epoch") == 2 for d in (tmp_path / "runs").glob("*/events.jsonl")
+                  for line in d.read_text().splitlines()), 120, "epoch 2 checkpoint")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = ckpts()[0].parent
+    time.sleep(2.5)  # the orphaned cell notices its coordinator is gone and exits
+    assert not (run_dir / "result.json").exists()
+    st = cells(tmp_path).set_index("label")["status"]
+    assert st["latent_dim=2 seed=0"] == "running"  # stuck until a coordinator reaps it
+
+    p = sweepdae(tmp_path, "run", str(grid), env={k: v for k, v in env.items() if not k.startswith("SWEEPDAE_F")})
+    assert p.returncode == 0, p.stderr
+    df = cells(tmp_path).set_index("label")
+    assert (df["status"] == "done").all()
+    result = json.loads((run_dir / "result.json").read_text())
+    spe = 1438 // 64
+    assert result["resumed_from_epoch"] == 2 and result["steps"] == 3 * spe
+    steps_logged = [e["step"] for e in events(run_dir) if e.get("phase") == "train" and "loss" in e]
+    # attempt 1 trained epochs 1-2, attempt 2 only epoch 3: no optimizer step was taken twice
+    first_epoch3 = [e for e in events(run_dir) if e.get("epoch") == 3 and "loss" in e]
+    assert first_epoch3 and max(steps_logged) == 3 * spe
+    assert sum(1 for e in events(run_dir) if e.get("resumed_from_epoch") == 2) == 1
+    a = attempts(tmp_path)
+    assert (a.groupby("key")["state"].apply(lambda s: (s == "COMPLETE").sum()) == 1).all()
+
+
+def test_two_coordinators_on_one_journal_run_each_cell_once(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path, dims=[1, 2, 3, 4])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sweepdae", "run", str(grid), "--store", f"journal:{tmp_path / 'store.journal'}",
+           "--plain", "--runs-dir", str(tmp_path / "runs")]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    starts = sum(o[1].count("] start") for o in outs)
+    assert starts == 4, outs  # each cell started by exactly one of the two coordinators
+    for run_dir in (tmp_path / "runs").glob("[0-9a-f]*"):
+        assert sum(1 for e in events(run_dir) if e.get("phase") == "data") == 1
+    a = attempts(tmp_path)
+    done = a[a["state"] == "COMPLETE"]
+    assert len(done) == 4 and done["key"].nunique() == 4
+    # both coordinators enqueued the same cells at once: the extra copies were failed as duplicates, never run
+    assert a[a["state"] != "COMPLETE"]["duplicate"].all()
+
+
+@pytest.mark.postgres
+def test_run_and_worker_on_postgres(tmp_path: Path) -> None:
+    from sweepdae.store.testing import postgres_unavailable_reason, start_postgres
+
+    reason = postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    url, stop = start_postgres(tmp_path / "pg")
+    try:
+        grid = write_grid(tmp_path, dims=[1, 2, 3, 4])
+        machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+        machine_a.mkdir()
+        machine_b.mkdir()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        run = subprocess.Popen([sys.executable, "-m", "sweepdae", "run", str(grid), "--store", url, "--plain",
+                                "--runs-dir", str(machine_a / "runs")], cwd=machine_a, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: (machine_a / "runs").exists(), 120, "the first cell to start")
+        worker = subprocess.Popen([sys.executable, "-m", "sweepdae", "worker", "--store", url, "--plain",
+                                   "--runs-dir", str(machine_b / "runs")], cwd=machine_b, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        outs = [run.communicate(timeout=300), worker.communicate(timeout=300)]
+        assert run.returncode == 0 and worker.returncode == 0, outs
+        ran = [d for m in (machine_a, machine_b) for d in (m / "runs").glob("[0-9a-f]*")
+               if (d / "result.json").exists()]
+        assert len(ran) == 4 and len({d.name for d in ran}) == 4  # each cell ran on exactly one machine
+        assert sorted(cells(tmp_path, url)["status"]) == ["done"] * 4
+    finally:
+        stop()
