@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from sweepdae.recipe import Recipe, probe_depth
 
 FEATURES = "features.pt"
 
 
-def encoder_feature_fn(recipe: Recipe, model: nn.Module, tokenizer: Any, *, depth: int, seed: int = 0
+def encoder_feature_fn(recipe: Recipe, model: Any, tokenizer: Any, *, depth: int, seed: int = 0
                        ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """x in [-1, 1] -> pooled tokens after block `depth`, input at t = probe.t (paper Sec. 4: clean input, t = 10).
 
@@ -36,14 +35,12 @@ def encoder_feature_fn(recipe: Recipe, model: nn.Module, tokenizer: Any, *, dept
             noise = torch.zeros_like(z0)
         xt = schedule.add_noise(z0, t, noise)
         inp = make_model_input(xt, tokenizer=tokenizer, objective=recipe.objective)
-        null = getattr(model, "num_classes", 0)
-        yy = torch.full_like(y, null) if null else None
-        return model.features(inp, t, yy, depth=depth)  # [B, width]
+        return model.features(inp, t, None, depth=depth)  # [B, width]; y=None: the null class
 
     return fn
 
 
-def probe_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, train: tuple[torch.Tensor, torch.Tensor],
+def probe_cell(recipe: Recipe, *, model: Any, tokenizer: Any, train: tuple[torch.Tensor, torch.Tensor],
                test: tuple[torch.Tensor, torch.Tensor], num_classes: int, device: torch.device, run_dir: Path,
                events: Callable[..., None]) -> dict[str, float]:
     """Linear probe (MAE protocol) and kNN on the cell's encoder; reference baselines when probe.baselines."""

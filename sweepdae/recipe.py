@@ -412,7 +412,8 @@ def validate(r: Recipe) -> None:
     for path in ("data.train_size", "data.test_size", "train.micro_batch_size", "train.warmup_epochs",
                  "train.weight_decay", "train.ema_decay", "train.grad_clip", "tokenizer.kl_weight",
                  "tokenizer.perceptual_weight", "tokenizer.adversarial_weight", "tokenizer.fit_epochs",
-                 "model.encoder_depth", "model.class_dropout", "probe.depth", "probe.t", "probe.lr", "objective.residual_weight",
+                 "model.encoder_depth", "model.class_dropout",
+                 "probe.depth", "probe.t", "probe.lr", "objective.residual_weight",
                  "data.num_workers", "seed"):
         need(_get(r, path) >= 0, f"{path} must be >= 0, got {_get(r, path)}")
     need(d.channels in (0, 1, 3), f"data.channels must be 0 (keep), 1 or 3, got {d.channels}")

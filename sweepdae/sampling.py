@@ -15,7 +15,7 @@ from sweepdae.recipe import Recipe
 FIGURE_LEVELS = (0.1, 0.3, 0.5, 0.7)
 
 
-def denoise_fn_for(recipe: Recipe, model: nn.Module, tokenizer: Any, schedule: Any
+def denoise_fn_for(recipe: Recipe, model: Any, tokenizer: Any, schedule: Any
                    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """(x_t latent, t, y) -> clean-latent estimate, whatever the cell's target; classifier-free guidance if > 1."""
     from sweepdae.objectives import make_model_input, predict_x0_latent

@@ -206,8 +206,8 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
 
 
-def _save_checkpoint(path: Path, identity: str, recipe: Recipe, model: nn.Module, ema: nn.Module | None, opt: Any, epoch: int,
-                     step: int) -> None:
+def _save_checkpoint(path: Path, identity: str, recipe: Recipe, model: nn.Module, ema: nn.Module | None, opt: Any,
+                     epoch: int, step: int) -> None:
     from sweepdae import __version__
 
     state = {"recipe_key": identity, "recipe": recipe.to_dict(), "sweepdae": __version__, "epoch": epoch,

@@ -52,10 +52,17 @@ class SamplerError(SweepdaeError):
 
 
 class ScheduleLike(Protocol):
-    num_steps: int
-    gamma: Any  # [T] float64 numpy array or tensor
-    sigma: Any
-    input_scaling: bool
+    @property
+    def num_steps(self) -> int: ...
+
+    @property
+    def gamma(self) -> Any: ...  # [T] float64 numpy array or tensor
+
+    @property
+    def sigma(self) -> Any: ...
+
+    @property
+    def input_scaling(self) -> bool: ...
 
 
 SAMPLERS = ("ddpm", "ddim", "euler", "auto")

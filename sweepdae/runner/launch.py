@@ -20,7 +20,8 @@ from sweepdae.runner.slots import Slot, cell_env, free_port
 
 
 class Handle(Protocol):
-    pid: int
+    @property
+    def pid(self) -> int: ...
 
     def poll(self) -> int | None: ...
 
