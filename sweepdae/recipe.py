@@ -219,6 +219,7 @@ class FIDConfig:
     steps: int = 50  # DiT: 250
     guidance_scale: float = 1.0  # unconditional rows cannot use guidance
     ref_split: str = "train"
+    ref_size: int = 0  # real images behind the reference statistics; 0 = fid.num_samples (ADM/DiT: whole train set)
 
 
 @dataclass(frozen=True)
@@ -414,7 +415,7 @@ def validate(r: Recipe) -> None:
                  "tokenizer.perceptual_weight", "tokenizer.adversarial_weight", "tokenizer.fit_epochs",
                  "model.encoder_depth", "model.class_dropout",
                  "probe.depth", "probe.t", "probe.lr", "objective.residual_weight",
-                 "data.num_workers", "seed"):
+                 "data.num_workers", "fid.ref_size", "seed"):
         need(_get(r, path) >= 0, f"{path} must be >= 0, got {_get(r, path)}")
     need(d.channels in (0, 1, 3), f"data.channels must be 0 (keep), 1 or 3, got {d.channels}")
     need(tk.latent_scale in ("per_dim", "global", "none"),

@@ -60,7 +60,7 @@ def fid_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, train: tuple[t
     from sweepdae.eval import InceptionFeatures, fid_from_images, reference_key, reference_stats, sample_grid
 
     ref = train if recipe.fid.ref_split == "train" else test
-    n_ref = min(len(ref[0]), max(recipe.fid.num_samples, 1000))
+    n_ref = min(len(ref[0]), recipe.fid.ref_size or recipe.fid.num_samples)
     d = recipe.data
     dataset = f"{d.name.value}:{d.root}:{d.train_size if recipe.fid.ref_split == 'train' else d.test_size}:{d.channels}"
     key = reference_key(dataset=dataset, split=recipe.fid.ref_split, n=n_ref, image_size=d.image_size)

@@ -324,9 +324,14 @@ def _product_axes(v: Any, ctx: _Ctx) -> list[Axis]:
             vals = _values(spec, key, path, ctx)
             labels = _labels(None, len(vals), key, ctx, vals)
             name = _short(path)
-        bare = all(isinstance(x, str) for x in vals)
-        out.append(Axis(name=name, paths=(path,), values=tuple((x,) for x in vals), labels=labels, bare=bare))
+        out.append(Axis(name=name, paths=(path,), values=tuple((x,) for x in vals), labels=labels,
+                        bare=_bare(labels)))
     return out
+
+
+def _bare(labels: tuple[str, ...]) -> bool:
+    """Words read on their own in a cell label ("patch_pca"); numbers get the axis name ("d=32")."""
+    return not any(re.fullmatch(r"[-+0-9.eE/x]+|on|off", lab) for lab in labels)
 
 
 def _short(path: str) -> str:
@@ -364,9 +369,8 @@ def _zip_axes(v: Any, ctx: _Ctx) -> list[Axis]:
         default_labels = ["/".join(_fmt(x) for x in r) for r in rows]
         labels = _labels(meta.get("labels"), n, f"{key}.labels", ctx, default_labels)
         name = _str(meta.get("name", "+".join(_short(p) for p, _ in cols)), f"{key}.name", ctx)
-        # explicit labels of a zipped axis read on their own ("patch_pca d=16"); generated ones as name=a/b
         out.append(Axis(name=name, paths=tuple(p for p, _ in cols), values=tuple(rows), labels=labels,
-                        bare="labels" in meta))
+                        bare=_bare(labels)))
     return out
 
 
