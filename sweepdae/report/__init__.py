@@ -1,1 +1,104 @@
-"""sweepdae.report."""
+"""sweepdae.report: the paper's tables and figures from the store, with the paper's numbers beside ours.
+
+Data first, render second (as optuna's plots): `build_report(store, grids)` computes every table, finding, figure's
+data and provenance summary as plain data (`ReportData`, what tests assert on); `write_reports` renders it:
+
+    out/report.html              one self-contained page (inline CSS, figures as data URIs, no scripts)
+    out/report.tex, tables/*.tex booktabs tables and a minimal document that inputs them (pdflatex report.tex)
+    out/figures/*.svg|pdf        every figure
+    out/data/<grid>.csv|json     the tidy data behind every table (one row per grid position and metric)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sweepdae.report.data import GridReport, ReportData, ReportStore, build_report
+from sweepdae.report.figures import FigureData, RenderedFigure, save_figure
+from sweepdae.report.findings import compute_findings
+from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, get_reference, paper_value
+from sweepdae.report.tables import TableData, build_table
+
+__all__ = ["HEADLINE_FINDINGS", "PAPER", "GridReport", "ReportData", "ReportStore", "TableData", "build_report",
+           "build_table", "compute_findings", "get_reference", "paper_value", "write_reports"]
+
+# The tidy columns worth keeping in the CSV/JSON data (internal join columns are left out).
+DATA_COLUMNS = ["grid", "profile", "row", "col", "metric", "mean", "std", "n", "n_cells", "n_done", "n_failed",
+                "n_pending", "status", "state", "paper", "step", "row_i", "col_i"]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item"):  # numpy scalars
+        return _jsonable(v.item())
+    if v is pd.NA or v is pd.NaT:
+        return None
+    return v
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    cols = [c for c in DATA_COLUMNS if c in frame.columns]
+    return [{k: _jsonable(v) for k, v in rec.items()} for rec in frame[cols].to_dict("records")]
+
+
+def _write(path: Path, text: str, written: list[Path]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    written.append(path)
+
+
+def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
+    by_grid: dict[str, list[GridReport]] = {}
+    for s in report.sections:
+        by_grid.setdefault(s.name, []).append(s)
+    for name, sections in by_grid.items():
+        tidy = pd.concat([s.table.tidy for s in sections], ignore_index=True)
+        cols = [c for c in DATA_COLUMNS if c in tidy.columns]
+        path = out / "data" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tidy[cols].to_csv(path, index=False)
+        written.append(path)
+        doc = {"grid": name, "sweepdae": report.version, "created": report.created,
+               "sections": [{"profile": s.profile, "spec": s.spec, "scale": s.table.scale, "citation": s.table.citation,
+                             "findings": s.findings, "provenance": s.provenance.to_json(),
+                             "rows": _records(s.table.tidy)} for s in sections]}
+        _write(out / "data" / f"{name}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written)
+
+
+def write_reports(store: ReportStore, *, grids: list[str] | None, out: Path, html: bool, latex: bool,
+                  csv: bool) -> list[Path]:
+    """Write the report of the named grids (None = every registered grid) under `out`; returns the files written.
+
+    Raises SweepdaeError when a named grid is not registered (the message lists the registered ones).
+    """
+    from sweepdae.report.render import render_html, render_tex_document, render_tex_section
+
+    report = build_report(store, grids)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    rendered: dict[str, list[tuple[FigureData, RenderedFigure]]] = {}
+    if html or latex:
+        for s in report.sections:
+            rendered[s.slug] = [(fd, save_figure(fd, out / "figures", f"{s.slug}-{fd.name}")) for fd in s.figures]
+    if html:
+        _write(out / "report.html", render_html(report, rendered), written)
+    if latex:
+        tables = []
+        for s in report.sections:
+            path = out / "tables" / f"{s.slug}.tex"
+            _write(path, render_tex_section(s, rendered.get(s.slug, []), out), written)
+            tables.append(path)
+        _write(out / "report.tex", render_tex_document(report, tables, out), written)
+    if csv:
+        _write_data(report, out, written)
+    for figs in rendered.values():
+        for _, rf in figs:
+            written.extend([rf.svg, rf.pdf])
+    return written

@@ -1,0 +1,214 @@
+"""The report's figures: plain data from a grid's table first (`figure_data`), matplotlib second (`save_figure`).
+
+Kinds: "lines" (accuracy vs the column labels per row: Tab. 2 / Fig. 5, the x axis shows the paper's d labels),
+"trajectory" (Fig. 6: accuracy and FID per step on two y axes), "schedules" (Fig. 3: gamma_t and sigma_t per
+noise schedule) and "denoising" (Fig. 8: the cells' own denoising-example PNGs). Each is written as SVG and PDF
+and returned as an SVG data URI for the self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sweepdae.report.tables import TableData, metric_info
+
+__all__ = ["FigureData", "RenderedFigure", "figure_data", "save_figure", "schedule_tables"]
+
+MAX_DENOISING = 12  # panels in the denoising figure (one per grid position, first seed that has one)
+MAX_LEGEND = 12
+_SCHEDULES = ("ddpm_linear", "linear_gamma2", "sigma_linear")
+
+
+@dataclass
+class FigureData:
+    kind: str
+    name: str  # file-name part, unique within the grid
+    title: str
+    caption: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RenderedFigure:
+    svg: Path
+    pdf: Path
+    data_uri: str  # data:image/svg+xml;base64,...
+
+
+def _clean(xs: Any) -> list[float | None]:
+    return [float(x) if x is not None and math.isfinite(float(x)) else None for x in xs]
+
+
+def _series(table: TableData, metric: str) -> tuple[list[str], list[dict[str, Any]]]:
+    t = table.tidy[table.tidy["metric"] == metric]
+    by_cols = table.col_dim is not None
+    x_key, line_key = ("col", "row") if by_cols else ("row", "col")
+    xi, li = ("col_i", "row_i") if by_cols else ("row_i", "col_i")
+    x = t.sort_values(xi).drop_duplicates(xi)[x_key].tolist()
+    out = []
+    for _, part in t.sort_values([li, xi]).groupby(li, sort=True):
+        vals = part.set_index(x_key).reindex(x)
+        out.append({"label": str(part[line_key].iloc[0]) if by_cols else metric_info(metric).title,
+                    "mean": _clean(vals["mean"]), "std": _clean(vals["std"]), "paper": _clean(vals["paper"])})
+    return [str(v) for v in x], out
+
+
+def figure_data(table: TableData) -> list[FigureData]:
+    """The figures one grid gets, as plain data (no matplotlib)."""
+    figs: list[FigureData] = []
+    acc = "probe_top1" if "probe_top1" in table.metrics else table.metrics[0]
+    cite = f" ({table.citation})" if table.citation else ""
+    if table.trajectory:
+        steps, acc_s = _series(table, acc)
+        data: dict[str, Any] = {"steps": steps, "acc": acc_s[0], "acc_label": metric_info(acc).title}
+        if "fid" in table.metrics and acc != "fid":
+            data["fid"] = _series(table, "fid")[1][0]
+        if any(v is not None for s in [data["acc"], data.get("fid") or {}] for v in s.get("mean", [])):
+            figs.append(FigureData("trajectory", "trajectory", "Accuracy and FID per step",
+                                   f"Ours (solid) and the paper{cite} (dashed) along the trajectory.", data))
+    else:
+        x, series = _series(table, acc)
+        if len(x) >= 2 and any(v is not None for s in series for v in s["mean"]):
+            dim = table.col_dim if table.col_dim is not None else table.row_dim
+            figs.append(FigureData("lines", "lines", f"{metric_info(acc).title} vs {dim}",
+                                   f"Ours (solid, +- std over seeds) and the paper{cite} (dashed); x = the "
+                                   "paper's labels.", {"x": x, "xlabel": str(dim or ""),
+                                                       "ylabel": metric_info(acc).title, "series": series}))
+    recipes = [r for r in table.positions["recipe"] if isinstance(r, Mapping)]
+    seen = sorted({str((r.get("noise") or {}).get("schedule")) for r in recipes} - {"None"})
+    if len(seen) > 1 or table.mirrors in ("tab1", "tab3"):
+        names = [s for s in _SCHEDULES if s in seen or len(seen) <= 1] + [s for s in seen if s not in _SCHEDULES]
+        figs.append(FigureData("schedules", "schedules", "Noise schedules (paper Fig. 3)",
+                               "gamma_t (signal scale) and sigma_t (noise scale) vs t for each schedule.",
+                               {"schedules": names}))
+    images = [(str(r), str(p)) for r, p in zip(table.positions["row"], table.positions["denoising"], strict=True)
+              if p and Path(str(p)).is_file()][:MAX_DENOISING]
+    if images:
+        figs.append(FigureData("denoising", "denoising", "Denoising examples (paper Fig. 8)",
+                               "Each cell's own denoising examples (first finished seed per position).",
+                               {"images": images}))
+    return figs
+
+
+def schedule_tables(name: str, num_steps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """gamma_t and sigma_t of a schedule: sweepdae.noise when importable, else the closed forms of PAPER.md."""
+    try:
+        from sweepdae.noise import create_schedule
+
+        s = create_schedule(name, num_steps)
+        return s.gamma.numpy(), s.sigma.numpy()
+    except Exception:  # torch missing or a schedule we do not know: the closed forms below
+        t = np.arange(num_steps, dtype=np.float64)
+        if name == "ddpm_linear":  # DDPM: beta 1e-4 -> 0.02 over 1000 steps, gamma^2 = prod(1 - beta)
+            gamma2 = np.cumprod(1.0 - np.linspace(1e-4, 0.02, num_steps))
+        elif name == "linear_gamma2":  # Tab. 1 last row: gamma^2 linear from 1 to 0
+            gamma2 = 1.0 - (t + 1.0) / num_steps
+        elif name == "sigma_linear":  # Tab. 3: no input scaling, gamma = 1, sigma linear 0 -> sqrt(2)
+            return np.ones(num_steps), math.sqrt(2.0) * (t + 1.0) / num_steps
+        else:
+            return np.full(num_steps, np.nan), np.full(num_steps, np.nan)
+        return np.sqrt(gamma2), np.sqrt(1.0 - gamma2)
+
+
+def _plot_lines(fig: Any, d: dict[str, Any]) -> None:
+    ax = fig.subplots()
+    xs = np.arange(len(d["x"]))
+    for i, s in enumerate(d["series"]):
+        color = f"C{i % 10}"
+        mean = np.array([np.nan if v is None else v for v in s["mean"]], dtype=float)
+        std = np.array([0.0 if v is None else v for v in s["std"]], dtype=float)
+        label = s["label"] if i < MAX_LEGEND else None
+        ax.errorbar(xs, mean, yerr=std, color=color, marker="o", ms=4, capsize=2, label=label)
+        paper = np.array([np.nan if v is None else v for v in s["paper"]], dtype=float)
+        if np.isfinite(paper).any():
+            ax.plot(xs, paper, color=color, ls="--", marker="x", ms=4, alpha=0.7)
+    ax.set_xticks(xs, d["x"], rotation=0 if len(xs) <= 8 else 90)
+    ax.set_xlabel(d["xlabel"])
+    ax.set_ylabel(d["ylabel"])
+    ax.grid(alpha=0.3)
+    if d["series"] and len(d["series"]) > 1:
+        ax.legend(fontsize=7, ncols=2)
+
+
+def _plot_trajectory(fig: Any, d: dict[str, Any]) -> None:
+    ax = fig.subplots()
+    xs = np.arange(len(d["steps"]))
+
+    def arr(v: list[float | None]) -> np.ndarray:
+        return np.array([np.nan if x is None else x for x in v], dtype=float)
+
+    ax.plot(xs, arr(d["acc"]["mean"]), "o-", color="C0", label="accuracy (ours)")
+    ax.plot(xs, arr(d["acc"]["paper"]), "x--", color="C0", alpha=0.7, label="accuracy (paper)")
+    ax.set_ylabel(d["acc_label"], color="C0")
+    if "fid" in d:
+        ax2 = ax.twinx()
+        ax2.plot(xs, arr(d["fid"]["mean"]), "s-", color="C3", label="FID (ours)")
+        ax2.plot(xs, arr(d["fid"]["paper"]), "+--", color="C3", alpha=0.7, label="FID (paper)")
+        ax2.set_ylabel("FID", color="C3")
+        ax2.legend(fontsize=7, loc="lower right")
+    ax.set_xticks(xs, d["steps"], rotation=25, ha="right", fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def _plot_schedules(fig: Any, d: dict[str, Any]) -> None:
+    ax_g, ax_s = fig.subplots(1, 2)
+    for i, name in enumerate(d["schedules"]):
+        gamma, sigma = schedule_tables(name)
+        t = np.arange(len(gamma))
+        ax_g.plot(t, gamma, color=f"C{i}", label=name)
+        ax_s.plot(t, sigma, color=f"C{i}", label=name)
+    ax_g.set_title("gamma_t", fontsize=9)
+    ax_s.set_title("sigma_t", fontsize=9)
+    for ax in (ax_g, ax_s):
+        ax.set_xlabel("t")
+        ax.grid(alpha=0.3)
+    ax_g.legend(fontsize=7)
+
+
+def _plot_denoising(fig: Any, d: dict[str, Any]) -> None:
+    import matplotlib.image as mpimg
+
+    images = d["images"]
+    n = len(images)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig.set_size_inches(3.2 * cols, 2.4 * rows)
+    for i, (label, path) in enumerate(images):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        try:
+            ax.imshow(mpimg.imread(path))
+        except (OSError, ValueError, SyntaxError):
+            ax.text(0.5, 0.5, "unreadable image", ha="center", va="center")
+        ax.set_title(label, fontsize=7)
+        ax.axis("off")
+
+
+_PLOTS = {"lines": _plot_lines, "trajectory": _plot_trajectory, "schedules": _plot_schedules,
+          "denoising": _plot_denoising}
+
+
+def save_figure(fd: FigureData, folder: Path, stem: str) -> RenderedFigure:
+    """Render one figure to folder/stem.svg and .pdf (deterministic bytes) and return the SVG as a data URI."""
+    import matplotlib
+    from matplotlib.figure import Figure  # a bare Figure needs no pyplot and no GUI backend
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context({"svg.hashsalt": "sweepdae", "font.size": 8}):
+        fig = Figure(figsize=(6.4, 3.6) if fd.kind != "schedules" else (7.0, 3.0), layout="constrained")
+        _PLOTS[fd.kind](fig, fd.data)
+        svg_buf = io.BytesIO()
+        fig.savefig(svg_buf, format="svg", metadata={"Date": None})
+        svg, pdf = folder / f"{stem}.svg", folder / f"{stem}.pdf"
+        svg.write_bytes(svg_buf.getvalue())
+        fig.savefig(pdf, format="pdf", metadata={"CreationDate": None, "ModDate": None})
+    return RenderedFigure(svg=svg, pdf=pdf,
+                          data_uri="data:image/svg+xml;base64," + base64.b64encode(svg_buf.getvalue()).decode())

@@ -1,0 +1,91 @@
+"""Where a grid's numbers came from: sweepdae versions, git commits, devices and hosts seen, and the time spent
+per cell (from each cell's `info.provenance` and `info.timings`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["PHASES", "Provenance", "summarize_provenance"]
+
+# The phases `sweepdae.cell` times, in the order they run.
+PHASES = ("data_s", "tokenizer_s", "train_s", "probe_s", "fid_s", "figures_s")
+SLOWEST = 5
+
+
+@dataclass
+class Provenance:
+    versions: list[str] = field(default_factory=list)  # sweepdae versions
+    commits: list[str] = field(default_factory=list)  # "abc123def456" or "abc123def456 (dirty)"
+    devices: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    torch: list[str] = field(default_factory=list)
+    cells_timed: int = 0
+    total_s: float = 0.0
+    mean_s: float | None = None
+    median_s: float | None = None
+    max_s: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> mean seconds over timed cells
+    slowest: list[tuple[str, float]] = field(default_factory=list)  # (cell label, wall seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _add(seen: dict[str, None], value: Any) -> None:
+    if value is not None and value != "":
+        seen.setdefault(str(value), None)
+
+
+def summarize_provenance(cells: pd.DataFrame) -> Provenance:
+    """Summarize the `info` column of a grid's cells (missing or malformed info is skipped)."""
+    if "info" not in cells.columns or cells.empty:
+        return Provenance()
+    versions: dict[str, None] = {}
+    commits: dict[str, None] = {}
+    devices: dict[str, None] = {}
+    hosts: dict[str, None] = {}
+    torch: dict[str, None] = {}
+    walls: list[float] = []
+    labels: list[str] = []
+    phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    names = cells["label"] if "label" in cells.columns else cells.get("key", pd.Series([""] * len(cells)))
+    for label, info in zip(names, cells["info"], strict=True):
+        if not isinstance(info, Mapping):
+            continue
+        prov = info.get("provenance")
+        if isinstance(prov, Mapping):
+            _add(versions, prov.get("sweepdae"))
+            commit = prov.get("git_commit")
+            if commit:
+                _add(commits, str(commit)[:12] + (" (dirty)" if prov.get("git_dirty") else ""))
+            _add(devices, prov.get("device"))
+            _add(hosts, prov.get("host"))
+            _add(torch, prov.get("torch"))
+        timings = info.get("timings")
+        if isinstance(timings, Mapping):
+            wall = timings.get("wall_s")
+            if wall is None:  # older cells: the phases add up to (almost) the wall time
+                parts = [float(v) for p in PHASES if isinstance(v := timings.get(p), (int, float))]
+                wall = sum(parts) if parts else None
+            if isinstance(wall, (int, float)) and np.isfinite(wall):
+                walls.append(float(wall))
+                labels.append(str(label))
+            for p in PHASES:
+                v = timings.get(p)
+                if isinstance(v, (int, float)) and np.isfinite(v):
+                    phases[p].append(float(v))
+    out = Provenance(versions=list(versions), commits=list(commits), devices=list(devices), hosts=list(hosts),
+                     torch=list(torch), cells_timed=len(walls))
+    if walls:
+        w = np.asarray(walls)
+        out.total_s, out.mean_s, out.median_s, out.max_s = (float(w.sum()), float(w.mean()), float(np.median(w)),
+                                                            float(w.max()))
+        order = np.argsort(-w, kind="stable")[:SLOWEST]
+        out.slowest = [(labels[i], float(w[i])) for i in order]
+    out.phases = {p: float(np.mean(v)) for p, v in phases.items() if v}
+    return out

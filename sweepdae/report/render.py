@@ -1,0 +1,138 @@
+"""Render `ReportData` with Jinja2: one self-contained HTML page, and booktabs LaTeX (a table file per section
+plus a compilable `report.tex` that inputs them).
+
+Every value is escaped for its format: HTML through Jinja's autoescape, LaTeX through `finalize`, which escapes
+each `((( value )))` unless it is a `TexRaw` (file paths and column specs the code builds itself).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from sweepdae.report.data import GridReport, ReportData
+from sweepdae.report.figures import FigureData, RenderedFigure
+from sweepdae.report.paper import PAPER_SCALE
+
+__all__ = ["TexRaw", "latex_escape", "render_html", "render_tex_document", "render_tex_section", "table_rows",
+           "template_source"]
+
+Figures = Mapping[str, list[tuple[FigureData, RenderedFigure]]]  # section slug -> its rendered figures
+WIDE_TABLE = 7  # columns beyond which a LaTeX table is scaled to the line width
+
+_TEX_CHARS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+              "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+              ">": r"\textgreater{}", "|": r"\textbar{}"}
+_TEX_RE = re.compile("|".join(re.escape(c) for c in _TEX_CHARS))
+_TEX_UNICODE = {"±": r"$\pm$", "–": "--", "—": "---", "−": "-", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
+                "…": r"\ldots{}", "°": r"\textdegree{}", "\u00a0": "~"}
+
+
+class TexRaw(str):
+    """A string that is already LaTeX (built by sweepdae, never from user data): not escaped again."""
+
+
+def latex_escape(value: Any) -> str:
+    """Text -> LaTeX that prints it: the ten specials, < > |, a few symbols; any other character beyond ASCII and
+    the Latin-1 letters -> ? (pdflatex with T1/utf8 may not typeset it)."""
+    text = _TEX_RE.sub(lambda m: _TEX_CHARS[m.group(0)], "" if value is None else str(value))
+    out = []
+    for ch in text:
+        if ch in _TEX_UNICODE:
+            out.append(_TEX_UNICODE[ch])
+        elif ch not in "\n\t" and not (0x20 <= ord(ch) < 0x7F or 0xC0 <= ord(ch) <= 0xFF and ch not in "×÷"):
+            out.append("?")  # outside ASCII and the Latin-1 letters T1 + utf8 can typeset
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _finalize_tex(value: Any) -> Any:
+    return value if isinstance(value, TexRaw) else latex_escape(value)
+
+
+def template_source(name: str) -> str:
+    """A template's text: the installed package data `sweepdae.templates`, else the checkout's templates/."""
+    try:
+        res = files("sweepdae.templates").joinpath(name)
+        if res.is_file():
+            return res.read_text(encoding="utf-8")
+    except (ModuleNotFoundError, TypeError, FileNotFoundError, NotADirectoryError):
+        pass
+    path = Path(__file__).resolve().parent.parent.parent / "templates" / name
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise jinja2.TemplateNotFound(name) from None
+
+
+def _loader() -> jinja2.BaseLoader:
+    return jinja2.FunctionLoader(lambda name: (template_source(name), None, lambda: False))
+
+
+def _html_env() -> jinja2.Environment:
+    return jinja2.Environment(loader=_loader(), autoescape=True, undefined=jinja2.StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def _tex_env() -> jinja2.Environment:
+    return jinja2.Environment(loader=_loader(), autoescape=False, undefined=jinja2.StrictUndefined,
+                              finalize=_finalize_tex, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                              block_start_string="((*", block_end_string="*))", variable_start_string="(((",
+                              variable_end_string=")))", comment_start_string="((=", comment_end_string="=))")
+
+
+def table_rows(section: GridReport) -> list[dict[str, Any]]:
+    """The display frame as template rows: {label, kind (ours|paper), cells: [{text, bold, state}]}."""
+    t = section.table
+    rows = []
+    for (label, kind), text, bold, state in zip(t.display.index, t.display.itertuples(index=False),
+                                                t.bold.itertuples(index=False), t.state.itertuples(index=False),
+                                                strict=True):
+        cells = [{"text": x, "bold": bool(b), "state": s} for x, b, s in zip(text, bold, state, strict=True)]
+        rows.append({"label": label or "ours", "kind": kind, "cells": cells})  # "" = a table without rows
+    return rows
+
+
+def _verdict_word(agrees: bool | None) -> str:
+    return {True: "agrees", False: "disagrees", None: "not enough data"}[agrees]
+
+
+def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]], out: Path | None) -> dict[str, Any]:
+    t = s.table
+    p = s.provenance
+    figures = [{"title": fd.title, "caption": fd.caption, "uri": rf.data_uri,
+                "pdf": TexRaw(rf.pdf.relative_to(out).as_posix() if out else rf.pdf.as_posix())} for fd, rf in figs]
+    return {"slug": TexRaw(s.slug), "name": s.name, "profile": s.profile or "base", "title": s.title,
+            "description": s.description, "profile_description": s.spec.get("profile_description") or "",
+            "citation": t.citation, "scale": t.scale, "notes": t.notes, "row_dim": t.row_dim or "",
+            "headers": list(t.display.columns), "rows": table_rows(s), "n_cells": s.n_cells,
+            "colspec": TexRaw("l" + "r" * len(t.display.columns)), "wide": len(t.display.columns) > WIDE_TABLE,
+            "findings": [{**v, "word": _verdict_word(v["agrees"])} for v in s.findings], "figures": figures,
+            "prov": p, "phases": [(k.removesuffix("_s"), v) for k, v in p.phases.items()]}
+
+
+def render_html(report: ReportData, figures: Figures) -> str:
+    """The whole report as one self-contained HTML page (inline CSS, figures as data URIs, no scripts)."""
+    sections = [_section_context(s, list(figures.get(s.slug, [])), None) for s in report.sections]
+    return _html_env().get_template("report.html.j2").render(
+        report=report, sections=sections, paper_scale=PAPER_SCALE,
+        headlines=[{**h, "verdicts": [{**v, "word": _verdict_word(v["agrees"])} for v in h["verdicts"]]}
+                   for h in report.headlines])
+
+
+def render_tex_section(section: GridReport, figures: list[tuple[FigureData, RenderedFigure]], out: Path) -> str:
+    """One section's booktabs table, findings and figures (paths relative to `out`, where report.tex lives)."""
+    return _tex_env().get_template("tables.tex.j2").render(s=_section_context(section, figures, out))
+
+
+def render_tex_document(report: ReportData, table_files: list[Path], out: Path) -> str:
+    """A minimal compilable document that \\input's every section's table file."""
+    inputs = [TexRaw(p.relative_to(out).with_suffix("").as_posix()) for p in table_files]
+    return _tex_env().get_template("report.tex.j2").render(report=report, inputs=inputs, paper_scale=PAPER_SCALE,
+                                                           headlines=report.headlines)

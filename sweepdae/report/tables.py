@@ -1,0 +1,387 @@
+"""A grid's results as data: a tidy frame (one row per grid position and metric) and the pivoted display frame.
+
+Positions are the grid's cells grouped over seeds. Values are means over the seeds that finished (std when more
+than one did); a position nobody finished shows "pending" (new, queued, running) or "failed", never a number.
+The paper's numbers sit in a "paper" sub-row under each of our rows, matched by the grid's axis labels.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sweepdae.report.paper import PAPER_SCALE, get_reference, paper_value
+
+__all__ = ["METRICS", "MetricInfo", "TableData", "build_table", "metric_info", "scale_line"]
+
+PENDING = ("new", "queued", "running")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    title: str
+    short: str
+    higher_is_better: bool
+    digits: int
+
+
+METRICS: dict[str, MetricInfo] = {
+    "probe_top1": MetricInfo("linear probe top-1 (%)", "acc.", True, 1),
+    "probe_top5": MetricInfo("linear probe top-5 (%)", "top-5", True, 1),
+    "knn_top1": MetricInfo("kNN top-1 (%)", "kNN", True, 1),
+    "fid": MetricInfo("FID", "FID", False, 1),
+    "train_loss": MetricInfo("final training loss", "loss", False, 4),
+    "train_seconds": MetricInfo("training time (s)", "train s", False, 0),
+    "images_per_s": MetricInfo("training images per second", "img/s", True, 0),
+    "random_init_probe_top1": MetricInfo("probe top-1 at random init (%)", "random init", True, 1),
+    "raw_pixel_probe_top1": MetricInfo("probe top-1 on raw pixels (%)", "raw pixels", True, 1),
+}
+
+
+def metric_info(name: str) -> MetricInfo:
+    return METRICS.get(name, MetricInfo(name, name, True, 2))
+
+
+@dataclass
+class TableData:
+    """Everything a renderer needs for one grid (under one profile); `display`, `bold` and `state` align."""
+
+    grid: str
+    profile: str | None
+    mirrors: str
+    row_dim: str | None
+    col_dim: str | None
+    metrics: list[str]
+    trajectory: bool  # rows are trajectory steps (deltas vs the previous step are shown)
+    tidy: pd.DataFrame  # row, col, metric, mean, std, n, n_cells, status, state, paper, step, ...
+    positions: pd.DataFrame  # one row per grid position: row, col, step, keys, recipe, denoising, counts
+    display: pd.DataFrame  # index (row label, "ours" | "paper"), columns = headers; strings
+    bold: pd.DataFrame  # bool, best value per column
+    state: pd.DataFrame  # done | partial | pending | failed | n/a | paper | empty
+    scale: str
+    citation: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _resolve(dim: str | None, axes: list[dict[str, Any]]) -> str | None:
+    """A report dimension (axis name, knob path, "step", "seed", "label") -> the coordinate name cells carry."""
+    if dim is None or dim in ("step", "seed", "label"):
+        return dim
+    for a in axes:
+        if dim == a.get("name") or dim in (a.get("paths") or ()):
+            return str(a["name"])
+    return dim
+
+
+def _strip_seed(label: str) -> str:
+    return re.sub(r"\s*seed=\d+$", "", str(label))
+
+
+def _coord(dim: str, cell: Mapping[str, Any], steps: list[str]) -> tuple[str | None, int | None]:
+    """A cell's label along `dim` and, for steps, the step index (the order)."""
+    coords = cell.get("coords") or {}
+    if dim == "step":
+        step = cell.get("step")
+        if isinstance(step, int) and 0 <= step < len(steps):
+            return steps[step], step
+        return (str(coords["step"]), None) if "step" in coords else (None, None)
+    if dim == "seed":
+        seed = coords.get("seed", cell.get("seed"))
+        return (None, None) if seed is None else (str(seed), None)
+    if dim == "label":
+        return _strip_seed(str(cell.get("label", ""))), None
+    value = coords.get(dim)
+    return (None, None) if value is None else (str(value), None)
+
+
+def _order(dim: str | None, labels: Iterable[str], axes: list[dict[str, Any]], steps: list[str]) -> dict[str, int]:
+    """Label -> position: the axis' (or trajectory's) own order, then first appearance for anything else."""
+    known: list[str] = []
+    if dim == "step":
+        known = list(steps)
+    elif dim == "seed":
+        known = sorted({x for x in labels if x.isdigit()}, key=int)
+    else:
+        known = next((list(map(str, a.get("labels") or [])) for a in axes if a.get("name") == dim), [])
+    out = {x: i for i, x in enumerate(known)}
+    for x in labels:
+        out.setdefault(x, len(out))
+    return out
+
+
+def _fmt(v: float, digits: int) -> str:
+    return f"{v:.{digits}f}"
+
+
+def _numeric_label(s: str) -> bool:
+    return bool(re.fullmatch(r"-?\d+(\.\d+)?", s))
+
+
+def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Sequence[Mapping[str, Any]], *,
+                profile: str | None = None) -> TableData:
+    """The tidy data and display frame of one grid from its spec (`Plan.spec()`), the store's cell frame and
+    the grid's registered cells."""
+    report = spec.get("report") or {}
+    metrics = [str(m) for m in (report.get("metrics") or ["probe_top1"])]
+    axes: list[dict[str, Any]] = list(spec.get("axes") or [])
+    steps = [str(s) for s in (spec.get("steps") or [])]
+    mirrors = str(spec.get("mirrors") or "")
+    row_dim, col_dim = _resolve(report.get("rows"), axes), _resolve(report.get("cols"), axes)
+    if row_dim is None and col_dim is None and steps:
+        row_dim = "step"
+    ref = get_reference(mirrors)
+    by_traj = ref is not None and ref.kind == "trajectory"
+
+    # -- grid positions ----------------------------------------------------------------------------------------
+    extras = [str(a["name"]) for a in axes if a.get("name") not in (row_dim, col_dim)]
+    if steps and "step" not in (row_dim, col_dim):
+        extras.append("step")
+    recs: list[dict[str, Any]] = []
+    for c in grid_cells:
+        coords = c.get("coords") or {}
+        row, rstep = _coord(row_dim, c, steps) if row_dim else ("", None)
+        if row is None:
+            row = str(coords.get("include") or _strip_seed(str(c.get("label", ""))))
+        col, cstep = _coord(col_dim, c, steps) if col_dim else ("", None)
+        rec: dict[str, Any] = {"key": str(c["key"]), "row_base": row, "col": col if col is not None else "other",
+                               "step": c.get("step") if isinstance(c.get("step"), int) else None}
+        for e in extras:
+            rec[f"x:{e}"] = _coord(e, c, steps)[0]
+        recs.append(rec)
+    pos = pd.DataFrame(recs, columns=["key", "row_base", "col", "step", *[f"x:{e}" for e in extras]])
+    varying = [e for e in extras if pos[f"x:{e}"].nunique(dropna=True) > 1]
+    row_orders = [("row_base", _order(row_dim, pos["row_base"].unique(), axes, steps))]
+    row_orders += [(f"x:{e}", _order(e, pos[f"x:{e}"].dropna().unique(), axes, steps)) for e in varying]
+    for name, order in row_orders:
+        pos[f"o:{name}"] = pos[name].map(order).fillna(-1).astype(int)
+    if varying:
+        parts = [[(x if e == "step" else f"{e}={x}") for x in pos[f"x:{e}"].astype(str)] for e in varying]
+        pos["row"] = [f"{base} ({', '.join(p)})" if base else ", ".join(p)
+                      for base, p in zip(pos["row_base"], zip(*parts, strict=True), strict=True)]
+    else:
+        pos["row"] = pos["row_base"]
+    col_order = _order(col_dim, pos["col"].unique(), axes, steps)
+    pos["col_i"] = pos["col"].map(col_order).astype(int)
+    ranked = pos.sort_values([f"o:{n}" for n, _ in row_orders], kind="stable")["row"].drop_duplicates()
+    pos["row_i"] = pos["row"].map({r: i for i, r in enumerate(ranked)}).astype(int)
+
+    # -- join the store's results ------------------------------------------------------------------------------
+    df = cells_df if cells_df is not None else pd.DataFrame()
+    if "key" in df.columns:
+        df = df.drop_duplicates("key", keep="last").set_index("key")
+    got = df.reindex(pos["key"])
+    pos["status"] = (got["status"].to_numpy() if "status" in got else np.full(len(pos), None))
+    pos["status"] = pos["status"].fillna("new").astype(str)
+    done = (pos["status"] == "done").to_numpy()
+    for m in metrics:
+        col = f"metric.{m}"
+        vals = pd.to_numeric(got[col], errors="coerce").to_numpy(dtype=float) if col in got else np.full(len(pos),
+                                                                                                       np.nan)
+        pos[f"v:{m}"] = np.where(done, vals, np.nan)
+    pos["recipe"] = list(got["recipe"]) if "recipe" in got else [None] * len(pos)
+    pos["denoising"] = [_artifact(i) for i in (got["info"] if "info" in got else [None] * len(pos))]
+
+    # -- aggregate over seeds ----------------------------------------------------------------------------------
+    g = pos.groupby(["row_i", "col_i"], sort=True)
+    first = g.first()
+    counts = pd.crosstab([pos["row_i"], pos["col_i"]], pos["status"])
+    agg = pd.DataFrame({"row": first["row"], "row_base": first["row_base"], "col": first["col"],
+                        "step": g["step"].agg(lambda s: s.iloc[0] if s.nunique(dropna=False) == 1 else None),
+                        "keys": g["key"].agg(list), "n_cells": g.size()})
+    agg["recipe"] = g["recipe"].agg(lambda s: next((r for r in s if isinstance(r, Mapping)), None))
+    agg["denoising"] = g["denoising"].agg(lambda s: next((p for p in s if p), None))
+    statuses = [s for s in ("done", "running", "queued", "new", "failed") if s in counts.columns]
+    statuses += [s for s in counts.columns if s not in statuses]
+    counts = counts.reindex(agg.index, fill_value=0)
+    agg["n_done"] = counts["done"] if "done" in counts else 0
+    agg["n_failed"] = counts["failed"] if "failed" in counts else 0
+    agg["n_pending"] = sum((counts[s] for s in PENDING if s in counts), start=pd.Series(0, index=agg.index))
+    summary = [", ".join(f"{int(n)} {s}" for s, n in zip(statuses, vals, strict=True) if n)
+               for vals in counts[statuses].to_numpy()]
+    agg["status"] = summary
+    agg = agg.reset_index()
+
+    tidy_parts = []
+    for m in metrics:
+        t = agg[["row", "row_base", "col", "row_i", "col_i", "step", "n_cells", "n_done", "n_failed", "n_pending",
+                 "status"]].copy()
+        t.insert(3, "metric", m)
+        stats = g[f"v:{m}"].agg(["mean", "std", "count"]).reset_index(drop=True)
+        t["mean"], t["std"], t["n"] = stats["mean"].to_numpy(), stats["std"].to_numpy(), stats["count"].to_numpy()
+        t["paper"] = [paper_value(mirrors, None, None, m, step=s) if by_traj else
+                      paper_value(mirrors, rb or None, c or None, m)
+                      for rb, c, s in zip(t["row_base"], t["col"], t["step"], strict=True)]
+        t["paper"] = t["paper"].astype(float)
+        tidy_parts.append(t)
+    tidy = pd.concat(tidy_parts, ignore_index=True)
+    tidy["state"] = np.select(
+        [tidy["n"] > 0, tidy["n_done"] > 0, tidy["n_pending"] > 0],
+        [np.where(tidy["n"] < tidy["n_cells"], "partial", "done"), "n/a", "pending"], default="failed")
+    tidy.insert(0, "grid", str(spec.get("name", "")))
+    tidy.insert(1, "profile", profile)
+    display, bold, state, notes = _pivot(tidy, metrics, row_dim, col_dim, axes)
+    citation = ref.citation if ref else None
+    if ref and ref.note:
+        notes.append(f"{citation}: {ref.note}.")
+    recipes = [r for r in pos["recipe"] if isinstance(r, Mapping)]
+    return TableData(grid=str(spec.get("name", "")), profile=profile, mirrors=mirrors, row_dim=row_dim,
+                     col_dim=col_dim, metrics=metrics, trajectory=row_dim == "step", tidy=tidy, positions=agg,
+                     display=display, bold=bold, state=state, citation=citation, notes=notes,
+                     scale=scale_line(recipes, profile, str(spec.get("profile_description") or "")))
+
+
+def _artifact(info: Any) -> str | None:
+    """The cell's denoising-examples PNG (info.artifacts.denoising), resolved against its run folder."""
+    if not isinstance(info, Mapping):
+        return None
+    arts = info.get("artifacts")
+    path = arts.get("denoising") if isinstance(arts, Mapping) else None
+    if not isinstance(path, str) or not path:
+        return None
+    run_dir = info.get("run_dir")
+    if not path.startswith("/") and isinstance(run_dir, str) and run_dir:
+        return f"{run_dir.rstrip('/')}/{path}"
+    return path
+
+
+def _pivot(tidy: pd.DataFrame, metrics: list[str], row_dim: str | None, col_dim: str | None,
+           axes: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+    """Tidy -> display strings with bold and state masks: (row, ours|paper) x (metric, col) headers."""
+    cols = tidy[["col_i", "col"]].drop_duplicates().sort_values("col_i")["col"].tolist()
+    rows = tidy[["row_i", "row"]].drop_duplicates().sort_values("row_i")["row"].tolist()
+    numeric_cols = bool(cols) and all(_numeric_label(c) for c in cols)
+    headers: list[tuple[str, str, str]] = []
+    for m in metrics:
+        for c in cols:
+            ch = (f"{col_dim}={c}" if numeric_cols else c) if col_dim else ""
+            h = ch if (col_dim and len(metrics) == 1) else (f"{metric_info(m).short} {ch}".strip() if col_dim
+                                                           else metric_info(m).title)
+            headers.append((m, c, h))
+    cell = {(r, m, c): rec for r, m, c, rec in zip(tidy["row"], tidy["metric"], tidy["col"],
+                                                   tidy.to_dict("records"), strict=True)}
+    index: list[tuple[str, str]] = []
+    text: list[list[str]] = []
+    bold: list[list[bool]] = []
+    state: list[list[str]] = []
+    prev_ours: dict[tuple[str, str], float] = {}
+    prev_paper: dict[tuple[str, str], float] = {}
+    partial = False
+    best: dict[tuple[str, str], float] = {}
+    for m, c, _ in headers:  # best per column among finished positions (max for accuracies, min for FID)
+        info = metric_info(m)
+        vals = [round(rec["mean"], info.digits) for r in rows if (rec := cell.get((r, m, c)))
+                and rec["state"] in ("done", "partial")]
+        if len(vals) >= 2:
+            best[(m, c)] = max(vals) if info.higher_is_better else min(vals)
+    for r in rows:
+        o_text, o_bold, o_state, p_text, p_state = [], [], [], [], []
+        for m, c, _ in headers:
+            info = metric_info(m)
+            rec = cell.get((r, m, c))
+            if rec is None:
+                o_text.append("")
+                o_bold.append(False)
+                o_state.append("empty")
+                p_text.append("")
+                p_state.append("empty")
+                continue
+            st = str(rec["state"])
+            if st in ("done", "partial"):
+                mean = float(rec["mean"])
+                s = _fmt(mean, info.digits)
+                if rec["n"] > 1 and math.isfinite(rec["std"]):
+                    s += f" ± {_fmt(float(rec['std']), info.digits)}"
+                if row_dim == "step" and (m, c) in prev_ours:
+                    s += f" ({mean - prev_ours[(m, c)]:+.{info.digits}f})"
+                if st == "partial":
+                    s += "*"
+                    partial = True
+                prev_ours[(m, c)] = mean
+                o_bold.append(round(mean, info.digits) == best.get((m, c)))
+            else:
+                s = st
+                prev_ours.pop((m, c), None)
+                o_bold.append(False)
+            o_text.append(s)
+            o_state.append(st)
+            pv = rec["paper"]
+            if pv is not None and math.isfinite(pv):
+                ps = _fmt(pv, info.digits)
+                if row_dim == "step" and (m, c) in prev_paper:
+                    ps += f" ({pv - prev_paper[(m, c)]:+.{info.digits}f})"
+                prev_paper[(m, c)] = pv
+                p_text.append(ps)
+                p_state.append("paper")
+            else:
+                prev_paper.pop((m, c), None)
+                p_text.append("")
+                p_state.append("empty")
+        index.append((r, "ours"))
+        text.append(o_text)
+        bold.append(o_bold)
+        state.append(o_state)
+        if any(x == "paper" for x in p_state):
+            index.append((r, "paper"))
+            text.append(p_text)
+            bold.append([False] * len(p_text))
+            state.append(p_state)
+    idx = pd.MultiIndex.from_tuples(index, names=[row_dim or "", "source"])
+    names = [h for _, _, h in headers]
+    notes = []
+    if partial:
+        notes.append("* mean of the seeds that finished; the others are still pending or failed.")
+    return (pd.DataFrame(text, index=idx, columns=names), pd.DataFrame(bold, index=idx, columns=names),
+            pd.DataFrame(state, index=idx, columns=names), notes)
+
+
+def _get(recipe: Mapping[str, Any], path: str) -> Any:
+    cur: Any = recipe
+    for part in path.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _values(recipes: list[Mapping[str, Any]], path: str) -> str | None:
+    seen: dict[str, None] = {}
+    for r in recipes:
+        v = _get(r, path)
+        if v is not None:
+            seen.setdefault(str(v), None)
+    return "/".join(seen) if seen else None
+
+
+def scale_line(recipes: Iterable[Mapping[str, Any]], profile: str | None, profile_description: str = "") -> str:
+    """What the numbers were measured at (dataset, image and patch size, model, epochs, batch), beside the paper's
+    scale, so nobody mistakes a Fashion-MNIST run for ImageNet."""
+    rs = list(recipes)
+    unique = {repr(sorted((k, repr(v)) for k, v in r.items())): r for r in rs}  # a few distinct recipes suffice
+    rs = list(unique.values())
+    prof = f"profile {profile}" if profile else "base profile"
+    if not rs:
+        return f"Scale ({prof}): unknown until a cell is queued. Paper: {PAPER_SCALE}."
+    data, size, patch = _values(rs, "data.name"), _values(rs, "data.image_size"), _values(rs, "tokenizer.patch_size")
+    parts = [data or "dataset ?"]
+    if size:
+        parts.append(f"{size} px images")
+    if patch:
+        tokens = ""
+        if size and patch and size.isdigit() and patch.isdigit() and int(patch):
+            tokens = f" ({(int(size) // int(patch)) ** 2} tokens)"
+        parts.append(f"{patch} px patches{tokens}")
+    for path, fmt in (("model.size", "model {}"), ("train.epochs", "{} epochs"), ("train.batch_size", "batch {}")):
+        v = _values(rs, path)
+        if v:
+            parts.append(fmt.format(v))
+    train, test = _values(rs, "data.train_size"), _values(rs, "data.test_size")
+    if train or test:
+        parts.append("train " + ("all" if train in (None, "0") else train) + " / test "
+                     + ("all" if test in (None, "0") else test) + " images")
+    return f"Scale ({prof}): " + ", ".join(parts) + f". Paper: {PAPER_SCALE}."

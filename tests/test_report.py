@@ -1,0 +1,447 @@
+"""Reports: tidy data and display frames, paper matching, finding verdicts, escaping, HTML/LaTeX structure.
+
+Everything runs on a fake store that returns exactly what `sweepdae.store.Store.grids()` / `.cells()` return.
+Most tests assert on the data (`build_report`); a few on the rendered files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sweepdae.errors import SweepdaeError
+from sweepdae.report import build_report, paper_value, write_reports
+from sweepdae.report.figures import figure_data, schedule_tables
+from sweepdae.report.findings import FINDING_CHECKS, spearman
+from sweepdae.report.paper import PAPER, canonical_label
+from sweepdae.report.render import latex_escape
+from sweepdae.report.tables import build_table
+from sweepdae.report.testing import synthetic_grids, synthetic_recipe
+
+EVIL = "<script>alert(1)</script> &_%"
+TOK = ["conv_vae", "patch_vae", "patch_ae", "patch_pca"]
+D = ["8", "16", "32", "64", "128"]
+# our accuracies per tokenizer and d (None = excluded from the grid, as the paper's empty cells); seed s adds s
+OURS: dict[str, list[float | None]] = {
+    "conv_vae": [50, 58, 60, 55, 45], "patch_vae": [52, 59, 61, 56, None], "patch_ae": [53, 60, 62, 57, None],
+    "patch_pca": [51, 60, 63, 58, 50]}
+STEPS = ["DiT baseline", EVIL, "no perceptual loss", "no adversarial loss", "linear gamma^2"]
+
+
+class FakeStore:
+    """`grids()` and `cells(keys)` over in-memory records; keys without a record are "new" (absent)."""
+
+    def __init__(self, grids: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        self._grids = grids
+        self._frame = pd.DataFrame(rows)
+        self.cells_calls: list[list[str] | None] = []
+
+    def grids(self) -> list[dict[str, Any]]:
+        return self._grids
+
+    def cells(self, keys: list[str] | None = None) -> pd.DataFrame:
+        self.cells_calls.append(keys)
+        if keys is None or self._frame.empty:
+            return self._frame
+        return self._frame[self._frame["key"].isin(keys)].reset_index(drop=True)
+
+
+def _row(key: str, label: str, status: str, metrics: dict[str, float], **extra: Any) -> dict[str, Any]:
+    info = {"timings": {"train_s": 5.0, "wall_s": 12.0}, "artifacts": {}, "run_dir": f"/runs/{key}",
+            "provenance": {"sweepdae": "0.1.0", "git_commit": "abcdef0123456789", "git_dirty": True,
+                           "device": "cpu", "host": "box", "torch": "2.4.0"}}
+    return {"key": key, "label": label, "status": status, "attempts": 1, "failure_class": None, "error": None,
+            "recipe": synthetic_recipe(0), "info": info, **{f"metric.{k}": v for k, v in metrics.items()}, **extra}
+
+
+def tab2_grid(profile: str = "smoke", ours: dict[str, list[float | None]] | None = None
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """4 tokenizers x 5 dims (two excluded) x 2 seeds: conv_vae d=128 failed, patch_ae d=8 queued (both with a
+    stray metric that must not show), patch_pca d=128 seed 1 never enqueued."""
+    table = ours or OURS
+    spec = {"name": "tokenizer_dims", "title": "Tab. 2: probe vs d", "description": "four tokenizers",
+            "mirrors": "tab2", "profile": profile, "profile_description": "CPU", "seeds": [0, 1], "steps": [],
+            "axes": [{"name": "tokenizer", "paths": ["tokenizer.name"], "labels": TOK},
+                     {"name": "d", "paths": ["tokenizer.latent_dim"], "labels": D}],
+            "report": {"rows": "tokenizer", "cols": "d", "metrics": ["probe_top1"],
+                       "findings": ["optimal_latent_dim", "unimodal_in_d", "kl_unnecessary"]}, "path": "g.toml"}
+    cells, rows = [], []
+    for t in TOK:
+        for i, d in enumerate(D):
+            base = table[t][i]
+            if base is None:
+                continue
+            for seed in (0, 1):
+                key, label = f"{profile}-{t}-{d}-{seed}", f"{t} d={d} seed={seed}"
+                cells.append({"key": key, "label": label, "coords": {"tokenizer": t, "d": d, "seed": str(seed)},
+                              "step": None, "seed": seed})
+                status = {("conv_vae", "128"): "failed", ("patch_ae", "8"): "queued"}.get((t, d), "done")
+                if (t, d, seed) == ("patch_pca", "128", 1):
+                    continue
+                rows.append(_row(key, label, status, {"probe_top1": 99.9 if status != "done" else base + seed}))
+    return {"name": "tokenizer_dims", "profile": profile, "spec": spec, "cells": cells}, rows
+
+
+def traj_grid() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    spec = {"name": "dit_to_dae", "title": f"Tab. 1 {EVIL}", "description": EVIL, "mirrors": "tab1",
+            "profile": "smoke", "profile_description": "", "seeds": [0], "steps": STEPS, "axes": [],
+            "report": {"rows": "step", "cols": None, "metrics": ["probe_top1", "fid"],
+                       "findings": ["fid_vs_accuracy", "trajectory", "image_prediction_ok"]}, "path": "t.toml"}
+    acc, fid = [40.0, 45.0, 41.0, 42.0, 47.0], [50.0, 60.0, 70.0, 80.0, 90.0]
+    cells, rows = [], []
+    for i, s in enumerate(STEPS):
+        key = f"traj-{i}"
+        cells.append({"key": key, "label": f"{s} seed=0", "coords": {"step": s, "seed": "0"}, "step": i})
+        rows.append(_row(key, f"{s} seed=0", "done", {"probe_top1": acc[i], "fid": fid[i]}))
+    return {"name": "dit_to_dae", "profile": "smoke", "spec": spec, "cells": cells}, rows
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    (g1, r1), (g2, r2) = tab2_grid(), traj_grid()
+    return FakeStore([g1, g2], r1 + r2)
+
+
+def _section(store: FakeStore, name: str) -> Any:
+    return next(s for s in build_report(store).sections if s.name == name)
+
+
+def _tidy(section: Any, row: str, col: str, metric: str = "probe_top1") -> pd.Series:
+    t = section.table.tidy
+    return t[(t["row"] == row) & (t["col"] == col) & (t["metric"] == metric)].iloc[0]
+
+
+# -- tables -----------------------------------------------------------------------------------------------------
+def test_mean_and_std_over_seeds(store: FakeStore) -> None:
+    s = _section(store, "tokenizer_dims")
+    r = _tidy(s, "conv_vae", "8")
+    assert (r["mean"], r["n"], r["n_cells"]) == (50.5, 2, 2)
+    assert r["std"] == pytest.approx(math.sqrt(0.5))
+    assert s.table.display.loc[("conv_vae", "ours"), "d=8"] == "50.5 ± 0.7"
+    one = _tidy(s, "patch_pca", "128")  # one seed done, the other never enqueued
+    assert (one["mean"], one["n"], one["state"]) == (50.0, 1, "partial")
+    assert s.table.display.loc[("patch_pca", "ours"), "d=128"] == "50.0*"
+    assert list(s.table.display.columns) == [f"d={d}" for d in D]
+    assert [r for r, k in s.table.display.index if k == "ours"] == TOK
+
+
+def test_pending_and_failed_are_never_numbers(store: FakeStore, tmp_path: Path) -> None:
+    s = _section(store, "tokenizer_dims")
+    failed, queued = _tidy(s, "conv_vae", "128"), _tidy(s, "patch_ae", "8")
+    assert failed["state"] == "failed" and math.isnan(failed["mean"])
+    assert queued["state"] == "pending" and math.isnan(queued["mean"])
+    assert s.table.display.loc[("conv_vae", "ours"), "d=128"] == "failed"
+    assert s.table.display.loc[("patch_ae", "ours"), "d=8"] == "pending"
+    assert s.table.display.loc[("patch_vae", "ours"), "d=128"] == ""  # excluded from the grid
+    paths = write_reports(store, grids=None, out=tmp_path, html=True, latex=True, csv=True)
+    for p in paths:
+        if p.suffix in (".html", ".tex", ".csv", ".json"):
+            assert "99.9" not in p.read_text(), p
+
+
+def test_new_cells_absent_from_store_are_pending() -> None:
+    g, _ = tab2_grid()
+    s = build_report(FakeStore([g], [])).sections[0]
+    assert set(s.table.tidy["state"]) == {"pending"}
+    assert "unknown until a cell is queued" in s.table.scale
+
+
+def test_best_per_column_in_bold(store: FakeStore) -> None:
+    s = _section(store, "tokenizer_dims")
+    bold = s.table.bold.xs("ours", level="source")
+    best = {c: {r for r in TOK if bold.loc[r, c]} for c in bold.columns}
+    assert best == {"d=8": {"patch_vae"}, "d=16": {"patch_ae", "patch_pca"}, "d=32": {"patch_pca"},
+                    "d=64": {"patch_pca"}, "d=128": set()}  # d=128: a single finished value is not "best"
+    assert not s.table.bold.xs("paper", level="source").to_numpy().any()
+    traj = _section(store, "dit_to_dae").table
+    fid_col = traj.bold["FID"].xs("ours", level="source")
+    assert list(fid_col) == [True, False, False, False, False]  # FID: lower is better
+
+
+def test_trajectory_deltas_and_paper_by_step_index(store: FakeStore) -> None:
+    t = _section(store, "dit_to_dae").table
+    acc = t.display["linear probe top-1 (%)"]
+    assert acc[(STEPS[0], "ours")] == "40.0"
+    assert acc[(STEPS[1], "ours")] == "45.0 (+5.0)"
+    assert acc[(STEPS[2], "ours")] == "41.0 (-4.0)"
+    assert acc[(STEPS[1], "paper")] == "62.5 (+5.0)"  # step 1 of Tab. 1, though our label differs
+    assert t.display["FID"][(STEPS[4], "paper")] == "93.2 (+17.6)"
+    assert [r for r, k in t.display.index if k == "ours"] == STEPS  # step order kept
+
+
+def test_scale_line_states_our_scale_and_the_papers(store: FakeStore) -> None:
+    scale = _section(store, "tokenizer_dims").table.scale
+    for part in ("profile smoke", "fashion-mnist", "32 px images", "8 px patches (16 tokens)", "model micro",
+                 "2 epochs", "batch 128", "Paper: ImageNet 256 px"):
+        assert part in scale
+
+
+def test_extra_axes_and_missing_columns() -> None:
+    """A third axis not in rows/cols goes into the row label; a frame without info/recipe columns still works."""
+    g, rows = tab2_grid()
+    g["spec"]["axes"].append({"name": "schedule", "paths": ["noise.schedule"], "labels": ["a", "b"]})
+    for c in g["cells"]:
+        c["coords"]["schedule"] = "a" if c["seed"] == 0 else "b"
+    frame = [{k: v for k, v in r.items() if k not in ("info", "recipe")} for r in rows]
+    t = build_report(FakeStore([g], frame)).sections[0].table
+    assert ("conv_vae (schedule=a)", "ours") in t.display.index
+    assert t.display.loc[("conv_vae (schedule=b)", "ours"), "d=8"] == "51.0"
+
+
+# -- the paper's numbers -------------------------------------------------------------------------------------------
+def test_paper_values_match_labels(store: FakeStore) -> None:
+    s = _section(store, "tokenizer_dims")
+    assert _tidy(s, "patch_pca", "32")["paper"] == 65.1
+    assert math.isnan(_tidy(s, "patch_vae", "8")["paper"]) is False
+    assert paper_value("tab2", "patch_vae", "128") is None  # the paper's empty cell
+    assert paper_value("tab2", "32", "patch-wise PCA") == 65.1  # either order, aliases
+    assert paper_value("tab2", "patch_pca d=16", None) == 63.4  # a zipped label
+    assert paper_value("tab2", "patch_pca", "32", "fid") is None
+    assert paper_value("fig5", "768", None) == 23.6 and paper_value("fig5", "48", None) is None
+    assert paper_value("tab1", "anything", None, "fid", step=4) == 93.2
+    assert paper_value("tab3", "whatever", None, step=5) == 64.5 and paper_value("tab3", None, None, step=6) is None
+    assert paper_value("model_size", "ViT-1/2L", None) == 65.0
+    assert paper_value("probe_t", "10", "on") == 65.0
+    assert paper_value("epochs", None, "1600") == 69.6
+    assert paper_value("encoder_depth", "12", None) == 64.5
+    assert paper_value("noise_levels", "single level", None) == 61.5
+    assert paper_value("augmentation", "random_resized_crop", None) == 65.0
+    assert paper_value("no_such_table", "a", "b") is None
+    assert canonical_label(PAPER["tab2"], "Conv. VAE", PAPER["tab2"].rows) == "conv_vae"
+    assert all(r.citation.startswith("Chen et al. 2024") for r in PAPER.values())
+
+
+# -- findings ------------------------------------------------------------------------------------------------------
+def test_findings_on_tab2(store: FakeStore) -> None:
+    f = {v["finding"]: v for v in _section(store, "tokenizer_dims").findings}
+    assert f["optimal_latent_dim"]["ours"].startswith("optimal d: 32")
+    assert f["optimal_latent_dim"]["paper"] == "optimal d: 16-32"
+    assert f["optimal_latent_dim"]["agrees"] is True
+    assert f["unimodal_in_d"]["agrees"] is True
+    assert f["kl_unnecessary"]["agrees"] is True and "(+2.0)" in f["kl_unnecessary"]["ours"]
+    assert "(+0.2)" in f["kl_unnecessary"]["paper"]
+
+
+def test_findings_disagree_when_the_data_does() -> None:
+    bad: dict[str, list[float | None]] = {
+        "conv_vae": [50, 40, 45, 55, 65], "patch_vae": [60, 59, 58, 57, None], "patch_ae": [40, 41, 42, 43, None],
+        "patch_pca": [41, 42, 43, 44, 45]}
+    g, rows = tab2_grid(ours=bad)
+    f = {v["finding"]: v for v in build_report(FakeStore([g], rows)).sections[0].findings}
+    assert f["optimal_latent_dim"]["ours"].startswith("optimal d: 64 (conv_vae 64, patch_vae 8, patch_ae 64")
+    assert f["optimal_latent_dim"]["agrees"] is False
+    assert f["unimodal_in_d"]["agrees"] is False and "conv_vae" in f["unimodal_in_d"]["ours"]
+    assert f["kl_unnecessary"]["agrees"] is False
+
+
+def test_findings_need_data() -> None:
+    g, _ = tab2_grid()
+    f = build_report(FakeStore([g], [])).sections[0].findings
+    assert [v["agrees"] for v in f] == [None, None, None]
+
+
+def test_trajectory_findings(store: FakeStore) -> None:
+    f = {v["finding"]: v for v in _section(store, "dit_to_dae").findings}
+    assert f["fid_vs_accuracy"]["agrees"] is True
+    assert f["fid_vs_accuracy"]["ours"].startswith("Spearman(acc, FID) = +0.70")
+    assert "4 of 4 agree" in f["trajectory"]["ours"] and f["trajectory"]["agrees"] is True
+    assert f["image_prediction_ok"]["agrees"] is True  # last step 47.0 is the best
+
+
+def _list_table(mirrors: str, labels: list[str], values: list[float], metric: str = "probe_top1") -> Any:
+    spec = {"name": mirrors, "mirrors": mirrors, "axes": [{"name": "x", "paths": ["a.b"], "labels": labels}],
+            "steps": [], "report": {"rows": "x", "cols": None, "metrics": [metric]}}
+    cells = [{"key": lab, "label": f"x={lab} seed=0", "coords": {"x": lab, "seed": "0"}, "step": None}
+             for lab in labels]
+    rows = [_row(lab, lab, "done", {metric: v}) for lab, v in zip(labels, values, strict=True)]
+    return build_table(spec, pd.DataFrame(rows), cells)
+
+
+def test_multi_level_and_bigger_longer_findings() -> None:
+    t = _list_table("noise_levels", ["single", "multi"], [40.0, 42.5])
+    v = FINDING_CHECKS["multi_level_helps"](t)
+    assert v["agrees"] is True and v["ours"].startswith("+2.5 pts") and v["paper"].startswith("+3.0 pts")
+    assert FINDING_CHECKS["multi_level_helps"](_list_table("noise_levels", ["single", "multi"], [43, 42]))[
+        "agrees"] is False
+    v = FINDING_CHECKS["bigger_longer_helps"](_list_table("epochs", ["400", "800", "1600"], [50.0, 52.0, 51.0]))
+    assert v["agrees"] is False and "69.6" in v["paper"]
+    v = FINDING_CHECKS["bigger_longer_helps"](_list_table("model_size", ["base", "half_large", "large"], [1, 2, 3]))
+    assert v["agrees"] is True
+
+
+def test_image_prediction_uses_latent_steps() -> None:
+    steps = ["baseline", "clean", "no scaling", "img in", "img out", "predict image"]
+    spec = {"name": "t3", "mirrors": "tab3", "axes": [], "steps": steps,
+            "report": {"rows": "step", "metrics": ["probe_top1"], "findings": ["image_prediction_ok"]}}
+    acc = [60.0, 58.0, 59.0, 59.5, 70.0, 57.0]  # step 4 (image output) is not latent prediction
+    cells, rows = [], []
+    for i, (s, a) in enumerate(zip(steps, acc, strict=True)):
+        recipe = synthetic_recipe(0)
+        recipe["objective"] = {"target": "image" if i == 5 else "z0" if i else "eps",
+                               "output_space": "image" if i >= 4 else "latent"}
+        cells.append({"key": s, "label": s, "coords": {"step": s, "seed": "0"}, "step": i})
+        rows.append(_row(s, s, "done", {"probe_top1": a}, recipe=recipe))
+    v = FINDING_CHECKS["image_prediction_ok"](build_table(spec, pd.DataFrame(rows), cells))
+    assert "best latent step 60.0 (baseline): -3.0" in v["ours"] and v["agrees"] is False
+    assert v["paper"] == "last step 64.5 vs best latent step 65.1 (-0.6)"
+
+
+def test_every_shipped_grid_matches_the_paper() -> None:
+    """Each shipped grid that mirrors a paper table finds the paper's numbers through its own axis labels."""
+    from sweepdae.grid import expand, load_grid
+    from sweepdae.resources import resource_dir, shipped_grids
+
+    grids, rows = [], []
+    for name in shipped_grids():
+        plan = expand(load_grid(resource_dir("grids") / f"{name}.toml"))
+        cells = [{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step} for c in plan.cells]
+        grids.append({"name": plan.grid.name, "profile": plan.profile or "", "spec": plan.spec(), "cells": cells})
+        rows += [_row(c.key, c.label, "done", {"probe_top1": 50.0 + i % 7, "fid": 20.0 + i}, recipe=c.recipe.to_dict())
+                 for i, c in enumerate(plan.cells)]
+    for s in build_report(FakeStore(grids, rows)).sections:
+        if s.table.citation:
+            assert s.table.tidy["paper"].notna().any(), s.name
+        assert set(s.table.tidy["state"]) <= {"done", "n/a"}, s.name
+
+
+def test_spearman() -> None:
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+# -- figures -------------------------------------------------------------------------------------------------------
+def test_figure_data(store: FakeStore, tmp_path: Path) -> None:
+    from PIL import Image
+
+    png = tmp_path / "denoise.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(png)
+    g, rows = traj_grid()
+    rows[0]["info"]["artifacts"]["denoising"] = str(png)
+    figs = {f.kind: f for f in build_report(FakeStore([g], rows)).sections[0].figures}
+    assert set(figs) == {"trajectory", "schedules", "denoising"}
+    assert figs["trajectory"].data["acc"]["paper"][0] == 57.5 and figs["trajectory"].data["fid"]["mean"][4] == 90.0
+    assert figs["denoising"].data["images"] == [(STEPS[0], str(png))]
+    lines = [f for f in figure_data(_section(store, "tokenizer_dims").table) if f.kind == "lines"][0]
+    assert lines.data["x"] == D and [s["label"] for s in lines.data["series"]] == TOK
+    out = write_reports(FakeStore([g], rows), grids=None, out=tmp_path / "r", html=True, latex=False, csv=False)
+    names = {p.name for p in out}
+    assert {"dit-to-dae-smoke-denoising.svg", "dit-to-dae-smoke-denoising.pdf"} <= names
+
+
+def test_schedule_closed_forms_match_sweepdae_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    real = {n: schedule_tables(n) for n in ("ddpm_linear", "sigma_linear", "linear_gamma2")}
+    monkeypatch.setitem(sys.modules, "sweepdae.noise", None)  # the import fails -> closed forms
+    for name, (gamma, sigma) in real.items():
+        g2, s2 = schedule_tables(name)
+        # the brief's closed forms differ from sweepdae.noise only at the grid ends (open vs closed at t = T)
+        assert np.allclose(g2**2, gamma**2, atol=2e-3) and np.allclose(s2**2, sigma**2, atol=2e-3), name
+    assert schedule_tables("sigma_linear")[1][-1] == pytest.approx(math.sqrt(2))
+
+
+# -- rendering -----------------------------------------------------------------------------------------------------
+def test_latex_escape() -> None:
+    assert latex_escape(r"a&b%c$d#e_f{g}h~i^j\k") == (r"a\&b\%c\$d\#e\_f\{g\}h\textasciitilde{}i"
+                                                    r"\textasciicircum{}j\textbackslash{}k")
+    assert latex_escape(EVIL) == r"\textless{}script\textgreater{}alert(1)\textless{}/script\textgreater{} \&\_\%"
+    assert latex_escape("1 ± 2") == r"1 $\pm$ 2"
+
+
+def test_html_is_escaped_and_self_contained(store: FakeStore, tmp_path: Path) -> None:
+    write_reports(store, grids=None, out=tmp_path, html=True, latex=False, csv=False)
+    html = (tmp_path / "report.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp;_%" in html
+    assert "<script" not in html.lower() and "http://" not in html and "https://" not in html
+    assert "<link" not in html and "@import" not in html
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert srcs and all(s.startswith("data:image/") for s in srcs)
+    assert html.count('<section id="') == 3  # headline findings + two grids
+    assert 'href="#tokenizer-dims-smoke"' in html and "abcdef012345 (dirty)" in html
+
+
+def _strip_escaped(tex: str) -> str:
+    return re.sub(r"\\[{}]", "", tex.replace(r"\\", ""))
+
+
+def test_latex_is_escaped_and_well_formed(store: FakeStore, tmp_path: Path) -> None:
+    paths = write_reports(store, grids=None, out=tmp_path, html=False, latex=True, csv=False)
+    doc = (tmp_path / "report.tex").read_text()
+    tables = sorted((tmp_path / "tables").glob("*.tex"))
+    assert [p.name for p in tables] == ["dit-to-dae-smoke.tex", "tokenizer-dims-smoke.tex"]
+    assert tmp_path / "report.tex" in paths
+    body = "\n".join(p.read_text() for p in tables)
+    assert "<script>" not in body and "<script>" not in doc
+    assert r"\textless{}script\textgreater{}alert(1)\textless{}/script\textgreater{} \&\_\%" in body
+    assert r"\textbf{63.5 $\pm$ 0.7}" in body and "99.9" not in body
+    for tex in (doc, body):
+        s = _strip_escaped(tex)
+        assert s.count("{") == s.count("}")
+    assert r"\documentclass{article}" in doc and r"\usepackage{booktabs,graphicx}" in doc
+    for p in tables:
+        assert r"\input{tables/" + p.stem + "}" in doc
+        t = p.read_text()
+        n = t.count(r"\begin{tabular}")
+        assert n == 1 and t.count(r"\end{tabular}") == n
+        assert t.count(r"\toprule") == t.count(r"\midrule") == t.count(r"\bottomrule") == n
+        for fig in re.findall(r"\\includegraphics\[[^]]*\]\{([^}]*)\}", t):
+            assert (tmp_path / fig).is_file()
+    if shutil.which("pdflatex"):
+        run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert (tmp_path / "report.pdf").is_file()
+
+
+# -- write_reports -------------------------------------------------------------------------------------------------
+def test_write_reports_files_and_data(store: FakeStore, tmp_path: Path) -> None:
+    paths = write_reports(store, grids=["tokenizer_dims"], out=tmp_path, html=True, latex=True, csv=True)
+    rel = {p.relative_to(tmp_path).as_posix() for p in paths}
+    assert {"report.html", "report.tex", "tables/tokenizer-dims-smoke.tex", "data/tokenizer_dims.csv",
+            "data/tokenizer_dims.json", "figures/tokenizer-dims-smoke-lines.svg",
+            "figures/tokenizer-dims-smoke-lines.pdf"} <= rel
+    assert all(p.is_file() for p in paths)
+    csv = pd.read_csv(tmp_path / "data" / "tokenizer_dims.csv")
+    assert len(csv) == 18 and {"row", "col", "metric", "mean", "std", "n", "status", "paper"} <= set(csv.columns)
+    doc = json.loads((tmp_path / "data" / "tokenizer_dims.json").read_text())
+    rec = next(r for r in doc["sections"][0]["rows"] if r["row"] == "conv_vae" and r["col"] == "128")
+    assert rec["mean"] is None and rec["state"] == "failed" and rec["paper"] == 48.1
+    assert not (tmp_path / "data" / "dit_to_dae.csv").exists()
+    assert store.cells_calls[-1] is not None  # asks only for the grid's keys
+
+
+def test_unknown_grid_lists_registered(store: FakeStore, tmp_path: Path) -> None:
+    with pytest.raises(SweepdaeError, match="'nope'.*registered: dit_to_dae, tokenizer_dims"):
+        write_reports(store, grids=["nope"], out=tmp_path, html=True, latex=False, csv=False)
+    with pytest.raises(SweepdaeError, match="no grids are registered"):
+        build_report(FakeStore([], []))
+
+
+def test_profiles_are_separate_sections() -> None:
+    (a, ra), (b, rb) = tab2_grid("smoke"), tab2_grid("demo")
+    report = build_report(FakeStore([a, b], ra + rb), ["tokenizer_dims"])
+    assert [(s.profile, s.slug) for s in report.sections] == [("demo", "tokenizer-dims-demo"),
+                                                               ("smoke", "tokenizer-dims-smoke")]
+    assert all(len(s.table.tidy) == 18 for s in report.sections)
+
+
+def test_five_thousand_cells_build(tmp_path: Path) -> None:
+    grids, rows = synthetic_grids(5000)
+    store = FakeStore(grids, rows)
+    report = build_report(store)
+    assert sum(s.n_cells for s in report.sections) == 5000
+    table = report.sections[0].table
+    assert table.tidy["n_cells"].sum() == 4800 and set(table.tidy["state"]) <= {"done", "partial", "pending",
+                                                                                "failed"}
+    paths = write_reports(store, grids=None, out=tmp_path, html=True, latex=False, csv=False)
+    assert (tmp_path / "report.html") in paths
