@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+_PACKAGE = Path(__file__).resolve().parent
+
 
 def resource_dir(name: str) -> Path:
-    """`grids` or `templates`: the installed package data, or the checkout's top-level folder."""
-    try:
-        from importlib.resources import files
-
-        p = Path(str(files(f"sweepdae.{name}")))
-        if p.is_dir():
-            return p
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / name
+    """`grids` or `templates`: sweepdae/<name> in an installed wheel, else the checkout's top-level <name>/."""
+    installed = _PACKAGE / name
+    if installed.is_dir():
+        return installed
+    return _PACKAGE.parent / name
 
 
 def shipped_grids() -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import jinja2
 from sweepdae.report.data import GridReport, ReportData
 from sweepdae.report.figures import FigureData, RenderedFigure
 from sweepdae.report.paper import PAPER_SCALE
+from sweepdae.resources import resource_dir
 
 __all__ = ["TexRaw", "latex_escape", "render_html", "render_tex_document", "render_tex_section", "table_rows",
            "template_source"]
@@ -58,13 +58,7 @@ def _finalize_tex(value: Any) -> Any:
 
 def template_source(name: str) -> str:
     """A template's text: the installed package data `sweepdae.templates`, else the checkout's templates/."""
-    try:
-        res = files("sweepdae.templates").joinpath(name)
-        if res.is_file():
-            return res.read_text(encoding="utf-8")
-    except (ModuleNotFoundError, TypeError, FileNotFoundError, NotADirectoryError):
-        pass
-    path = Path(__file__).resolve().parent.parent.parent / "templates" / name
+    path = resource_dir("templates") / name
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -1,0 +1,26 @@
+"""A non-editable `pip install .` still finds the templates and the shipped grids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_non_editable_install_ships_templates_and_grids(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(ROOT)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    # -S: no site-packages, so the editable install of the checkout cannot answer instead
+    code = ("import sweepdae, sweepdae.resources as r; "
+            "print(sweepdae.__file__); print(r.resource_dir('templates')); print(r.resource_dir('grids')); "
+            "print(sorted(p.name for p in r.resource_dir('templates').iterdir())); print(r.shipped_grids())")
+    out = subprocess.run([sys.executable, "-S", "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}).stdout.splitlines()
+    assert out[0].startswith(str(target))
+    assert out[1].startswith(str(target)) and out[2].startswith(str(target))  # not the checkout's folders
+    assert "report.html.j2" in out[3] and "tables.tex.j2" in out[3]
+    assert "quickstart" in out[4] and "tokenizer_dims" in out[4]
