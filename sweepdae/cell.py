@@ -76,8 +76,15 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     data_dev = device if device.type == "cuda" else "cpu"
     train_set = load_dataset(recipe.data, "train", seed=0, device=data_dev)
     test_set = load_dataset(recipe.data, "test", seed=0, device=data_dev)
-    train_x, train_y = train_set.tensors()
-    test_x, test_y = test_set.tensors()
+    streamed = not train_set.in_memory  # imagefolder: decoded by loader workers, never held whole in memory
+    if streamed:
+        # the tokenizer fit, FID reference and figures use a fixed sample; training and probing stream the splits
+        train_x, train_y = sample_tensors(train_set, TOKENIZER_SAMPLE)
+        test_x, test_y = sample_tensors(test_set, max(8, recipe.fid.ref_size or recipe.fid.num_samples)
+                                        if recipe.fid.ref_split == "test" else 8)
+    else:
+        train_x, train_y = train_set.tensors()
+        test_x, test_y = test_set.tensors()
     timings["data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -100,9 +107,10 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
         def augment_fn(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             return augment_batch(x, recipe.data.augment, generator=generator)
 
-    state = train(recipe, tokenizer=tokenizer, images=train_x, labels=train_y, num_classes=train_set.num_classes,
-                  run_dir=run_dir, accelerator=accelerator, events=events, augment_fn=augment_fn,
-                  identity=identity)
+    state = train(recipe, tokenizer=tokenizer, images=None if streamed else train_x,
+                  labels=None if streamed else train_y, num_classes=train_set.num_classes, run_dir=run_dir,
+                  accelerator=accelerator, events=events, augment_fn=augment_fn, identity=identity,
+                  stream=train_set if streamed else None)
     timings["train_s"] = time.perf_counter() - t
     metrics: dict[str, float] = {"train_loss": state.last_loss, "images_per_s": state.images_per_s,
                                  "train_steps": float(state.step)}
@@ -117,9 +125,10 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     faults.maybe_fault("phase", "probe")
     from sweepdae.probe import probe_cell
 
-    metrics.update(probe_cell(recipe, model=model, tokenizer=tokenizer, train=(train_x, train_y),
-                              test=(test_x, test_y), num_classes=train_set.num_classes, device=device,
-                              run_dir=run_dir, events=events))
+    metrics.update(probe_cell(recipe, model=model, tokenizer=tokenizer,
+                              train=train_set if streamed else (train_x, train_y),
+                              test=test_set if streamed else (test_x, test_y), num_classes=train_set.num_classes,
+                              device=device, run_dir=run_dir, events=events))
     timings["probe_s"] = time.perf_counter() - t
 
     if recipe.fid.enabled:
@@ -155,6 +164,23 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     atomic_write_json(run_dir / RESULT, result)
     events(phase="done", metrics=metrics)
     return result
+
+
+TOKENIZER_SAMPLE = 10_000  # images of a streamed set the tokenizer is fitted on (PCA: 100,000 patches of them)
+
+
+def sample_tensors(data: Any, n: int) -> tuple[Any, Any]:
+    """A fixed sample of up to n images of a streamed set (the same for every cell), as uint8 CPU tensors."""
+    import torch
+
+    xs, ys, got = [], [], 0
+    for x, y in data.batches(min(n, 256), shuffle=True, generator=torch.Generator().manual_seed(0), device="cpu"):
+        xs.append(x[: n - got])
+        ys.append(y[: n - got])
+        got += len(xs[-1])
+        if got >= n:
+            break
+    return torch.cat(xs), torch.cat(ys)
 
 
 def _read_json(path: Path) -> Any:

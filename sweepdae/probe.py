@@ -40,8 +40,8 @@ def encoder_feature_fn(recipe: Recipe, model: Any, tokenizer: Any, *, depth: int
     return fn
 
 
-def probe_cell(recipe: Recipe, *, model: Any, tokenizer: Any, train: tuple[torch.Tensor, torch.Tensor],
-               test: tuple[torch.Tensor, torch.Tensor], num_classes: int, device: torch.device, run_dir: Path,
+def probe_cell(recipe: Recipe, *, model: Any, tokenizer: Any, train: tuple[torch.Tensor, torch.Tensor] | Any,
+               test: tuple[torch.Tensor, torch.Tensor] | Any, num_classes: int, device: torch.device, run_dir: Path,
                events: Callable[..., None]) -> dict[str, float]:
     """Linear probe (MAE protocol) and kNN on the cell's encoder; reference baselines when probe.baselines."""
     from sweepdae.eval import extract_features, knn_probe, linear_probe, linear_probe_augmented
@@ -58,10 +58,15 @@ def probe_cell(recipe: Recipe, *, model: Any, tokenizer: Any, train: tuple[torch
             feats = torch.load(cache, map_location="cpu")
         except Exception:
             feats = None
+    streamed = not isinstance(train, tuple)
     if feats is None:
         with torch.no_grad():
-            tr_f, tr_y = extract_features(fn, train[0], train[1], batch_size=batch, device=device)
-            te_f, te_y = extract_features(fn, test[0], test[1], batch_size=batch, device=device)
+            if streamed:
+                tr_f, tr_y = stream_features(fn, train, batch_size=batch, device=device)
+                te_f, te_y = stream_features(fn, test, batch_size=batch, device=device)
+            else:
+                tr_f, tr_y = extract_features(fn, train[0], train[1], batch_size=batch, device=device)
+                te_f, te_y = extract_features(fn, test[0], test[1], batch_size=batch, device=device)
         feats = {"train": (tr_f, tr_y), "test": (te_f, te_y), "depth": depth}
         from sweepdae.utils import atomic_save
 
@@ -70,6 +75,11 @@ def probe_cell(recipe: Recipe, *, model: Any, tokenizer: Any, train: tuple[torch
     def progress(epoch: int, epochs: int, loss: float) -> None:
         events(phase="probe", probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)
 
+    if pc.augment and streamed:
+        from sweepdae.errors import RecipeError
+
+        raise RecipeError("probe.augment recomputes features of in-memory sets only; streamed (imagefolder) sets "
+                          "use cached center-crop features")
     if pc.augment:  # MAE's probe augmentation (RandomResizedCrop 0.08-1 + flip), features recomputed per epoch
         out.update(linear_probe_augmented(fn, train[0], train[1], test[0], test[1], num_classes=num_classes, cfg=pc,
                                           seed=recipe.seed, device=device, progress=progress))
@@ -78,10 +88,21 @@ def probe_cell(recipe: Recipe, *, model: Any, tokenizer: Any, train: tuple[torch
                                 device=device, progress=progress))
     out.update(knn_probe(tr_f, tr_y, te_f, te_y, k=pc.knn_k, temperature=pc.knn_temperature,
                          num_classes=num_classes))
-    if pc.baselines:
+    if pc.baselines and not streamed:  # raw pixels of a streamed set at full size are not a sensible probe
         out.update(_baselines(recipe, tokenizer=tokenizer, train=train, test=test, num_classes=num_classes,
                               device=device, depth=depth))
     return out
+
+
+@torch.no_grad()
+def stream_features(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: Any, *, batch_size: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of a whole streamed split, in order, without holding its images in memory."""
+    fs, ys = [], []
+    for x, y in data.batches(batch_size, shuffle=False, device=device):
+        fs.append(fn(x.float().div_(127.5).sub_(1.0), y).float().cpu())
+        ys.append(y.cpu())
+    return torch.cat(fs), torch.cat(ys)
 
 
 def _baselines(recipe: Recipe, *, tokenizer: Any, train: tuple[torch.Tensor, torch.Tensor],

@@ -79,15 +79,20 @@ def encode_all(tokenizer: Any, images: torch.Tensor, *, batch: int, device: torc
     return torch.cat(zs), (torch.cat(ps) if want_patches else None)
 
 
-def train(recipe: Recipe, *, tokenizer: Any, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-          run_dir: Path, accelerator: Any, events: Callable[..., None], augment_fn: Callable[..., Any] | None = None,
-          identity: str | None = None) -> TrainState:
+def train(recipe: Recipe, *, tokenizer: Any, images: torch.Tensor | None, labels: torch.Tensor | None,
+          num_classes: int, run_dir: Path, accelerator: Any, events: Callable[..., None],
+          augment_fn: Callable[..., Any] | None = None, identity: str | None = None, stream: Any = None,
+          ) -> TrainState:
     """Train the denoiser of one cell; resumes from run_dir/checkpoint.pt when it belongs to this cell.
 
     `identity` is the cell's key (default: the recipe's); a retry with runtime overrides that keep the result the
     same (a halved micro-batch after out-of-memory) still resumes the cell's checkpoint.
     """
     identity = identity or recipe.key()
+    if stream is not None:
+        return _train_streamed(recipe, tokenizer=tokenizer, stream=stream, num_classes=num_classes, run_dir=run_dir,
+                               accelerator=accelerator, events=events, identity=identity)
+    assert images is not None and labels is not None
     from sweepdae.noise import create_schedule, single_level_t
 
     tc = recipe.train
@@ -241,3 +246,106 @@ def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module
     opt.load_state_dict(state["opt"])
     events(phase="train", resumed_from_epoch=state["epoch"], step=state["step"])
     return int(state["epoch"]), int(state["step"])
+
+
+def _train_streamed(recipe: Recipe, *, tokenizer: Any, stream: Any, num_classes: int, run_dir: Path,
+                    accelerator: Any, events: Callable[..., None], identity: str) -> TrainState:
+    """The same loop over a streamed set (imagefolder: decoded by loader workers, not held in memory).
+
+    Each optimizer step consumes world x accumulation consecutive micro-batches of one shuffled pass; a process
+    uses only its own micro-batches of each group (every process reads the whole pass: simple and exact, at
+    world x the decoding work -- see the README's known limitations).
+    """
+    from sweepdae.noise import create_schedule, single_level_t
+
+    tc = recipe.train
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accum = accelerator.gradient_accumulation_steps
+    per_proc = tc.batch_size // (world * accum)
+    if per_proc * world * accum != tc.batch_size or per_proc == 0:
+        raise TrainingError(f"train.batch_size ({tc.batch_size}) must split evenly over {world} processes x "
+                            f"{accum} accumulation steps", "bad_recipe")
+    steps_per_epoch = len(stream) // tc.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingError(f"train.batch_size ({tc.batch_size}) is larger than the training set", "bad_recipe")
+    total_steps = steps_per_epoch * tc.epochs
+    peak_lr = tc.base_lr * tc.batch_size / 256  # paper Sec. 4: lr = 1e-4 x batch / 256
+    warmup = tc.warmup_epochs * steps_per_epoch
+    schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
+    fixed_t = single_level_t(schedule, recipe.noise.single_sigma) if recipe.noise.levels.value == "single" else None
+    tokenizer = tokenizer.to(device).requires_grad_(False)
+    want_patches = recipe.objective.target == Target.image or recipe.objective.input_space == Space.image
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, tokenizer, num_classes).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay > 0 else None
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(tc.beta1, tc.beta2),
+                            weight_decay=tc.weight_decay, fused=device.type == "cuda")
+    ckpt_path = run_dir / CHECKPOINT
+    start_epoch, step, resumed = 0, 0, None
+    if ckpt_path.exists():
+        start_epoch, step = _load_checkpoint(ckpt_path, identity, model, ema, opt, events)
+        resumed = start_epoch or None
+    model, opt = accelerator.prepare(model, opt)
+    raw_model = accelerator.unwrap_model(model)
+    t0 = time.perf_counter()
+    last_loss, seen = float("nan"), 0
+    group = world * accum
+    for epoch in range(start_epoch, tc.epochs):
+        faults.maybe_fault("epoch", epoch)
+        model.train()
+        g = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+        gd = torch.Generator(device=device).manual_seed(recipe.seed * 100_003 + epoch + 7919 * (rank + 1))
+        ep_t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        batches = stream.batches(per_proc, shuffle=True, generator=g, device=device, augment=recipe.data.augment,
+                                 drop_last=True)
+        for j, (xb, yb) in enumerate(batches):
+            i, a = divmod(j, group)
+            if i >= steps_per_epoch:
+                break
+            if a // accum != rank:
+                continue
+            if a % accum == 0:
+                faults.maybe_fault("step", step)
+                lr = lr_at(step, peak=peak_lr, warmup_steps=warmup, total_steps=total_steps)
+                for pg in opt.param_groups:
+                    pg["lr"] = lr
+            x = xb.float().div_(127.5).sub_(1.0)
+            with torch.no_grad():
+                z0 = tokenizer.encode(x)
+                xp = tokenizer.patchify(x) if want_patches else None
+            b = z0.shape[0]
+            t = (torch.full((b,), fixed_t, device=device, dtype=torch.long) if fixed_t is not None
+                 else torch.randint(0, schedule.num_steps, (b,), device=device, generator=gd))
+            noise = torch.randn(z0.shape, device=device, generator=gd)
+            with accelerator.accumulate(model), accelerator.autocast():
+                terms = compute_loss(model=model, tokenizer=tokenizer, schedule=schedule, objective=recipe.objective,
+                                     z0=z0, x_patches=xp, t=t, noise=noise,
+                                     y=yb if recipe.model.class_cond else None)
+                loss = terms["loss"].mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tc.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            if a % accum == accum - 1:
+                step += 1
+                if ema is not None:
+                    _ema_update(ema, raw_model, tc.ema_decay)
+                if (i + 1) % max(1, steps_per_epoch // 4) == 0 or i + 1 == steps_per_epoch:
+                    last_loss = loss_sum.item() / ((i + 1) * accum)
+                    if not math.isfinite(last_loss):
+                        raise TrainingError(f"non-finite loss ({last_loss}) at epoch {epoch} step {step}",
+                                            "nonfinite")
+                    dt = time.perf_counter() - ep_t0
+                    events(phase="train", epoch=epoch + 1, epochs=tc.epochs, step=step, steps=total_steps,
+                           loss=last_loss, lr=lr, images_per_s=(i + 1) * tc.batch_size / max(dt, 1e-9))
+        seen += steps_per_epoch * tc.batch_size
+        if accelerator.is_main_process and ((epoch + 1) % tc.checkpoint_every == 0 or epoch + 1 == tc.epochs):
+            _save_checkpoint(ckpt_path, identity, recipe, raw_model, ema, opt, epoch + 1, step)
+        accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    return TrainState(model=raw_model, ema=ema, epoch=tc.epochs, step=step, resumed_from=resumed, seconds=seconds,
+                      last_loss=last_loss, images_per_s=seen / max(seconds, 1e-9))
