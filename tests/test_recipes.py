@@ -111,3 +111,29 @@ def test_streamed_imagefolder_cell_end_to_end(tmp_path: Path) -> None:
     assert 0 <= result["metrics"]["probe_top1"] <= 100 and "knn_top1" in result["metrics"]
     saved = json.loads((run_dir / "result.json").read_text())
     assert saved["key"] == r.key() and (run_dir / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_cell_with_fid_and_class_conditional_sampling(tmp_path: Path) -> None:
+    """FID on generated samples (class-conditional, guidance 2) is recorded with the other metrics and figures."""
+    from sweepdae.cell import run_cell
+    from sweepdae.errors import MissingWeightsError
+    from sweepdae.eval import fid_weights_path
+
+    try:
+        fid_weights_path()
+    except MissingWeightsError as e:
+        pytest.skip(str(e))
+    from sweepdae.utils import atomic_write_json
+
+    r = recipe_from_flat({**{k: v for k, v in BASE.items() if not k.startswith("tokenizer.conv")},
+                          "data.train_size": 256, "data.test_size": 64, "train.epochs": 1, "train.batch_size": 64,
+                          "probe.epochs": 2, "model.class_cond": True, "fid.enabled": True, "fid.num_samples": 12,
+                          "fid.steps": 4, "fid.guidance_scale": 2.0})
+    run_dir = tmp_path / "runs" / r.key()
+    atomic_write_json(run_dir / "recipe.json", {"key": r.key(), "label": "fid", "recipe": r.to_dict()})
+    result = run_cell(run_dir)
+    m = result["metrics"]
+    assert m["fid"] > 0 and m["fid_num_samples"] == 12 and "fid_s" in result["timings"]
+    assert Path(result["artifacts"]["samples"]).exists() and Path(result["artifacts"]["denoising"]).exists()
+    assert list((tmp_path / "runs" / "_cache" / "fid").glob("*.npz"))  # reference statistics cached
