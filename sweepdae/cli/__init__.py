@@ -17,8 +17,9 @@ from sweepdae.errors import GridError, SweepdaeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Declarative ablation sweeps of l-DAE: plan, run, watch and report grids of cells.")
-err = Console(stderr=True)
-out = Console()
+# log files and CI get 120 columns instead of Rich's 80, so tables of cell labels do not wrap
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+out = Console(width=None if sys.stdout.isatty() else 120)
 
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Store URL: journal:PATH, sqlite:///PATH or "
                                               "postgresql://...; default $SWEEPDAE_STORE or journal:sweepdae.journal")]
