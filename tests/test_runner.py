@@ -254,3 +254,29 @@ def test_run_and_worker_on_postgres(tmp_path: Path) -> None:
         assert sorted(cells(tmp_path, url)["status"]) == ["done"] * 4
     finally:
         stop()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_claiming_and_leaves_cells_resumable(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path, dims=[2, 4], epochs=3)
+    spe = 1438 // 64
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SWEEPDAE_FAULT": f"sleep@step={spe + 3}:once",
+           "SWEEPDAE_FAULT_SLEEP": "60", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    cmd = [sys.executable, "-m", "sweepdae", "run", str(grid), "--store", f"journal:{tmp_path / 'store.journal'}",
+           "--plain", "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = lambda: list((tmp_path / "runs").glob("*/checkpoint.pt"))  # noqa: E731
+    _wait_for(lambda: bool(ckpts()) and any(e.get("epoch") == 2 and "loss" in e for e in events(ckpts()[0].parent)),
+              180, "the middle of epoch 2")
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)  # once: no new cells, the running one stops, the sweep exits
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 30 and proc.returncode == 1, err
+    assert "Ctrl-C" in err and "interrupted (resumable)" in err
+    st = cells(tmp_path).set_index("label")["status"]
+    assert st["latent_dim=2 seed=0"] == "queued" and st["latent_dim=4 seed=0"] == "queued"  # nothing lost
+    p = sweepdae(tmp_path, "run", str(grid), env={"SWEEPDAE_FAULT": ""})
+    assert p.returncode == 0, p.stderr
+    run_dir = ckpts()[0].parent
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_from_epoch"] == 1 and result["steps"] == 3 * spe
