@@ -66,7 +66,8 @@ def launch_accelerate(run_dir: Path, slot: Slot, *, env: dict[str, str], ports_i
     log.write(("$ " + " ".join(cmd) + "\n").encode())
     log.flush()
     full_env = cell_env(slot, env)
-    full_env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1) if not slot.gpus else "4")
+    full_env.setdefault("OMP_NUM_THREADS", env.get("SWEEPDAE_CPU_THREADS") or str(os.cpu_count() or 1)
+                        if not slot.gpus else "4")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
     log.close()
     return ProcHandle(proc, port)
@@ -110,6 +111,11 @@ def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle
             os.environ.update(cell_env(slot, env))
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            threads = int(os.environ.get("SWEEPDAE_CPU_THREADS", "0") or 0)
+            if threads:  # OpenMP threads spin: more threads than cores makes concurrent CPU cells crawl
+                import torch
+
+                torch.set_num_threads(threads)
             from sweepdae.cell import main
 
             code = main([str(run_dir)])
