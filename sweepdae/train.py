@@ -11,7 +11,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,28 +79,27 @@ def encode_all(tokenizer: Any, images: torch.Tensor, *, batch: int, device: torc
     return torch.cat(zs), (torch.cat(ps) if want_patches else None)
 
 
+Micro = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]  # (z0, image patches, labels)
+
+
 def train(recipe: Recipe, *, tokenizer: Any, images: torch.Tensor | None, labels: torch.Tensor | None,
           num_classes: int, run_dir: Path, accelerator: Any, events: Callable[..., None],
           augment_fn: Callable[..., Any] | None = None, identity: str | None = None, stream: Any = None,
           ) -> TrainState:
     """Train the denoiser of one cell; resumes from run_dir/checkpoint.pt when it belongs to this cell.
 
+    Data come from in-memory uint8 `images`/`labels` or from a streamed set (`stream`, e.g. imagefolder).
     `identity` is the cell's key (default: the recipe's); a retry with runtime overrides that keep the result the
     same (a halved micro-batch after out-of-memory) still resumes the cell's checkpoint.
     """
-    identity = identity or recipe.key()
-    if stream is not None:
-        return _train_streamed(recipe, tokenizer=tokenizer, stream=stream, num_classes=num_classes, run_dir=run_dir,
-                               accelerator=accelerator, events=events, identity=identity)
-    assert images is not None and labels is not None
     from sweepdae.noise import create_schedule, single_level_t
 
+    identity = identity or recipe.key()
     tc = recipe.train
     device = accelerator.device
-    world = accelerator.num_processes
-    rank = accelerator.process_index
+    world, rank = accelerator.num_processes, accelerator.process_index
     accum = accelerator.gradient_accumulation_steps
-    n = len(images)
+    n = len(stream) if stream is not None else len(images)  # type: ignore[arg-type]
     if tc.batch_size > n:
         raise TrainingError(f"train.batch_size ({tc.batch_size}) is larger than the training set ({n} images)",
                             "bad_recipe")
@@ -115,27 +114,27 @@ def train(recipe: Recipe, *, tokenizer: Any, images: torch.Tensor | None, labels
 
     schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
     fixed_t = single_level_t(schedule, recipe.noise.single_sigma) if recipe.noise.levels.value == "single" else None
-    tokenizer = tokenizer.to(device)
-    for p in tokenizer.parameters():
-        p.requires_grad_(False)
+    tokenizer = tokenizer.to(device).requires_grad_(False)
     want_patches = recipe.objective.target == Target.image or recipe.objective.input_space == Space.image
-    precomputed = recipe.data.augment == Augment.center_crop
-    if precomputed:
-        latents, patches = encode_all(tokenizer, images, batch=512, device=device, want_patches=want_patches)
-    labels = labels.to(device)
+    if stream is not None:
+        source = _streamed_source(stream, tokenizer, recipe, per_proc=per_proc, rank=rank, accum=accum,
+                                  world=world, steps=steps_per_epoch, device=device, want_patches=want_patches)
+    else:
+        assert images is not None and labels is not None
+        source = _memory_source(images, labels.to(device), tokenizer, recipe, per_proc=per_proc, rank=rank,
+                                accum=accum, world=world, steps=steps_per_epoch, device=device,
+                                want_patches=want_patches, augment_fn=augment_fn)
 
     torch.manual_seed(recipe.seed)
     model = build_model(recipe, tokenizer, num_classes).to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay > 0 else None
-    fused = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(tc.beta1, tc.beta2),
-                            weight_decay=tc.weight_decay, fused=fused)
-
+                            weight_decay=tc.weight_decay, fused=device.type == "cuda")
     ckpt_path = run_dir / CHECKPOINT
     start_epoch, step, resumed = 0, 0, None
     if ckpt_path.exists():
         start_epoch, step = _load_checkpoint(ckpt_path, identity, model, ema, opt, events)
-        resumed = start_epoch if start_epoch else None
+        resumed = start_epoch or None
     model, opt = accelerator.prepare(model, opt)
     raw_model = accelerator.unwrap_model(model)
 
@@ -145,37 +144,24 @@ def train(recipe: Recipe, *, tokenizer: Any, images: torch.Tensor | None, labels
     for epoch in range(start_epoch, tc.epochs):
         faults.maybe_fault("epoch", epoch)
         model.train()
-        g = torch.Generator(device="cpu").manual_seed(recipe.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g)[: steps_per_epoch * tc.batch_size].view(steps_per_epoch, world * accum,
-                                                                                       per_proc)
+        # time steps and noise from a generator seeded by (seed, epoch, rank): a resumed epoch replays exactly
         gd = torch.Generator(device=device).manual_seed(recipe.seed * 100_003 + epoch + 7919 * (rank + 1))
         ep_t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
+        for i, micros in enumerate(source(epoch, gd)):
             faults.maybe_fault("step", step)
             lr = lr_at(step, peak=peak_lr, warmup_steps=warmup, total_steps=total_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
-            for a in range(accum):
-                idx = order[i, rank * accum + a].to(device)
-                if precomputed:
-                    z0 = latents[idx]
-                    xp = patches[idx] if patches is not None else None
-                else:
-                    x = images[idx.cpu()].to(device)
-                    x = augment_fn(x, generator=gd) if augment_fn is not None else x
-                    x = x.float().div_(127.5).sub_(1.0)
-                    with torch.no_grad():
-                        z0 = tokenizer.encode(x)
-                        xp = tokenizer.patchify(x) if want_patches else None
-                y = labels[idx] if recipe.model.class_cond else None
+            for z0, xp, y in micros:
                 b = z0.shape[0]
                 t = (torch.full((b,), fixed_t, device=device, dtype=torch.long) if fixed_t is not None
                      else torch.randint(0, schedule.num_steps, (b,), device=device, generator=gd))
                 noise = torch.randn(z0.shape, device=device, generator=gd)
                 with accelerator.accumulate(model), accelerator.autocast():
                     terms = compute_loss(model=model, tokenizer=tokenizer, schedule=schedule,
-                                         objective=recipe.objective, z0=z0, x_patches=xp, t=t, noise=noise, y=y)
+                                         objective=recipe.objective, z0=z0, x_patches=xp, t=t, noise=noise,
+                                         y=y if recipe.model.class_cond else None)
                     loss = terms["loss"].mean()
                     if faults.nonfinite_at(step):
                         loss = loss * float("nan")
@@ -203,6 +189,62 @@ def train(recipe: Recipe, *, tokenizer: Any, images: torch.Tensor | None, labels
     seconds = time.perf_counter() - t0
     return TrainState(model=raw_model, ema=ema, epoch=tc.epochs, step=step, resumed_from=resumed, seconds=seconds,
                       last_loss=last_loss, images_per_s=seen / max(seconds, 1e-9))
+
+
+Source = Callable[[int, torch.Generator], Iterator[list[Micro]]]  # (epoch, generator) -> this rank's micros/step
+
+
+def _memory_source(images: torch.Tensor, labels: torch.Tensor, tokenizer: Any, recipe: Recipe, *, per_proc: int,
+                   rank: int, accum: int, world: int, steps: int, device: torch.device, want_patches: bool,
+                   augment_fn: Callable[..., Any] | None) -> Source:
+    """In-memory sets: latents encoded once (center crop) or per batch (augmented); order seeded by (seed, epoch)."""
+    precomputed = recipe.data.augment == Augment.center_crop
+    if precomputed:
+        latents, patches = encode_all(tokenizer, images, batch=512, device=device, want_patches=want_patches)
+
+    def micro(idx: torch.Tensor, gd: torch.Generator) -> Micro:
+        if precomputed:
+            return latents[idx], (patches[idx] if patches is not None else None), labels[idx]
+        x = images[idx.cpu()].to(device)
+        x = augment_fn(x, generator=gd) if augment_fn is not None else x
+        x = x.float().div_(127.5).sub_(1.0)
+        with torch.no_grad():
+            return tokenizer.encode(x), (tokenizer.patchify(x) if want_patches else None), labels[idx]
+
+    def source(epoch: int, gd: torch.Generator) -> Iterator[list[Micro]]:
+        g = torch.Generator(device="cpu").manual_seed(recipe.seed * 100_003 + epoch)
+        order = torch.randperm(len(images), generator=g)[: steps * per_proc * world * accum]
+        order = order.view(steps, world * accum, per_proc)
+        for i in range(steps):
+            yield [micro(order[i, rank * accum + a].to(device), gd) for a in range(accum)]
+
+    return source
+
+
+def _streamed_source(stream: Any, tokenizer: Any, recipe: Recipe, *, per_proc: int, rank: int, accum: int,
+                     world: int, steps: int, device: torch.device, want_patches: bool) -> Source:
+    """Streamed sets (imagefolder): each step takes world x accum consecutive micro-batches of one shuffled pass,
+    this process its own accum of them (every process decodes the whole pass: simple and exact, at world x the
+    decoding work -- README, known limitations)."""
+    group = world * accum
+
+    def source(epoch: int, gd: torch.Generator) -> Iterator[list[Micro]]:
+        g = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+        mine: list[Micro] = []
+        for j, (xb, yb) in enumerate(stream.batches(per_proc, shuffle=True, generator=g, device=device,
+                                                    augment=recipe.data.augment, drop_last=True)):
+            i, a = divmod(j, group)
+            if i >= steps:
+                return
+            if a // accum == rank:
+                x = xb.float().div_(127.5).sub_(1.0)
+                with torch.no_grad():
+                    mine.append((tokenizer.encode(x), tokenizer.patchify(x) if want_patches else None, yb))
+                if len(mine) == accum:
+                    yield mine
+                    mine = []
+
+    return source
 
 
 @torch.no_grad()
@@ -247,105 +289,3 @@ def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module
     events(phase="train", resumed_from_epoch=state["epoch"], step=state["step"])
     return int(state["epoch"]), int(state["step"])
 
-
-def _train_streamed(recipe: Recipe, *, tokenizer: Any, stream: Any, num_classes: int, run_dir: Path,
-                    accelerator: Any, events: Callable[..., None], identity: str) -> TrainState:
-    """The same loop over a streamed set (imagefolder: decoded by loader workers, not held in memory).
-
-    Each optimizer step consumes world x accumulation consecutive micro-batches of one shuffled pass; a process
-    uses only its own micro-batches of each group (every process reads the whole pass: simple and exact, at
-    world x the decoding work -- see the README's known limitations).
-    """
-    from sweepdae.noise import create_schedule, single_level_t
-
-    tc = recipe.train
-    device = accelerator.device
-    world, rank = accelerator.num_processes, accelerator.process_index
-    accum = accelerator.gradient_accumulation_steps
-    per_proc = tc.batch_size // (world * accum)
-    if per_proc * world * accum != tc.batch_size or per_proc == 0:
-        raise TrainingError(f"train.batch_size ({tc.batch_size}) must split evenly over {world} processes x "
-                            f"{accum} accumulation steps", "bad_recipe")
-    steps_per_epoch = len(stream) // tc.batch_size
-    if steps_per_epoch == 0:
-        raise TrainingError(f"train.batch_size ({tc.batch_size}) is larger than the training set", "bad_recipe")
-    total_steps = steps_per_epoch * tc.epochs
-    peak_lr = tc.base_lr * tc.batch_size / 256  # paper Sec. 4: lr = 1e-4 x batch / 256
-    warmup = tc.warmup_epochs * steps_per_epoch
-    schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
-    fixed_t = single_level_t(schedule, recipe.noise.single_sigma) if recipe.noise.levels.value == "single" else None
-    tokenizer = tokenizer.to(device).requires_grad_(False)
-    want_patches = recipe.objective.target == Target.image or recipe.objective.input_space == Space.image
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe, tokenizer, num_classes).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay > 0 else None
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(tc.beta1, tc.beta2),
-                            weight_decay=tc.weight_decay, fused=device.type == "cuda")
-    ckpt_path = run_dir / CHECKPOINT
-    start_epoch, step, resumed = 0, 0, None
-    if ckpt_path.exists():
-        start_epoch, step = _load_checkpoint(ckpt_path, identity, model, ema, opt, events)
-        resumed = start_epoch or None
-    model, opt = accelerator.prepare(model, opt)
-    raw_model = accelerator.unwrap_model(model)
-    t0 = time.perf_counter()
-    last_loss, seen = float("nan"), 0
-    group = world * accum
-    for epoch in range(start_epoch, tc.epochs):
-        faults.maybe_fault("epoch", epoch)
-        model.train()
-        g = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
-        gd = torch.Generator(device=device).manual_seed(recipe.seed * 100_003 + epoch + 7919 * (rank + 1))
-        ep_t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        batches = stream.batches(per_proc, shuffle=True, generator=g, device=device, augment=recipe.data.augment,
-                                 drop_last=True)
-        for j, (xb, yb) in enumerate(batches):
-            i, a = divmod(j, group)
-            if i >= steps_per_epoch:
-                break
-            if a // accum != rank:
-                continue
-            if a % accum == 0:
-                faults.maybe_fault("step", step)
-                lr = lr_at(step, peak=peak_lr, warmup_steps=warmup, total_steps=total_steps)
-                for pg in opt.param_groups:
-                    pg["lr"] = lr
-            x = xb.float().div_(127.5).sub_(1.0)
-            with torch.no_grad():
-                z0 = tokenizer.encode(x)
-                xp = tokenizer.patchify(x) if want_patches else None
-            b = z0.shape[0]
-            t = (torch.full((b,), fixed_t, device=device, dtype=torch.long) if fixed_t is not None
-                 else torch.randint(0, schedule.num_steps, (b,), device=device, generator=gd))
-            noise = torch.randn(z0.shape, device=device, generator=gd)
-            with accelerator.accumulate(model), accelerator.autocast():
-                terms = compute_loss(model=model, tokenizer=tokenizer, schedule=schedule, objective=recipe.objective,
-                                     z0=z0, x_patches=xp, t=t, noise=noise,
-                                     y=yb if recipe.model.class_cond else None)
-                loss = terms["loss"].mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tc.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            if a % accum == accum - 1:
-                step += 1
-                if ema is not None:
-                    _ema_update(ema, raw_model, tc.ema_decay)
-                if (i + 1) % max(1, steps_per_epoch // 4) == 0 or i + 1 == steps_per_epoch:
-                    last_loss = loss_sum.item() / ((i + 1) * accum)
-                    if not math.isfinite(last_loss):
-                        raise TrainingError(f"non-finite loss ({last_loss}) at epoch {epoch} step {step}",
-                                            "nonfinite")
-                    dt = time.perf_counter() - ep_t0
-                    events(phase="train", epoch=epoch + 1, epochs=tc.epochs, step=step, steps=total_steps,
-                           loss=last_loss, lr=lr, images_per_s=(i + 1) * tc.batch_size / max(dt, 1e-9))
-        seen += steps_per_epoch * tc.batch_size
-        if accelerator.is_main_process and ((epoch + 1) % tc.checkpoint_every == 0 or epoch + 1 == tc.epochs):
-            _save_checkpoint(ckpt_path, identity, recipe, raw_model, ema, opt, epoch + 1, step)
-        accelerator.wait_for_everyone()
-    seconds = time.perf_counter() - t0
-    return TrainState(model=raw_model, ema=ema, epoch=tc.epochs, step=step, resumed_from=resumed, seconds=seconds,
-                      last_loss=last_loss, images_per_s=seen / max(seconds, 1e-9))
