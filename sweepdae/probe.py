@@ -68,9 +68,9 @@ def probe_cell(recipe: Recipe, *, model: Any, tokenizer: Any, train: tuple[torch
                 tr_f, tr_y = extract_features(fn, train[0], train[1], batch_size=batch, device=device)
                 te_f, te_y = extract_features(fn, test[0], test[1], batch_size=batch, device=device)
         feats = {"train": (tr_f, tr_y), "test": (te_f, te_y), "depth": depth}
-        from sweepdae.utils import atomic_save
+        from sweepdae.utils import atomic_write
 
-        atomic_save(lambda p: torch.save(feats, p), cache)
+        atomic_write(cache, lambda f: torch.save(feats, f))
     (tr_f, tr_y), (te_f, te_y) = feats["train"], feats["test"]
     def progress(epoch: int, epochs: int, loss: float) -> None:
         events(phase="probe", probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)

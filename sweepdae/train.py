@@ -23,7 +23,7 @@ from sweepdae import faults
 from sweepdae.errors import TrainingError
 from sweepdae.objectives import compute_loss, model_io_dims
 from sweepdae.recipe import Augment, Precision, Recipe, Space, Target, encoder_depth
-from sweepdae.utils import atomic_save
+from sweepdae.utils import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -261,7 +261,7 @@ def _save_checkpoint(path: Path, identity: str, recipe: Recipe, model: nn.Module
              "step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
              "opt": opt.state_dict()}
     faults.maybe_fault("checkpoint", epoch)
-    atomic_save(lambda p: torch.save(state, p), path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module | None, opt: Any,

