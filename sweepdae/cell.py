@@ -20,6 +20,7 @@ from sweepdae.recipe import Recipe, probe_depth, recipe_from_dict
 from sweepdae.utils import EventLog, atomic_write_json
 
 RESULT, FAILURE, RECIPE, EVENTS, LOG = "result.json", "failure.json", "recipe.json", "events.jsonl", "cell.log"
+EXIT_IO = 74  # sysexits.h EX_IOERR: the cell failed and could not even write failure.json (disk full)
 
 
 def cache_dir(run_dir: Path) -> Path:
@@ -235,10 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         (run_dir / FAILURE).unlink(missing_ok=True)
         run_cell(run_dir)
     except BaseException as e:  # recorded for the coordinator, then a non-zero exit
-        info = write_failure(run_dir, e)
-        print(f"sweepdae.cell: {info['failure_class']}: {info['error']}", file=sys.stderr)
-        if not isinstance(e, SweepdaeError):
-            traceback.print_exc()
+        try:
+            info = write_failure(run_dir, e)
+        except OSError:  # the disk is full (or gone): no failure.json, so say it with the exit status
+            return EXIT_IO
+        try:
+            print(f"sweepdae.cell: {info['failure_class']}: {info['error']}", file=sys.stderr)
+            if not isinstance(e, SweepdaeError):
+                traceback.print_exc()
+        except OSError:
+            pass
         return 3 if info["failure_class"] == "oom" else 1
     return 0
 

@@ -1,8 +1,9 @@
 """Fault injection for tests: SWEEPDAE_FAULT="kind@where[,kind@where]" makes a cell fail on purpose.
 
 kinds: oom (raises torch.OutOfMemoryError), nonfinite (loss becomes NaN), crash (RuntimeError), exit (os._exit 137),
-sleep (sleeps SWEEPDAE_FAULT_SLEEP seconds, default 30), diskfull (OSError ENOSPC on the next checkpoint write).
-where: step=N (global optimizer step), epoch=N (start of epoch), phase=NAME (tokenizer|train|probe|fid|figures).
+sleep (sleeps SWEEPDAE_FAULT_SLEEP seconds, default 30), diskfull (OSError ENOSPC, e.g. at a checkpoint or file write).
+where: step=N (global optimizer step), epoch=N (start of epoch), phase=NAME (tokenizer|train|probe|fid|figures),
+checkpoint=N (saving the epoch-N checkpoint), write=FILENAME (any atomic write of that file, e.g. result.json).
 `once` suffix (`oom@step=2:once`) fires only on the first attempt (SWEEPDAE_ATTEMPT == 1).
 SWEEPDAE_FAULT_ONLY=REGEX limits the faults to cells whose label matches (the cell sets SWEEPDAE_CELL_LABEL).
 """

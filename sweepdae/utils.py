@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sweepdae import __version__
+from sweepdae import __version__, faults
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -26,6 +26,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            faults.maybe_fault("write", path.name)  # tests: a disk that fills up mid-write (SWEEPDAE_FAULT)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

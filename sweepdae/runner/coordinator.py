@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepdae.cell import EVENTS, FAILURE, RECIPE, RESULT
+from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, RECIPE, RESULT
+from sweepdae.errors import StoreError
 from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
@@ -26,6 +27,52 @@ from sweepdae.utils import atomic_write_json, read_events
 HEARTBEAT_S = float(os.environ.get("SWEEPDAE_HEARTBEAT_S", "10"))
 LEASE_S = float(os.environ.get("SWEEPDAE_LEASE_S", "60"))  # a coordinator silent this long is presumed dead
 REAP_EVERY_S = min(15.0, LEASE_S / 2)
+# how long the store may stay unreachable (e.g. a PostgreSQL restart) before the coordinator gives up; the running
+# cells go on meanwhile, their results wait on disk
+STORE_OUTAGE_S = float(os.environ.get("SWEEPDAE_STORE_OUTAGE_S", "900"))
+
+
+class PatientStore:
+    """The store, with every call retried through an outage of the database (a StoreError caused by the backend:
+    connection refused, server restarting, journal briefly unreadable) for up to STORE_OUTAGE_S seconds.
+
+    Retrying is safe for every call the coordinator makes: `complete` and `fail` are idempotent per claim in the
+    store's contract, and a `claim` whose reply was lost leaves a RUNNING trial whose lease expires and is reaped."""
+
+    def __init__(self, store: Any, view: View, outage_s: float | None = None) -> None:
+        self._store = store
+        self._view = view
+        self._outage_s = STORE_OUTAGE_S if outage_s is None else outage_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            down_since: float | None = None
+            delay = 0.5
+            while True:
+                try:
+                    result = attr(*args, **kwargs)
+                except StoreError as e:
+                    if e.__cause__ is None:  # not the backend's fault (e.g. a closed store): retrying cannot help
+                        raise
+                    now = time.time()
+                    if down_since is None:
+                        down_since = now
+                        self._view.message(f"store unreachable ({name}): {e}; retrying for up to "
+                                           f"{self._outage_s:.0f} s, running cells go on")
+                    if now - down_since >= self._outage_s:
+                        raise
+                    time.sleep(delay)
+                    delay = min(2 * delay, 10.0)
+                    continue
+                if down_since is not None:
+                    self._view.message(f"store reachable again after {time.time() - down_since:.0f} s")
+                return result
+
+        return call
 
 
 @dataclass
@@ -58,7 +105,7 @@ class Coordinator:
     """Runs queued cells until none are left (or forever), with at most one cell per slot."""
 
     def __init__(self, store: Any, opts: Options, view: View) -> None:
-        self.store = store
+        self.store = PatientStore(store, view)
         self.opts = opts
         self.view = view
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -93,6 +140,13 @@ class Coordinator:
 
     def _loop(self) -> None:
         while True:
+            # running cells first: their heartbeats renew the leases before the reaper looks (after a store outage
+            # longer than the lease, the reaper would otherwise requeue cells that are still running here)
+            for idx, r in list(self.running.items()):
+                self._watch(r)
+                if r.handle.poll() is not None:
+                    del self.running[idx]
+                    self._finish(r)
             now = time.time()
             if now - self._last_reap > REAP_EVERY_S:
                 self._last_reap = now
@@ -104,12 +158,8 @@ class Coordinator:
                         claim = self.store.claim(self.owner, lease_s=LEASE_S, keys=self.opts.keys)
                         if claim is None:
                             break
-                        self._start(claim, slot)
-            for idx, r in list(self.running.items()):
-                self._watch(r)
-                if r.handle.poll() is not None:
-                    del self.running[idx]
-                    self._finish(r)
+                        if not self._adopt(claim):
+                            self._start(claim, slot)
             self.view.refresh()
             if not self.running:
                 if self.stopping or (self.opts.fail_fast and self.failed_for_good):
@@ -119,6 +169,17 @@ class Coordinator:
                         return
                     time.sleep(2.0)
             time.sleep(self.opts.poll_s)
+
+    def _adopt(self, claim: Any) -> bool:
+        """A claim of a cell this coordinator is already running (its lease was reaped while the store was
+        unreachable, and the cell queued again): the running process carries on under the new claim."""
+        for r in self.running.values():
+            if r.claim.key == claim.key:
+                self.view.message(f"{claim.label}: lease renewed under attempt {claim.attempt} (already running)")
+                r.claim = claim
+                r.last_beat = time.time()
+                return True
+        return False
 
     def _work_left(self) -> bool:
         st = self.store.status(sorted(self.opts.keys) if self.opts.keys is not None else None)
@@ -194,7 +255,10 @@ class Coordinator:
         failure = _read_json(r.run_dir / FAILURE) or {}
         cls = failure.get("failure_class")
         if cls is None:
-            cls = "killed" if interrupted or rc in (-9, -15, 137, 143, -2, 130) or self.stopping else "crash"
+            if rc == EXIT_IO:  # the cell could not write failure.json: its disk is full
+                cls = "io"
+            else:
+                cls = "killed" if interrupted or rc in (-9, -15, 137, 143, -2, 130) or self.stopping else "crash"
         retryable = failure.get("retryable", cls in ("killed", "crash", "oom", "io"))
         interrupted = interrupted or bool(self.stopping) or cls == "killed"
         attempt = int(getattr(r.claim, "attempt", 1))
@@ -205,14 +269,16 @@ class Coordinator:
         # an interrupted cell (Ctrl-C, SIGKILL of the coordinator) is resumable and does not use up a retry
         retry = interrupted or (retryable and attempt <= self.opts.max_retries)
         tail = failure.get("traceback_tail") or _log_tail(r.run_dir)
+        error = failure.get("error") or (f"exit code {rc}: could not write {FAILURE} (no space left on the device?)"
+                                         if rc == EXIT_IO else f"exit code {rc}")
         info = {"exit_code": rc, "run_dir": str(r.run_dir), "wall_s": elapsed, "slot": r.slot.label,
                 "recipe_overrides": overrides or {}, "last_event": r.last_event}
-        self.store.fail(r.claim, failure_class=cls, error=failure.get("error", f"exit code {rc}"),
+        self.store.fail(r.claim, failure_class=cls, error=error,
                         traceback_tail=tail, retry=retry, info=jsonable(info))
         if not retry:
             self.failed_for_good.append(key)
         status = "interrupted (resumable)" if interrupted else ("failed, retrying" if retry else "failed")
-        self.view.cell_finished(key, status, {}, error=f"{cls}: {failure.get('error', f'exit code {rc}')}")
+        self.view.cell_finished(key, status, {}, error=f"{cls}: {error}")
 
 
 def _dead_local_owner(owner: str) -> bool:

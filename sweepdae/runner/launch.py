@@ -123,9 +123,12 @@ def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle
             import traceback
 
             traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+        finally:  # the child must never return into the coordinator's code, even if flushing fails (disk full)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:  # noqa: S110
+                    pass
             os._exit(code)
     os.close(log_fd)
     return ForkHandle(pid)
