@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -30,9 +31,14 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        # torch.save on a full disk fails with a RuntimeError ("unexpected pos ...") rather than ENOSPC: name it
+        full = isinstance(exc, Exception) and not isinstance(exc, OSError) and disk_full(path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if full:
+            raise OSError(errno.ENOSPC, f"No space left on device while writing {path} "
+                                        f"({type(exc).__name__}: {str(exc)[:200]})") from exc
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -40,6 +46,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system of `folder` has less than `margin` bytes left for us to write."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
+    return free * st.f_frsize < margin
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
