@@ -379,34 +379,54 @@ def check_exactly_once(tmp: Path, keys: int) -> dict[str, int]:
     return {"attempts": len(att), "failed_attempts": int((att["state"] == "FAIL").sum())}
 
 
+def wait_for(target: str, runs: Path, journal: Path, start: float, size0: int, proc: Any, limit: float) -> None:
+    """Poll every 20 ms until the sweep reaches `target` (enqueue: its first store write; a phase: that cell
+    event) or `limit` seconds pass or the sweep ends."""
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        if target == "enqueue":
+            if journal.exists() and journal.stat().st_size != size0:
+                return
+        elif any(e.get("phase") == target and e.get("time", 0) > start
+                 for path in runs.glob("[0-9a-f]*/events.jsonl") for e in events(path.parent)):
+            return
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_twenty_random_sigkills_of_the_coordinator_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    """SIGKILL the coordinator 20+ times at random moments and at chosen ones (its enqueue, a cell's training,
+    probe, figures, and right after a result is written while the coordinator records it), then let it finish."""
     seed = int(os.environ.get("SWEEPDAE_KILL_SEED", "0"))
     rng = random.Random(seed)
-    grid = write_grid(tmp_path, dims=[2, 4, 6, 8, 12, 16], epochs=3)
-    kills, finished_early = 0, 0
+    grid = write_grid(tmp_path, dims=[2, 3, 4, 5, 6, 8, 12, 16], epochs=3)
+    kills = 0
     phases: Counter[str] = Counter()
-    runs = tmp_path / "runs"
+    runs, journal = tmp_path / "runs", tmp_path / "store.journal"
     while kills < 20:
+        size0 = journal.stat().st_size if journal.exists() else 0
         start = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "sweepdae", "run", str(grid), "--plain", "--runs-dir",
-                                 str(runs), "--store", f"journal:{tmp_path / 'store.journal'}"], cwd=tmp_path,
+                                 str(runs), "--store", f"journal:{journal}"], cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            proc.wait(timeout=rng.uniform(0.5, 9.0))
-            finished_early += 1  # the sweep ended before this kill: everything is done
-            break
-        except subprocess.TimeoutExpired:
-            phases[latest_phase(runs, start)] += 1
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            time.sleep(rng.uniform(0.0, 1.2))  # the orphaned cell sees its coordinator gone within 1 s
+        target = rng.choice(["random", "random", "enqueue", "train", "probe", "figures", "done"])
+        if target == "random":
+            time.sleep(rng.uniform(0.3, 8.0))
+        else:
+            wait_for(target, runs, journal, start, size0, proc, limit=30.0)
+            time.sleep(rng.uniform(0.0, 0.01 if target == "enqueue" else 0.3))
+        if proc.poll() is not None:
+            break  # the sweep ended before this kill
+        phases[latest_phase(runs, start) if target != "enqueue" else "enqueue"] += 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        time.sleep(rng.uniform(0.0, 1.2))  # the orphaned cell sees its coordinator gone within 1 s
     p = sweepdae(tmp_path, "run", str(grid), timeout=900)
     assert p.returncode == 0, p.stderr
-    counts = check_exactly_once(tmp_path, keys=6)
-    assert kills >= 20 or finished_early
+    counts = check_exactly_once(tmp_path, keys=8)
+    assert kills >= 20, f"the sweep finished after {kills} kills: make the grid bigger"
     fault_matrix("coordinator SIGKILLs", seed=seed, kills=kills, **{f"at_{k}": v for k, v in sorted(phases.items())},
                  **counts, results_lost=0, duplicates=0)
 
