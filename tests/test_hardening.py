@@ -296,8 +296,9 @@ def store_cells(tmp: Path) -> Any:
         return s.cells()
 
 
-@pytest.mark.parametrize("fault", ["diskfull@checkpoint=2:once", "diskfull@write=result.json:once",
-                                   "diskfull@write=features.pt:once"])
+@pytest.mark.parametrize("fault", ["diskfull@checkpoint=2:once",
+                                   pytest.param("diskfull@write=result.json:once", marks=pytest.mark.slow),
+                                   pytest.param("diskfull@write=features.pt:once", marks=pytest.mark.slow)])
 def test_disk_full_injected_fails_the_attempt_and_the_retry_resumes(tmp_path: Path, fault: str) -> None:
     grid = write_grid(tmp_path, dims=[2], epochs=3)
     p = sweepdae(tmp_path, "run", str(grid), env={"SWEEPDAE_FAULT": fault})

@@ -197,7 +197,9 @@ class Coordinator:
                "SWEEPDAE_COORDINATOR_PID": str(os.getpid())}
         if not slot.gpus:  # share this machine's cores among its concurrent CPU cells
             cpu_slots = sum(1 for s in self.opts.slots if not s.gpus)
-            env.setdefault("SWEEPDAE_CPU_THREADS", str(max(1, (os.cpu_count() or 1) // cpu_slots)))
+            # (a user's OMP_NUM_THREADS wins: e.g. two coordinators on one machine)
+            env.setdefault("SWEEPDAE_CPU_THREADS", os.environ.get("OMP_NUM_THREADS")
+                           or str(max(1, (os.cpu_count() or 1) // cpu_slots)))
         # a finished result of this key already on disk (e.g. its first coordinator was reaped while the cell
         # ended): record it instead of training again
         if _valid_result(run_dir, claim.key):
