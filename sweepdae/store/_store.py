@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweepdae.errors import StoreError
 from sweepdae.store import _frame
 from sweepdae.store._common import DEFAULT_LEASE_S, Claim, guarded, jsonable, overrides_after
+from sweepdae.store._index import make_index
 from sweepdae.store._trials import (
     CellStatus,
     clean_metrics,
@@ -83,6 +84,7 @@ class Store:
         self._storage = storage
         self._study = study
         self._study_id = storage.get_study_id_from_name(STUDY_NAME)
+        self._index = make_index(storage, self._study_id)  # narrow reads for claim / retry / rescue / reap
         self._closed = False
 
     def __repr__(self) -> str:
@@ -99,7 +101,7 @@ class Store:
         return self._storage.get_all_trials(self._study_id, deepcopy=False, states=states)
 
     def _key_trials(self, key: str) -> list[FrozenTrial]:
-        return group_by_key(self._trials()).get(key, [])
+        return self._index.key_trials(key)
 
     def _grid_cells(self) -> dict[str, dict[str, Any]]:
         """key -> {label, grids} for every cell of every registered grid."""
@@ -245,9 +247,8 @@ class Store:
         last real attempt failed asking for a retry (`retry` or `stale`), queue that retry. Its owner (or the
         reaper) may have skipped it because it saw our duplicate RUNNING; we failed the duplicate first and read
         second, so whichever of us reads last sees both failures."""
-        groups = group_by_key(self._trials())
         for key in keys:
-            trials = groups.get(key, [])
+            trials = self._key_trials(key)
             real = [t for t in trials if not t.user_attrs.get("duplicate")]
             if not real or key_status(trials) in (CellStatus.DONE, CellStatus.RUNNING, CellStatus.QUEUED):
                 continue
@@ -270,22 +271,29 @@ class Store:
         yielded: set[str] = set()
         claim: Claim | None = None
         while claim is None:
-            snapshot = self._trials()
-            waiting = sorted((t for t in snapshot if t.state == TrialState.WAITING
-                              and (keys is None or key_of(t) in keys or key_of(t) is None)), key=lambda t: t.number)
-            if not waiting:
-                break
-            groups = group_by_key(snapshot)
-            for trial in waiting:  # all judged on this one snapshot (see `duplicate_of` for why that is sound)
+            # The queue without attributes; each candidate's key is read only when it is tried (reading every
+            # trial per claim made a claim cost O(study size), see _index).
+            listed = False
+            for ref in self._index.waiting():
+                if keys is not None and ref.key is not None and ref.key not in keys:
+                    continue
+                listed = True
+                # The key's trials are read before the WAITING -> RUNNING move (see `duplicate_of`: sound).
+                group = self._key_trials(ref.key) if ref.key is not None else []
                 try:
-                    if not self._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                    if not self._storage.set_trial_state_values(ref.trial_id, TrialState.RUNNING):
                         continue  # another process took it
                 except UpdateFinishedTrialError:
                     continue
-                claim = self._take(trial, groups, owner, lease_s, yielded)
+                trial = next((t for t in group if t._trial_id == ref.trial_id), None)
+                if trial is None:  # keyless (not a cell): read it to fail it as spurious
+                    trial = self._storage.get_trial(ref.trial_id)
+                claim = self._take(trial, {ref.key: group} if ref.key is not None else {}, owner, lease_s, yielded)
                 if claim is not None:
                     break
-            # Everything in this snapshot was taken or skipped: look again.
+            if not listed:
+                break
+            # Everything listed was taken or skipped: look again.
         if yielded:
             self._rescue(yielded)
         return claim
@@ -372,7 +380,7 @@ class Store:
         no longer exists); its trials are reaped at once, lease or not."""
         now = time.time() if now is None else now
         requeued: list[str] = []
-        for trial in self._trials(states=(TrialState.RUNNING,)):
+        for trial in self._index.running():
             lease = trial.user_attrs.get("lease_expires")
             if not isinstance(lease, (int, float)):
                 started = start_time(trial)

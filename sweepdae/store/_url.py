@@ -164,6 +164,10 @@ def _make_storage(parsed: StoreURL, *, create: bool, connect_timeout: float) -> 
     if not create:
         _require_tables(parsed, engine_kwargs)
     rdb = RDBStorage(parsed.target, engine_kwargs=engine_kwargs, skip_table_creation=not create)
+    if create:
+        from sweepdae.store._index import ensure_key_index
+
+        ensure_key_index(rdb.engine)
     # Optuna would wrap it the same way inside create_study; we keep the wrapper to read trials through its cache.
     return _CachedStorage(rdb)
 
