@@ -27,31 +27,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
+from test_grid import MINI
 from test_runner import attempts, events, sweepdae, write_grid
 
 from sweepdae.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = {p.name: p.read_text() for p in sorted((ROOT / "grids").glob("*.toml"))}
-SEEDS["mini"] = """
-[grid]
-name = "mini"
-seeds = [0, 1]
-
-[base]
-data.name = "digits"
-data.image_size = 8
-tokenizer.patch_size = 4
-model.size = "micro"
-
-[axes]
-tokenizer.name = ["patch_pca", "patch_ae"]
-tokenizer.latent_dim = { values = [2, 4, 8], labels = ["8", "16", "32"], name = "d" }
-
-[[exclude]]
-tokenizer.name = "patch_ae"
-tokenizer.latent_dim = "32"
-
+SEEDS["mini"] = MINI + """
 [profiles.smoke]
 train.epochs = 1
 axes.d = [2, 4, 6]
