@@ -1,34 +1,50 @@
-"""Fault injection for tests: SWEEPDAE_FAULT="kind@where[,kind@where]" makes a cell fail on purpose.
+"""Fault injection: SWEEPDAE_FAULT="kind@where[:once][ for REGEX][,...]" makes a cell fail on purpose, so the
+recovery paths (retries, resume, disk full, a killed coordinator) can be tried on real runs.
 
-kinds: oom (raises torch.OutOfMemoryError), nonfinite (loss becomes NaN), crash (RuntimeError), exit (os._exit 137),
-sleep (sleeps SWEEPDAE_FAULT_SLEEP seconds, default 30), diskfull (OSError ENOSPC, e.g. at a checkpoint or file write).
-where: step=N (global optimizer step), epoch=N (start of epoch), phase=NAME (tokenizer|train|probe|fid|figures),
+kinds: oom (raises torch.OutOfMemoryError), crash (RuntimeError), exit (os._exit 137), sleep (sleeps
+SWEEPDAE_FAULT_SLEEP seconds, default 30), diskfull (OSError ENOSPC, e.g. at a checkpoint or file write).
+where: step=N (global optimizer step), epoch=N (start of epoch), phase=NAME (data|tokenizer|train|probe|fid|figures),
 checkpoint=N (saving the epoch-N checkpoint), write=FILENAME (any atomic write of that file, e.g. result.json).
-`once` suffix (`oom@step=2:once`) fires only on the first attempt (SWEEPDAE_ATTEMPT == 1).
-SWEEPDAE_FAULT_ONLY=REGEX limits the faults to cells whose label matches (the cell sets SWEEPDAE_CELL_LABEL).
+`:once` (`oom@step=2:once`) fires only on the first attempt (SWEEPDAE_ATTEMPT == 1).
+` for REGEX` (`crash@phase=probe for d=4`) fires only in cells whose label matches REGEX.
+Faults fire at phase boundaries, epoch and step starts and file writes, never inside the computation.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import time
 
+_cell_label = ""
 
-def _spec() -> list[tuple[str, str, str, bool]]:
+
+def set_cell(label: str) -> None:
+    """The label of the cell this process runs (what ` for REGEX` is matched against)."""
+    global _cell_label
+    _cell_label = label
+
+
+def _spec() -> tuple[tuple[str, str, str, bool], ...]:
     raw = os.environ.get("SWEEPDAE_FAULT", "")
-    only = os.environ.get("SWEEPDAE_FAULT_ONLY")
-    if raw and only and not re.search(only, os.environ.get("SWEEPDAE_CELL_LABEL", "")):
-        return []
+    return _parse(raw, _cell_label) if raw else ()
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(raw: str, label: str) -> tuple[tuple[str, str, str, bool], ...]:
     out = []
     for item in filter(None, (s.strip() for s in raw.split(","))):
+        item, _, only = item.partition(" for ")
+        if only and not re.search(only.strip(), label):
+            continue
         once = item.endswith(":once")
         item = item.removesuffix(":once")
         kind, _, where = item.partition("@")
         what, _, value = where.partition("=")
         out.append((kind, what, value, once))
-    return out
+    return tuple(out)
 
 
 def maybe_fault(what: str, value: int | str) -> None:
@@ -50,9 +66,3 @@ def maybe_fault(what: str, value: int | str) -> None:
             time.sleep(float(os.environ.get("SWEEPDAE_FAULT_SLEEP", "30")))
         if kind == "diskfull":
             raise OSError(errno.ENOSPC, f"No space left on device (injected at {what}={value})")
-
-
-def nonfinite_at(step: int) -> bool:
-    return any(k == "nonfinite" and w == "step" and v == str(step)
-               and not (once and os.environ.get("SWEEPDAE_ATTEMPT", "1") != "1")
-               for k, w, v, once in _spec())

@@ -22,7 +22,8 @@ from typing import Any
 from sweepdae.errors import RecipeError
 
 # Bump when the meaning of an existing knob changes, so old cells are not mistaken for new ones.
-RECIPE_SCHEMA_VERSION = 1
+# 2: keys split into a training identity (`train_key`) and an evaluation key over resolved values.
+RECIPE_SCHEMA_VERSION = 2
 
 
 class DatasetName(str, Enum):
@@ -240,12 +241,31 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(self)
 
-    def canonical_json(self) -> str:
-        return json.dumps({"schema": RECIPE_SCHEMA_VERSION, "recipe": self.to_dict()}, sort_keys=True,
-                          separators=(",", ":"))
+    def train_identity(self) -> dict[str, Any]:
+        """The resolved values of exactly what training reads (knob path -> JSON value): training knobs that
+        the chosen components read. Runtime-only and evaluation knobs, and knobs of other components (e.g.
+        `tokenizer.conv_downsample` for patch PCA), are left out."""
+        flat = self.flat()
+        return {p: flat[p] for p, role in KNOB_ROLES.items() if role == "train" and _reads(self, p)}
+
+    def eval_identity(self) -> dict[str, Any]:
+        """The resolved values of what only evaluation reads (probe, FID, encoder depth, test-set size)."""
+        flat = self.flat()
+        out = {p: flat[p] for p, role in KNOB_ROLES.items() if role == "eval" and _reads(self, p)}
+        # model.encoder_depth and probe.depth resolve to one number: the block the probe reads after
+        out.pop("model.encoder_depth", None)
+        out["probe.depth"] = probe_depth(self)
+        if self.fid.enabled:
+            out["fid.ref_size"] = self.fid.ref_size or self.fid.num_samples
+        return out
+
+    def train_key(self) -> str:
+        """SHA-256 of the training identity: cells with the same train_key share one trained network."""
+        return _sha({"schema": RECIPE_SCHEMA_VERSION, "train": self.train_identity()})
 
     def key(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        """The cell's identity: SHA-256 of its train_key and its evaluation identity."""
+        return _sha({"schema": RECIPE_SCHEMA_VERSION, "train_key": self.train_key(), "eval": self.eval_identity()})
 
     def flat(self) -> dict[str, Any]:
         """Dotted knob path -> JSON value (enums as their string)."""
@@ -271,6 +291,10 @@ class Recipe:
 
     def with_updates(self, updates: dict[str, Any]) -> Recipe:
         return recipe_from_flat({**self.flat(), **updates})
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -325,6 +349,56 @@ def _knobs() -> dict[str, Knob]:
 
 
 KNOBS: dict[str, Knob] = _knobs()
+
+
+# -- what each knob is for: training identity, evaluation identity, or how a run executes --------------------------
+# "train": read by training (data, tokenizer, noise, model, objective, optimiser, seed) -> enters train_key.
+# "eval": read only by evaluation (probe, FID, encoder depth, test set) -> enters the cell key beside train_key.
+# "runtime": changes how fast or where a cell runs, not what it computes -> enters no key.
+# tests/test_grid.py fails on a knob missing here, so a new knob must be classified when it is added.
+KNOB_ROLES: dict[str, str] = {
+    "data.name": "train", "data.root": "train", "data.image_size": "train", "data.channels": "train",
+    "data.train_size": "train", "data.augment": "train", "data.test_size": "eval", "data.num_workers": "runtime",
+    **{f"tokenizer.{f.name}": "train" for f in dataclasses.fields(TokenizerConfig)},
+    **{f"noise.{f.name}": "train" for f in dataclasses.fields(NoiseConfig)},
+    "model.size": "train", "model.class_cond": "train", "model.cond_mlp_ratio": "train", "model.adaln_zero": "train",
+    "model.class_dropout": "train", "model.encoder_depth": "eval", "model.fused_attn": "runtime",
+    **{f"objective.{f.name}": "train" for f in dataclasses.fields(ObjectiveConfig)},
+    **{f"train.{f.name}": "train" for f in dataclasses.fields(TrainConfig)},
+    "train.micro_batch_size": "runtime", "train.compile": "runtime", "train.checkpoint_every": "runtime",
+    **{f"probe.{f.name}": "eval" for f in dataclasses.fields(ProbeConfig)},
+    **{f"fid.{f.name}": "eval" for f in dataclasses.fields(FIDConfig)},
+    "seed": "train",
+}
+
+_FIT = ("fit_epochs", "fit_batch_size", "fit_lr")
+# The TokenizerConfig knobs each tokenizer reads (the rest belong to other tokenizers); also keys the tokenizer cache.
+TOKENIZER_KNOBS: dict[str, tuple[str, ...]] = {
+    "pixel": ("patch_size", "latent_scale"),
+    "patch_pca": ("patch_size", "latent_dim", "pca_num_patches", "pca_center", "pca_whiten", "latent_scale"),
+    "patch_ae": ("patch_size", "latent_dim", *_FIT, "latent_scale"),
+    "patch_vae": ("patch_size", "latent_dim", *_FIT, "kl_weight", "latent_scale"),
+    "conv_vae": ("latent_dim", "conv_downsample", "conv_group", "conv_channels", *_FIT, "kl_weight",
+                 "perceptual_weight", "perceptual_net", "adversarial_weight", "latent_scale"),
+}
+
+
+def _reads(r: Recipe, path: str) -> bool:
+    """Does the recipe's chosen component read this knob? (A knob it never reads drops out of the keys.)"""
+    section, _, name = path.partition(".")
+    if section == "tokenizer" and name != "name":
+        return name in TOKENIZER_KNOBS[r.tokenizer.name.value]
+    if path == "noise.single_sigma":
+        return r.noise.levels == NoiseLevels.single
+    if path == "model.class_dropout":
+        return r.model.class_cond
+    if path == "objective.residual_weight":
+        return r.objective.target == Target.image
+    if path == "probe.base_lr":
+        return r.probe.lr == 0  # probe.lr > 0 overrides the scaled base lr
+    if section == "fid" and name != "enabled":
+        return r.fid.enabled
+    return True
 
 
 def suggest(name: str, choices: typing.Iterable[str]) -> str:
@@ -477,13 +551,6 @@ def _get(r: Recipe, path: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def get_knob(r: Recipe, path: str) -> Any:
-    """Value of a dotted knob on a recipe (enums returned as enums)."""
-    if path not in KNOBS:
-        raise RecipeError(f"unknown knob {path!r}{suggest(path, KNOBS)}")
-    return _get(r, path)
 
 
 def encoder_depth(r: Recipe) -> int:

@@ -2,20 +2,55 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from sweepdae import __version__
-from sweepdae.errors import GridError, SweepdaeError
+from sweepdae.errors import GridError, SweepdaeError, printable
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Usage:
+    """What the group and every command share: flags shown as flags, usage errors that name their command."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        """Help lists a boolean flag (and --help) bare, where newer typer would print `--fail-fast <bool>`: an
+        empty metavar shows as nothing on every typer since 0.12, and parsing never reads a flag's metavar."""
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""
+        return params
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """The option parser raises some usage errors (`--out` without its value) without a context, so Click
+        would print no usage line for them: attach this command's, as Click does for the others."""
+        try:
+            rest: list[str] = super().parse_args(ctx, args)  # type: ignore[misc]
+            return rest
+        except Exception as e:
+            if isinstance(e, _click_exceptions()) and getattr(e, "ctx", "") is None:
+                e.ctx, e.cmd = ctx, ctx.command  # type: ignore[attr-defined]
+            raise
+
+
+class _Group(_Usage, typer.core.TyperGroup):
+    pass
+
+
+class _Command(_Usage, typer.core.TyperCommand):
+    pass
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Declarative ablation sweeps of l-DAE: plan, run, watch and report grids of cells.")
 # log files and CI get 120 columns instead of Rich's 80, so tables of cell labels do not wrap
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
@@ -67,29 +102,47 @@ def _store(url: str | None, create: bool = True) -> Any:
     return open_store(url, create=create)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plan(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
          profile: ProfileOpt = None, store: StoreOpt = None,
          as_json: Annotated[bool, typer.Option("--json", help="Print the cells as JSON on stdout")] = False) -> None:
-    """Expand a grid into cells: label, key, status in the store."""
+    """Expand a grid into cells: label, key, training, status in the store."""
     p = _plan(grid, profile)
     statuses = _statuses(store, [c.key for c in p.cells])
+    train_keys = list(dict.fromkeys(c.train_key for c in p.cells))
+    trained = sum(1 for v in _training_statuses(store, train_keys).values() if v == "done")
+    sharing = f"{len(p.cells)} cells, {len(train_keys)} trainings ({trained} already trained)"
     if as_json:
-        cells = [{"key": c.key, "label": c.label, "status": statuses.get(c.key, "new"), "coords": c.coords,
-                  "recipe": c.recipe.to_dict()} for c in p.cells]
-        sys.stdout.write(json.dumps({"grid": p.grid.name, "profile": p.profile, "cells": cells}, indent=1) + "\n")
+        cells = [{"key": c.key, "train_key": c.train_key, "label": c.label, "status": statuses.get(c.key, "new"),
+                  "coords": c.coords, "recipe": c.recipe.to_dict()} for c in p.cells]
+        sys.stdout.write(json.dumps({"grid": p.grid.name, "profile": p.profile, "summary": sharing,
+                                     "trainings": {"total": len(train_keys), "trained": trained},
+                                     "cells": cells}, indent=1) + "\n")
         return
     t = Table(title=f"{p.grid.name} ({p.profile or 'base'}): {p.grid.title}", title_justify="left")
-    for col in ("#", "cell", "key", "status"):
+    for col in ("#", "cell", "key", "training", "status"):
         t.add_column(col)
     for i, c in enumerate(p.cells):
-        t.add_row(str(i), c.label, c.key[:12], statuses.get(c.key, "new"))
+        t.add_row(str(i), Text(printable(c.label)), c.key[:12], c.train_key[:12], statuses.get(c.key, "new"))
     out.print(t)
     counts: dict[str, int] = {}
     for c in p.cells:
         s = statuses.get(c.key, "new")
         counts[s] = counts.get(s, 0) + 1
-    out.print(f"{len(p.cells)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    out.print(f"{sharing}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+
+def _training_statuses(url: str | None, train_keys: list[str]) -> dict[str, str]:
+    try:
+        s = _store(url, create=False)
+    except SweepdaeError as e:
+        if "no store" in str(e):
+            return {}
+        raise
+    try:
+        return dict(s.training_status(train_keys))
+    finally:
+        s.close()
 
 
 def _statuses(url: str | None, keys: list[str]) -> dict[str, str]:
@@ -105,7 +158,7 @@ def _statuses(url: str | None, keys: list[str]) -> dict[str, str]:
         s.close()
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(grid: Annotated[str | None, typer.Argument(help="Grid file (default: every cell in the store)")] = None,
            profile: ProfileOpt = None, store: StoreOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
@@ -118,7 +171,7 @@ def status(grid: Annotated[str | None, typer.Argument(help="Grid file (default: 
     show_status(_store(store, create=False), keys, as_json=as_json, watch=watch, interval=interval, console=out)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
         profile: ProfileOpt = None, store: StoreOpt = None,
         gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
@@ -147,10 +200,10 @@ def run(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of
         cells = select(p, only)
         statuses = _statuses(store, [c.key for c in cells])
         todo = [c for c in cells if statuses.get(c.key, "new") != "done"]
-        err.print(f"{p.grid.name} ({p.profile or 'base'}): {len(cells)} cells, {len(cells) - len(todo)} done, "
-                  f"{len(todo)} would run")
+        err.print(Text(printable(f"{p.grid.name} ({p.profile or 'base'}): {len(cells)} cells, "
+                                 f"{len(cells) - len(todo)} done, {len(todo)} would run")))
         for c in todo:
-            out.print(f"  {c.key[:12]}  {c.label}")
+            out.print(Text(printable(f"  {c.key[:12]}  {c.label}")))
         return
     s = _store(store)
     try:
@@ -174,7 +227,7 @@ def run(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def worker(store: StoreOpt = None,
            gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
            gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell")] = 1,
@@ -200,7 +253,7 @@ def worker(store: StoreOpt = None,
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(grids: Annotated[list[str] | None, typer.Argument(help="Grid names or files (default: all in store)")
                             ] = None,
            store: StoreOpt = None,
@@ -232,23 +285,44 @@ def _grid_name(g: str) -> str:
     return g
 
 
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """ClickException as the installed typer raises it: typer < 0.2x uses the click package, newer typer its own
+    bundled copy (typer._click), whose classes are not click's. Both are looked up, so either is caught."""
+    found = {c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"}
+    try:
+        import click
+
+        found.add(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _show_usage_error(e: Any) -> None:
+    """Click's own text (usage line, help hint, `Error: ...`), with the user's input in it made printable."""
+    buf = io.StringIO()
+    e.show(file=buf)
+    sys.stderr.write("".join(printable(line) + "\n" for line in buf.getvalue().splitlines()))
+    sys.stderr.flush()
+
+
 def main() -> None:
-    """Console entry point: library errors become one red line on stderr and a non-zero exit, no traceback."""
+    """Console entry point: library errors become one red line on stderr and a non-zero exit, no traceback;
+    usage errors are Click's usage line and error, exit status 2."""
     try:
         rc = app(standalone_mode=False)
     except SweepdaeError as e:
-        err.print(Text("error: ", style="red") + Text(str(e).replace("\n", " ")), highlight=False, soft_wrap=True)
+        message = printable(str(e).replace("\n", " "))  # input echoed in any error cannot drive the terminal
+        err.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err.print("[red]aborted[/red]")
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:
+        if isinstance(e, _click_exceptions()):  # usage errors (exit 2) and Click's other user-facing errors
+            _show_usage_error(e)
+            sys.exit(getattr(e, "exit_code", 2))
         raise
     sys.exit(rc if isinstance(rc, int) else 0)

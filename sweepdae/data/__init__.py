@@ -14,7 +14,15 @@ With SWEEPDAE_DOWNLOAD=1, missing MNIST / Fashion-MNIST / CIFAR files are downlo
 """
 
 from sweepdae.data._augment import crop_resize_flip, random_resized_crop_batch, sample_crop_boxes
-from sweepdae.data._base import ImageData, InMemoryData, augment_batch, cache_dir
+from sweepdae.data._base import (
+    ImageData,
+    InMemoryData,
+    augment_batch,
+    cache_dir,
+    from_unit_range,
+    sample_images,
+    to_unit_range,
+)
 from sweepdae.data._cifar import download_cifar
 from sweepdae.data._download import download_files
 from sweepdae.data._idx import download_idx, read_idx
@@ -34,9 +42,12 @@ __all__ = [
     "download_cifar",
     "download_files",
     "download_idx",
+    "from_unit_range",
     "get_builder",
     "load_dataset",
     "random_resized_crop_batch",
     "read_idx",
+    "sample_images",
+    "to_unit_range",
     "sample_crop_boxes",
 ]

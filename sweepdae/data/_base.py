@@ -42,6 +42,16 @@ def augment_batch(images: torch.Tensor, augment: Augment | str, *,
     return images
 
 
+def to_unit_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]: the one conversion into the range every tokenizer and model sees."""
+    return images_uint8.to(torch.float32).div(127.5).sub(1.0)
+
+
+def from_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] (clamped) -> uint8 [0, 255], the inverse of `to_unit_range` up to rounding."""
+    return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
 def cache_dir() -> Path:
     """Where downloads go: $XDG_CACHE_HOME/sweepdae, else ~/.cache/sweepdae."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -127,6 +137,22 @@ class ImageData(abc.ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"classes={self.num_classes}, shape=({self.channels}, {self.image_size}, {self.image_size}))")
+
+
+def sample_images(data: ImageData, n: int, *, shuffle: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to n images of a set as uint8 tensors (with their labels): the whole in-memory set when it has at most
+    n, else a fixed sample, the same for every caller (shuffled with seed 0, or the first n)."""
+    if data.in_memory and len(data) <= n:
+        return data.tensors()
+    xs, ys, got = [], [], 0
+    gen = torch.Generator().manual_seed(0) if shuffle else None
+    for x, y in data.batches(min(n, 256), shuffle=shuffle, generator=gen):
+        xs.append(x[: n - got])
+        ys.append(y[: n - got])
+        got += len(xs[-1])
+        if got >= n:
+            break
+    return torch.cat(xs), torch.cat(ys)
 
 
 class InMemoryData(ImageData):

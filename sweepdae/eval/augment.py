@@ -15,17 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sweepdae.data._base import to_unit_range
+
 # torchvision RandomResizedCrop defaults, used by MAE's linear probe.
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 # (uint8 images [B, C, H, W] on the target device, generator) -> float images in [-1, 1], same shape.
 AugmentFn = Callable[[Tensor, "torch.Generator | None"], Tensor]
-
-
-def to_unit_range(images_uint8: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] (the range every sweepdae model sees)."""
-    return images_uint8.float().div(127.5).sub(1.0)
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device: torch.device) -> Tensor:

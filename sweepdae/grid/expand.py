@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
-from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, _fmt
-from sweepdae.recipe import Recipe, recipe_from_flat
+from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, _fmt, _jsonable
+from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,14 @@ class Cell:
     step: int | None  # trajectory position, None outside trajectories
     seed: int
 
+    @property
+    def train_key(self) -> str:
+        """The training this cell evaluates (shared by every cell whose recipe trains the same way)."""
+        return self.recipe.train_key()
+
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "label": self.label, "coords": self.coords, "step": self.step, "seed": self.seed,
-                "recipe": self.recipe.to_dict()}
+        return {"key": self.key, "train_key": self.train_key, "label": self.label, "coords": self.coords,
+                "step": self.step, "seed": self.seed, "recipe": self.recipe.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,15 @@ def expand(grid: Grid, profile: str | None = None) -> Plan:
     axes = [_profiled(a, prof.axes.get(a.name) if prof else None) for a in grid.axes]
     seeds = (prof.seeds if prof and prof.seeds else None) or grid.seeds
 
-    points: list[tuple[dict[str, Any], dict[str, str], int | None, str | None]] = []
+    # (knobs, coords, step, include label, seeds)
+    points: list[tuple[dict[str, Any], dict[str, str], int | None, str | None, tuple[int, ...]]] = []
     steps = grid.trajectory or ()
     n_points = len(steps) or 1
     for a in axes:
         n_points *= len(a.values)
-    if n_points * len(seeds) > MAX_CELLS:
-        raise GridError(f"{grid.path}: grid expands to {n_points * len(seeds)} cells, more than {MAX_CELLS}")
+    n_cells = n_points * len(seeds) + sum(len(inc.get("__seeds__", seeds)) for inc in grid.include)
+    if n_cells > MAX_CELLS:
+        raise GridError(f"{grid.path}: grid expands to {n_cells} cells, more than {MAX_CELLS}")
     for combo in itertools.product(*[range(len(a.values)) for a in axes]):
         knobs: dict[str, Any] = {}
         coords: dict[str, str] = {}
@@ -80,19 +87,20 @@ def expand(grid: Grid, profile: str | None = None) -> Plan:
             acc: dict[str, Any] = {}
             for si, s in enumerate(steps):
                 acc = {**acc, **s.set}
-                points.append(({**knobs, **acc}, {**coords, "step": s.label}, si, None))
+                points.append(({**knobs, **acc}, {**coords, "step": s.label}, si, None, seeds))
         else:
-            points.append((knobs, coords, None, None))
+            points.append((knobs, coords, None, None, seeds))
     points = [p for p in points if not _excluded(grid, {**base, **p[0]}, p[1])]
     for inc in grid.include:
         inc = dict(inc)
         label = inc.pop("__label__", None)
-        points.append((inc, {"include": label or _auto_label(inc)}, None, label))
+        own_seeds = inc.pop("__seeds__", None)
+        points.append((inc, {"include": label or _auto_label(inc)}, None, label, own_seeds or seeds))
 
     cells: list[Cell] = []
     seen: set[str] = set()
-    for knobs, coords, step, inc_label in points:
-        for seed in seeds:
+    for knobs, coords, step, inc_label, point_seeds in points:
+        for seed in point_seeds:
             flat = {**base, **knobs, "seed": seed}
             try:
                 recipe = recipe_from_flat(flat)
@@ -127,8 +135,8 @@ def _excluded(grid: Grid, knobs: dict[str, Any], coords: dict[str, str]) -> bool
             axis_label = next((coords[a.name] for a in grid.axes if path in a.paths and a.name in coords), None)
             if axis_label is not None:
                 ok = axis_label in {_fmt(x) for x in vals}
-            else:
-                ok = knobs.get(path) in vals
+            else:  # the resolved value: a knob nothing sets has its default
+                ok = knobs.get(path, _jsonable(KNOBS[path].default)) in vals
             if not ok:
                 hit = False
                 break

@@ -55,7 +55,7 @@ def enqueue_plan(store: Any, plan: Plan, cells: list[Any]) -> dict[str, str]:
                         cells=[{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step, "seed": c.seed}
                                for c in plan.cells])
     return store.enqueue([{"key": c.key, "label": c.label, "recipe": c.recipe.to_dict(), "grid": plan.grid.name,
-                           "profile": plan.profile or ""} for c in cells])
+                           "profile": plan.profile or "", "train_key": c.train_key} for c in cells])
 
 
 def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "auto", gpus_per_cell: int = 1,
@@ -79,9 +79,17 @@ def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "au
         coord.run()
     finally:
         view.close()
+    _say_parked(coord)
     statuses = store.status(sorted(keys))
     return RunSummary(total=len(cells), cached=cached, done=coord.done, failed=coord.failed_for_good,
                       statuses=statuses)
+
+
+def _say_parked(coord: Coordinator) -> None:
+    if coord.parked:
+        why = sorted(set(coord.parked.values()))
+        coord.view.message(f"{len(coord.parked)} cells left queued: their training is on another machine "
+                           f"({'; '.join(why[:3])}). Run `sweepdae worker` there, or share the runs folder.")
 
 
 def run_worker(store: Any, *, gpus: str = "auto", gpus_per_cell: int = 1, cells_per_gpu: int = 1,
@@ -99,4 +107,5 @@ def run_worker(store: Any, *, gpus: str = "auto", gpus_per_cell: int = 1, cells_
         coord.run()
     finally:
         view.close()
+    _say_parked(coord)
     return RunSummary(total=todo, cached=0, done=coord.done, failed=coord.failed_for_good, statuses={})

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, RECIPE, RESULT
+from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, RECIPE, RESULT, RETRYABLE, train_dir
 from sweepdae.errors import StoreError
 from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
@@ -27,6 +27,8 @@ from sweepdae.utils import atomic_write_json, read_events
 HEARTBEAT_S = float(os.environ.get("SWEEPDAE_HEARTBEAT_S", "10"))
 LEASE_S = float(os.environ.get("SWEEPDAE_LEASE_S", "60"))  # a coordinator silent this long is presumed dead
 REAP_EVERY_S = min(15.0, LEASE_S / 2)
+WAIT_POLL_S = 2.0  # how often cells waiting for a training look at it again
+BUSY_RECHECK_S = 10.0  # a training another coordinator holds is asked about again after this long
 # how long the store may stay unreachable (e.g. a PostgreSQL restart) before the coordinator gives up; the running
 # cells go on meanwhile, their results wait on disk
 STORE_OUTAGE_S = float(os.environ.get("SWEEPDAE_STORE_OUTAGE_S", "900"))
@@ -86,6 +88,18 @@ class Running:
     last_beat: float = 0.0
     last_event: dict[str, Any] = field(default_factory=dict)
     port: int | None = None
+    train_key: str = ""
+    train_claim: Any = None  # the training lease this cell holds while it trains (None: evaluates a finished one)
+
+
+@dataclass
+class Waiting:
+    """A claimed cell whose training another cell is making (here or on another machine)."""
+
+    claim: Any
+    train_key: str
+    why: str
+    last_beat: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -110,6 +124,10 @@ class Coordinator:
         self.view = view
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.running: dict[int, Running] = {}  # slot index -> running cell
+        self.waiting: dict[str, Waiting] = {}  # cell key -> claimed cell waiting for its training
+        self.blocked: dict[str, float] = {}  # train_key -> until when its cells are not claimed (inf: for good)
+        self.parked: dict[str, str] = {}  # cell key -> why it was given back (its training lives elsewhere)
+        self._last_wait_poll = 0.0
         self.stopping = 0  # 1 after the first Ctrl-C, 2 after the second
         self.failed_for_good: list[str] = []
         self.done: list[str] = []
@@ -122,6 +140,9 @@ class Coordinator:
             self._loop()
         finally:
             signal.signal(signal.SIGINT, old)
+            for w in list(self.waiting.values()):  # claimed but never started: back to the queue
+                self.store.release(w.claim, reason="its coordinator stopped while it waited for its training")
+            self.waiting.clear()
             if self.running:  # second Ctrl-C or an error: stop now, the cells stay resumable
                 for r in self.running.values():
                     r.handle.signal(signal.SIGKILL)
@@ -152,23 +173,133 @@ class Coordinator:
                 self._last_reap = now
                 for key in self.store.reap_stale(dead_owner=_dead_local_owner):
                     self.view.message(f"requeued stale cell {key[:10]} (its coordinator stopped)")
+                for tk in self.store.reap_stale_trainings(dead_owner=_dead_local_owner):
+                    self.view.message(f"training {tk[:10]} freed (its trainer stopped)")
+            self._beat_waiting(now)
             if not self.stopping and not (self.opts.fail_fast and self.failed_for_good):
+                poll = now - self._last_wait_poll > WAIT_POLL_S
+                if poll:
+                    self._last_wait_poll = now
                 for slot in self.opts.slots:
-                    if slot.index not in self.running:
-                        claim = self.store.claim(self.owner, lease_s=LEASE_S, keys=self.opts.keys)
-                        if claim is None:
-                            break
-                        if not self._adopt(claim):
-                            self._start(claim, slot)
+                    if slot.index in self.running:
+                        continue
+                    if poll and self._start_waiting(slot):
+                        continue
+                    claim = self.store.claim(self.owner, lease_s=LEASE_S, keys=self.opts.keys,
+                                             skip_train_keys=self._skip_train_keys(now))
+                    if claim is None:
+                        break
+                    if not self._adopt(claim):
+                        self._dispatch(claim, slot)
             self.view.refresh()
             if not self.running:
                 if self.stopping or (self.opts.fail_fast and self.failed_for_good):
                     return
-                if not self._work_left():
+                if not self.waiting and not self._work_left():
                     if not self.opts.forever:
                         return
                     time.sleep(2.0)
             time.sleep(self.opts.poll_s)
+
+    # -- trainings -----------------------------------------------------------------------------------------------
+    def _train_key(self, claim: Any) -> str:
+        if claim.train_key:
+            return str(claim.train_key)
+        from sweepdae.recipe import recipe_from_dict
+
+        return recipe_from_dict(claim.recipe).train_key()  # a trial queued before train keys were recorded
+
+    def _skip_train_keys(self, now: float) -> set[str]:
+        for tk in [tk for tk, until in self.blocked.items() if until <= now]:
+            del self.blocked[tk]
+        return set(self.blocked) | {w.train_key for w in self.waiting.values()}
+
+    def _dispatch(self, claim: Any, slot: Slot) -> None:
+        """Start a claimed cell now (its training is finished here, or it takes the training's lease and trains
+        it), or hold it until its training is made, or give it back when that training lives on another
+        machine."""
+        tk = self._train_key(claim)
+        decision, lease = self._training_decision(claim, tk)
+        if decision == "start":
+            self._start(claim, slot, tk, train_claim=lease)
+        elif decision == "wait":
+            self.waiting[claim.key] = Waiting(claim, tk, lease)
+            self.view.cell_waiting(claim.key, claim.label, lease)
+        else:  # elsewhere
+            self.store.release(claim, reason=lease)
+            self.blocked[tk] = float("inf")
+            self.parked[claim.key] = lease
+            self.view.message(f"{claim.label}: {lease}; left queued for a worker there")
+
+    def _training_decision(self, claim: Any, tk: str) -> tuple[str, Any]:
+        """("start", training claim or None) | ("wait", why) | ("elsewhere", why)."""
+        folder = train_dir(self.opts.runs_dir / claim.key, tk)
+        from sweepdae.cell.train import read_trained
+
+        if read_trained(folder, tk) is not None:
+            return "start", None
+        lease = self.store.acquire_training(tk, owner=self.owner, lease_s=LEASE_S, label=claim.label)
+        if lease.state == "mine":
+            return "start", lease.claim
+        if lease.state == "busy":
+            if lease.owner != self.owner:
+                self.blocked[tk] = time.time() + BUSY_RECHECK_S
+            where = "here" if lease.owner == self.owner else lease.owner
+            return "wait", f"training {tk[:10]} is being made ({where})"
+        info = lease.info
+        if info.get("host") == socket.gethostname() and info.get("runs_dir") == str(self.opts.runs_dir):
+            # finished here, then its folder was removed: the cell trains it again
+            self.view.message(f"{claim.label}: training {tk[:10]} was removed from {folder}; training it again")
+            return "start", None
+        return "elsewhere", (f"training {tk[:10]} lives on {info.get('host', '?')} "
+                             f"({info.get('runs_dir', '?')}/{info.get('train_dir', '')})")
+
+    def _start_waiting(self, slot: Slot) -> bool:
+        """Start the first waiting cell whose training is now finished here or free to take."""
+        for key, w in list(self.waiting.items()):
+            decision, lease = self._training_decision(w.claim, w.train_key)
+            if decision == "wait":
+                if lease != w.why:
+                    w.why = lease
+                continue
+            del self.waiting[key]
+            self.view.cell_unwaiting(key)
+            if decision == "start":
+                self._start(w.claim, slot, w.train_key, train_claim=lease)
+                return True
+            self.store.release(w.claim, reason=lease)
+            self.blocked[w.train_key] = float("inf")
+            self.parked[key] = lease
+            self.view.message(f"{w.claim.label}: {lease}; left queued for a worker there")
+        return False
+
+    def _beat_waiting(self, now: float) -> None:
+        for key, w in list(self.waiting.items()):
+            if now - w.last_beat > HEARTBEAT_S:
+                w.last_beat = now
+                if not self.store.heartbeat(w.claim):
+                    del self.waiting[key]
+                    self.view.cell_unwaiting(key)
+
+    def _settle_training(self, r: Running) -> None:
+        """Record the training a cell made (its `trained` event, or at its end), or give the lease back."""
+        if r.train_claim is None:
+            return
+        from sweepdae.cell.train import read_trained
+
+        folder = train_dir(r.run_dir, r.train_key)
+        info = read_trained(folder, r.train_key)
+        if info is not None:
+            self.store.complete_training(r.train_claim, info={
+                "host": socket.gethostname(), "runs_dir": str(self.opts.runs_dir),
+                "train_dir": str(folder.relative_to(self.opts.runs_dir)), "cell": r.claim.key,
+                "steps": info.get("steps"), "seconds": info.get("seconds")})
+            self._last_wait_poll = 0.0  # cells waiting for it may start now
+        elif r.handle.poll() is not None:
+            self.store.fail_training(r.train_claim, error=f"cell {r.claim.label} ended before its training did")
+        else:
+            return
+        r.train_claim = None
 
     def _adopt(self, claim: Any) -> bool:
         """A claim of a cell this coordinator is already running (its lease was reaped while the store was
@@ -183,10 +314,11 @@ class Coordinator:
 
     def _work_left(self) -> bool:
         st = self.store.status(sorted(self.opts.keys) if self.opts.keys is not None else None)
-        return any(s in ("queued", "running") for s in st.values())
+        # cells given back because their training lives on another machine are that machine's work
+        return any(s == "running" or (s == "queued" and k not in self.parked) for k, s in st.items())
 
     # -- one cell ------------------------------------------------------------------------------------------------
-    def _start(self, claim: Any, slot: Slot) -> None:
+    def _start(self, claim: Any, slot: Slot, train_key: str = "", train_claim: Any = None) -> None:
         run_dir = self.opts.runs_dir / claim.key
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides = dict(claim.recipe_overrides or {})
@@ -212,7 +344,8 @@ class Coordinator:
             rc_handle = h
         offset = (run_dir / EVENTS).stat().st_size if (run_dir / EVENTS).exists() else 0
         r = Running(claim=claim, slot=slot, handle=rc_handle, run_dir=run_dir, started=time.time(), offset=offset,
-                    last_beat=time.time(), port=getattr(rc_handle, "port", None))
+                    last_beat=time.time(), port=getattr(rc_handle, "port", None),
+                    train_key=train_key or self._train_key(claim), train_claim=train_claim)
         self.running[slot.index] = r
         self.view.cell_started(claim.key, claim.label, slot.label, claim.attempt)
 
@@ -226,11 +359,15 @@ class Coordinator:
         for e in events:
             r.last_event.update(e)
             self.view.cell_event(r.claim.key, e)
+            if e.get("phase") == "trained":
+                self._settle_training(r)
         now = time.time()
         if now - r.last_beat > HEARTBEAT_S:
             r.last_beat = now
             if not self.store.heartbeat(r.claim):
                 self.view.message(f"lease of {r.claim.label} lost (reaped); its result will still be kept")
+            if r.train_claim is not None and not self.store.heartbeat_training(r.train_claim):
+                r.train_claim = None  # reaped: another coordinator may train it (resuming the checkpoint)
 
     def _wait(self, r: Running) -> None:
         for _ in range(100):
@@ -240,6 +377,7 @@ class Coordinator:
 
     def _finish(self, r: Running, interrupted: bool = False) -> None:
         self._watch(r)
+        self._settle_training(r)
         rc = r.handle.poll()
         elapsed = time.time() - r.started
         key = r.claim.key
@@ -248,7 +386,9 @@ class Coordinator:
             info = {"timings": {**result.get("timings", {}), "wall_s": elapsed}, "artifacts": result["artifacts"],
                     "run_dir": str(r.run_dir), "provenance": result.get("provenance", {}), "steps": result["steps"],
                     "resumed_from_epoch": result.get("resumed_from_epoch"), "tokenizer": result.get("tokenizer"),
-                    "slot": r.slot.label, "overrides": dict(r.claim.recipe_overrides or {})}
+                    "slot": r.slot.label, "overrides": dict(r.claim.recipe_overrides or {}),
+                    "train_key": result.get("train_key"), "reused_training": result.get("reused_training"),
+                    "trained_by": result.get("trained_by")}
             metrics = {k: float(v) for k, v in result["metrics"].items()}
             recorded = self.store.complete(r.claim, metrics=metrics, info=jsonable(info))
             self.done.append(key)
@@ -261,7 +401,7 @@ class Coordinator:
                 cls = "io"
             else:
                 cls = "killed" if interrupted or rc in (-9, -15, 137, 143, -2, 130) or self.stopping else "crash"
-        retryable = failure.get("retryable", cls in ("killed", "crash", "oom", "io"))
+        retryable = failure.get("retryable", cls in RETRYABLE)
         interrupted = interrupted or bool(self.stopping) or cls == "killed"
         attempt = int(getattr(r.claim, "attempt", 1))
         overrides: dict[str, Any] | None = {}

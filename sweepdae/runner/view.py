@@ -38,11 +38,21 @@ class View:
     done: int = 0
     failed: int = 0
     running: dict[str, CellView] = field(default_factory=dict)
+    waiting: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (label, what it waits for)
     finished: deque[tuple[str, str, str]] = field(default_factory=lambda: deque(maxlen=6))
     durations: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
+    def cell_waiting(self, key: str, label: str, why: str) -> None:
+        """A claimed cell that waits for its training (trained by another cell, here or elsewhere)."""
+        self.waiting[key] = (label, why)
+        self._line(f"wait   {label}: {why}")
+
+    def cell_unwaiting(self, key: str) -> None:
+        self.waiting.pop(key, None)
+
     def cell_started(self, key: str, label: str, device: str, attempt: int) -> None:
+        self.waiting.pop(key, None)
         self.running[key] = CellView(key, label, device, attempt, time.time())
         self._line(f"start  {label} on {device}" + (f" (attempt {attempt})" if attempt > 1 else ""))
 
@@ -161,6 +171,8 @@ class RichView(View):
         for c in self.running.values():
             run.add_row(c.label, c.device, c.phase, c.epoch, f"{c.loss:.4f}" if c.loss is not None else "-",
                         f"{c.ips:.0f}" if c.ips else "-", _fmt_s(c.eta_s))
+        for label, why in self.waiting.values():
+            run.add_row(label, "-", f"waiting: {why}", "", "-", "-", "-")
         fin = Table(title="finished", expand=True, title_justify="left")
         for col in ("cell", "status", "result"):
             fin.add_column(col)

@@ -16,8 +16,8 @@ URLs (`None` -> $SWEEPDAE_STORE -> `journal:./sweepdae.journal`):
 from __future__ import annotations
 
 from sweepdae.errors import StoreError
-from sweepdae.store._common import DEFAULT_LEASE_S, Claim
-from sweepdae.store._store import Store
+from sweepdae.store._common import DEFAULT_LEASE_S, Claim, TrainingLease
+from sweepdae.store._store import TRAININGS_STUDY, Store
 from sweepdae.store._trials import CellStatus
 from sweepdae.store._url import DEFAULT_URL, ENV_VAR, STUDY_NAME, mask_password, open_storage, parse_url, resolve_url
 
@@ -30,6 +30,8 @@ __all__ = [
     "Claim",
     "Store",
     "StoreError",
+    "TRAININGS_STUDY",
+    "TrainingLease",
     "mask_password",
     "open_store",
     "resolve_url",

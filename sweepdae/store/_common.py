@@ -40,7 +40,19 @@ class Claim:
     lease_s: float = DEFAULT_LEASE_S
     started: float = 0.0
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    train_key: str | None = None  # the training the cell evaluates (None for trials queued before schema 2)
     _trial_id: int = -1
+
+
+@dataclass(frozen=True)
+class TrainingLease:
+    """What `Store.acquire_training` found: "mine" (with the claim to heartbeat and complete), "busy" (another
+    owner trains it) or "done" (with the info its trainer recorded)."""
+
+    state: str
+    claim: Claim | None
+    info: dict[str, Any]
+    owner: str
 
 
 def is_backend_error(exc: BaseException) -> bool:

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweepdae.errors import StoreError
 from sweepdae.store import _frame
-from sweepdae.store._common import DEFAULT_LEASE_S, Claim, guarded, jsonable, overrides_after
+from sweepdae.store._common import DEFAULT_LEASE_S, Claim, TrainingLease, guarded, jsonable, overrides_after
 from sweepdae.store._index import make_index
 from sweepdae.store._trials import (
     CellStatus,
@@ -26,11 +26,12 @@ from sweepdae.store._trials import (
     next_attempt,
     start_time,
 )
-from sweepdae.store._url import STUDY_NAME, StoreURL
+from sweepdae.store._url import StoreURL, _QuietOptuna
 
 if TYPE_CHECKING:
     import pandas as pd
 
+TRAININGS_STUDY = "sweepdae-trainings"
 _ERROR_CHARS = 2_000  # `error` is one message; keep rows small
 _TRACEBACK_CHARS = 10_000  # the tail of a traceback is where the cause is
 
@@ -48,7 +49,7 @@ class Store:
       running if any RUNNING; else queued if any WAITING; else failed if any FAIL; else new (see `CellStatus`).
     * Everything is kept in trial `user_attrs` (Optuna 5 has no public system-attr setters): `key`, `label`,
       `recipe`, `grid`, `attempt` (1 + the highest earlier attempt), `retry_of` (trial number), `reason`
-      (enqueue | retry | reaped | requeue | recovered), `recipe_overrides`, `enqueued`; on claim `owner`,
+      (enqueue | retry | reaped | recovered), `recipe_overrides`, `enqueued`; on claim `owner`,
       `lease_expires`, `started` (unix times); `progress`; on completion `metrics`, `info`, `finished`; on
       failure `failure_class`, `error`, `traceback_tail`, `info`, `finished`, `retry`; markers `duplicate`,
       `stale`, `spurious`, `recovered_from`.
@@ -83,9 +84,11 @@ class Store:
         self.kind = parsed.kind
         self._storage = storage
         self._study = study
-        self._study_id = storage.get_study_id_from_name(STUDY_NAME)
+        self._study_id = storage.get_study_id_from_name(study.study_name)
         self._index = make_index(storage, self._study_id)  # narrow reads for claim / retry / rescue / reap
         self._closed = False
+        self._parsed = parsed
+        self._trainings: Store | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -184,16 +187,20 @@ class Store:
                     retry_of=trials[-1].number if trials else None,
                     reason="enqueue",
                     recipe_overrides={},
+                    train_key=cell.get("train_key"),
                 )
                 result[key] = "queued"
         return result
 
     def _add_waiting(self, *, key: str, label: str, recipe: dict[str, Any], grid: str | None, attempt: int,
-                     retry_of: int | None, reason: str, recipe_overrides: dict[str, Any]) -> None:
+                     retry_of: int | None, reason: str, recipe_overrides: dict[str, Any],
+                     train_key: str | None = None) -> None:
         attrs: dict[str, Any] = {
             "key": key, "label": label, "recipe": recipe, "grid": grid, "attempt": attempt,
             "retry_of": retry_of, "reason": reason, "enqueued": time.time(),
         }
+        if train_key:
+            attrs["train_key"] = train_key
         if recipe_overrides:
             attrs["recipe_overrides"] = recipe_overrides
         self._study.enqueue_trial(params={}, user_attrs=attrs)
@@ -201,13 +208,13 @@ class Store:
     def _enqueue_retry(self, trials: list[FrozenTrial], *, retry_of: FrozenTrial, reason: str) -> bool:
         """Queue the next attempt of the key of `trials` (fresh) unless it is done or has an unfinished trial.
 
-        The new attempt copies label, recipe and grid from `retry_of` and, except for reason "requeue", its
-        recipe overrides deep-merged with `info["recipe_overrides"]` of a failure that asked for them.
+        The new attempt copies label, recipe and grid from `retry_of` and its recipe overrides, deep-merged with
+        `info["recipe_overrides"]` of a failure that asked for them.
         """
         if key_status(trials) in (CellStatus.DONE, CellStatus.RUNNING, CellStatus.QUEUED):
             return False
         attrs = retry_of.user_attrs
-        overrides = overrides_after(retry_of) if reason != "requeue" else {}
+        overrides = overrides_after(retry_of)
         key = str(attrs["key"])
         self._add_waiting(
             key=key,
@@ -218,6 +225,7 @@ class Store:
             retry_of=retry_of.number,
             reason=reason,
             recipe_overrides=overrides,
+            train_key=attrs.get("train_key"),
         )
         return True
 
@@ -258,12 +266,13 @@ class Store:
                                     else "retry")
 
     @guarded
-    def claim(self, owner: str, *, lease_s: float = DEFAULT_LEASE_S, keys: Collection[str] | None = None
-              ) -> Claim | None:
+    def claim(self, owner: str, *, lease_s: float = DEFAULT_LEASE_S, keys: Collection[str] | None = None,
+              skip_train_keys: Collection[str] = ()) -> Claim | None:
         """Take the oldest queued cell (FIFO by trial number), or None when the queue is empty.
 
         With `keys`, only cells among those keys are taken (`sweepdae run GRID` runs its own grid's cells;
-        `sweepdae worker` passes None and takes any).
+        `sweepdae worker` passes None and takes any). Cells whose `train_key` is in `skip_train_keys` are left
+        queued (their training is busy or lives on another machine: the coordinator does other work).
 
         The trial becomes RUNNING with user attrs `owner`, `lease_expires` (now + `lease_s`) and `started`.
         Duplicate and keyless WAITING trials met on the way are failed (`duplicate` / `spurious`) and skipped.
@@ -280,6 +289,9 @@ class Store:
                 listed = True
                 # The key's trials are read before the WAITING -> RUNNING move (see `duplicate_of`: sound).
                 group = self._key_trials(ref.key) if ref.key is not None else []
+                if skip_train_keys and any(t._trial_id == ref.trial_id and t.user_attrs.get("train_key")
+                                           in skip_train_keys for t in group):
+                    continue
                 try:
                     if not self._storage.set_trial_state_values(ref.trial_id, TrialState.RUNNING):
                         continue  # another process took it
@@ -341,6 +353,7 @@ class Store:
             lease_s=lease_s,
             started=now,
             recipe_overrides=overrides,
+            train_key=attrs.get("train_key"),
             _trial_id=trial._trial_id,
         )
 
@@ -481,18 +494,6 @@ class Store:
         if retry:
             self._retry_after(claim._trial_id)
 
-    @guarded
-    def requeue_failed(self, keys: list[str] | None = None) -> int:
-        """Queue a fresh attempt (no recipe overrides) of every failed key, or of the failed ones among `keys`;
-        returns how many were queued."""
-        groups = group_by_key(self._trials())
-        wanted = groups.keys() if keys is None else [k for k in keys if k in groups]
-        count = 0
-        for key in wanted:
-            if key_status(groups[key]) is CellStatus.FAILED:
-                count += self._enqueue_retry(groups[key], retry_of=groups[key][-1], reason="requeue")
-        return count
-
     # ------------------------------------------------------------------ queries
     @guarded
     def status(self, keys: list[str] | None = None) -> dict[str, str]:
@@ -522,11 +523,114 @@ class Store:
         recipe_overrides, progress, info, `metric.*`, `time.*`."""
         return _frame.attempts_frame(group_by_key(self._trials()), keys)
 
+    @guarded
+    def release(self, claim: Claim, *, reason: str) -> bool:
+        """Give a claimed cell back to the queue without using up an attempt (its training is busy or lives on
+        another machine). The claim's trial fails with `released=True`; a WAITING trial with the same attempt
+        number, recipe overrides and train_key takes its place. False when the trial was no longer RUNNING."""
+        attrs = {"released": True, "failure_class": "released", "error": reason[:_ERROR_CHARS],
+                 "finished": time.time()}
+        if not self._finish(claim._trial_id, TrialState.FAIL, attrs):
+            return False
+        trials = self._key_trials(claim.key)
+        if key_status(trials) in (CellStatus.DONE, CellStatus.RUNNING, CellStatus.QUEUED):
+            return True
+        own = next((t for t in trials if t._trial_id == claim._trial_id), None)
+        base = own.user_attrs.get("recipe") if own is not None else None
+        self._add_waiting(key=claim.key, label=claim.label, recipe=base if base is not None else claim.recipe,
+                          grid=claim.grid, attempt=claim.attempt, retry_of=claim.number, reason="released",
+                          recipe_overrides=claim.recipe_overrides, train_key=claim.train_key)
+        return True
+
+    # ------------------------------------------------------------------ trainings
+    # Cells that share a train_key evaluate one training. Trainings are trials of a second study,
+    # "sweepdae-trainings", keyed by train_key, under the same contract as cells (atomic claim, leases, reaping,
+    # exactly-once COMPLETE), so exactly one process trains a train_key at a time, on any backend and across
+    # machines (no file locks: flock is unreliable on NFS and Lustre).
+    def _training_store(self, *, create: bool) -> Store | None:
+        if self._trainings is None:
+            with _QuietOptuna():
+                try:
+                    study = optuna.load_study(storage=self._storage, study_name=TRAININGS_STUDY)
+                except KeyError:
+                    if not create:
+                        return None
+                    study = optuna.create_study(storage=self._storage, study_name=TRAININGS_STUDY,
+                                                direction="maximize", load_if_exists=True)
+            self._trainings = Store(self._parsed, self._storage, study)
+        return self._trainings
+
+    @guarded
+    def acquire_training(self, train_key: str, *, owner: str, lease_s: float = DEFAULT_LEASE_S,
+                         label: str = "") -> TrainingLease:
+        """Take the lease on training `train_key`, or say who has it or that it is done.
+
+        Returns `TrainingLease` with state "mine" (this owner now trains it: heartbeat, then
+        `complete_training` or `fail_training` the returned claim), "busy" (another owner trains it; `owner`
+        says who) or "done" (`info` is what `complete_training` recorded: host, folder, cell)."""
+        trs = self._training_store(create=True)
+        assert trs is not None
+        for _ in range(5):
+            trials = trs._key_trials(train_key)
+            status = key_status(trials)
+            if status is CellStatus.DONE:
+                done = next(t for t in trials if t.state == TrialState.COMPLETE)
+                return TrainingLease("done", None, dict(done.user_attrs.get("info") or {}), "")
+            if status is CellStatus.RUNNING:
+                running = [t for t in trials if t.state == TrialState.RUNNING][-1]
+                return TrainingLease("busy", None, {}, str(running.user_attrs.get("owner", "?")))
+            if status is not CellStatus.QUEUED:
+                trs._add_waiting(key=train_key, label=label or train_key[:12], recipe={}, grid=None,
+                                 attempt=next_attempt(trials), retry_of=trials[-1].number if trials else None,
+                                 reason="enqueue", recipe_overrides={})
+            claim = trs.claim(owner, lease_s=lease_s, keys={train_key})
+            if claim is not None:
+                return TrainingLease("mine", claim, {}, owner)
+        raise StoreError(f"store {self.url}: training {train_key[:12]}: its trials kept changing")
+
+    @guarded
+    def heartbeat_training(self, claim: Claim) -> bool:
+        """Renew a training lease; False when it was lost (reaped)."""
+        trs = self._training_store(create=True)
+        assert trs is not None
+        return trs.heartbeat(claim)
+
+    @guarded
+    def complete_training(self, claim: Claim, *, info: dict[str, Any]) -> bool:
+        """Mark the training done; `info` says where it lives (host, folder relative to the runs folder)."""
+        trs = self._training_store(create=True)
+        assert trs is not None
+        return trs.complete(claim, metrics={}, info=info)
+
+    @guarded
+    def fail_training(self, claim: Claim, *, error: str) -> None:
+        """Give a training lease back unfinished: the next `acquire_training` takes it (and resumes)."""
+        trs = self._training_store(create=True)
+        assert trs is not None
+        trs.fail(claim, failure_class="training", error=error, traceback_tail="", retry=False)
+
+    @guarded
+    def reap_stale_trainings(self, now: float | None = None, *, dead_owner: Callable[[str], bool] | None = None
+                             ) -> list[str]:
+        """`reap_stale` for training leases: the train_keys whose trainer stopped heartbeating."""
+        trs = self._training_store(create=False)
+        return trs.reap_stale(now, dead_owner=dead_owner) if trs is not None else []
+
+    @guarded
+    def training_status(self, train_keys: list[str] | None = None) -> dict[str, str]:
+        """train_key -> "new" | "queued" | "running" | "done" | "failed"."""
+        trs = self._training_store(create=False)
+        if trs is None:
+            return {k: CellStatus.NEW.value for k in train_keys or []}
+        return trs.status(train_keys)
+
     def close(self) -> None:
         """Release connections (RDB engine pool). Further calls raise StoreError. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self._trainings is not None:
+            self._trainings._closed = True
         backend = getattr(self._storage, "_backend", None)  # _CachedStorage(RDBStorage)
         engine = getattr(backend, "engine", None)
         if engine is not None:

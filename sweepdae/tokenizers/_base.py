@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from sweepdae.data._base import to_unit_range
 from sweepdae.errors import DatasetError, RecipeError, TrainingError
 from sweepdae.recipe import TokenizerConfig
 
@@ -49,11 +50,6 @@ def unpatchify(t: Tensor, p: int, c: int) -> Tensor:
     x = t.reshape(b, g, g, p, p, c)  # [B, h, w, p, p, C]
     x = torch.einsum("nhwpqc->nchpwq", x)  # [B, C, h, p, w, p]
     return x.reshape(b, c, g * p, g * p)
-
-
-def to_unit_range(images_uint8: Tensor) -> Tensor:
-    """uint8 [..] in 0..255 -> float32 in [-1, 1] (the range every tokenizer consumes)."""
-    return images_uint8.to(torch.float32) / 127.5 - 1.0
 
 
 def check_train_images(images_uint8: Tensor, *, channels: int, image_size: int) -> None:

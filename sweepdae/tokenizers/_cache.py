@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sweepdae.recipe import TokenizerConfig, TokenizerName
+from sweepdae.recipe import TOKENIZER_KNOBS, TokenizerConfig, TokenizerName
 from sweepdae.tokenizers._base import TOKENIZER_VERSION, Progress, Tokenizer, check_train_images
 from sweepdae.tokenizers._patch import PCABasis, fit_pca_basis
 from sweepdae.tokenizers._registry import _name, create_tokenizer, fit_with_basis
@@ -38,17 +38,8 @@ from sweepdae.utils import atomic_write
 _FORMAT = "sweepdae-tokenizer"
 _BASIS_FORMAT = "sweepdae-pca-basis"
 
-_TRAINING = ("fit_epochs", "fit_batch_size", "fit_lr")
-
 # The knobs of TokenizerConfig that change each tokenizer (the rest belong to other tokenizers).
-RELEVANT_KNOBS: dict[str, tuple[str, ...]] = {
-    "pixel": ("patch_size", "latent_scale"),
-    "patch_pca": ("patch_size", "latent_dim", "pca_num_patches", "pca_center", "pca_whiten", "latent_scale"),
-    "patch_ae": ("patch_size", "latent_dim", *_TRAINING, "latent_scale"),
-    "patch_vae": ("patch_size", "latent_dim", *_TRAINING, "kl_weight", "latent_scale"),
-    "conv_vae": ("latent_dim", "conv_downsample", "conv_group", "conv_channels", *_TRAINING, "kl_weight",
-                 "perceptual_weight", "perceptual_net", "adversarial_weight", "latent_scale"),
-}
+RELEVANT_KNOBS = TOKENIZER_KNOBS
 _PCA_BASIS_KNOBS = ("patch_size", "pca_num_patches", "pca_center")
 
 

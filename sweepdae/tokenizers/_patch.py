@@ -79,11 +79,6 @@ def sample_patch_indices(num_images: int, tokens_per_image: int, num_patches: in
     return flat // tokens_per_image, flat % tokens_per_image
 
 
-def sample_patches(images_uint8: Tensor, *, patch_size: int, num_patches: int, seed: int) -> Tensor:
-    """The sampled patches [n, D] as float32 in [-1, 1] (tests and small data; `fit_pca_basis` streams them)."""
-    return torch.cat(list(_gather_patches(images_uint8, patch_size=patch_size, num_patches=num_patches, seed=seed)))
-
-
 def _gather_patches(images_uint8: Tensor, *, patch_size: int, num_patches: int, seed: int) -> Iterator[Tensor]:
     n_img, _, h, w = images_uint8.shape
     per_image = (h // patch_size) * (w // patch_size)

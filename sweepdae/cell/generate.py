@@ -7,15 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from sweepdae.data import ImageData, from_unit_range, sample_images, to_unit_range
+from sweepdae.models import Denoiser
+from sweepdae.noise import Schedule
 from sweepdae.recipe import Recipe
+from sweepdae.tokenizers import Tokenizer
 
 # Noise levels of the denoising figure, as fractions of the schedule (the paper's Fig. 8 shows several levels).
 FIGURE_LEVELS = (0.1, 0.3, 0.5, 0.7)
 
 
-def denoise_fn_for(recipe: Recipe, model: Any, tokenizer: Any, schedule: Any
+def denoise_fn_for(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, schedule: Schedule
                    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """(x_t latent, t, y) -> clean-latent estimate, whatever the cell's target; classifier-free guidance if > 1."""
     from sweepdae.objectives import make_model_input, predict_x0_latent
@@ -34,7 +37,7 @@ def denoise_fn_for(recipe: Recipe, model: Any, tokenizer: Any, schedule: Any
 
 
 @torch.no_grad()
-def generate(recipe: Recipe, *, model: nn.Module, tokenizer: Any, num: int, num_classes: int,
+def generate(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, num: int, num_classes: int,
              device: torch.device, seed: int, batch: int = 256) -> torch.Tensor:
     """`num` samples decoded to images in [0, 1], [num, C, H, W] on the CPU."""
     from sweepdae.eval import sample
@@ -53,30 +56,30 @@ def generate(recipe: Recipe, *, model: nn.Module, tokenizer: Any, num: int, num_
     return torch.cat(out)
 
 
-def fid_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, train: tuple[torch.Tensor, torch.Tensor],
-             test: tuple[torch.Tensor, torch.Tensor], num_classes: int, device: torch.device, cache: Path,
-             run_dir: Path, artifacts: dict[str, str]) -> dict[str, float]:
-    """FID of fid.num_samples generated images against the reference split (statistics cached per split/n)."""
+def fid_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, ref: ImageData, num_classes: int,
+             device: torch.device, cache: Path, run_dir: Path, artifacts: dict[str, str]) -> dict[str, float]:
+    """FID of fid.num_samples generated images against the reference split `ref` (statistics cached per split/n;
+    the reference images are a fixed sample of the split)."""
     from sweepdae.eval import InceptionFeatures, fid_from_images, reference_key, reference_stats, sample_grid
 
-    ref = train if recipe.fid.ref_split == "train" else test
-    n_ref = min(len(ref[0]), recipe.fid.ref_size or recipe.fid.num_samples)
+    n_ref = min(len(ref), recipe.fid.ref_size or recipe.fid.num_samples)
     d = recipe.data
     dataset = f"{d.name.value}:{d.root}:{d.train_size if recipe.fid.ref_split == 'train' else d.test_size}:{d.channels}"
     key = reference_key(dataset=dataset, split=recipe.fid.ref_split, n=n_ref, image_size=d.image_size)
     extractor = InceptionFeatures(device=device)
-    mu, sigma = reference_stats(ref[0][:n_ref], cache_dir=cache, key=key, batch_size=100, device=device)
+    ref_images = sample_images(ref, n_ref, shuffle=False)[0]
+    mu, sigma = reference_stats(ref_images, cache_dir=cache, key=key, batch_size=100, device=device)
     fake = generate(recipe, model=model, tokenizer=tokenizer, num=recipe.fid.num_samples, num_classes=num_classes,
                     device=device, seed=recipe.seed + 12345)
     fid = fid_from_images(fake, mu, sigma, batch_size=100, device=device, extractor=extractor)
     path = run_dir / "samples.png"
     sample_grid(fake[:64], path, nrow=8)
-    artifacts["samples"] = str(path)
+    artifacts["samples"] = path.name
     return {"fid": float(fid), "fid_num_samples": float(recipe.fid.num_samples)}
 
 
 @torch.no_grad()
-def figures_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, images: torch.Tensor, labels: torch.Tensor,
+def figures_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, images: torch.Tensor, labels: torch.Tensor,
                  device: torch.device, run_dir: Path) -> dict[str, str]:
     """Fig. 8-style triplets: clean / noisy / denoised at several noise levels, decoded through the tokenizer."""
     from sweepdae.eval import denoising_figure
@@ -84,7 +87,7 @@ def figures_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, images: to
 
     schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
     fn = denoise_fn_for(recipe, model, tokenizer, schedule)
-    x = images.to(device).float().div(127.5).sub(1)
+    x = to_unit_range(images.to(device))
     z0 = tokenizer.encode(x)
     g = torch.Generator(device=device).manual_seed(recipe.seed)
     levels = [min(schedule.num_steps - 1, int(f * schedule.num_steps)) for f in FIGURE_LEVELS]
@@ -97,14 +100,14 @@ def figures_cell(recipe: Recipe, *, model: nn.Module, tokenizer: Any, images: to
         denoised.append(_to_uint8(tokenizer.decode(fn(xt, t, y))))
     path = run_dir / "denoising.png"
     denoising_figure(images.cpu(), noisy, denoised, levels, path)
-    return {"denoising": str(path)}
+    return {"denoising": path.name}
 
 
-def _unscale_for_view(xt: torch.Tensor, schedule: Any, t: torch.Tensor) -> torch.Tensor:
+def _unscale_for_view(xt: torch.Tensor, schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     """Show the noisy input at the data's scale (divide out gamma_t), as the paper's figure does."""
     gamma = schedule.gamma.to(xt.device)[t].float().view(-1, *([1] * (xt.dim() - 1)))
     return xt / gamma
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+    return from_unit_range(x).cpu()

@@ -1,0 +1,247 @@
+"""One cell end to end: data -> tokenizer (cached) -> trained network (shared by train_key) -> probe -> FID -> figures.
+
+Entry point for `accelerate launch -m sweepdae.cell RUN_DIR` (what the coordinator starts) and for running a cell
+by hand: `python -m sweepdae.cell runs/<key>` reads `runs/<key>/recipe.json` and writes `result.json` (metrics,
+timings, provenance, artifacts) or `failure.json` (failure class, error, traceback tail) in the same folder.
+
+The network a cell evaluates lives in `runs/_train/<train_key>/` (checkpoint + `trained.json`): every cell whose
+recipe trains the same way (`Recipe.train_key`) evaluates that one training. The first cell to need it trains it
+(resuming its checkpoint after a kill); the others load it. Across coordinators the store's training lease makes
+sure one process trains (`Store.acquire_training`); this module only reads and writes the folder.
+
+Modules: `train` (the loop: `train_step`, `train_one_epoch`, checkpoints), `probe` (frozen features, linear probe,
+kNN, random-init baseline), `generate` (samples, FID, denoising figures), `build` (the model of a recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sweepdae.errors import DatasetError, MissingWeightsError, RecipeError, SweepdaeError, TrainingError
+from sweepdae.utils import EventLog, atomic_write_json
+
+RESULT, FAILURE, RECIPE, EVENTS, LOG = "result.json", "failure.json", "recipe.json", "events.jsonl", "cell.log"
+TRAIN_DIR = "_train"  # runs/_train/<train_key>/: the trainings cells share
+EXIT_IO = 74  # sysexits.h EX_IOERR: the cell failed and could not even write failure.json (disk full)
+EXIT_OOM = 3
+TOKENIZER_SAMPLE = 10_000  # images of a streamed set the tokenizer is fitted on (PCA: 100,000 patches of them)
+
+# Failure classes a new attempt can cure (a killed process, memory, a crash, a full disk freed meanwhile); the
+# others (bad_recipe, nonfinite, missing_input, bad_checkpoint) fail the same way every time.
+RETRYABLE = frozenset({"oom", "crash", "killed", "io"})
+
+
+def cache_dir(run_dir: Path) -> Path:
+    """Shared caches (tokenizers, FID reference statistics) live beside the cells: runs/_cache/."""
+    return Path(os.environ.get("SWEEPDAE_CACHE", run_dir.parent / "_cache"))
+
+
+def train_dir(run_dir: Path, train_key: str) -> Path:
+    """Where the training of `train_key` lives: beside the cell folders, runs/_train/<train_key>/."""
+    return run_dir.parent / TRAIN_DIR / train_key
+
+
+def classify(exc: BaseException) -> tuple[str, bool]:
+    """(failure class, retryable) of an exception raised inside a cell: the one place failures are sorted."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        cls = "oom"
+    elif isinstance(exc, TrainingError):
+        cls = exc.failure_class
+    elif isinstance(exc, RecipeError):
+        cls = "bad_recipe"
+    elif isinstance(exc, (DatasetError, MissingWeightsError)):
+        cls = "missing_input"
+    elif isinstance(exc, KeyboardInterrupt):
+        cls = "killed"
+    elif isinstance(exc, OSError):
+        cls = "io"
+    else:
+        cls = "crash"
+    return cls, cls in RETRYABLE
+
+
+class Phases:
+    """Times, announces and fault-points the phases of one cell: `with phases("train"): ...`."""
+
+    def __init__(self, events: EventLog) -> None:
+        self.events = events
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, **fields: Any) -> Iterator[None]:
+        from sweepdae import faults
+
+        self.events(phase=name, **fields)
+        faults.maybe_fault("phase", name)
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[f"{name}_s"] = self.timings.get(f"{name}_s", 0.0) + time.perf_counter() - t
+
+
+def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> dict[str, Any]:
+    """Compute every metric of the cell in run_dir; returns the result dict (also written to result.json)."""
+    import torch
+    from accelerate import Accelerator
+
+    from sweepdae import faults
+    from sweepdae.cell.build import mixed_precision
+    from sweepdae.cell.generate import fid_cell, figures_cell
+    from sweepdae.cell.probe import probe_cell
+    from sweepdae.cell.train import ensure_trained
+    from sweepdae.data import load_dataset, sample_images
+    from sweepdae.recipe import recipe_from_dict
+    from sweepdae.tokenizers import get_tokenizer
+    from sweepdae.utils import provenance
+
+    spec = _read_json(run_dir / RECIPE)
+    recipe = recipe_from_dict(spec["recipe"])
+    key = spec.get("key") or recipe.key()
+    train_key = recipe.train_key()  # runtime overrides (a halved micro-batch) leave it unchanged
+    faults.set_cell(str(spec.get("label", "")))
+    events = EventLog(run_dir / EVENTS, echo)
+    phase = Phases(events)
+    cpu = not torch.cuda.is_available()
+    device = torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
+    micro = recipe.train.micro_batch_size or recipe.train.batch_size
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision(recipe.train.precision, device),
+                              gradient_accumulation_steps=max(1, recipe.train.batch_size // micro))
+    device = accelerator.device
+    torch.set_float32_matmul_precision("high")
+
+    with phase("data"):
+        data_dev = device if device.type == "cuda" else "cpu"
+        train_set = load_dataset(recipe.data, "train", seed=0, device=data_dev)
+        test_set = load_dataset(recipe.data, "test", seed=0, device=data_dev)
+        # the tokenizer is fitted on the whole set when in memory, on a fixed sample of a streamed one
+        fit_x = train_set.tensors()[0] if train_set.in_memory else sample_images(train_set, TOKENIZER_SAMPLE)[0]
+
+    with phase("tokenizer"):
+        data_key = f"{recipe.data.name.value}:{recipe.data.root}:{recipe.data.train_size}"
+        tokenizer, tok_stats = get_tokenizer(recipe.tokenizer, data_key=data_key, images_uint8=fit_x,
+                                             channels=train_set.channels, image_size=recipe.data.image_size,
+                                             cache_dir=cache_dir(run_dir) / "tokenizers", seed=recipe.seed,
+                                             device=device, progress=lambda e: events(phase="tokenizer", **e))
+        del fit_x
+
+    with phase("train", epoch=0, epochs=recipe.train.epochs):
+        trained = ensure_trained(recipe, tokenizer=tokenizer, data=train_set, train_dir=train_dir(run_dir, train_key),
+                                 accelerator=accelerator, events=events, cell_key=key)
+    if not accelerator.is_main_process:
+        return {}
+    model = trained.model
+    model.eval()
+    metrics: dict[str, float] = dict(trained.metrics)
+    artifacts: dict[str, str] = {}
+
+    with phase("probe"):
+        metrics.update(probe_cell(recipe, model=model, tokenizer=tokenizer, train=train_set, test=test_set,
+                                  device=device, run_dir=run_dir, events=events))
+
+    if recipe.fid.enabled:
+        with phase("fid"):
+            try:
+                metrics.update(fid_cell(recipe, model=model, tokenizer=tokenizer,
+                                        ref=train_set if recipe.fid.ref_split == "train" else test_set,
+                                        num_classes=train_set.num_classes, device=device,
+                                        cache=cache_dir(run_dir) / "fid", run_dir=run_dir, artifacts=artifacts))
+            except MissingWeightsError as e:  # the other metrics still count
+                events(phase="fid", warning=str(e))
+                metrics["fid_error"] = float("nan")
+                artifacts["fid_error"] = str(e)
+
+    with phase("figures"):
+        images, labels = sample_images(test_set, 8, shuffle=False)
+        artifacts.update(figures_cell(recipe, model=model, tokenizer=tokenizer, images=images, labels=labels,
+                                      device=device, run_dir=run_dir))
+
+    result = {"key": key, "train_key": train_key, "reused_training": trained.reused,
+              "trained_by": trained.info.get("cell"), "metrics": metrics, "timings": phase.timings,
+              "artifacts": artifacts, "tokenizer": tok_stats, "steps": trained.info.get("steps"),
+              "resumed_from_epoch": trained.resumed_from,
+              "provenance": {**provenance(), "seed": recipe.seed, "num_processes": accelerator.num_processes,
+                             "device_type": device.type, "in_process": in_process},
+              "finished": time.time()}
+    atomic_write_json(run_dir / RESULT, result)
+    events(phase="done", metrics=metrics)
+    return result
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepdaeError(f"{path}: no such file (a cell folder holds recipe.json)") from None
+    except json.JSONDecodeError as e:
+        raise SweepdaeError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def write_failure(run_dir: Path, exc: BaseException) -> dict[str, Any]:
+    cls, retryable = classify(exc)
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
+    info = {"failure_class": cls, "retryable": retryable, "error": f"{type(exc).__name__}: {exc}"[:2000],
+            "traceback_tail": tail, "time": time.time()}
+    atomic_write_json(run_dir / FAILURE, info)
+    return info
+
+
+def _watch_coordinator() -> None:
+    """Exit when the coordinator that launched this cell dies (SIGKILL leaves no chance to stop its cells):
+    the cell would otherwise train on beside the attempt that a new coordinator starts for it."""
+    import threading
+
+    pid = int(os.environ.get("SWEEPDAE_COORDINATOR_PID", "0") or 0)
+    if not pid:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(137)
+            except PermissionError:
+                return
+
+    threading.Thread(target=watch, daemon=True, name="sweepdae-coordinator-watch").start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sweepdae.cell", description=__doc__)
+    ap.add_argument("run_dir", type=Path, help="the cell's folder, holding recipe.json")
+    args = ap.parse_args(argv)
+    run_dir: Path = args.run_dir
+    _watch_coordinator()
+    try:
+        (run_dir / FAILURE).unlink(missing_ok=True)
+        run_cell(run_dir)
+    except BaseException as e:  # recorded for the coordinator, then a non-zero exit
+        try:
+            info = write_failure(run_dir, e)
+        except OSError:  # the disk is full (or gone): no failure.json, so say it with the exit status
+            return EXIT_IO
+        try:
+            print(f"sweepdae.cell: {info['failure_class']}: {info['error']}", file=sys.stderr)
+            if not isinstance(e, SweepdaeError):
+                traceback.print_exc()
+        except OSError:
+            pass
+        return EXIT_OOM if info["failure_class"] == "oom" else 1
+    return 0
+
+
+__all__ = ["RETRYABLE", "TRAIN_DIR", "classify", "main", "run_cell", "train_dir"]

@@ -1,0 +1,7 @@
+"""`python -m sweepdae.cell runs/<key>` and `accelerate launch -m sweepdae.cell runs/<key>`."""
+
+import sys
+
+from sweepdae.cell import main
+
+sys.exit(main())

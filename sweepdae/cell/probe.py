@@ -1,0 +1,129 @@
+"""The cell's probes: frozen encoder features at a fixed t (cached), linear probe, kNN, and reference baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sweepdae.cell.build import build_model
+from sweepdae.data import ImageData, to_unit_range
+from sweepdae.errors import RecipeError
+from sweepdae.models import Denoiser
+from sweepdae.recipe import Recipe, probe_depth
+from sweepdae.tokenizers import Tokenizer
+from sweepdae.utils import atomic_write
+
+FEATURES = "features.pt"
+
+
+def encoder_feature_fn(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, *, depth: int, seed: int = 0
+                       ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """x in [-1, 1] -> pooled tokens after block `depth`, input at t = probe.t (paper Sec. 4: clean input, t = 10).
+
+    Class-conditional models get the null label, so the probe never sees the true class through the input.
+    """
+    from sweepdae.noise import create_schedule
+    from sweepdae.objectives import make_model_input
+
+    schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
+    gen: dict[str, torch.Generator] = {}
+
+    def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z0 = tokenizer.encode(x)  # [B, N, d]
+        t = torch.full((x.shape[0],), recipe.probe.t, device=x.device, dtype=torch.long)
+        if recipe.probe.noisy_input:
+            g = gen.setdefault("g", torch.Generator(device=x.device).manual_seed(seed))
+            noise = torch.randn(z0.shape, device=x.device, generator=g)
+        else:
+            noise = torch.zeros_like(z0)
+        xt = schedule.add_noise(z0, t, noise)
+        inp = make_model_input(xt, tokenizer=tokenizer, objective=recipe.objective)
+        return model.features(inp, t, None, depth=depth)  # [B, width]; y=None: the null class
+
+    return fn
+
+
+def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: ImageData, test: ImageData,
+               device: torch.device, run_dir: Path, events: Callable[..., None]) -> dict[str, float]:
+    """Linear probe (MAE protocol) and kNN on the cell's encoder; reference baselines when probe.baselines."""
+    from sweepdae.eval import knn_probe, linear_probe, linear_probe_augmented
+
+    depth = probe_depth(recipe)
+    fn = encoder_feature_fn(recipe, model, tokenizer, depth=depth, seed=recipe.seed)
+    pc = recipe.probe
+    out: dict[str, float] = {}
+    cache = run_dir / FEATURES
+    feats = None
+    if cache.exists():
+        try:
+            feats = torch.load(cache, map_location="cpu")
+        except Exception:
+            feats = None
+    if feats is None:
+        feats = {"train": features_of(fn, train, batch_size=FEATURE_BATCH, device=device),
+                 "test": features_of(fn, test, batch_size=FEATURE_BATCH, device=device), "depth": depth}
+        atomic_write(cache, lambda f: torch.save(feats, f))
+    (tr_f, tr_y), (te_f, te_y) = feats["train"], feats["test"]
+
+    def progress(epoch: int, epochs: int, loss: float) -> None:
+        events(phase="probe", probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)
+
+    if pc.augment:  # MAE's probe augmentation (RandomResizedCrop 0.08-1 + flip), features recomputed per epoch
+        if not train.in_memory:
+            raise RecipeError("probe.augment recomputes features of in-memory sets only; streamed (imagefolder) "
+                              "sets use cached center-crop features")
+        out.update(linear_probe_augmented(fn, *train.tensors(), *test.tensors(), num_classes=train.num_classes,
+                                          cfg=pc, seed=recipe.seed, device=device, progress=progress))
+    else:
+        out.update(linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=pc, seed=recipe.seed,
+                                device=device, progress=progress))
+    out.update(knn_probe(tr_f, tr_y, te_f, te_y, k=pc.knn_k, temperature=pc.knn_temperature,
+                         num_classes=train.num_classes))
+    if pc.baselines:
+        out.update(_baselines(recipe, tokenizer=tokenizer, train=train, test=test, device=device, depth=depth))
+    return out
+
+
+FEATURE_BATCH = 512
+
+
+@torch.no_grad()
+def features_of(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: ImageData, *, batch_size: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of a whole split, in order (CPU float32 [N, F], int64 [N]), batch by batch: in-memory and
+    streamed sets alike."""
+    fs, ys = [], []
+    for x, y in data.batches(batch_size, shuffle=False, device=device):
+        fs.append(fn(to_unit_range(x), y).float().cpu())
+        ys.append(y.cpu())
+    return torch.cat(fs), torch.cat(ys)
+
+
+def _baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData, test: ImageData, device: torch.device,
+               depth: int) -> dict[str, float]:
+    """The same architecture at random init and, for in-memory sets, the raw pixels, under the same probe:
+    what training must beat."""
+    from sweepdae.eval import linear_probe
+
+    torch.manual_seed(recipe.seed + 1)
+    rand = build_model(recipe, tokenizer, train.num_classes).to(device).eval()
+    fn = encoder_feature_fn(recipe, rand, tokenizer, depth=depth, seed=recipe.seed)
+    tr_f, tr_y = features_of(fn, train, batch_size=FEATURE_BATCH, device=device)
+    te_f, te_y = features_of(fn, test, batch_size=FEATURE_BATCH, device=device)
+    r = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=recipe.probe, seed=recipe.seed,
+                     device=device)
+    out = {"random_init_probe_top1": r["probe_top1"]}
+    if train.in_memory:  # raw pixels of a streamed set at full size are not a sensible probe
+
+        def pixels(x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)
+
+        tr_f, tr_y = features_of(pixels, train, batch_size=2048, device=device)
+        te_f, te_y = features_of(pixels, test, batch_size=2048, device=device)
+        p = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=recipe.probe, seed=recipe.seed,
+                         device=device)
+        out["raw_pixel_probe_top1"] = p["probe_top1"]
+    return out

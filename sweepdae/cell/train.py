@@ -1,0 +1,407 @@
+"""The pre-training loop through Accelerate: warm-up + cosine lr, EMA, accumulation, checkpoint + resume.
+
+The loop trains on latents encoded once by the frozen tokenizer (in-memory sets without augmentation) or per batch
+(random-resized-crop augmentation, streamed sets). Time steps and noise are drawn from a generator seeded by
+(seed, epoch), so a training resumed from its epoch checkpoint takes exactly the steps an uninterrupted run takes.
+
+A training is identified by its recipe's `train_key` and lives in its own folder (`runs/_train/<train_key>/`):
+`checkpoint.pt` (written every `train.checkpoint_every` epochs and at the end) and, once finished, `trained.json`.
+`ensure_trained` loads a finished training or trains (resuming) and marks it finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from sweepdae import faults
+from sweepdae.cell.build import build_model
+from sweepdae.data import ImageData, to_unit_range
+from sweepdae.errors import TrainingError
+from sweepdae.models import Denoiser
+from sweepdae.noise import Schedule, create_schedule, single_level_t
+from sweepdae.objectives import compute_loss
+from sweepdae.recipe import Augment, Recipe, Space, Target
+from sweepdae.tokenizers import Tokenizer
+from sweepdae.utils import atomic_write, atomic_write_json, git_info
+
+CHECKPOINT, TRAINED = "checkpoint.pt", "trained.json"
+Events = Callable[..., None]
+
+
+def lr_at(step: float, *, peak: float, warmup_steps: float, total_steps: int) -> float:
+    """Linear warm-up then half-cycle cosine to 0 (MAE `util/lr_sched.py`, which the paper follows)."""
+    if step < warmup_steps:
+        return peak * step / max(warmup_steps, 1e-8)
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1e-8)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def encode_all(tokenizer: Tokenizer, images: torch.Tensor, *, batch: int, device: torch.device,
+               want_patches: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents (and original image patches) of a uint8 image set, computed once under no_grad."""
+    zs, ps = [], []
+    tokenizer.eval()
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = to_unit_range(images[i:i + batch].to(device))
+            zs.append(tokenizer.encode(x))
+            if want_patches:
+                ps.append(tokenizer.patchify(x))
+    return torch.cat(zs), (torch.cat(ps) if want_patches else None)
+
+
+Micro = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]  # (z0, image patches, labels)
+
+
+@dataclass
+class Trainer:
+    """Everything one training step needs, built once by `setup_training` (tests build one and call
+    `train_step` / `train_one_epoch` directly)."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    model: nn.Module  # as prepared by Accelerate (may be wrapped)
+    raw_model: Denoiser
+    ema: Denoiser | None
+    opt: torch.optim.Optimizer
+    tokenizer: Tokenizer
+    schedule: Schedule
+    fixed_t: int | None  # the one time step of a single-noise-level recipe
+    source: Source
+    steps_per_epoch: int
+    total_steps: int
+    peak_lr: float
+    warmup_steps: float
+
+
+def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, accelerator: Accelerator) -> Trainer:
+    """Model, EMA, optimizer and this process's data source for the recipe (nothing loaded or trained yet)."""
+    tc = recipe.train
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accum = accelerator.gradient_accumulation_steps
+    n = len(data)
+    if tc.batch_size > n:
+        raise TrainingError(f"train.batch_size ({tc.batch_size}) is larger than the training set ({n} images)",
+                            "bad_recipe")
+    per_proc = tc.batch_size // (world * accum)
+    if per_proc * world * accum != tc.batch_size or per_proc == 0:
+        raise TrainingError(f"train.batch_size ({tc.batch_size}) must split evenly over {world} processes x "
+                            f"{accum} accumulation steps", "bad_recipe")
+    steps_per_epoch = n // tc.batch_size
+    schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
+    fixed_t = single_level_t(schedule, recipe.noise.single_sigma) if recipe.noise.levels.value == "single" else None
+    tokenizer = tokenizer.to(device).requires_grad_(False)
+    want_patches = recipe.objective.target == Target.image or recipe.objective.input_space == Space.image
+    layout = dict(per_proc=per_proc, rank=rank, accum=accum, world=world, steps=steps_per_epoch, device=device,
+                  want_patches=want_patches)
+    if data.in_memory and recipe.data.augment == Augment.center_crop:
+        source = _encoded_source(data, tokenizer, recipe, **layout)
+    else:
+        source = _batch_source(data, tokenizer, recipe, **layout)
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, tokenizer, data.num_classes).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay > 0 else None
+    peak_lr = tc.base_lr * tc.batch_size / 256  # paper Sec. 4: lr = 1e-4 x batch / 256
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(tc.beta1, tc.beta2),
+                            weight_decay=tc.weight_decay, fused=device.type == "cuda")
+    return Trainer(recipe=recipe, accelerator=accelerator, model=model, raw_model=model, ema=ema, opt=opt,
+                   tokenizer=tokenizer, schedule=schedule, fixed_t=fixed_t, source=source,
+                   steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * tc.epochs, peak_lr=peak_lr,
+                   warmup_steps=tc.warmup_epochs * steps_per_epoch)
+
+
+def train_step(tr: Trainer, micros: list[Micro], step: int, gd: torch.Generator) -> torch.Tensor:
+    """One optimizer step over this process's micro-batches (gradient accumulation); returns the summed
+    micro-batch losses as a 0-dim tensor (no host sync)."""
+    acc, tc, device = tr.accelerator, tr.recipe.train, tr.accelerator.device
+    lr = lr_at(step, peak=tr.peak_lr, warmup_steps=tr.warmup_steps, total_steps=tr.total_steps)
+    for group in tr.opt.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=device)
+    for z0, xp, y in micros:
+        b = z0.shape[0]
+        t = (torch.full((b,), tr.fixed_t, device=device, dtype=torch.long) if tr.fixed_t is not None
+             else torch.randint(0, tr.schedule.num_steps, (b,), device=device, generator=gd))  # [B]
+        noise = torch.randn(z0.shape, device=device, generator=gd)  # [B, N, d]
+        with acc.accumulate(tr.model), acc.autocast():
+            terms = compute_loss(model=tr.model, tokenizer=tr.tokenizer, schedule=tr.schedule,
+                               objective=tr.recipe.objective, z0=z0, x_patches=xp, t=t, noise=noise,
+                               y=y if tr.recipe.model.class_cond else None)
+            loss = terms["loss"].mean()
+            acc.backward(loss)
+            if acc.sync_gradients and tc.grad_clip > 0:
+                acc.clip_grad_norm_(tr.model.parameters(), tc.grad_clip)
+            tr.opt.step()
+            tr.opt.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+    if tr.ema is not None:
+        _ema_update(tr.ema, tr.raw_model, tc.ema_decay)
+    return loss_sum
+
+
+def train_one_epoch(tr: Trainer, epoch: int, step: int, events: Events) -> tuple[int, float]:
+    """One epoch from optimizer step `step`; returns (steps done after it, mean loss of the epoch)."""
+    tc, device = tr.recipe.train, tr.accelerator.device
+    accum, rank = tr.accelerator.gradient_accumulation_steps, tr.accelerator.process_index
+    tr.model.train()
+    # time steps and noise from a generator seeded by (seed, epoch, rank): a resumed epoch replays exactly
+    gd = torch.Generator(device=device).manual_seed(tr.recipe.seed * 100_003 + epoch + 7919 * (rank + 1))
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    last_loss = float("nan")
+    for i, micros in enumerate(tr.source(epoch, gd)):
+        faults.maybe_fault("step", step)
+        loss_sum += train_step(tr, micros, step, gd)
+        step += 1
+        # one host sync per logging window, not per step (measured: per-step .item() costs ~3% on CPU)
+        if (i + 1) % max(1, tr.steps_per_epoch // 4) == 0 or i + 1 == tr.steps_per_epoch:
+            last_loss = loss_sum.item() / ((i + 1) * accum)
+            if not math.isfinite(last_loss):
+                raise TrainingError(f"non-finite loss ({last_loss}) at epoch {epoch} step {step}", "nonfinite")
+            dt = time.perf_counter() - t0
+            events(phase="train", epoch=epoch + 1, epochs=tc.epochs, step=step, steps=tr.total_steps,
+                   loss=last_loss, lr=tr.opt.param_groups[0]["lr"],
+                   images_per_s=(i + 1) * tc.batch_size / max(dt, 1e-9))
+    return step, last_loss
+
+
+@dataclass
+class TrainState:
+    model: Denoiser
+    ema: Denoiser | None
+    epoch: int  # epochs completed
+    step: int  # optimizer steps taken
+    resumed_from: int | None
+    seconds: float
+    last_loss: float
+    images_per_s: float
+
+
+def train(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path, accelerator: Accelerator,
+          events: Events, identity: str | None = None) -> TrainState:
+    """Train the recipe's denoiser; resumes from train_dir/checkpoint.pt when it belongs to this training.
+
+    `identity` is the training's key (default: the recipe's train_key); runtime overrides (a halved micro-batch
+    after out-of-memory) keep it, so a retry still resumes the checkpoint.
+    """
+    identity = identity or recipe.train_key()
+    tc = recipe.train
+    tr = setup_training(recipe, tokenizer=tokenizer, data=data, accelerator=accelerator)
+    ckpt_path = train_dir / CHECKPOINT
+    start_epoch, step, resumed = 0, 0, None
+    if ckpt_path.exists():
+        start_epoch, step = _load_checkpoint(ckpt_path, identity, tr.raw_model, tr.ema, tr.opt, events)
+        resumed = start_epoch or None
+    tr.model, tr.opt = accelerator.prepare(tr.model, tr.opt)
+    tr.raw_model = accelerator.unwrap_model(tr.model)
+
+    t0 = time.perf_counter()
+    last_loss = float("nan")
+    for epoch in range(start_epoch, tc.epochs):
+        faults.maybe_fault("epoch", epoch)
+        step, last_loss = train_one_epoch(tr, epoch, step, events)
+        if accelerator.is_main_process and ((epoch + 1) % tc.checkpoint_every == 0 or epoch + 1 == tc.epochs):
+            _save_checkpoint(ckpt_path, identity, recipe, tr.raw_model, tr.ema, tr.opt, epoch + 1, step)
+        accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    seen = (tc.epochs - start_epoch) * tr.steps_per_epoch * tc.batch_size
+    return TrainState(model=tr.raw_model, ema=tr.ema, epoch=tc.epochs, step=step, resumed_from=resumed,
+                      seconds=seconds, last_loss=last_loss, images_per_s=seen / max(seconds, 1e-9))
+
+
+@dataclass
+class Trained:
+    """The network a cell evaluates: the EMA weights when the recipe keeps an EMA, else the trained ones."""
+
+    model: Denoiser
+    info: dict[str, Any]  # trained.json: train_key, cell (the cell that trained it), steps, loss, timings
+    reused: bool  # True when another cell made this training
+    resumed_from: int | None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        i = self.info
+        return {"train_loss": float(i["train_loss"]), "images_per_s": float(i["images_per_s"]),
+                "train_steps": float(i["steps"]), "train_seconds": float(i["seconds"])}
+
+
+def read_trained(train_dir: Path, train_key: str) -> dict[str, Any] | None:
+    """trained.json of a finished training of `train_key` in train_dir, or None (none, unreadable, foreign)."""
+    try:
+        info = json.loads((train_dir / TRAINED).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(info, dict) or info.get("train_key") != train_key or not (train_dir / CHECKPOINT).exists():
+        return None
+    return info
+
+
+def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path,
+                   accelerator: Accelerator, events: Events, cell_key: str) -> Trained:
+    """The trained network of the recipe: loaded from train_dir when that training finished, else trained there
+    (resuming its checkpoint) and marked finished with trained.json. Emits a `trained` event once it exists."""
+    train_key = recipe.train_key()
+    info = read_trained(train_dir, train_key)
+    if info is not None:
+        model = build_model(recipe, tokenizer, data.num_classes)
+        load_weights(train_dir / CHECKPOINT, train_key, model, ema=recipe.train.ema_decay > 0)
+        model = model.to(accelerator.device)
+        events(phase="train", reused_training=train_key, trained_by=info.get("cell"))
+        return Trained(model=model, info=info, reused=info.get("cell") != cell_key, resumed_from=None)
+    train_dir.mkdir(parents=True, exist_ok=True)
+    state = train(recipe, tokenizer=tokenizer, data=data, train_dir=train_dir, accelerator=accelerator,
+                  events=events, identity=train_key)
+    info = {"train_key": train_key, "cell": cell_key, "epochs": state.epoch, "steps": state.step,
+            "train_loss": state.last_loss, "images_per_s": state.images_per_s, "seconds": state.seconds,
+            "resumed_from_epoch": state.resumed_from, "git_commit": git_info().get("commit"),
+            "finished": time.time()}
+    if accelerator.is_main_process:
+        atomic_write_json(train_dir / TRAINED, info)
+        events(phase="trained", train_key=train_key)
+    accelerator.wait_for_everyone()
+    model = state.ema if state.ema is not None else state.model
+    return Trained(model=model, info=info, reused=False, resumed_from=state.resumed_from)
+
+
+Source = Callable[[int, torch.Generator], Iterator[list[Micro]]]  # (epoch, generator) -> this rank's micros/step
+
+
+def _encoded_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_proc: int, rank: int, accum: int,
+                    world: int, steps: int, device: torch.device, want_patches: bool) -> Source:
+    """An in-memory set without augmentation: latents encoded once; order seeded by (seed, epoch)."""
+    images, labels = data.tensors()
+    labels = labels.to(device)
+    latents, patches = encode_all(tokenizer, images, batch=512, device=device, want_patches=want_patches)
+
+    def source(epoch: int, gd: torch.Generator) -> Iterator[list[Micro]]:
+        g = torch.Generator(device="cpu").manual_seed(recipe.seed * 100_003 + epoch)
+        order = torch.randperm(len(images), generator=g)[: steps * per_proc * world * accum]
+        order = order.view(steps, world * accum, per_proc).to(device)
+        for i in range(steps):
+            yield [(latents[idx], patches[idx] if patches is not None else None, labels[idx])
+                   for idx in (order[i, rank * accum + a] for a in range(accum))]
+
+    return source
+
+
+def _batch_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_proc: int, rank: int, accum: int,
+                  world: int, steps: int, device: torch.device, want_patches: bool) -> Source:
+    """Augmented or streamed sets: each step takes world x accum consecutive micro-batches of one shuffled pass
+    (order and crops seeded by (seed, epoch)), this process its own accum of them, encoded per batch. (Every
+    process reads the whole pass: simple and exact, at world x the decoding work of a streamed set.)"""
+    group = world * accum
+
+    def source(epoch: int, gd: torch.Generator) -> Iterator[list[Micro]]:
+        g = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+        mine: list[Micro] = []
+        for j, (xb, yb) in enumerate(data.batches(per_proc, shuffle=True, generator=g, device=device,
+                                                  augment=recipe.data.augment, drop_last=True)):
+            i, a = divmod(j, group)
+            if i >= steps:
+                return
+            if a // accum == rank:
+                x = to_unit_range(xb)
+                with torch.no_grad():
+                    mine.append((tokenizer.encode(x), tokenizer.patchify(x) if want_patches else None, yb))
+                if len(mine) == accum:
+                    yield mine
+                    mine = []
+
+    return source
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+
+
+def _save_checkpoint(path: Path, identity: str, recipe: Recipe, model: nn.Module, ema: nn.Module | None, opt: Any,
+                     epoch: int, step: int) -> None:
+    from sweepdae import __version__
+
+    state = {"train_key": identity, "recipe": recipe.to_dict(), "sweepdae": __version__,
+             "git_commit": git_info().get("commit"), "epoch": epoch, "step": step, "model": model.state_dict(),
+             "ema": ema.state_dict() if ema is not None else None, "opt": opt.state_dict()}
+    faults.maybe_fault("checkpoint", epoch)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def state_mismatch(module: nn.Module, saved: Any) -> str | None:
+    """Why `saved` cannot load into `module` exactly (key sets or shapes differ), or None when it can."""
+    if not isinstance(saved, dict):
+        return f"not a state dict ({type(saved).__name__})"
+    want = module.state_dict()
+    missing, unexpected = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
+    if missing or unexpected:
+        return f"keys differ (missing {missing[:3]}, unexpected {unexpected[:3]})"
+    for name, tensor in want.items():
+        got = saved[name]
+        if not isinstance(got, torch.Tensor) or got.shape != tensor.shape:
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            return f"{name}: shape {shape}, expected {tuple(tensor.shape)}"
+    return None
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict):
+        raise ValueError("not a checkpoint")
+    return state
+
+
+def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module | None, opt: Any,
+                     events: Events) -> tuple[int, int]:
+    """(epochs done, steps done) from a checkpoint of this training; anything else restarts from scratch, warned.
+
+    Key sets and shapes are checked before anything is loaded: a checkpoint loads whole or not at all."""
+    try:
+        state = _read_checkpoint(path)
+    except Exception as e:  # a truncated or foreign file: never trust it
+        warnings.warn(f"{path}: unreadable checkpoint ({type(e).__name__}); training from scratch", stacklevel=2)
+        events(phase="train", warning=f"unreadable checkpoint: {type(e).__name__}; restarted")
+        return 0, 0
+    why = None if state.get("train_key") == identity else "it belongs to another training"
+    why = why or state_mismatch(model, state.get("model"))
+    if why is None and ema is not None:
+        why = state_mismatch(ema, state.get("ema"))
+    if why is not None:
+        warnings.warn(f"{path}: checkpoint not loaded: {why}; training from scratch", stacklevel=2)
+        events(phase="train", warning=f"checkpoint not loaded: {why}; restarted")
+        return 0, 0
+    model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    events(phase="train", resumed_from_epoch=state["epoch"], step=state["step"])
+    return int(state["epoch"]), int(state["step"])
+
+
+def load_weights(path: Path, identity: str, model: nn.Module, *, ema: bool) -> None:
+    """Load a finished training's weights (its EMA when it kept one) into `model`, exactly, or raise."""
+    try:
+        state = _read_checkpoint(path)
+    except Exception as e:
+        raise TrainingError(f"{path}: unreadable checkpoint of a finished training ({type(e).__name__}); "
+                            f"remove {path.parent} to train again", "bad_checkpoint") from e
+    if state.get("train_key") != identity:
+        raise TrainingError(f"{path}: checkpoint of another training", "bad_checkpoint")
+    saved = state.get("ema") if ema else state.get("model")
+    why = state_mismatch(model, saved)
+    if why is not None:
+        raise TrainingError(f"{path}: checkpoint does not fit the model: {why}", "bad_checkpoint")
+    model.load_state_dict(saved)
