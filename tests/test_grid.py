@@ -18,25 +18,7 @@ from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MINI = """
-[grid]
-name = "mini"
-seeds = [0, 1]
-
-[base]
-data.name = "digits"
-data.image_size = 8
-tokenizer.patch_size = 4
-model.size = "micro"
-
-[axes]
-tokenizer.name = ["patch_pca", "patch_ae"]
-tokenizer.latent_dim = { values = [2, 4, 8], labels = ["8", "16", "32"], name = "d" }
-
-[[exclude]]
-tokenizer.name = "patch_ae"
-tokenizer.latent_dim = "32"
-"""
+MINI = (Path(__file__).parent / "grids" / "mini.toml").read_text()  # also seeds the fuzzer of test_hardening
 
 
 def test_product_exclude_seeds_and_labels() -> None:
@@ -133,39 +115,6 @@ def test_key_stable_under_reordering(flat: dict[str, object], rnd: random.Random
     rnd.shuffle(items)
     a, b = recipe_from_flat(flat), recipe_from_flat(dict(items))
     assert a.key() == b.key() == recipe_from_flat(a.flat()).key()
-    assert json.loads(a.canonical_json())["recipe"] == a.to_dict()
-
-
-# knobs whose every single change from the defaults is an impossible combination on its own
-NEEDS_COMPANION = {"tokenizer.perceptual_weight": {"tokenizer.name": "conv_vae"},
-                   "tokenizer.adversarial_weight": {"tokenizer.name": "conv_vae"},
-                   "fid.guidance_scale": {"model.class_cond": True}}
-
-
-@pytest.mark.parametrize("path", sorted(KNOBS))
-def test_key_changes_when_any_knob_changes(path: str) -> None:
-    base = Recipe().with_updates(NEEDS_COMPANION.get(path, {}))
-    knob = KNOBS[path]
-    v = knob.default
-    candidates: list[object]
-    if isinstance(v, bool):
-        candidates = [not v]
-    elif hasattr(v, "value") and hasattr(type(v), "__members__"):
-        candidates = [m.value for m in type(v) if m != v]
-    elif isinstance(v, int):
-        candidates = [v + 1, v + 2, max(0, v - 1), v * 2, 3]
-    elif isinstance(v, float):
-        candidates = [v * 0.5 if v else 0.5, v + 0.25]
-    else:
-        candidates = [v + "x", "global", "none", "test"]
-    for c in candidates:
-        try:
-            other = base.with_updates({path: c})
-        except RecipeError:
-            continue
-        assert other.key() != base.key(), path
-        return
-    raise AssertionError(f"no valid single change of {path}: add it to NEEDS_COMPANION")
 
 
 def test_key_is_stable_across_formatting() -> None:
@@ -200,6 +149,7 @@ MISTAKES = {
                                  "unconditional rows cannot use guidance"),
     "negative size": (MINI.replace('model.size = "micro"', 'model.size = "micro"\ndata.train_size = -5'), ">= 0"),
     "not utf-8": (b"\xff\xfe[grid]", "not UTF-8"),
+    "report key nothing reads": (MINI + '\n[report]\npaper_rows = "tokenizer"\n', "unknown key"),
 }
 
 
@@ -247,3 +197,76 @@ def test_plan_json(tmp_path: Path) -> None:
     assert doc["grid"] == "tokenizer_dims" and len(doc["cells"]) == 18
     assert {"key", "label", "status", "recipe"} <= set(doc["cells"][0])
     assert all(c["status"] == "new" for c in doc["cells"])
+
+
+# -- nothing a grid sets is silently dropped: refused with file:line: key, or honoured -------------------------------
+TRAJ = '\n[[trajectory]]\nlabel = "a"\n[[trajectory]]\nlabel = "b"\nset = { model.class_cond = true }\n'
+DISCARDED = {  # place: (grid text, the offending line, key, what the message says)
+    "base seed": (MINI.replace('model.size = "micro"', 'model.size = "micro"\nseed = 3'), "seed = 3", "base.seed",
+                  "grid.seeds"),
+    "base knob an axis varies": (MINI.replace('model.size = "micro"', 'model.size = "micro"\ntokenizer.latent_dim = 4'),
+                                 "tokenizer.latent_dim = 4", "base.tokenizer.latent_dim", "varied by axis 'd'"),
+    "base knob the first step sets": (MINI + TRAJ.replace('label = "a"', 'label = "a"\nset = { model.size = "tiny" }'),
+                                      'model.size = "micro"', "base.model.size", "first trajectory step"),
+    "axis on seed": (MINI + "\n[axes.seed]\nvalues = [1, 2]\n", "[axes.seed]", "axes.seed", "grid.seeds"),
+    "zip on seed": (MINI + "\n[[zip]]\nseed = [1, 2]\ntrain.epochs = [1, 2]\n", "seed = [1, 2]", "zip[0].seed",
+                    "grid.seeds"),
+    "base knob a zip varies": (MINI + "\n[[zip]]\nmodel.size = ['micro', 'tiny']\ntrain.epochs = [1, 2]\n",
+                               'model.size = "micro"', "base.model.size", "varied by axis 'size+epochs'"),
+    "trajectory step sets an axis knob": (
+        MINI + TRAJ.replace("model.class_cond = true", "tokenizer.latent_dim = 2"),
+        "set = { tokenizer.latent_dim = 2 }", "trajectory[1].set.tokenizer.latent_dim", "varied by axis 'd'"),
+    "trajectory step sets seed": (MINI + TRAJ.replace("model.class_cond = true", "seed = 4"), "set = { seed = 4 }",
+                                  "trajectory[1].set.seed", "grid.seeds"),
+    "include with seed and seeds": (MINI + '\n[[include]]\nlabel = "x"\nseed = 1\nseeds = [2, 3]\n', "seeds = [2, 3]",
+                                    "include[0].seeds", "not both"),
+    "exclude on seed": (MINI + "\n[[exclude]]\nseed = 1\n", "seed = 1", "exclude[1].seed", "grid.seeds"),
+    "exclude value no cell has": (MINI + '\n[[exclude]]\nmodel.size = "tiny"\n', 'model.size = "tiny"',
+                                  "exclude[1].model.size", "never matches"),
+    "profile seed": (MINI + "\n[profiles.demo]\ntrain.epochs = 2\nseed = 5\n", "seed = 5", "profiles.demo.seed",
+                     "profiles.NAME.seeds"),
+    "profile override of an axis knob": (MINI + "\n[profiles.demo]\ntrain.epochs = 2\ntokenizer.latent_dim = 3\n",
+                                         "tokenizer.latent_dim = 3", "profiles.demo.tokenizer.latent_dim",
+                                         "profiles.demo.axes.d = [...]"),
+    "profile axes beside an override of the same knob": (
+        MINI + "\n[profiles.demo]\naxes.d = [1, 2, 3]\ntokenizer.latent_dim = 2\n", "tokenizer.latent_dim = 2",
+        "profiles.demo.tokenizer.latent_dim", "never used"),
+}
+
+
+@pytest.mark.parametrize("place", sorted(DISCARDED))
+def test_a_knob_the_expansion_would_drop_is_refused(tmp_path: Path, place: str) -> None:
+    text, line_text, key, expected = DISCARDED[place]
+    path = tmp_path / "g.toml"
+    path.write_text(text)
+    with pytest.raises(GridError) as e:
+        expand(load_grid(path))
+    line = text.splitlines().index(line_text) + 1
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:{line}: {key}: ") and expected in msg and "\n" not in msg, msg
+
+
+def test_an_included_cell_keeps_its_own_seeds() -> None:
+    text = MINI + ('\n[[include]]\nlabel = "one"\nseed = 7\ntokenizer.name = "pixel"\n'
+                   '\n[[include]]\nlabel = "two"\nseeds = [8, 9]\ntokenizer.name = "pixel"\nmodel.class_cond = true\n'
+                   '\n[[include]]\nlabel = "grid seeds"\ntokenizer.name = "pixel"\ntrain.epochs = 3\n'
+                   "\n[profiles.demo]\nseeds = [5]\n")
+    for profile, default_seeds in ((None, [0, 1]), ("demo", [5])):
+        cells = {c.label: c for c in expand(parse_grid(text, "g.toml"), profile).cells if "include" in c.coords}
+        assert sorted(cells) == sorted(["one seed=7", "two seed=8", "two seed=9",
+                                        *(f"grid seeds seed={s}" for s in default_seeds)]), profile
+        assert cells["one seed=7"].recipe.seed == 7 and cells["two seed=9"].recipe.seed == 9
+
+
+def test_an_included_cell_reads_a_base_knob_that_an_axis_varies() -> None:
+    text = MINI.replace('model.size = "micro"', 'model.size = "micro"\ntokenizer.latent_dim = 3') + (
+        '\n[[include]]\nlabel = "pixel"\ntokenizer.name = "pixel"\n')
+    cells = expand(parse_grid(text, "g.toml")).cells
+    assert {c.recipe.tokenizer.latent_dim for c in cells if "include" in c.coords} == {3}
+    assert {c.recipe.tokenizer.latent_dim for c in cells if "include" not in c.coords} == {2, 4, 8}
+
+
+def test_exclude_matches_a_knob_left_at_its_default() -> None:
+    text = MINI + '\n[[exclude]]\ntokenizer.name = "patch_pca"\nmodel.class_cond = false\n'
+    labels = {c.label for c in expand(parse_grid(text, "g.toml")).cells}
+    assert labels and not any(label.startswith("patch_pca") for label in labels)

@@ -13,7 +13,7 @@ from sweepdae.noise import create_schedule, single_level_t
 from sweepdae.objectives import compute_loss
 from sweepdae.recipe import Recipe, recipe_from_flat
 from sweepdae.tokenizers import get_tokenizer
-from sweepdae.train import build_model
+from sweepdae.cell.build import build_model
 
 BASE = {"data.name": "digits", "data.image_size": 8, "tokenizer.patch_size": 4, "tokenizer.latent_dim": 4,
         "tokenizer.pca_num_patches": 500, "tokenizer.fit_epochs": 1, "tokenizer.conv_channels": 8,
@@ -110,7 +110,8 @@ def test_streamed_imagefolder_cell_end_to_end(tmp_path: Path) -> None:
     assert result["steps"] == 2 * (48 // 16)
     assert 0 <= result["metrics"]["probe_top1"] <= 100 and "knn_top1" in result["metrics"]
     saved = json.loads((run_dir / "result.json").read_text())
-    assert saved["key"] == r.key() and (run_dir / "checkpoint.pt").exists()
+    assert saved["key"] == r.key() and saved["train_key"] == r.train_key() and not saved["reused_training"]
+    assert (tmp_path / "runs" / "_train" / r.train_key() / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow
@@ -135,5 +136,5 @@ def test_cell_with_fid_and_class_conditional_sampling(tmp_path: Path) -> None:
     result = run_cell(run_dir)
     m = result["metrics"]
     assert m["fid"] > 0 and m["fid_num_samples"] == 12 and "fid_s" in result["timings"]
-    assert Path(result["artifacts"]["samples"]).exists() and Path(result["artifacts"]["denoising"]).exists()
+    assert (run_dir / result["artifacts"]["samples"]).exists() and (run_dir / result["artifacts"]["denoising"]).exists()
     assert list((tmp_path / "runs" / "_cache" / "fid").glob("*.npz"))  # reference statistics cached

@@ -14,12 +14,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CELL_COLUMNS = [
-    "key", "label", "status", "attempts", "grid", "grids", "trial", "attempt", "owner", "started", "finished",
+    "key", "label", "status", "attempts", "train_key", "reused_training", "grid", "grids", "trial", "attempt",
+    "owner", "started", "finished",
     "duration_s", "failure_class", "error", "traceback_tail", "artifact_dir", "recipe", "recipe_overrides",
     "progress", "info",
 ]
 ATTEMPT_COLUMNS = [
-    "trial", "key", "label", "attempt", "state", "grid", "owner", "started", "finished", "duration_s",
+    "trial", "key", "label", "attempt", "state", "train_key", "reused_training", "grid", "owner", "started",
+    "finished", "duration_s",
     "lease_expires", "failure_class", "error", "traceback_tail", "duplicate", "stale", "retry_of",
     "recovered_from", "reason", "artifact_dir", "recipe", "recipe_overrides", "progress", "info",
 ]
@@ -37,6 +39,9 @@ def _trial_fields(trial: FrozenTrial) -> dict[str, Any]:
         "trial": trial.number,
         "label": attrs.get("label"),
         "attempt": attrs.get("attempt"),
+        # the training the cell evaluates; reused_training: it evaluated a training another cell made
+        "train_key": info.get("train_key") or attrs.get("train_key"),
+        "reused_training": info.get("reused_training"),
         "grid": attrs.get("grid"),
         "owner": attrs.get("owner"),
         "started": started,
@@ -44,7 +49,7 @@ def _trial_fields(trial: FrozenTrial) -> dict[str, Any]:
         "duration_s": finished - started if started is not None and finished is not None else None,
         # A reaper may write its failure attrs just before the owner completes the trial: show them on FAILs only.
         **{name: attrs.get(name) if failed else None for name in _FAILURE_FIELDS},
-        "artifact_dir": info.get("artifact_dir"),
+        "artifact_dir": info.get("artifact_dir") or info.get("run_dir"),  # relative to the runs folder
         "recipe": attrs.get("recipe"),
         "recipe_overrides": attrs.get("recipe_overrides") or {},
         "progress": attrs.get("progress"),

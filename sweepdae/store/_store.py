@@ -13,7 +13,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweepdae.errors import StoreError
 from sweepdae.store import _frame
-from sweepdae.store._common import DEFAULT_LEASE_S, Claim, TrainingLease, guarded, jsonable, overrides_after
+from sweepdae.store._common import (
+    DEFAULT_LEASE_S,
+    Claim,
+    TrainingLease,
+    guarded,
+    jsonable,
+    overrides_after,
+    poison_attempts,
+)
 from sweepdae.store._index import make_index
 from sweepdae.store._trials import (
     CellStatus,
@@ -236,7 +244,10 @@ class Store:
         if key is None:
             return False
         reason = "reaped" if trial.user_attrs.get("stale") else "retry"
-        return self._enqueue_retry(self._key_trials(key), retry_of=trial, reason=reason)
+        trials = self._key_trials(key)
+        if any(t.user_attrs.get("retry_of") == trial.number and not t.user_attrs.get("duplicate") for t in trials):
+            return False  # queued already (by an earlier call whose reply was lost)
+        return self._enqueue_retry(trials, retry_of=trial, reason=reason)
 
     def _finish(self, trial_id: int, state: TrialState, attrs: Mapping[str, Any],
                 value: float | None = None) -> bool:
@@ -261,7 +272,8 @@ class Store:
             if not real or key_status(trials) in (CellStatus.DONE, CellStatus.RUNNING, CellStatus.QUEUED):
                 continue
             last = real[-1]
-            if last.state == TrialState.FAIL and (last.user_attrs.get("retry") or last.user_attrs.get("stale")):
+            stale = last.user_attrs.get("stale") and not last.user_attrs.get("poison")
+            if last.state == TrialState.FAIL and (last.user_attrs.get("retry") or stale):
                 self._enqueue_retry(trials, retry_of=last, reason="reaped" if last.user_attrs.get("stale")
                                     else "retry")
 
@@ -286,12 +298,12 @@ class Store:
             for ref in self._index.waiting():
                 if keys is not None and ref.key is not None and ref.key not in keys:
                     continue
-                listed = True
                 # The key's trials are read before the WAITING -> RUNNING move (see `duplicate_of`: sound).
                 group = self._key_trials(ref.key) if ref.key is not None else []
                 if skip_train_keys and any(t._trial_id == ref.trial_id and t.user_attrs.get("train_key")
                                            in skip_train_keys for t in group):
-                    continue
+                    continue  # left queued; not "listed", so an all-skipped queue ends the claim with None
+                listed = True
                 try:
                     if not self._storage.set_trial_state_values(ref.trial_id, TrialState.RUNNING):
                         continue  # another process took it
@@ -328,7 +340,9 @@ class Store:
         attrs = dict(trial.user_attrs)
         # A copy from an enqueue race that runs after an earlier attempt of its key already finished is, in
         # effect, that attempt's retry (whose owner queued none, seeing this copy WAITING): number it so.
-        earlier = [t for t in groups.get(key, []) if t.number < trial.number and not t.user_attrs.get("duplicate")]
+        # (a released attempt was given back, not run: the attempt that replaces it keeps its number)
+        earlier = [t for t in groups.get(key, []) if t.number < trial.number and not t.user_attrs.get("duplicate")
+                   and not t.user_attrs.get("released")]
         updates: dict[str, Any] = {"owner": owner, "lease_expires": now + lease_s, "started": now}
         if earlier and int(attrs.get("attempt") or 1) <= int(earlier[-1].user_attrs.get("attempt") or 1):
             updates.update(attempt=next_attempt(earlier), retry_of=earlier[-1].number)
@@ -390,8 +404,13 @@ class Store:
         default lease are failed as `spurious`.
 
         `dead_owner(owner)` may say that an owner is certainly gone (a coordinator of this host whose process
-        no longer exists); its trials are reaped at once, lease or not."""
+        no longer exists); its trials are reaped at once, lease or not.
+
+        Poison cells: a cell whose coordinator died during $SWEEPDAE_POISON_ATTEMPTS (default 3) of its attempts in
+        a row -- the cell may be what kills it (memory, a driver crash) -- is not queued again but left failed
+        with `poison=True` and the reason in `error`. Enqueueing it again (`sweepdae run`) starts a new count."""
         now = time.time() if now is None else now
+        limit = poison_attempts()
         requeued: list[str] = []
         for trial in self._index.running():
             lease = trial.user_attrs.get("lease_expires")
@@ -406,15 +425,36 @@ class Store:
                 self._finish(trial._trial_id, TrialState.FAIL, {"spurious": True, "finished": now})
                 continue
             owner = trial.user_attrs.get("owner", "?")
-            attrs = {
+            attrs: dict[str, Any] = {
                 "failure_class": "killed", "stale": True, "finished": now,
                 "error": f"lease expired {now - float(lease):.0f} s ago (owner {owner}); no heartbeat",
             }
+            deaths = self._parent_deaths(trial)
+            if limit and deaths >= limit:
+                attrs.update(poison=True, error=f"quarantined as a poison cell: its coordinator died during {deaths} "
+                             f"attempts in a row (SWEEPDAE_POISON_ATTEMPTS={limit}); not queued again. Last: "
+                             + attrs["error"])
             if not self._finish(trial._trial_id, TrialState.FAIL, attrs):
                 continue  # finished meanwhile by its owner or by another reaper
-            if self._retry_after(trial._trial_id):
+            if not attrs.get("poison") and self._retry_after(trial._trial_id):
                 requeued.append(key)
         return requeued
+
+    def _parent_deaths(self, trial: FrozenTrial) -> int:
+        """Attempts in a row, ending with `trial` (being reaped), whose coordinator died: reaped (stale) ones,
+        back to the last (re-)enqueue by a user. Duplicates and released attempts never ran and are skipped."""
+        deaths = 1
+        if trial.user_attrs.get("reason") == "enqueue":
+            return deaths
+        earlier = [t for t in self._key_trials(str(key_of(trial))) if t.number < trial.number
+                   and not t.user_attrs.get("duplicate") and not t.user_attrs.get("released")]
+        for t in reversed(earlier):
+            if t.state != TrialState.FAIL or not t.user_attrs.get("stale") or t.user_attrs.get("poison"):
+                break
+            deaths += 1
+            if t.user_attrs.get("reason") == "enqueue":
+                break
+        return deaths
 
     # ------------------------------------------------------------------ results
     @guarded
@@ -481,6 +521,8 @@ class Store:
         `recipe_overrides` = this claim's overrides deep-merged with `info["recipe_overrides"]` (e.g. a halved
         micro-batch); it is not queued when the key is done or already has another unfinished trial. When the
         trial is no longer RUNNING (reaped), nothing is written: the reaper already queued the next attempt.
+        Calling it again for the same claim (its reply was lost: the database committed the FAIL, then the
+        connection dropped) queues the retry if it is not queued yet, and never a second one.
         """
         info = dict(info or {})
         jsonable(info, "info")
@@ -490,7 +532,12 @@ class Store:
             "retry": retry,
         }
         if not self._finish(claim._trial_id, TrialState.FAIL, attrs):
-            return
+            trial = self._storage.get_trial(claim._trial_id)
+            ours = trial.state == TrialState.FAIL and not (trial.user_attrs.get("stale") or
+                                                           trial.user_attrs.get("released"))
+            if not ours:
+                return  # reaped (its reaper queued the next attempt) or completed with a late result
+            retry = bool(trial.user_attrs.get("retry"))  # what the committed call asked for
         if retry:
             self._retry_after(claim._trial_id)
 

@@ -1,0 +1,138 @@
+"""The phases of a cell: the training step and epoch, strict checkpoint resume, and one training shared by the
+cells that evaluate it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from sweepdae.cell import RETRYABLE, classify, run_cell
+from sweepdae.cell.train import (
+    CHECKPOINT,
+    TRAINED,
+    load_weights,
+    setup_training,
+    train,
+    train_one_epoch,
+    train_step,
+)
+from sweepdae.data import load_dataset
+from sweepdae.errors import RecipeError, TrainingError
+from sweepdae.recipe import recipe_from_flat
+from sweepdae.tokenizers import get_tokenizer
+from sweepdae.utils import atomic_write_json
+
+BASE = {"data.name": "digits", "data.image_size": 8, "tokenizer.patch_size": 4, "tokenizer.latent_dim": 4,
+        "tokenizer.pca_num_patches": 500, "data.train_size": 256, "data.test_size": 64, "train.epochs": 2,
+        "train.batch_size": 64, "probe.epochs": 2}
+
+
+def _setup(tmp_path: Path, **knobs: object):  # type: ignore[no-untyped-def]
+    r = recipe_from_flat({**BASE, **knobs})
+    data = load_dataset(r.data, "train")
+    tok, _ = get_tokenizer(r.tokenizer, data_key="digits", images_uint8=data.tensors()[0], channels=1, image_size=8,
+                           cache_dir=tmp_path / "tok", seed=0)
+    return r, data, tok
+
+
+def test_train_step_and_epoch_are_callable(tmp_path: Path) -> None:
+    r, data, tok = _setup(tmp_path)
+    tr = setup_training(r, tokenizer=tok, data=data, accelerator=Accelerator(cpu=True))
+    before = [p.detach().clone() for p in tr.raw_model.parameters()]
+    gd = torch.Generator().manual_seed(0)
+    micros = next(iter(tr.source(0, gd)))
+    loss = train_step(tr, micros, step=5, gd=gd)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.raw_model.parameters(), strict=True))
+    events: list[dict[str, object]] = []
+    step, mean_loss = train_one_epoch(tr, epoch=1, step=6, events=lambda **e: events.append(e))
+    assert step == 6 + tr.steps_per_epoch == 6 + 256 // 64
+    assert mean_loss > 0 and events[-1]["step"] == step
+
+
+def test_nonfinite_loss_stops_training_as_nonfinite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test objective that returns NaN (no fault hook in the training loop)."""
+    import sweepdae.cell.train as train_mod
+
+    real = train_mod.compute_loss
+
+    def nan_loss(**kw):  # type: ignore[no-untyped-def]
+        terms = real(**kw)
+        return {**terms, "loss": terms["loss"] * float("nan")}
+
+    monkeypatch.setattr(train_mod, "compute_loss", nan_loss)
+    r, data, tok = _setup(tmp_path)
+    tr = setup_training(r, tokenizer=tok, data=data, accelerator=Accelerator(cpu=True))
+    with pytest.raises(TrainingError) as e:
+        train_one_epoch(tr, epoch=0, step=0, events=lambda **_: None)
+    assert e.value.failure_class == "nonfinite" and classify(e.value) == ("nonfinite", False)
+
+
+def test_failure_classes() -> None:
+    assert classify(torch.OutOfMemoryError("CUDA out of memory")) == ("oom", True)
+    assert classify(RecipeError("x")) == ("bad_recipe", False)
+    assert classify(OSError(28, "No space left")) == ("io", True)
+    assert classify(RuntimeError("boom")) == ("crash", True)
+    assert classify(TrainingError("x", "bad_checkpoint")) == ("bad_checkpoint", False)
+    assert RETRYABLE == {"oom", "crash", "killed", "io"}
+
+
+def test_checkpoint_resumes_whole_or_not_at_all(tmp_path: Path) -> None:
+    r, data, tok = _setup(tmp_path, **{"train.epochs": 1})
+    folder = tmp_path / "train"
+    folder.mkdir()
+    state = train(r, tokenizer=tok, data=data, train_dir=folder, accelerator=Accelerator(cpu=True),
+                  events=lambda **_: None)
+    ckpt = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+    assert ckpt["train_key"] == r.train_key() and "git_commit" in ckpt and ckpt["epoch"] == 1
+    # resume at 2 epochs: starts from the saved epoch
+    r2 = r.with_updates({"train.epochs": 2})
+    ckpt["train_key"] = r2.train_key()
+    torch.save(ckpt, folder / CHECKPOINT)
+    events: list[dict[str, object]] = []
+    s2 = train(r2, tokenizer=tok, data=data, train_dir=folder, accelerator=Accelerator(cpu=True),
+               events=lambda **e: events.append(e))
+    assert s2.resumed_from == 1 and s2.step == 2 * state.step
+    # a checkpoint missing one tensor is not half-loaded: training restarts from scratch, warned
+    bad = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+    dropped = next(iter(bad["model"]))
+    del bad["model"][dropped]
+    torch.save(bad, folder / CHECKPOINT)
+    with pytest.warns(UserWarning, match="keys differ"):
+        s3 = train(r2, tokenizer=tok, data=data, train_dir=folder, accelerator=Accelerator(cpu=True),
+                   events=lambda **_: None)
+    assert s3.resumed_from is None
+    # a wrong shape is refused before loading, and a finished training's weights load exactly or raise
+    bad = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+    name = next(k for k, v in bad["model"].items() if v.dim() == 2)
+    bad["model"][name] = bad["model"][name][:, :1]
+    torch.save(bad, folder / CHECKPOINT)
+    from sweepdae.cell.build import build_model
+
+    with pytest.raises(TrainingError, match="shape") as e:
+        load_weights(folder / CHECKPOINT, r2.train_key(), build_model(r2, tok, 10), ema=False)
+    assert e.value.failure_class == "bad_checkpoint"
+
+
+def test_cells_of_one_training_share_it(tmp_path: Path) -> None:
+    """Two cells that differ only in evaluation (probe t): the first trains, the second loads that training."""
+    results = []
+    for t in (10, 40):
+        r = recipe_from_flat({**BASE, "probe.t": t})
+        run_dir = tmp_path / "runs" / r.key()
+        atomic_write_json(run_dir / "recipe.json", {"key": r.key(), "label": f"t={t}", "recipe": r.to_dict()})
+        results.append(run_cell(run_dir))
+    a, b = results
+    assert a["train_key"] == b["train_key"] and a["key"] != b["key"]
+    assert (a["reused_training"], b["reused_training"]) == (False, True) and b["trained_by"] == a["key"]
+    assert b["metrics"]["train_loss"] == a["metrics"]["train_loss"]  # the same training's numbers
+    assert b["timings"]["train_s"] < a["timings"]["train_s"] / 3
+    folders = list((tmp_path / "runs" / "_train").iterdir())
+    assert [f.name for f in folders] == [a["train_key"]]
+    assert json.loads((folders[0] / TRAINED).read_text())["cell"] == a["key"]
+    # no checkpoint in the cell folders: the training lives once, beside them
+    assert not list((tmp_path / "runs").glob("[0-9a-f]*/checkpoint.pt"))
