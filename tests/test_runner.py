@@ -13,69 +13,9 @@ from typing import Any
 
 import pytest
 
-from sweepdae.store import open_store
 
-TINY = """
-[grid]
-name = "tiny"
-seeds = [0]
-
-[base]
-data.name = "digits"
-data.image_size = 8
-tokenizer.name = "patch_pca"
-tokenizer.patch_size = 4
-tokenizer.pca_num_patches = 2000
-model.size = "micro"
-train.epochs = {epochs}
-train.batch_size = 64
-train.warmup_epochs = 0.5
-probe.epochs = 5
-
-[axes]
-tokenizer.latent_dim = {dims}
-"""
-
-
-def write_grid(tmp: Path, dims: list[int] = [2, 4, 8], epochs: int = 1, name: str = "tiny") -> Path:  # noqa: B006
-    p = tmp / f"{name}.toml"
-    p.write_text(TINY.format(dims=dims, epochs=epochs).replace('name = "tiny"', f'name = "{name}"'))
-    return p
-
-
-def sweepdae(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
-             store: str | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "sweepdae", *args]
-    if args and args[0] in ("run", "worker", "status"):
-        cmd += ["--store", store or f"journal:{tmp / 'store.journal'}"]
-    if args and args[0] in ("run", "worker"):
-        cmd += ["--plain", "--runs-dir", str(tmp / "runs")]
-    return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-
-
-def events(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def attempts(tmp: Path, store: str | None = None) -> Any:
-    s = open_store(store or f"journal:{tmp / 'store.journal'}", create=False)
-    try:
-        return s.attempts()
-    finally:
-        s.close()
-
-
-def cells(tmp: Path, store: str | None = None) -> Any:
-    s = open_store(store or f"journal:{tmp / 'store.journal'}", create=False)
-    try:
-        return s.cells()
-    finally:
-        s.close()
-
-
-def test_run_records_every_cell_then_rerun_is_cached(tmp_path: Path) -> None:
+def test_run_records_every_cell_then_rerun_is_cached(tmp_path: Path, write_grid: Any, sweepdae: Any, cells: Any,
+                                                     attempts: Any) -> None:
     grid = write_grid(tmp_path)
     p = sweepdae(tmp_path, "run", str(grid))
     assert p.returncode == 0, p.stderr
@@ -92,7 +32,7 @@ def test_run_records_every_cell_then_rerun_is_cached(tmp_path: Path) -> None:
     assert len(attempts(tmp_path)) == 3
 
 
-def test_accelerate_launch_path(tmp_path: Path) -> None:
+def test_accelerate_launch_path(tmp_path: Path, write_grid: Any, sweepdae: Any) -> None:
     grid = write_grid(tmp_path, dims=[2])
     p = sweepdae(tmp_path, "run", str(grid), "--launcher", "accelerate")
     assert p.returncode == 0, p.stderr
@@ -102,9 +42,10 @@ def test_accelerate_launch_path(tmp_path: Path) -> None:
     assert json.loads((run_dir / "result.json").read_text())["metrics"]["probe_top1"] >= 0
 
 
-def test_failing_cell_is_isolated_and_retried(tmp_path: Path) -> None:
+def test_failing_cell_is_isolated_and_retried(tmp_path: Path, write_grid: Any, sweepdae: Any, cells: Any,
+                                              attempts: Any) -> None:
     grid = write_grid(tmp_path)
-    env = {"SWEEPDAE_FAULT": "crash@phase=probe", "SWEEPDAE_FAULT_ONLY": "latent_dim=4"}
+    env = {"SWEEPDAE_FAULT": "crash@phase=probe for latent_dim=4"}
     p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "0", env=env)
     assert p.returncode == 1
     df = cells(tmp_path).set_index("label")
@@ -120,9 +61,9 @@ def test_failing_cell_is_isolated_and_retried(tmp_path: Path) -> None:
     assert len(a) == 4 and sorted(cells(tmp_path)["status"]) == ["done"] * 3
 
 
-def test_max_retries_and_fail_fast(tmp_path: Path) -> None:
+def test_max_retries_and_fail_fast(tmp_path: Path, write_grid: Any, sweepdae: Any, cells: Any) -> None:
     grid = write_grid(tmp_path)
-    env = {"SWEEPDAE_FAULT": "crash@phase=train:once", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    env = {"SWEEPDAE_FAULT": "crash@phase=train:once for latent_dim=2"}
     p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "2", env=env)
     assert p.returncode == 0, p.stderr
     df = cells(tmp_path).set_index("label")
@@ -131,16 +72,17 @@ def test_max_retries_and_fail_fast(tmp_path: Path) -> None:
     other = tmp_path / "ff"
     other.mkdir()
     grid = write_grid(other)
-    env = {"SWEEPDAE_FAULT": "crash@phase=train", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    env = {"SWEEPDAE_FAULT": "crash@phase=train for latent_dim=2"}
     p = sweepdae(other, "run", str(grid), "--fail-fast", "--max-retries", "0", env=env)
     assert p.returncode == 1
     st = cells(other).set_index("label")["status"]
     assert st["latent_dim=2 seed=0"] == "failed" and (st.drop("latent_dim=2 seed=0") == "queued").all()
 
 
-def test_oom_retries_with_half_micro_batch_and_nonfinite_is_final(tmp_path: Path) -> None:
+def test_oom_retries_with_half_micro_batch_and_nonfinite_is_final(tmp_path: Path, write_grid: Any, sweepdae: Any,
+                                                                  cells: Any, attempts: Any) -> None:
     grid = write_grid(tmp_path, dims=[2, 4])
-    env = {"SWEEPDAE_FAULT": "oom@step=3:once", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    env = {"SWEEPDAE_FAULT": "oom@step=3:once for latent_dim=2"}
     p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "1", "--only", "latent_dim=2", env=env)
     assert p.returncode == 0, p.stderr
     a = attempts(tmp_path).sort_values("trial")
@@ -150,12 +92,15 @@ def test_oom_retries_with_half_micro_batch_and_nonfinite_is_final(tmp_path: Path
     spec = json.loads((run_dir / "recipe.json").read_text())
     assert spec["recipe"]["train"]["micro_batch_size"] == 32 and spec["recipe"]["train"]["batch_size"] == 64
 
-    env = {"SWEEPDAE_FAULT": "nonfinite@step=2", "SWEEPDAE_FAULT_ONLY": "latent_dim=4"}
-    p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "3", env=env)
+    # a recipe that really diverges (AdamW steps of ~1e36 overflow the activations): non-finite, not retried
+    diverging = write_grid(tmp_path, dims=[4], name="diverge")
+    diverging.write_text(diverging.read_text().replace("train.batch_size = 64", "train.batch_size = 64\n"
+                                                       "train.base_lr = 1e36").replace("train.warmup_epochs = 0.5",
+                                                                                     "train.warmup_epochs = 0"))
+    p = sweepdae(tmp_path, "run", str(diverging), "--max-retries", "3")
     assert p.returncode == 1
-    df = cells(tmp_path).set_index("label")
-    assert df.loc["latent_dim=4 seed=0", "failure_class"] == "nonfinite"
-    assert df.loc["latent_dim=4 seed=0", "attempts"] == 1
+    (row,) = [r for _, r in cells(tmp_path).iterrows() if r["grid"] == "diverge"]
+    assert row["failure_class"] == "nonfinite" and row["attempts"] == 1, row["error"]
 
 
 def _wait_for(cond: Any, timeout: float, what: str) -> None:
@@ -167,22 +112,25 @@ def _wait_for(cond: Any, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_sweep_then_rerun_resumes_from_checkpoint(tmp_path: Path) -> None:
+def test_sigkill_mid_sweep_then_rerun_resumes_from_checkpoint(tmp_path: Path, write_grid: Any, sweepdae: Any,
+                                                              cells: Any, attempts: Any, events: Any) -> None:
     grid = write_grid(tmp_path, dims=[2, 4], epochs=3)
     spe = 1438 // 64
     # the first cell sleeps in the middle of its third epoch (after the epoch-2 checkpoint), where it is killed
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SWEEPDAE_FAULT": f"sleep@step={2 * spe + 5}:once",
-           "SWEEPDAE_FAULT_SLEEP": "60", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "SWEEPDAE_FAULT": f"sleep@step={2 * spe + 5}:once for latent_dim=2",
+           "SWEEPDAE_FAULT_SLEEP": "60"}
     cmd = [sys.executable, "-m", "sweepdae", "run", str(grid), "--store", f"journal:{tmp_path / 'store.journal'}",
            "--plain", "--runs-dir", str(tmp_path / "runs")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = lambda: list((tmp_path / "runs").glob("*/checkpoint.pt"))  # noqa: E731
-    _wait_for(lambda: bool(ckpts()) and any(e.get("epoch") == 3 and "loss" in e for e in events(ckpts()[0].parent)),
+    ckpts = lambda: list((tmp_path / "runs" / "_train").glob("*/checkpoint.pt"))  # noqa: E731
+    cell_dirs = lambda: list((tmp_path / "runs").glob("[0-9a-f]*"))  # noqa: E731
+    _wait_for(lambda: bool(ckpts()) and any(e.get("epoch") == 3 and "loss" in e for e in events(cell_dirs()[0])),
               180, "the middle of epoch 3")
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    run_dir = ckpts()[0].parent
+    (run_dir,) = cell_dirs()
     time.sleep(2.5)  # the orphaned cell notices its coordinator is gone and exits
     assert not (run_dir / "result.json").exists()
     st = cells(tmp_path).set_index("label")["status"]
@@ -205,7 +153,8 @@ def test_sigkill_mid_sweep_then_rerun_resumes_from_checkpoint(tmp_path: Path) ->
     assert (a.groupby("key")["state"].apply(lambda s: (s == "COMPLETE").sum()) == 1).all()
 
 
-def test_two_coordinators_on_one_journal_run_each_cell_once(tmp_path: Path) -> None:
+def test_two_coordinators_on_one_journal_run_each_cell_once(tmp_path: Path, write_grid: Any, attempts: Any,
+                                                            events: Any) -> None:
     grid = write_grid(tmp_path, dims=[1, 2, 3, 4])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sweepdae", "run", str(grid), "--store", f"journal:{tmp_path / 'store.journal'}",
@@ -226,47 +175,41 @@ def test_two_coordinators_on_one_journal_run_each_cell_once(tmp_path: Path) -> N
 
 
 @pytest.mark.postgres
-def test_run_and_worker_on_postgres(tmp_path: Path) -> None:
-    from sweepdae.store.testing import postgres_unavailable_reason, start_postgres
-
-    reason = postgres_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    url, stop = start_postgres(tmp_path / "pg")
-    try:
-        grid = write_grid(tmp_path, dims=[1, 2, 3, 4])
-        machine_a, machine_b = tmp_path / "a", tmp_path / "b"
-        machine_a.mkdir()
-        machine_b.mkdir()
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        run = subprocess.Popen([sys.executable, "-m", "sweepdae", "run", str(grid), "--store", url, "--plain",
-                                "--runs-dir", str(machine_a / "runs")], cwd=machine_a, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: (machine_a / "runs").exists(), 120, "the first cell to start")
-        worker = subprocess.Popen([sys.executable, "-m", "sweepdae", "worker", "--store", url, "--plain",
-                                   "--runs-dir", str(machine_b / "runs")], cwd=machine_b, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        outs = [run.communicate(timeout=300), worker.communicate(timeout=300)]
-        assert run.returncode == 0 and worker.returncode == 0, outs
-        ran = [d for m in (machine_a, machine_b) for d in (m / "runs").glob("[0-9a-f]*")
-               if (d / "result.json").exists()]
-        assert len(ran) == 4 and len({d.name for d in ran}) == 4  # each cell ran on exactly one machine
-        assert sorted(cells(tmp_path, url)["status"]) == ["done"] * 4
-    finally:
-        stop()
+def test_run_and_worker_on_postgres(tmp_path: Path, write_grid: Any, cells: Any, pg_url: str) -> None:
+    url = pg_url
+    grid = write_grid(tmp_path, dims=[1, 2, 3, 4])
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    machine_a.mkdir()
+    machine_b.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "sweepdae", "run", str(grid), "--store", url, "--plain",
+                            "--runs-dir", str(machine_a / "runs")], cwd=machine_a, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (machine_a / "runs").exists(), 120, "the first cell to start")
+    worker = subprocess.Popen([sys.executable, "-m", "sweepdae", "worker", "--store", url, "--plain",
+                               "--runs-dir", str(machine_b / "runs")], cwd=machine_b, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outs = [run.communicate(timeout=300), worker.communicate(timeout=300)]
+    assert run.returncode == 0 and worker.returncode == 0, outs
+    ran = [d for m in (machine_a, machine_b) for d in (m / "runs").glob("[0-9a-f]*")
+           if (d / "result.json").exists()]
+    assert len(ran) == 4 and len({d.name for d in ran}) == 4  # each cell ran on exactly one machine
+    assert sorted(cells(tmp_path, url)["status"]) == ["done"] * 4
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_claiming_and_leaves_cells_resumable(tmp_path: Path) -> None:
+def test_ctrl_c_stops_claiming_and_leaves_cells_resumable(tmp_path: Path, write_grid: Any, sweepdae: Any, cells: Any,
+                                                          events: Any) -> None:
     grid = write_grid(tmp_path, dims=[2, 4], epochs=3)
     spe = 1438 // 64
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SWEEPDAE_FAULT": f"sleep@step={spe + 3}:once",
-           "SWEEPDAE_FAULT_SLEEP": "60", "SWEEPDAE_FAULT_ONLY": "latent_dim=2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SWEEPDAE_FAULT": f"sleep@step={spe + 3}:once for latent_dim=2",
+           "SWEEPDAE_FAULT_SLEEP": "60"}
     cmd = [sys.executable, "-m", "sweepdae", "run", str(grid), "--store", f"journal:{tmp_path / 'store.journal'}",
            "--plain", "--runs-dir", str(tmp_path / "runs")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpts = lambda: list((tmp_path / "runs").glob("*/checkpoint.pt"))  # noqa: E731
-    _wait_for(lambda: bool(ckpts()) and any(e.get("epoch") == 2 and "loss" in e for e in events(ckpts()[0].parent)),
+    ckpts = lambda: list((tmp_path / "runs" / "_train").glob("*/checkpoint.pt"))  # noqa: E731
+    cell_dirs = lambda: list((tmp_path / "runs").glob("[0-9a-f]*"))  # noqa: E731
+    _wait_for(lambda: bool(ckpts()) and any(e.get("epoch") == 2 and "loss" in e for e in events(cell_dirs()[0])),
               180, "the middle of epoch 2")
     t0 = time.time()
     proc.send_signal(signal.SIGINT)  # once: no new cells, the running one stops, the sweep exits
@@ -277,6 +220,7 @@ def test_ctrl_c_stops_claiming_and_leaves_cells_resumable(tmp_path: Path) -> Non
     assert st["latent_dim=2 seed=0"] == "queued" and st["latent_dim=4 seed=0"] == "queued"  # nothing lost
     p = sweepdae(tmp_path, "run", str(grid), env={"SWEEPDAE_FAULT": ""})
     assert p.returncode == 0, p.stderr
-    run_dir = ckpts()[0].parent
+    run_dir = next(d for d in cell_dirs() if (d / "result.json").exists()
+                   and json.loads((d / "result.json").read_text())["resumed_from_epoch"])
     result = json.loads((run_dir / "result.json").read_text())
     assert result["resumed_from_epoch"] == 1 and result["steps"] == 3 * spe
