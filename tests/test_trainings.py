@@ -137,6 +137,25 @@ def test_one_training_for_a_probe_grid_and_cells_wait_for_it(tmp_path: Path, swe
                             f"journal:{tmp_path / 'store.journal'}"], cwd=tmp_path, capture_output=True, text=True)
     assert "6 cells, 1 trainings (1 already trained)" in again.stdout
 
+    # removing two cells' results keeps their training: the rerun evaluates them without training
+    tk = rows[0]["train_key"]
+    assert sweepdae(tmp_path, "forget", str(grid), "--only", "t=40", "--store",
+                    f"journal:{tmp_path / 'store.journal'}", "--runs-dir", str(tmp_path / "runs")).returncode == 0
+    rows = _status(tmp_path, sweepdae)
+    assert sorted(r["status"] for r in rows) == ["done"] * 4 + ["new"] * 2
+    stray = tmp_path / "runs" / "_train" / ("0" * 64)  # a training no cell uses (e.g. of an edited grid)
+    stray.mkdir()
+    gc = sweepdae(tmp_path, "gc", "--store", f"journal:{tmp_path / 'store.journal'}", "--runs-dir",
+                  str(tmp_path / "runs"))
+    assert gc.returncode == 0 and not stray.exists() and (tmp_path / "runs" / "_train" / tk).exists(), gc.stderr
+    p = sweepdae(tmp_path, "run", str(grid))
+    assert p.returncode == 0, p.stderr
+    rows = _status(tmp_path, sweepdae)
+    assert {r["status"] for r in rows} == {"done"} and all(r["reused_training"] for r in rows if "t=40" in r["label"])
+    trained = [e for d in (tmp_path / "runs").glob("[0-9a-f]*")
+               for e in map(json.loads, (d / "events.jsonl").read_text().splitlines()) if e["phase"] == "trained"]
+    assert len(trained) == 1
+
 
 def test_two_machines_train_once(tmp_path: Path) -> None:
     """Two coordinators on one store with separate runs folders (two machines, nothing shared but the store):

@@ -119,7 +119,8 @@ def plan(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
                                      "trainings": {"total": len(train_keys), "trained": trained},
                                      "cells": cells}, indent=1) + "\n")
         return
-    t = Table(title=f"{p.grid.name} ({p.profile or 'base'}): {p.grid.title}", title_justify="left")
+    t = Table(title=Text(printable(f"{p.grid.name} ({p.profile or 'base'}): {p.grid.title}")),
+              title_justify="left")
     for col in ("#", "cell", "key", "training", "status"):
         t.add_column(col)
     for i, c in enumerate(p.cells):
@@ -215,8 +216,10 @@ def run(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of
         err.print(summary_table(s, sorted({c.key for c in select(p, only)})))
         if report:
             from sweepdae.report import write_reports
+            from sweepdae.runner import runs_dir_for
 
-            paths = write_reports(s, grids=[p.grid.name], out=Path("reports"), html=True, latex=False, csv=False)
+            paths = write_reports(s, grids=[p.grid.name], out=Path("reports"), html=True, latex=False, csv=False,
+                                  runs_dir=runs_dir_for(runs_dir))
             for path in paths:
                 out.print(f"report: {path}")
     finally:
@@ -260,7 +263,10 @@ def report(grids: Annotated[list[str] | None, typer.Argument(help="Grid names or
            html: Annotated[bool, typer.Option("--html", help="Self-contained HTML page")] = False,
            latex: Annotated[bool, typer.Option("--latex", help="booktabs LaTeX tables and figures")] = False,
            csv: Annotated[bool, typer.Option("--csv", help="Tidy CSV/JSON data behind every table")] = False,
-           out_dir: Annotated[Path, typer.Option("--out", help="Output folder")] = Path("reports")) -> None:
+           out_dir: Annotated[Path, typer.Option("--out", help="Output folder")] = Path("reports"),
+           runs_dir: Annotated[str | None, typer.Option("--runs-dir", help="Where the cell folders are (default "
+                                                        "$SWEEPDAE_RUNS, ./runs, or runs/ beside the store file)")
+                               ] = None) -> None:
     """Render the paper's tables and figures from the store, with the paper's numbers beside ours."""
     from sweepdae.report import write_reports
 
@@ -269,11 +275,59 @@ def report(grids: Annotated[list[str] | None, typer.Argument(help="Grid names or
     names = [_grid_name(g) for g in grids] if grids else None
     s = _store(store, create=False)
     try:
-        paths = write_reports(s, grids=names, out=out_dir, html=html, latex=latex, csv=csv)
+        paths = write_reports(s, grids=names, out=out_dir, html=html, latex=latex, csv=csv,
+                              runs_dir=Path(runs_dir) if runs_dir else None)
     finally:
         s.close()
     for p in paths:
         out.print(str(p))
+
+
+@app.command(cls=_Command)
+def forget(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
+           profile: ProfileOpt = None, store: StoreOpt = None, runs_dir: RunsOpt = None,
+           only: Annotated[str | None, typer.Option(help="Only cells whose label matches this regex")] = None
+           ) -> None:
+    """Remove cells' results (store and cell folders) so the next run evaluates them again; their trainings stay."""
+    import shutil
+
+    from sweepdae.runner import runs_dir_for, select
+
+    p = _plan(grid, profile)
+    cells = select(p, only)
+    s = _store(store, create=False)
+    try:
+        gone = s.forget([c.key for c in cells])
+    finally:
+        s.close()
+    runs = runs_dir_for(runs_dir)
+    for key in gone:
+        shutil.rmtree(runs / key, ignore_errors=True)
+    err.print(f"forgot {len(gone)} of {len(cells)} cells of {printable(p.grid.name)} (their trainings are kept: "
+              "`sweepdae gc` removes trainings no cell uses)")
+
+
+@app.command(cls=_Command)
+def gc(store: StoreOpt = None, runs_dir: RunsOpt = None,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed")] = False) -> None:
+    """Remove trainings (runs/_train/<train_key>) that no cell of the store uses any more."""
+    import shutil
+
+    from sweepdae.cell import TRAIN_DIR
+    from sweepdae.runner import runs_dir_for
+
+    s = _store(store, create=False)
+    try:
+        used = s.used_train_keys()
+    finally:
+        s.close()
+    folder = runs_dir_for(runs_dir) / TRAIN_DIR
+    unused = sorted(d for d in folder.iterdir() if d.is_dir() and d.name not in used) if folder.is_dir() else []
+    for d in unused:
+        out.print(f"{'would remove' if dry_run else 'removed'} {d}")
+        if not dry_run:
+            shutil.rmtree(d, ignore_errors=True)
+    err.print(f"{len(unused)} unused trainings{' (dry run)' if dry_run else ' removed'}; {len(used)} in use")
 
 
 def _grid_name(g: str) -> str:
@@ -302,7 +356,8 @@ def _show_usage_error(e: Any) -> None:
     """Click's own text (usage line, help hint, `Error: ...`), with the user's input in it made printable."""
     buf = io.StringIO()
     e.show(file=buf)
-    sys.stderr.write("".join(printable(line) + "\n" for line in buf.getvalue().splitlines()))
+    lines = buf.getvalue().rstrip("\n").split("\n")  # not splitlines(): it would also split at \x1e, \x85, ...
+    sys.stderr.write("".join(printable(line) + "\n" for line in lines))
     sys.stderr.flush()
 
 

@@ -52,8 +52,8 @@ def select(plan: Plan, only: str | None) -> list[Any]:
 def enqueue_plan(store: Any, plan: Plan, cells: list[Any]) -> dict[str, str]:
     """Register the grid and enqueue its cells that are not done, queued or running (dedup by key)."""
     store.register_grid(plan.grid.name, profile=plan.profile or "", spec=plan.spec(),
-                        cells=[{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step, "seed": c.seed}
-                               for c in plan.cells])
+                        cells=[{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step, "seed": c.seed,
+                                "train_key": c.train_key} for c in plan.cells])
     return store.enqueue([{"key": c.key, "label": c.label, "recipe": c.recipe.to_dict(), "grid": plan.grid.name,
                            "profile": plan.profile or "", "train_key": c.train_key} for c in cells])
 

@@ -109,10 +109,23 @@ class Store:
 
     # ------------------------------------------------------------------ reading
     def _trials(self, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
-        return self._storage.get_all_trials(self._study_id, deepcopy=False, states=states)
+        return self._remembered(self._storage.get_all_trials(self._study_id, deepcopy=False, states=states))
 
     def _key_trials(self, key: str) -> list[FrozenTrial]:
-        return self._index.key_trials(key)
+        return self._remembered(self._index.key_trials(key))
+
+    def _forgotten(self) -> dict[str, int]:
+        """key -> the last trial number `forget` dropped (study user attrs `forget:<key>`)."""
+        attrs = self._storage.get_study_user_attrs(self._study_id)
+        return {k[len("forget:"):]: int(v["before"]) for k, v in attrs.items()
+                if k.startswith("forget:") and isinstance(v, dict) and isinstance(v.get("before"), int)}
+
+    def _remembered(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        """Trials minus those of forgotten cells (Optuna cannot delete a trial: `forget` hides them)."""
+        forgotten = self._forgotten()
+        if not forgotten:
+            return trials
+        return [t for t in trials if not ((k := key_of(t)) in forgotten and t.number <= forgotten[k])]
 
     def _grid_cells(self) -> dict[str, dict[str, Any]]:
         """key -> {label, grids} for every cell of every registered grid."""
@@ -137,7 +150,8 @@ class Store:
             "profile": profile,
             "spec": spec,
             "cells": [
-                {"key": c["key"], "label": c.get("label"), "coords": c.get("coords"), "step": c.get("step")}
+                {"key": c["key"], "label": c.get("label"), "coords": c.get("coords"), "step": c.get("step"),
+                 **({"train_key": c["train_key"]} if c.get("train_key") else {})}
                 for c in cells
             ],
         }
@@ -588,6 +602,34 @@ class Store:
                           grid=claim.grid, attempt=claim.attempt, retry_of=claim.number, reason="released",
                           recipe_overrides=claim.recipe_overrides, train_key=claim.train_key)
         return True
+
+    @guarded
+    def forget(self, keys: list[str]) -> list[str]:
+        """Drop the results (done or failed attempts) of these cells, so the next run computes them again;
+        returns the keys forgotten. A queued or running cell is refused (StoreError). The trials stay in the
+        storage (Optuna cannot delete one) but every query skips them. Trainings are untouched."""
+        out = []
+        for key in keys:
+            trials = self._key_trials(key)
+            if not trials:
+                continue
+            if key_status(trials) in (CellStatus.QUEUED, CellStatus.RUNNING):
+                raise StoreError(f"cell {key[:12]} is {key_status(trials).value}: stop it before forgetting it")
+            self._storage.set_study_user_attr(self._study_id, f"forget:{key}",
+                                              {"before": max(t.number for t in trials), "time": time.time()})
+            out.append(key)
+        return out
+
+    @guarded
+    def used_train_keys(self) -> set[str]:
+        """The trainings some cell still needs: its train_key is on a remembered trial or a registered grid cell."""
+        used = {str(tk) for t in self._trials() if (tk := t.user_attrs.get("train_key"))}
+        for grid in self.grids():
+            used |= {str(c["train_key"]) for c in grid.get("cells", []) if c.get("train_key")}
+        trs = self._training_store(create=False)
+        if trs is not None:  # a training being made is in use whoever asked for it
+            used |= {k for k, v in trs.status().items() if v in ("running", "queued")}
+        return used
 
     # ------------------------------------------------------------------ trainings
     # Cells that share a train_key evaluate one training. Trainings are trials of a second study,
