@@ -5,11 +5,11 @@
 
 Sources, each timed over whole passes in this one process, on the CPU:
   * `InMemoryData.batches` (sweepdae.data): uint8 batches, center crop and MAE's random-resized-crop + flip;
-  * the trainer's in-memory source (`sweepdae.train._memory_source`, what `train` iterates for digits /
+  * the trainer's in-memory sources (`sweepdae.cell.train._encoded_source` / `_batch_source`), for digits /
     fashion-mnist): latents encoded once then indexed (center crop; the one-time encode is shown apart), or
     cropped + encoded per batch (random-resized-crop);
   * an image folder of generated PNGs in a temp dir (`imagefolder`, StreamedImageData: PIL decode + ADM center crop
-    in DataLoader workers), bare and through the trainer's streamed source (`_streamed_source`, + encode).
+    in DataLoader workers), bare and through the trainer's streamed source (`_batch_source`, + encode).
 The model side is the trainer's step on precomputed latents: micro DiT forward + `compute_loss` + backward + AdamW,
 at the same batch. ratio = source images/s / model images/s (the issue's target: >= 5 for in-memory sets).
 Grey 32 px images everywhere (the folder is decoded to 1 channel) so one tokenizer and one model serve every row.
@@ -32,11 +32,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweepdae.data import ImageData, augment_batch, clear_cache, load_dataset  # noqa: E402
+from sweepdae.cell.build import build_model  # noqa: E402
+from sweepdae.cell.train import _batch_source, _encoded_source  # noqa: E402
+from sweepdae.data import ImageData, clear_cache, load_dataset  # noqa: E402
 from sweepdae.objectives import compute_loss  # noqa: E402
 from sweepdae.recipe import Recipe, recipe_from_flat  # noqa: E402
 from sweepdae.tokenizers import get_tokenizer  # noqa: E402
-from sweepdae.train import _memory_source, _streamed_source, build_model  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -75,23 +76,15 @@ def micros_images(micros: list[tuple[torch.Tensor, Any, Any]]) -> int:
     return sum(int(z.shape[0]) for z, _, _ in micros)
 
 
-def trainer_source(recipe: Recipe, tokenizer: Any, *, images: torch.Tensor | None = None,
-                   labels: torch.Tensor | None = None, stream: Any = None) -> Callable[[int], float]:
-    """images/s of one epoch of the source `sweepdae.train.train` builds for this recipe (world 1, no accum)."""
+def trainer_source(recipe: Recipe, tokenizer: Any, data: ImageData) -> Callable[[int], float]:
+    """images/s of one epoch of the source `sweepdae.cell.train.setup_training` builds for this recipe (world 1,
+    no accumulation): encoded once for in-memory center-crop sets, per batch otherwise."""
     b = recipe.train.batch_size
-    n = len(stream) if stream is not None else len(images)  # type: ignore[arg-type]
-    if stream is not None:
-        source = _streamed_source(stream, tokenizer, recipe, per_proc=b, rank=0, accum=1, world=1, steps=n // b,
-                                  device=CPU, want_patches=False)
+    layout = dict(per_proc=b, rank=0, accum=1, world=1, steps=len(data) // b, device=CPU, want_patches=False)
+    if data.in_memory and recipe.data.augment.value == "center_crop":
+        source = _encoded_source(data, tokenizer, recipe, **layout)
     else:
-        assert images is not None and labels is not None
-
-        def augment_fn(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:  # as sweepdae.cell does
-            return augment_batch(x, recipe.data.augment, generator=generator)
-
-        aug = augment_fn if recipe.data.augment.value != "center_crop" else None
-        source = _memory_source(images, labels, tokenizer, recipe, per_proc=b, rank=0, accum=1, world=1,
-                                steps=n // b, device=CPU, want_patches=False, augment_fn=aug)
+        source = _batch_source(data, tokenizer, recipe, **layout)
 
     def epoch(e: int) -> float:
         return timed_pass(source(e, torch.Generator().manual_seed(e)), micros_images)
@@ -170,7 +163,7 @@ def main() -> None:
             rows.append((f"InMemoryData.batches, {aug}", rate))
         for aug in ("center_crop", "random_resized_crop"):
             r = make_recipe(a.dataset, a.n, a.batch, aug)
-            epoch = trainer_source(r, tok, images=x, labels=y)  # center crop: encodes every image once here
+            epoch = trainer_source(r, tok, data)  # center crop: encodes every image once here
             rows.append((f"train in-memory source, {aug}", best(functools.partial(epoch, 0), a.repeats)))
 
         if a.folder_n > 0 and a.dataset != "digits":  # the folder is decoded at 32 px, the digits model is 8 px
@@ -181,7 +174,7 @@ def main() -> None:
                 stream = load_dataset(r.data, "train")
                 rate = best(functools.partial(batches_rate, stream, a.batch, "center_crop"), a.repeats)
                 rows.append((f"imagefolder batches, {w} workers", rate))
-                epoch = trainer_source(r, tok, stream=stream)
+                epoch = trainer_source(r, tok, stream)
                 rows.append((f"train streamed source, {w} workers", best(functools.partial(epoch, 0), a.repeats)))
         clear_cache()
 

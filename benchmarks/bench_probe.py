@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/bench_probe.py [--train-n 5000 --test-n 1000 --epochs 30 --pretrain-epochs 1]
 
-One micro DiT (patch PCA d = 16 on Fashion-MNIST 32 px; `--pretrain-epochs` of `sweepdae.train.train` on the
+One micro DiT (patch PCA d = 16 on Fashion-MNIST 32 px; `--pretrain-epochs` of `sweepdae.cell.train.train` on the
 probe's train images, 0 = random init) is probed three ways, all in this one process on the CPU:
   * cached: `sweepdae.eval.extract_features` once (train + test), then `linear_probe` (MAE head, LARS, cosine) --
-    what `sweepdae.probe.probe_cell` does;
+    what `sweepdae.cell.probing.probe_cell` does;
   * recomputed: `linear_probe_augmented` with an identity "augmentation": the same head, optimizer, batches and
     epochs, but the backbone re-runs on every probe batch, as MAE's probe does (there with RandomResizedCrop);
     on identical features it must reach the cached probe's accuracy, so only the time differs;
@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweepdae.data import load_dataset  # noqa: E402
+from sweepdae.cell.build import build_model  # noqa: E402
+from sweepdae.cell.probing import encoder_feature_fn  # noqa: E402
+from sweepdae.cell.train import train  # noqa: E402
+from sweepdae.data import load_dataset, to_unit_range  # noqa: E402
 from sweepdae.eval import extract_features, linear_probe, linear_probe_augmented  # noqa: E402
-from sweepdae.eval.augment import to_unit_range  # noqa: E402
-from sweepdae.probe import encoder_feature_fn  # noqa: E402
 from sweepdae.recipe import probe_depth, recipe_from_flat  # noqa: E402
 from sweepdae.tokenizers import get_tokenizer  # noqa: E402
-from sweepdae.train import build_model, train  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -54,7 +54,8 @@ def main() -> None:
                           "tokenizer.latent_dim": 16, "tokenizer.pca_num_patches": 20000, "model.size": "micro",
                           "train.epochs": max(a.pretrain_epochs, 1), "train.batch_size": 128,
                           "train.warmup_epochs": 0.2, "probe.epochs": a.epochs})
-    tr_x, tr_y = load_dataset(r.data, "train").tensors()
+    train_set = load_dataset(r.data, "train")
+    tr_x, tr_y = train_set.tensors()
     te_x, te_y = load_dataset(r.data, "test").tensors()
     with tempfile.TemporaryDirectory() as tmp:
         tok, _ = get_tokenizer(r.tokenizer, data_key="bench-probe", images_uint8=tr_x, channels=1, image_size=32,
@@ -63,8 +64,8 @@ def main() -> None:
             from accelerate import Accelerator
 
             t0 = time.perf_counter()
-            model = train(r, tokenizer=tok, images=tr_x, labels=tr_y, num_classes=10, run_dir=Path(tmp),
-                          accelerator=Accelerator(cpu=True), events=lambda **e: None).model
+            model = train(r, tokenizer=tok, data=train_set, train_dir=Path(tmp), accelerator=Accelerator(cpu=True),
+                          events=lambda **e: None).model
             pretrain_s = time.perf_counter() - t0
         else:
             torch.manual_seed(0)

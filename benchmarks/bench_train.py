@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--width 128 --depth 6 --heads 4 --tokens 16 --batch 128 --steps 60]
 
 Both run in this one process, alternately, on the same device: the bare loop is timm `Block`s + a linear token
-embedding + AdamW on an MSE loss; the cell is `sweepdae.train.train` on in-memory data with the same shapes
+embedding + AdamW on an MSE loss; the cell is `sweepdae.cell.train.train` on in-memory data with the same shapes
 (micro DiT: adaLN conditioning, PCA tokenizer, eps objective). Prints images/s of both and their ratio.
 """
 
@@ -63,10 +63,10 @@ def bare_denoiser_loop(tokens: int, d: int, batch: int, steps: int, device: torc
 def cell_loop(tokens: int, batch: int, steps: int, device: torch.device) -> float:
     from accelerate import Accelerator
 
+    from sweepdae.cell.train import train
     from sweepdae.data import load_dataset
     from sweepdae.recipe import recipe_from_flat
     from sweepdae.tokenizers import get_tokenizer
-    from sweepdae.train import train
 
     side = int(tokens ** 0.5) * 8
     n = batch * steps
@@ -80,8 +80,7 @@ def cell_loop(tokens: int, batch: int, steps: int, device: torch.device) -> floa
         tok, _ = get_tokenizer(r.tokenizer, data_key="bench", images_uint8=x, channels=1, image_size=side,
                                cache_dir=Path(tmp), seed=0)
         acc = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
-        state = train(r, tokenizer=tok, images=x, labels=y, num_classes=data.num_classes, run_dir=Path(tmp),
-                      accelerator=acc, events=lambda **e: None)
+        state = train(r, tokenizer=tok, data=data, train_dir=Path(tmp), accelerator=acc, events=lambda **e: None)
     return state.images_per_s
 
 

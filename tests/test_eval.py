@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from sweepdae.data import to_unit_range
 from sweepdae.errors import MissingWeightsError, TrainingError
 from sweepdae.eval import (
     LARS,
@@ -42,7 +43,7 @@ from sweepdae.eval import (
     space_timesteps,
 )
 from sweepdae.eval import fid as fid_module
-from sweepdae.eval.augment import crop_boxes, resized_crop, to_unit_range
+from sweepdae.eval.crops import crop_boxes, resized_crop
 from sweepdae.eval.lars import cosine_lr, probe_lr
 from sweepdae.eval.sampling import _step_coefficients
 from sweepdae.recipe import ProbeConfig, ProbeOptimizer, Sampler

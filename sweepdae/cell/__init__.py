@@ -9,7 +9,7 @@ recipe trains the same way (`Recipe.train_key`) evaluates that one training. The
 (resuming its checkpoint after a kill); the others load it. Across coordinators the store's training lease makes
 sure one process trains (`Store.acquire_training`); this module only reads and writes the folder.
 
-Modules: `train` (the loop: `train_step`, `train_one_epoch`, checkpoints), `probe` (frozen features, linear probe,
+Modules: `train` (the loop: `train_step`, `train_one_epoch`, checkpoints), `probing` (frozen features, linear probe,
 kNN, random-init baseline), `generate` (samples, FID, denoising figures), `build` (the model of a recipe).
 """
 
@@ -98,7 +98,7 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     from sweepdae import faults
     from sweepdae.cell.build import mixed_precision
     from sweepdae.cell.generate import fid_cell, figures_cell
-    from sweepdae.cell.probe import probe_cell
+    from sweepdae.cell.probing import probe_cell
     from sweepdae.cell.train import ensure_trained
     from sweepdae.data import load_dataset, sample_images
     from sweepdae.recipe import recipe_from_dict

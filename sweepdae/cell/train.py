@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -33,7 +33,7 @@ from sweepdae.models import Denoiser
 from sweepdae.noise import Schedule, create_schedule, single_level_t
 from sweepdae.objectives import compute_loss
 from sweepdae.recipe import Augment, Recipe, Space, Target
-from sweepdae.tokenizers import Tokenizer
+from sweepdae.tokenizers import PatchTokenizer, Tokenizer
 from sweepdae.utils import atomic_write, atomic_write_json, git_info
 
 CHECKPOINT, TRAINED = "checkpoint.pt", "trained.json"
@@ -48,6 +48,11 @@ def lr_at(step: float, *, peak: float, warmup_steps: float, total_steps: int) ->
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def _patches(tokenizer: Tokenizer, x: torch.Tensor) -> torch.Tensor:
+    """The original image patches [B, N, D] (objectives that read them need a patch tokenizer: recipe.validate)."""
+    return cast(PatchTokenizer, tokenizer).patchify(x)
+
+
 def encode_all(tokenizer: Tokenizer, images: torch.Tensor, *, batch: int, device: torch.device,
                want_patches: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Latents (and original image patches) of a uint8 image set, computed once under no_grad."""
@@ -58,7 +63,7 @@ def encode_all(tokenizer: Tokenizer, images: torch.Tensor, *, batch: int, device
             x = to_unit_range(images[i:i + batch].to(device))
             zs.append(tokenizer.encode(x))
             if want_patches:
-                ps.append(tokenizer.patchify(x))
+                ps.append(_patches(tokenizer, x))
     return torch.cat(zs), (torch.cat(ps) if want_patches else None)
 
 
@@ -316,7 +321,7 @@ def _batch_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_
             if a // accum == rank:
                 x = to_unit_range(xb)
                 with torch.no_grad():
-                    mine.append((tokenizer.encode(x), tokenizer.patchify(x) if want_patches else None, yb))
+                    mine.append((tokenizer.encode(x), _patches(tokenizer, x) if want_patches else None, yb))
                 if len(mine) == accum:
                     yield mine
                     mine = []
@@ -402,6 +407,6 @@ def load_weights(path: Path, identity: str, model: nn.Module, *, ema: bool) -> N
         raise TrainingError(f"{path}: checkpoint of another training", "bad_checkpoint")
     saved = state.get("ema") if ema else state.get("model")
     why = state_mismatch(model, saved)
-    if why is not None:
+    if why is not None or not isinstance(saved, dict):
         raise TrainingError(f"{path}: checkpoint does not fit the model: {why}", "bad_checkpoint")
     model.load_state_dict(saved)

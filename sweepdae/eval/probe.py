@@ -19,8 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from sweepdae.data import to_unit_range
 from sweepdae.errors import TrainingError
-from sweepdae.eval.augment import AugmentFn, random_resized_crop_flip, to_unit_range
+from sweepdae.eval.crops import AugmentFn, random_resized_crop_flip
 from sweepdae.eval.lars import LARS, WARMUP_FRACTION, cosine_lr, probe_lr, set_lr
 from sweepdae.recipe import ProbeConfig, ProbeOptimizer
 
