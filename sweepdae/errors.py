@@ -3,6 +3,23 @@
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """`text` with every character that `str.isprintable()` rejects written as a Python escape.
+
+    Control characters (``\\x1b``, ``\\x1e``, newlines, DEL, C1), bidi overrides (``\\u202e``) and other
+    format or unassigned code points become ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``, so input echoed in a
+    message cannot drive the terminal that shows it. Idempotent: the escapes themselves are printable.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    n = ord(ch)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 class SweepdaeError(Exception):
     """Base of every error sweepdae raises on purpose (bad input, missing data, store trouble)."""
 
@@ -10,9 +27,15 @@ class SweepdaeError(Exception):
 
 
 class GridError(SweepdaeError):
-    """A grid file is invalid: the message names the file, the key path and, when known, the line."""
+    """A grid file is invalid: the message names the file, the key path and, when known, the line.
+
+    The message echoes keys and values of the file, so it is made printable here, once for every caller.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
 
 
 class RecipeError(SweepdaeError):
@@ -27,6 +50,16 @@ class DatasetError(SweepdaeError):
 
 class StoreError(SweepdaeError):
     """The results store cannot be reached or its URL is malformed."""
+
+
+class StoreNotFound(StoreError):
+    """No store at the URL (a missing journal or SQLite file, a database without the study): read-only commands
+    say so instead of creating one."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's backend failed (server down or restarting, journal unreadable): the same call may succeed
+    later, so coordinators retry it through an outage."""
 
 
 class TrainingError(SweepdaeError):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sweepdae.cell import RETRYABLE, classify, run_cell
+from sweepdae.cell import RETRYABLE, classify, classify_exit, run_cell
 from sweepdae.cell.train import (
     CHECKPOINT,
     TRAINED,
@@ -22,6 +22,7 @@ from sweepdae.cell.train import (
 )
 from sweepdae.data import load_dataset
 from sweepdae.errors import RecipeError, TrainingError
+from sweepdae.metrics import FINDINGS, METRICS
 from sweepdae.recipe import recipe_from_flat
 from sweepdae.tokenizers import get_tokenizer
 from sweepdae.utils import atomic_write_json
@@ -72,6 +73,14 @@ def test_nonfinite_loss_stops_training_as_nonfinite(tmp_path: Path, monkeypatch:
     assert e.value.failure_class == "nonfinite" and classify(e.value) == ("nonfinite", False)
 
 
+def test_metric_and_finding_names_have_one_source() -> None:
+    from sweepdae.grid import schema
+    from sweepdae.report import findings, tables
+
+    assert set(findings.FINDING_CHECKS) == set(FINDINGS) and schema.FINDINGS is FINDINGS
+    assert schema.METRICS is METRICS and tables.METRICS is METRICS
+
+
 def test_failure_classes() -> None:
     assert classify(torch.OutOfMemoryError("CUDA out of memory")) == ("oom", True)
     assert classify(RecipeError("x")) == ("bad_recipe", False)
@@ -79,6 +88,12 @@ def test_failure_classes() -> None:
     assert classify(RuntimeError("boom")) == ("crash", True)
     assert classify(TrainingError("x", "bad_checkpoint")) == ("bad_checkpoint", False)
     assert RETRYABLE == {"oom", "crash", "killed", "io"}
+    # a cell that ended without a result: its failure.json decides, else its exit status
+    assert classify_exit(1, {"failure_class": "nonfinite"}, interrupted=False) == ("nonfinite", False)
+    assert classify_exit(-9, {}, interrupted=False) == ("killed", True)
+    assert classify_exit(74, {}, interrupted=False) == ("io", True)
+    assert classify_exit(1, {}, interrupted=False) == ("crash", True)
+    assert classify_exit(1, {}, interrupted=True) == ("killed", True)
 
 
 def test_checkpoint_resumes_whole_or_not_at_all(tmp_path: Path) -> None:
@@ -130,6 +145,8 @@ def test_cells_of_one_training_share_it(tmp_path: Path) -> None:
     assert a["train_key"] == b["train_key"] and a["key"] != b["key"]
     assert (a["reused_training"], b["reused_training"]) == (False, True) and b["trained_by"] == a["key"]
     assert b["metrics"]["train_loss"] == a["metrics"]["train_loss"]  # the same training's numbers
+    reportable = {m for m in a["metrics"] if m in METRICS}
+    assert reportable == {"probe_top1", "probe_top5", "knn_top1", "train_loss", "train_seconds", "images_per_s"}
     assert b["timings"]["train_s"] < a["timings"]["train_s"] / 3
     folders = list((tmp_path / "runs" / "_train").iterdir())
     assert [f.name for f in folders] == [a["train_key"]]

@@ -70,6 +70,22 @@ def classify(exc: BaseException) -> tuple[str, bool]:
     return cls, cls in RETRYABLE
 
 
+# exit statuses of a cell process that was killed or interrupted (by signal, or 128 + signal from a shell)
+KILLED_EXITS = frozenset({-9, -15, -2, 137, 143, 130})
+
+
+def classify_exit(rc: int | None, failure: dict[str, Any], *, interrupted: bool) -> tuple[str, bool]:
+    """(failure class, retryable) of a cell process that ended without a result: its failure.json when it wrote
+    one (see `classify`), else from its exit status."""
+    cls = failure.get("failure_class")
+    if not isinstance(cls, str):
+        if rc == EXIT_IO:  # the cell could not write failure.json: its disk is full
+            cls = "io"
+        else:
+            cls = "killed" if interrupted or rc in KILLED_EXITS else "crash"
+    return cls, cls in RETRYABLE
+
+
 class Phases:
     """Times, announces and fault-points the phases of one cell: `with phases("train"): ...`."""
 
@@ -244,4 +260,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["RETRYABLE", "TRAIN_DIR", "classify", "main", "run_cell", "train_dir"]
+__all__ = ["RETRYABLE", "TRAIN_DIR", "classify", "classify_exit", "main", "run_cell", "train_dir"]

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sweepdae import __version__
-from sweepdae.errors import GridError, SweepdaeError, printable
+from sweepdae.errors import GridError, StoreNotFound, SweepdaeError, printable
 
 
 class _Usage:
@@ -136,10 +136,8 @@ def plan(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
 def _training_statuses(url: str | None, train_keys: list[str]) -> dict[str, str]:
     try:
         s = _store(url, create=False)
-    except SweepdaeError as e:
-        if "no store" in str(e):
-            return {}
-        raise
+    except StoreNotFound:
+        return {}
     try:
         return dict(s.training_status(train_keys))
     finally:
@@ -149,10 +147,8 @@ def _training_statuses(url: str | None, train_keys: list[str]) -> dict[str, str]
 def _statuses(url: str | None, keys: list[str]) -> dict[str, str]:
     try:
         s = _store(url, create=False)
-    except SweepdaeError as e:
-        if "no store" in str(e):
-            return {}
-        raise
+    except StoreNotFound:
+        return {}
     try:
         return dict(s.status(keys))
     finally:

@@ -7,17 +7,21 @@ The grid language (README "Writing a grid" has a worked example):
     [axes]       product axes: knob = [values] or knob = {values = [...], labels = [...], name = "d"}
     [[zip]]      knobs varying together: {knob = [...], knob2 = [...], labels = [...], name = "..."}
     [[trajectory]] ordered cumulative steps: {label = "...", set = {knob = value, ...}}
-    [[include]]  extra cells: {label = "...", knob = value, ...}
+    [[include]]  extra cells: {label = "...", seed = N or seeds = [...], knob = value, ...}; an included cell
+                 is base + profile + its own knobs (no axis, step or exclude applies), with its own seeds if given
     [[exclude]]  patterns: {knob = value or [values]}; a cell matching every knob of a pattern is dropped.
                  For a knob on an axis the pattern names the axis *label* (e.g. the paper's d), so one pattern
                  serves every profile; other knobs match the cell's resolved value.
     [profiles.NAME] knob overrides, plus optional axes = {...} (new values per axis), seeds, description
     [report]     rows, cols, metrics, findings
+
+Nothing a grid sets is silently dropped: a knob that the expansion would overwrite in every cell that reads it
+(a base or profile knob that an axis varies, an axis knob that a trajectory step sets, `seed` outside
+[grid]/[profiles]/[[include]]) or an exclude value that no cell can have is refused with `file:line: key`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
+from sweepdae.metrics import FINDINGS, METRICS
 from sweepdae.recipe import KNOBS, coerce_knob, suggest
 
 if sys.version_info >= (3, 11):
@@ -35,14 +40,9 @@ else:  # pragma: no cover
 
 MAX_AXIS_VALUES = 1000
 MAX_CELLS = 20_000
-METRICS = ("probe_top1", "probe_top5", "knn_top1", "fid", "train_loss", "train_seconds", "images_per_s",
-           "random_init_probe_top1", "raw_pixel_probe_top1")
-FINDINGS = ("optimal_latent_dim", "unimodal_in_d", "kl_unnecessary", "fid_vs_accuracy", "multi_level_helps",
-            "image_prediction_ok", "bigger_longer_helps", "trajectory")
-
 _TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report"}
 _GRID_KEYS = {"name", "title", "description", "mirrors", "seeds", "default_profile"}
-_REPORT_KEYS = {"rows", "cols", "metrics", "findings", "paper_rows", "paper_cols"}
+_REPORT_KEYS = {"rows", "cols", "metrics", "findings"}
 _PROFILE_EXTRA = {"axes", "seeds", "description"}
 
 
@@ -119,14 +119,52 @@ class _Ctx:
         return GridError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
 
     def line_of(self, key: str) -> int | None:
-        """Best-effort line number of a dotted key path (tomllib reports lines only for syntax errors)."""
+        """Best-effort line number of a dotted key path (tomllib reports lines only for syntax errors): searched
+        first inside the key's own table (`[profiles.demo]`, the i-th `[[include]]`), then in the whole file."""
+        start, end, rest = self._section(key)
+        found = self._search(rest, start, end) if start is not None and rest else None
+        if found is None and (start is None or rest):
+            found = self._search(key, 0, len(self.lines))
+        return found if found is not None or start is None else start + 1
+
+    def _section(self, key: str) -> tuple[int | None, int, str]:
+        """(index of the header line of the table holding `key`, end of that table, the key inside it)."""
+        heads = [i for i, ln in enumerate(self.lines) if re.match(r"\s*\[", ln) and "=" not in ln.split("]")[0]]
+        m = re.match(r"([\w\-]+)\[(\d+)\]\.?(.*)", key)
+        start: int | None = None
+        rest = key
+        if m:  # an array of tables: the key sits under its (i+1)-th [[name]] header
+            pat = re.compile(r"\s*\[\[\s*" + re.escape(m.group(1)) + r"\s*\]\]")
+            tables = [i for i in heads if pat.match(self.lines[i])]
+            if int(m.group(2)) < len(tables):
+                start, rest = tables[int(m.group(2))], m.group(3)
+        else:
+            parts = key.split(".")
+            for k in range(len(parts), 0, -1):
+                pat = re.compile(r"\s*\[\s*" + re.escape(".".join(parts[:k])) + r"\s*\]")
+                start = next((i for i in heads if pat.match(self.lines[i])), None)
+                if start is not None:
+                    rest = ".".join(parts[k:])
+                    break
+        end = next((i for i in heads if start is not None and i > start), len(self.lines))
+        return start, end, rest
+
+    def _search(self, key: str, start: int, end: int) -> int | None:
         parts = [p for p in re.split(r"\.|\[\d+\]", key) if p]
+        # the whole dotted key first (`model.size =`, `{ model.size =`), then ever shorter tails of it
+        for n in range(len(parts)):
+            dotted = r'\s*\.\s*'.join(r'"?' + re.escape(p) + r'"?' for p in parts[n:])
+            pat = re.compile(r'(^|[{,])\s*(\[+\s*)?' + dotted + r'\s*(=|\])')
+            for i in range(start, end):
+                if pat.search(self.lines[i]):
+                    return i + 1
         for n in range(len(parts), 0, -1):
             leaf = parts[n - 1]
             pat = re.compile(r'^\s*(\[+\s*)?("?[\w.\-"]*' + re.escape(leaf) + r'"?)\s*(=|\]|\.)')
-            for i, ln in enumerate(self.lines, 1):
+            for i in range(start, end):
+                ln = self.lines[i]
                 if pat.search(ln) or re.search(r'[{\s,]"?' + re.escape(leaf) + r'"?\s*=', ln):
-                    return i
+                    return i + 1
         return None
 
 
@@ -192,6 +230,7 @@ def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
     include = tuple(_include(doc.get("include", []), ctx))
     exclude = tuple(_exclude(doc.get("exclude", []), ctx, axes))
     profiles = _profiles(doc.get("profiles", {}), axes, ctx)
+    _check_overwrites(base, axes, trajectory, include, exclude, profiles, ctx)
     default_profile = g.get("default_profile")
     if default_profile is not None:
         _str(default_profile, "grid.default_profile", ctx)
@@ -273,8 +312,16 @@ def _knob_table(v: Any, key: str, ctx: _Ctx) -> dict[str, Any]:
     t = _table(v, key, ctx)
     out: dict[str, Any] = {}
     for path, value in _flatten(t):
+        _no_seed(path, f"{key}.{path}", ctx)
         out[path] = _check_knob(path, value, f"{key}.{path}", ctx)
     return out
+
+
+def _no_seed(path: str, key: str, ctx: _Ctx) -> None:
+    """The expansion sets every cell's seed from the seeds lists: a `seed` knob anywhere else would be overwritten."""
+    if path == "seed":
+        raise ctx.error(key, "a cell's seed comes from grid.seeds or profiles.NAME.seeds (an [[include]] cell may "
+                        "set its own seed or seeds); remove it here")
 
 
 def _values(v: Any, key: str, path: str, ctx: _Ctx) -> list[Any]:
@@ -311,6 +358,7 @@ def _product_axes(v: Any, ctx: _Ctx) -> list[Axis]:
     out = []
     for path, spec in _flatten(t):
         key = f"axes.{path}"
+        _no_seed(path, key, ctx)
         if path not in KNOBS:
             raise ctx.error(key, f"unknown knob {path!r}{suggest(path, KNOBS)}")
         if isinstance(spec, dict):
@@ -353,6 +401,7 @@ def _zip_axes(v: Any, ctx: _Ctx) -> list[Axis]:
             raise ctx.error(key, "a zipped axis needs at least two knobs")
         cols = []
         for path, vals in knobs:
+            _no_seed(path, f"{key}.{path}", ctx)
             if path not in KNOBS:
                 raise ctx.error(f"{key}.{path}", f"unknown knob {path!r}{suggest(path, KNOBS)}")
             if not isinstance(vals, list) or not vals:
@@ -401,9 +450,18 @@ def _include(v: Any, ctx: _Ctx) -> list[dict[str, Any]]:
         key = f"include[{i}]"
         s = dict(_table(s, key, ctx))
         label = s.pop("label", None)
+        if "seed" in s and "seeds" in s:
+            raise ctx.error(f"{key}.seeds", "give seed or seeds, not both")
+        seeds = _seeds(s.pop("seeds"), f"{key}.seeds", ctx) if "seeds" in s else None
+        if "seed" in s:
+            if isinstance(s["seed"], list):
+                raise ctx.error(f"{key}.seed", "must be one integer (several: seeds = [...])")
+            seeds = _seeds(s.pop("seed"), f"{key}.seed", ctx)
         cell = _knob_table(s, key, ctx)
         if label is not None:
             cell["__label__"] = _str(label, f"{key}.label", ctx)
+        if seeds is not None:
+            cell["__seeds__"] = seeds  # this cell's own seeds, instead of the grid's or the profile's
         out.append(cell)
     return out
 
@@ -419,6 +477,7 @@ def _exclude(v: Any, ctx: _Ctx, axes: list[Axis]) -> list[dict[str, tuple[Any, .
             raise ctx.error(key, "an empty pattern would exclude every cell")
         pat: dict[str, tuple[Any, ...]] = {}
         for path, val in _flatten(s):
+            _no_seed(path, f"{key}.{path}", ctx)
             vals = val if isinstance(val, list) else [val]
             axis = next((a for a in axes if path in a.paths), None)
             if axis is not None and len(axis.paths) == 1:  # match axis labels (the paper's values)
@@ -431,6 +490,63 @@ def _exclude(v: Any, ctx: _Ctx, axes: list[Axis]) -> list[dict[str, tuple[Any, .
                 pat[path] = tuple(_check_knob(path, x, f"{key}.{path}", ctx) for x in vals)
         out.append(pat)
     return out
+
+
+def _check_overwrites(base: dict[str, Any], axes: list[Axis], trajectory: tuple[Step, ...],
+                      include: tuple[dict[str, Any], ...], exclude: tuple[dict[str, tuple[Any, ...]], ...],
+                      profiles: dict[str, Profile], ctx: _Ctx) -> None:
+    """Refuse what the expansion would silently drop (see `expand`: cell = base + profile, then the axes, then
+    the cumulative trajectory steps; an included cell = base + profile + its own knobs):
+
+    * a base or profile knob that an axis varies, or that the first trajectory step sets (every step keeps it),
+      unless an [[include]] cell that does not set the knob itself reads it;
+    * a trajectory step that sets a knob an axis varies (the axis value would be lost from that step on);
+    * an exclude value that no cell can have (a pattern that can never match).
+    """
+    on_axis = {p: a for a in axes for p in a.paths}
+    first = trajectory[0] if trajectory else None
+
+    def dropped(path: str) -> str | None:
+        if any(path not in inc for inc in include):
+            return None  # an included cell reads it
+        if path in on_axis:
+            return f"varied by axis {on_axis[path].name!r}, which sets it in every cell"
+        if first is not None and path in first.set:
+            return f"set by the first trajectory step ({first.label!r}), which every step keeps"
+        return None
+
+    for path in base:
+        why = dropped(path)
+        if why:
+            raise ctx.error(f"base.{path}", f"{why}, so this value is never used; remove it")
+    for pname, prof in profiles.items():
+        for path in prof.overrides:
+            why = dropped(path)
+            if why:
+                hint = (f"; to change the axis in this profile, re-value it: profiles.{pname}.axes."
+                        f"{on_axis[path].name} = [...]") if path in on_axis else ""
+                raise ctx.error(f"profiles.{pname}.{path}", f"{why}, so this override is never used{hint}")
+    for i, step in enumerate(trajectory):
+        for path in step.set:
+            if path in on_axis:
+                raise ctx.error(f"trajectory[{i}].set.{path}", f"varied by axis {on_axis[path].name!r}: the step "
+                                "would overwrite the axis value from here on; vary it on the axis or in the steps")
+    for i, pat in enumerate(exclude):
+        for path, vals in pat.items():
+            axis = on_axis.get(path)
+            if axis is not None and len(axis.paths) == 1:
+                continue  # matched by axis label, checked when parsed
+            possible = {repr(_jsonable(KNOBS[path].default)), *(repr(v) for k, v in base.items() if k == path)}
+            possible |= {repr(p.overrides[path]) for p in profiles.values() if path in p.overrides}
+            possible |= {repr(s.set[path]) for s in trajectory if path in s.set}
+            if axis is not None:
+                j = axis.paths.index(path)
+                rows = [axis.values, *(p.axes[axis.name] for p in profiles.values() if axis.name in p.axes)]
+                possible |= {repr(r[j]) for vals_ in rows for r in vals_}
+            for x in vals:
+                if repr(x) not in possible:
+                    raise ctx.error(f"exclude[{i}].{path}", f"no cell of any profile has {path} = {x!r}, so this "
+                                    "pattern never matches (an exclude does not apply to [[include]] cells)")
 
 
 def _profiles(v: Any, axes: list[Axis], ctx: _Ctx) -> dict[str, Profile]:
@@ -502,6 +618,3 @@ def _report(v: Any, axes: list[Axis], ctx: _Ctx) -> ReportSpec:
                             + ", ".join(FINDINGS))
     return ReportSpec(rows=rows, cols=cols, metrics=tuple(metrics), findings=tuple(findings))
 
-
-def is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -11,41 +11,18 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from sweepdae.metrics import METRICS, MetricInfo, metric_info
 from sweepdae.report.paper import PAPER_SCALE, get_reference, paper_value
 
 __all__ = ["METRICS", "MetricInfo", "TableData", "build_table", "metric_info", "scale_line"]
 
 PENDING = ("new", "queued", "running")
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    title: str
-    short: str
-    higher_is_better: bool
-    digits: int
-
-
-METRICS: dict[str, MetricInfo] = {
-    "probe_top1": MetricInfo("linear probe top-1 (%)", "acc.", True, 1),
-    "probe_top5": MetricInfo("linear probe top-5 (%)", "top-5", True, 1),
-    "knn_top1": MetricInfo("kNN top-1 (%)", "kNN", True, 1),
-    "fid": MetricInfo("FID", "FID", False, 1),
-    "train_loss": MetricInfo("final training loss", "loss", False, 4),
-    "train_seconds": MetricInfo("training time (s)", "train s", False, 0),
-    "images_per_s": MetricInfo("training images per second", "img/s", True, 0),
-    "random_init_probe_top1": MetricInfo("probe top-1 at random init (%)", "random init", True, 1),
-    "raw_pixel_probe_top1": MetricInfo("probe top-1 on raw pixels (%)", "raw pixels", True, 1),
-}
-
-
-def metric_info(name: str) -> MetricInfo:
-    return METRICS.get(name, MetricInfo(name, name, True, 2))
 
 
 @dataclass
@@ -124,9 +101,9 @@ def _numeric_label(s: str) -> bool:
 
 
 def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Sequence[Mapping[str, Any]], *,
-                profile: str | None = None) -> TableData:
+                profile: str | None = None, runs_dir: Path | None = None) -> TableData:
     """The tidy data and display frame of one grid from its spec (`Plan.spec()`), the store's cell frame and
-    the grid's registered cells."""
+    the grid's registered cells; the cells' folders are found under `runs_dir`."""
     report = spec.get("report") or {}
     metrics = [str(m) for m in (report.get("metrics") or ["probe_top1"])]
     axes: list[dict[str, Any]] = list(spec.get("axes") or [])
@@ -185,7 +162,7 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
                                                                                                        np.nan)
         pos[f"v:{m}"] = np.where(done, vals, np.nan)
     pos["recipe"] = list(got["recipe"]) if "recipe" in got else [None] * len(pos)
-    pos["denoising"] = [_artifact(i) for i in (got["info"] if "info" in got else [None] * len(pos))]
+    pos["denoising"] = [_artifact(i, runs_dir) for i in (got["info"] if "info" in got else [None] * len(pos))]
 
     # -- aggregate over seeds ----------------------------------------------------------------------------------
     g = pos.groupby(["row_i", "col_i"], sort=True)
@@ -236,8 +213,9 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
                      scale=scale_line(recipes, profile, str(spec.get("profile_description") or "")))
 
 
-def _artifact(info: Any) -> str | None:
-    """The cell's denoising-examples PNG (info.artifacts.denoising), resolved against its run folder."""
+def _artifact(info: Any, runs_dir: Path | None) -> str | None:
+    """The cell's denoising-examples PNG (info.artifacts.denoising): relative to its run folder, which is relative
+    to the runs folder (`runs_dir`; older stores kept absolute folders, used as they are)."""
     if not isinstance(info, Mapping):
         return None
     arts = info.get("artifacts")
@@ -245,9 +223,8 @@ def _artifact(info: Any) -> str | None:
     if not isinstance(path, str) or not path:
         return None
     run_dir = info.get("run_dir")
-    if not path.startswith("/") and isinstance(run_dir, str) and run_dir:
-        return f"{run_dir.rstrip('/')}/{path}"
-    return path
+    found = Path(run_dir) / path if isinstance(run_dir, str) and run_dir else Path(path)
+    return str(runs_dir / found if runs_dir is not None else found)
 
 
 def _pivot(tidy: pd.DataFrame, metrics: list[str], row_dim: str | None, col_dim: str | None,
@@ -277,7 +254,7 @@ def _pivot(tidy: pd.DataFrame, metrics: list[str], row_dim: str | None, col_dim:
         info = metric_info(m)
         vals = [round(rec["mean"], info.digits) for r in rows if (rec := cell.get((r, m, c)))
                 and rec["state"] in ("done", "partial")]
-        if len(vals) >= 2:
+        if len(set(vals)) >= 2:  # one value, or all equal as shown: nothing stands out, nothing is bold
             best[(m, c)] = max(vals) if info.higher_is_better else min(vals)
     for r in rows:
         o_text, o_bold, o_state, p_text, p_state = [], [], [], [], []

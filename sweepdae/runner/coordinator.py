@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, RECIPE, RESULT, RETRYABLE, train_dir
-from sweepdae.errors import StoreError
+from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, RECIPE, RESULT, classify_exit, train_dir
+from sweepdae.errors import StoreUnavailable
 from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
@@ -57,9 +57,7 @@ class PatientStore:
             while True:
                 try:
                     result = attr(*args, **kwargs)
-                except StoreError as e:
-                    if e.__cause__ is None:  # not the backend's fault (e.g. a closed store): retrying cannot help
-                        raise
+                except StoreUnavailable as e:  # the backend's fault: the same call may work once it is back
                     now = time.time()
                     if down_since is None:
                         down_since = now
@@ -384,7 +382,8 @@ class Coordinator:
         result = _valid_result(r.run_dir, key)
         if result is not None:
             info = {"timings": {**result.get("timings", {}), "wall_s": elapsed}, "artifacts": result["artifacts"],
-                    "run_dir": str(r.run_dir), "provenance": result.get("provenance", {}), "steps": result["steps"],
+                    "run_dir": _stored_run_dir(r.run_dir, self.opts.runs_dir),
+                    "provenance": result.get("provenance", {}), "steps": result["steps"],
                     "resumed_from_epoch": result.get("resumed_from_epoch"), "tokenizer": result.get("tokenizer"),
                     "slot": r.slot.label, "overrides": dict(r.claim.recipe_overrides or {}),
                     "train_key": result.get("train_key"), "reused_training": result.get("reused_training"),
@@ -395,13 +394,7 @@ class Coordinator:
             self.view.cell_finished(key, "done" if recorded else "done (already recorded)", metrics)
             return
         failure = _read_json(r.run_dir / FAILURE) or {}
-        cls = failure.get("failure_class")
-        if cls is None:
-            if rc == EXIT_IO:  # the cell could not write failure.json: its disk is full
-                cls = "io"
-            else:
-                cls = "killed" if interrupted or rc in (-9, -15, 137, 143, -2, 130) or self.stopping else "crash"
-        retryable = failure.get("retryable", cls in RETRYABLE)
+        cls, retryable = classify_exit(rc, failure, interrupted=interrupted or bool(self.stopping))
         interrupted = interrupted or bool(self.stopping) or cls == "killed"
         attempt = int(getattr(r.claim, "attempt", 1))
         overrides: dict[str, Any] | None = {}
@@ -413,7 +406,8 @@ class Coordinator:
         tail = failure.get("traceback_tail") or _log_tail(r.run_dir)
         error = failure.get("error") or (f"exit code {rc}: could not write {FAILURE} (no space left on the device?)"
                                          if rc == EXIT_IO else f"exit code {rc}")
-        info = {"exit_code": rc, "run_dir": str(r.run_dir), "wall_s": elapsed, "slot": r.slot.label,
+        info = {"exit_code": rc, "run_dir": _stored_run_dir(r.run_dir, self.opts.runs_dir), "wall_s": elapsed,
+                "slot": r.slot.label,
                 "recipe_overrides": overrides or {}, "last_event": r.last_event}
         self.store.fail(r.claim, failure_class=cls, error=error,
                         traceback_tail=tail, retry=retry, info=jsonable(info))
@@ -421,6 +415,15 @@ class Coordinator:
             self.failed_for_good.append(key)
         status = "interrupted (resumable)" if interrupted else ("failed, retrying" if retry else "failed")
         self.view.cell_finished(key, status, {}, error=f"{cls}: {error}")
+
+
+def _stored_run_dir(run_dir: Path, runs_dir: Path) -> str:
+    """The cell's folder as the store keeps it: relative to the runs folder (reports resolve it against theirs),
+    so no machine's paths end up in the store or a report."""
+    try:
+        return run_dir.relative_to(runs_dir).as_posix()
+    except ValueError:
+        return run_dir.name
 
 
 def _dead_local_owner(owner: str) -> bool:

@@ -15,7 +15,7 @@ URLs (`None` -> $SWEEPDAE_STORE -> `journal:./sweepdae.journal`):
 
 from __future__ import annotations
 
-from sweepdae.errors import StoreError
+from sweepdae.errors import StoreError, StoreNotFound, StoreUnavailable
 from sweepdae.store._common import DEFAULT_LEASE_S, Claim, TrainingLease
 from sweepdae.store._store import TRAININGS_STUDY, Store
 from sweepdae.store._trials import CellStatus
@@ -30,6 +30,8 @@ __all__ = [
     "Claim",
     "Store",
     "StoreError",
+    "StoreNotFound",
+    "StoreUnavailable",
     "TRAININGS_STUDY",
     "TrainingLease",
     "mask_password",
@@ -42,7 +44,7 @@ def open_store(url: str | None = None, *, create: bool = True, connect_timeout: 
     """Open the store at `url` (None -> $SWEEPDAE_STORE -> `journal:./sweepdae.journal`).
 
     `create=False` is for read-only commands (status, report): a missing journal or SQLite file, or a database
-    without the study, raises StoreError("no store at ...") instead of creating anything. `connect_timeout`
+    without the study, raises StoreNotFound("no store at ...") instead of creating anything. `connect_timeout`
     (seconds, PostgreSQL) bounds how long an unreachable server may take to fail. A malformed or unreachable
     URL raises StoreError with one line that names the URL (password masked) and says what was expected.
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 from optuna.exceptions import StorageInternalError
 from optuna.trial import FrozenTrial
 
-from sweepdae.errors import StoreError
+from sweepdae.errors import StoreError, StoreUnavailable
 from sweepdae.store._trials import deep_merge
 from sweepdae.store._url import describe_error
 
@@ -20,6 +21,22 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_LEASE_S = 120.0  # also the lease assumed for a RUNNING trial that never got a `lease_expires`
+DEFAULT_POISON_ATTEMPTS = 3
+
+
+def poison_attempts() -> int:
+    """After how many attempts in a row whose coordinator died (reaped as stale) a cell is quarantined:
+    $SWEEPDAE_POISON_ATTEMPTS (default 3; 0 = never)."""
+    raw = os.environ.get("SWEEPDAE_POISON_ATTEMPTS", "").strip()
+    if not raw:
+        return DEFAULT_POISON_ATTEMPTS
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise StoreError(f"SWEEPDAE_POISON_ATTEMPTS must be a whole number >= 0 (0 = never quarantine), got {raw!r}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,7 @@ def guarded(method: Callable[P, R]) -> Callable[P, R]:
             raise
         except Exception as exc:
             if is_backend_error(exc):
-                raise StoreError(f"store {store.url}: {describe_error(exc)}") from exc
+                raise StoreUnavailable(f"store {store.url}: {describe_error(exc)}") from exc
             raise
 
     return wrapper

@@ -11,7 +11,7 @@ from typing import Literal
 
 import optuna
 
-from sweepdae.errors import StoreError
+from sweepdae.errors import StoreError, StoreNotFound, StoreUnavailable, printable
 
 ENV_VAR = "SWEEPDAE_STORE"
 DEFAULT_URL = "journal:./sweepdae.journal"
@@ -30,7 +30,7 @@ class StoreURL:
 
     kind: Kind
     target: str
-    shown: str  # the URL as messages print it (password masked)
+    shown: str  # the URL as messages print it (password masked, non-printable characters escaped)
 
 
 def mask_password(url: str) -> str:
@@ -48,36 +48,36 @@ def resolve_url(url: str | None) -> str:
 
 def parse_url(url: str) -> StoreURL:
     """Classify a store URL; raise StoreError naming it and the accepted forms when it is malformed."""
-    shown = mask_password(url)
+    shown = printable(mask_password(url))
     if url.startswith("journal:"):
         path = url[len("journal:"):]
         if path.startswith("//"):  # journal:///abs/path and journal://rel/path read as paths too
             path = path[2:]
         if not path:
-            raise StoreError(f"malformed store URL {shown!r}: no path after 'journal:'; {EXPECTED}")
+            raise StoreError(f"malformed store URL '{shown}': no path after 'journal:'; {EXPECTED}")
         return StoreURL("journal", path, shown)
     if url.startswith("sqlite:"):
         if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-            raise StoreError(f"malformed store URL {shown!r}: {EXPECTED}")
+            raise StoreError(f"malformed store URL '{shown}': {EXPECTED}")
         return StoreURL("sqlite", url, shown)
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         # psycopg 3 is the driver we ship (extra `postgres`); SQLAlchemy would otherwise pick psycopg2.
         if not rest or rest.startswith("/") and len(rest) == 1:
-            raise StoreError(f"malformed store URL {shown!r}: {EXPECTED}")
+            raise StoreError(f"malformed store URL '{shown}': {EXPECTED}")
         target = "postgresql+psycopg://" + rest
         try:
             from sqlalchemy.engine import make_url
 
             make_url(target)
         except Exception as exc:  # sqlalchemy.exc.ArgumentError, ValueError on a bad port
-            raise StoreError(f"malformed store URL {shown!r}: {_first_line(exc)}; {EXPECTED}") from None
+            raise StoreError(f"malformed store URL '{shown}': {printable(_first_line(exc))}; {EXPECTED}") from None
         return StoreURL("postgresql", target, shown)
     if sep or ":" in url.split("/")[0] and not re.match(r"^[A-Za-z]:[\\/]", url):
-        raise StoreError(f"malformed store URL {shown!r}: unknown scheme; {EXPECTED}")
+        raise StoreError(f"malformed store URL '{shown}': unknown scheme; {EXPECTED}")
     if url.endswith((".journal", ".log")):
         return StoreURL("journal", url, shown)
-    raise StoreError(f"malformed store URL {shown!r}: {EXPECTED}")
+    raise StoreError(f"malformed store URL '{shown}': {EXPECTED}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -116,14 +116,14 @@ def open_storage(
     except StoreError:
         raise
     except KeyError:
-        raise StoreError(f"no store at {parsed.shown}: it holds no study {STUDY_NAME!r}") from None
+        raise StoreNotFound(f"no store at {parsed.shown}: it holds no study {STUDY_NAME!r}") from None
     except ImportError as exc:
         raise StoreError(
             f"cannot open store {parsed.shown}: {_first_line(exc)} (pip install 'sweepdae[postgres]')"
         ) from None
     except Exception as exc:  # SQLAlchemy OperationalError, psycopg errors, OSError, Optuna storage errors
         hint = " (expected a running PostgreSQL server that accepts this user)" if parsed.kind == "postgresql" else ""
-        raise StoreError(f"cannot open store {parsed.shown}: {describe_error(exc)}{hint}") from None
+        raise StoreUnavailable(f"cannot open store {parsed.shown}: {describe_error(exc)}{hint}") from None
     return storage, study
 
 
@@ -134,7 +134,7 @@ def describe_error(exc: BaseException) -> str:
         inner = inner.orig  # type: ignore[attr-defined]
     if inner is exc and exc.__cause__ is not None:
         inner = exc.__cause__
-    return mask_password(_first_line(inner))
+    return printable(mask_password(_first_line(inner)))  # a driver's message may quote the URL's host or user
 
 
 def _make_storage(parsed: StoreURL, *, create: bool, connect_timeout: float) -> optuna.storages.BaseStorage:
@@ -142,7 +142,7 @@ def _make_storage(parsed: StoreURL, *, create: bool, connect_timeout: float) -> 
         path = Path(parsed.target).expanduser().absolute()  # a later chdir must not move the store
         if not path.exists():
             if not create:
-                raise StoreError(f"no store at {parsed.shown}: the journal file {str(path)!r} does not exist")
+                raise StoreNotFound(f"no store at {parsed.shown}: the journal file {str(path)!r} does not exist")
             path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -154,7 +154,7 @@ def _make_storage(parsed: StoreURL, *, create: bool, connect_timeout: float) -> 
     if parsed.kind == "sqlite":
         db_path = parsed.target[len("sqlite:///"):]
         if not create and db_path != ":memory:" and not Path(db_path).exists():
-            raise StoreError(f"no store at {parsed.shown}: the SQLite file {db_path!r} does not exist")
+            raise StoreNotFound(f"no store at {parsed.shown}: the SQLite file {db_path!r} does not exist")
     else:
         # pool_pre_ping: a connection that died with a server restart is replaced instead of failing the call.
         engine_kwargs["pool_pre_ping"] = True
@@ -179,6 +179,6 @@ def _require_tables(parsed: StoreURL, engine_kwargs: dict[str, object]) -> None:
     engine = sqlalchemy.create_engine(parsed.target, **engine_kwargs)  # type: ignore[arg-type]
     try:
         if not sqlalchemy.inspect(engine).has_table("studies"):
-            raise StoreError(f"no store at {parsed.shown}: the database has no Optuna tables")
+            raise StoreNotFound(f"no store at {parsed.shown}: the database has no Optuna tables")
     finally:
         engine.dispose()

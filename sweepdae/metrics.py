@@ -1,0 +1,36 @@
+"""The names of what a cell measures and of what a report concludes: the one list the grid language (`[report]
+metrics / findings`), the cell, the store and the reports share. Imports no torch (`sweepdae plan` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    title: str
+    short: str
+    higher_is_better: bool
+    digits: int
+
+
+# What a cell records (result.json "metrics") that a grid's [report] may show.
+METRICS: dict[str, MetricInfo] = {
+    "probe_top1": MetricInfo("linear probe top-1 (%)", "acc.", True, 1),
+    "probe_top5": MetricInfo("linear probe top-5 (%)", "top-5", True, 1),
+    "knn_top1": MetricInfo("kNN top-1 (%)", "kNN", True, 1),
+    "fid": MetricInfo("FID", "FID", False, 1),
+    "train_loss": MetricInfo("final training loss", "loss", False, 4),
+    "train_seconds": MetricInfo("training time (s)", "train s", False, 0),
+    "images_per_s": MetricInfo("training images per second", "img/s", True, 0),
+    "random_init_probe_top1": MetricInfo("probe top-1 at random init (%)", "random init", True, 1),
+    "raw_pixel_probe_top1": MetricInfo("probe top-1 on raw pixels (%)", "raw pixels", True, 1),
+}
+
+# The checks a grid's [report] findings may ask for (each is a function in sweepdae.report.findings).
+FINDINGS = ("optimal_latent_dim", "unimodal_in_d", "kl_unnecessary", "fid_vs_accuracy", "multi_level_helps",
+            "image_prediction_ok", "bigger_longer_helps", "trajectory")
+
+
+def metric_info(name: str) -> MetricInfo:
+    return METRICS.get(name, MetricInfo(name, name, True, 2))
