@@ -19,6 +19,7 @@ from typing import Any
 
 from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, RECIPE, RESULT, classify_exit, train_dir
 from sweepdae.errors import StoreUnavailable
+from sweepdae.store import Claim, Store
 from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
@@ -41,7 +42,7 @@ class PatientStore:
     Retrying is safe for every call the coordinator makes: `complete` and `fail` are idempotent per claim in the
     store's contract, and a `claim` whose reply was lost leaves a RUNNING trial whose lease expires and is reaped."""
 
-    def __init__(self, store: Any, view: View, outage_s: float | None = None) -> None:
+    def __init__(self, store: Store, view: View, outage_s: float | None = None) -> None:
         self._store = store
         self._view = view
         self._outage_s = STORE_OUTAGE_S if outage_s is None else outage_s
@@ -77,7 +78,7 @@ class PatientStore:
 
 @dataclass
 class Running:
-    claim: Any
+    claim: Claim
     slot: Slot
     handle: Handle
     run_dir: Path
@@ -87,14 +88,14 @@ class Running:
     last_event: dict[str, Any] = field(default_factory=dict)
     port: int | None = None
     train_key: str = ""
-    train_claim: Any = None  # the training lease this cell holds while it trains (None: evaluates a finished one)
+    train_claim: Claim | None = None  # the training lease this cell holds while it trains (None: evaluates a finished one)
 
 
 @dataclass
 class Waiting:
     """A claimed cell whose training another cell is making (here or on another machine)."""
 
-    claim: Any
+    claim: Claim
     train_key: str
     why: str
     last_beat: float = field(default_factory=time.time)
@@ -116,7 +117,7 @@ class Options:
 class Coordinator:
     """Runs queued cells until none are left (or forever), with at most one cell per slot."""
 
-    def __init__(self, store: Any, opts: Options, view: View) -> None:
+    def __init__(self, store: Store, opts: Options, view: View) -> None:
         self.store = PatientStore(store, view)
         self.opts = opts
         self.view = view
@@ -200,7 +201,7 @@ class Coordinator:
             time.sleep(self.opts.poll_s)
 
     # -- trainings -----------------------------------------------------------------------------------------------
-    def _train_key(self, claim: Any) -> str:
+    def _train_key(self, claim: Claim) -> str:
         if claim.train_key:
             return str(claim.train_key)
         from sweepdae.recipe import recipe_from_dict
@@ -212,7 +213,7 @@ class Coordinator:
             del self.blocked[tk]
         return set(self.blocked) | {w.train_key for w in self.waiting.values()}
 
-    def _dispatch(self, claim: Any, slot: Slot) -> None:
+    def _dispatch(self, claim: Claim, slot: Slot) -> None:
         """Start a claimed cell now (its training is finished here, or it takes the training's lease and trains
         it), or hold it until its training is made, or give it back when that training lives on another
         machine."""
@@ -229,7 +230,7 @@ class Coordinator:
             self.parked[claim.key] = lease
             self.view.message(f"{claim.label}: {lease}; left queued for a worker there")
 
-    def _training_decision(self, claim: Any, tk: str) -> tuple[str, Any]:
+    def _training_decision(self, claim: Claim, tk: str) -> tuple[str, Any]:
         """("start", training claim or None) | ("wait", why) | ("elsewhere", why)."""
         folder = train_dir(self.opts.runs_dir / claim.key, tk)
         from sweepdae.cell.train import read_trained
@@ -299,7 +300,7 @@ class Coordinator:
             return
         r.train_claim = None
 
-    def _adopt(self, claim: Any) -> bool:
+    def _adopt(self, claim: Claim) -> bool:
         """A claim of a cell this coordinator is already running (its lease was reaped while the store was
         unreachable, and the cell queued again): the running process carries on under the new claim."""
         for r in self.running.values():
@@ -316,7 +317,7 @@ class Coordinator:
         return any(s == "running" or (s == "queued" and k not in self.parked) for k, s in st.items())
 
     # -- one cell ------------------------------------------------------------------------------------------------
-    def _start(self, claim: Any, slot: Slot, train_key: str = "", train_claim: Any = None) -> None:
+    def _start(self, claim: Claim, slot: Slot, train_key: str = "", train_claim: Claim | None = None) -> None:
         run_dir = self.opts.runs_dir / claim.key
         run_dir.mkdir(parents=True, exist_ok=True)
         overrides = dict(claim.recipe_overrides or {})
