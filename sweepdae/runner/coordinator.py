@@ -19,10 +19,10 @@ from typing import Any
 
 from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, RECIPE, RESULT, classify_exit, train_dir
 from sweepdae.errors import StoreUnavailable
-from sweepdae.store import Claim, Store
 from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
+from sweepdae.store import Claim, Store
 from sweepdae.utils import atomic_write_json, read_events
 
 HEARTBEAT_S = float(os.environ.get("SWEEPDAE_HEARTBEAT_S", "10"))
@@ -88,7 +88,7 @@ class Running:
     last_event: dict[str, Any] = field(default_factory=dict)
     port: int | None = None
     train_key: str = ""
-    train_claim: Claim | None = None  # the training lease this cell holds while it trains (None: evaluates a finished one)
+    train_claim: Claim | None = None  # the training lease it holds while it trains (None: evaluates a finished one)
 
 
 @dataclass
