@@ -23,7 +23,8 @@ from sweepdae.errors import RecipeError
 
 # Bump when the meaning of an existing knob changes, so old cells are not mistaken for new ones.
 # 2: keys split into a training identity (`train_key`) and an evaluation key over resolved values.
-RECIPE_SCHEMA_VERSION = 2
+# 3: latent_scale defaults to "global" (PCA through V and V^T, as the paper); pca_whiten merged into it.
+RECIPE_SCHEMA_VERSION = 3
 
 
 class DatasetName(str, Enum):
@@ -128,10 +129,10 @@ class TokenizerConfig:
     name: TokenizerName = TokenizerName.patch_pca
     patch_size: int = 8  # pixels per token side for patch tokenizers (paper: 16 on 256 px -> 256 tokens)
     latent_dim: int = 16  # d per token (paper Tab. 2: 8..128; pixel tokenizer ignores it, d = C*p*p)
-    # PCA (paper: "eigen-basis of randomly sampled patches"; count, centering and whitening unspecified)
+    # PCA (paper: "eigen-basis of randomly sampled patches"; count and centering unspecified). Not whitened: the
+    # paper maps through V and back through V^T (V V^T = I); `latent_scale = "per_dim"` is the whitening ablation.
     pca_num_patches: int = 100_000
     pca_center: bool = True
-    pca_whiten: bool = False
     # patch AE / VAE and conv VAE training (unspecified in the paper; small-scale defaults)
     fit_epochs: int = 5
     fit_batch_size: int = 256
@@ -144,8 +145,10 @@ class TokenizerConfig:
     perceptual_weight: float = 0.0  # VQGAN uses 1.0 (taming-transformers LPIPSWithDiscriminator)
     perceptual_net: str = "efficientnet_lite0"  # VGG weights are not offline; any supervised ImageNet net
     adversarial_weight: float = 0.0  # VQGAN's disc_weight; 0.5 in taming configs
-    # latent normalisation so that sigma means the same for every tokenizer (paper silent; sweepdae choice)
-    latent_scale: str = "per_dim"  # per_dim | global | none
+    # One scalar for the whole latent, as LDM's `scale_factor` (paper: patch PCA is V alone, each component keeping
+    # its own variance against one sigma; Tab. 2 compares tokenizers at one sigma). "per_dim" divides every
+    # latent dim by its own RMS (for PCA: whitening, the same SNR for every component), an ablation; "none" off.
+    latent_scale: str = "global"  # global | per_dim | none
 
 
 @dataclass(frozen=True)
@@ -359,7 +362,7 @@ KNOBS: dict[str, Knob] = _knobs()
 _TRAIN_KNOBS = (
     "data.name", "data.root", "data.image_size", "data.channels", "data.train_size", "data.augment",
     "tokenizer.name", "tokenizer.patch_size", "tokenizer.latent_dim", "tokenizer.pca_num_patches",
-    "tokenizer.pca_center", "tokenizer.pca_whiten", "tokenizer.fit_epochs", "tokenizer.fit_batch_size",
+    "tokenizer.pca_center", "tokenizer.fit_epochs", "tokenizer.fit_batch_size",
     "tokenizer.fit_lr", "tokenizer.kl_weight", "tokenizer.conv_downsample", "tokenizer.conv_group",
     "tokenizer.conv_channels", "tokenizer.perceptual_weight", "tokenizer.perceptual_net",
     "tokenizer.adversarial_weight", "tokenizer.latent_scale",
@@ -387,7 +390,7 @@ _FIT = ("fit_epochs", "fit_batch_size", "fit_lr")
 # The TokenizerConfig knobs each tokenizer reads (the rest belong to other tokenizers); also keys the tokenizer cache.
 TOKENIZER_KNOBS: dict[str, tuple[str, ...]] = {
     "pixel": ("patch_size", "latent_scale"),
-    "patch_pca": ("patch_size", "latent_dim", "pca_num_patches", "pca_center", "pca_whiten", "latent_scale"),
+    "patch_pca": ("patch_size", "latent_dim", "pca_num_patches", "pca_center", "latent_scale"),
     "patch_ae": ("patch_size", "latent_dim", *_FIT, "latent_scale"),
     "patch_vae": ("patch_size", "latent_dim", *_FIT, "kl_weight", "latent_scale"),
     "conv_vae": ("latent_dim", "conv_downsample", "conv_group", "conv_channels", *_FIT, "kl_weight",
@@ -538,8 +541,6 @@ def validate(r: Recipe) -> None:
         need(tk.latent_dim % tk.conv_group ** 2 == 0,
              f"tokenizer.latent_dim ({tk.latent_dim}) must be a multiple of tokenizer.conv_group^2 "
              f"({tk.conv_group ** 2}) for conv_vae: each token groups conv_group x conv_group latent pixels")
-    if tk.name != TokenizerName.patch_pca and tk.pca_whiten:
-        raise RecipeError("tokenizer.pca_whiten needs tokenizer.name = 'patch_pca'")
     pca_only = (r.objective.input_space == Space.image or r.objective.output_space == Space.image
                 or r.objective.target == Target.image)
     if pca_only:

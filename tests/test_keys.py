@@ -54,6 +54,8 @@ def _changed(base: Recipe, path: str) -> Recipe:
     else:
         candidates = [v + "x", "global", "none", "test"]
     for c in candidates:
+        if c == v or c == getattr(v, "value", v):
+            continue
         try:
             return base.with_updates({path: c})
         except RecipeError:

@@ -4,9 +4,10 @@ A name -> builder registry (`TOKENIZERS`, names = recipe.TokenizerName values); 
 unfitted one, `fit_tokenizer` fits it in place, `get_tokenizer` fits once per (data, knobs, seed) and caches it
 on disk for every cell that asks.
 
-Latent scaling (paper silent; sweepdae choice, `tokenizer.latent_scale`): after fitting, each tokenizer's latents
-are divided by `scale` so that they have unit second moment on the training data -- per dim, globally, or not at
-all -- so that sigma means the same for every tokenizer.
+Latent scaling (`tokenizer.latent_scale`): after fitting, each tokenizer's latents are divided by `scale` so that
+they have unit second moment on the training data: by one scalar for the whole latent ("global", the default, as
+LDM's `scale_factor`; patch PCA stays V and V^T as the paper has it, every component keeping its own variance
+against one sigma), per dim ("per_dim", the whitening ablation) or not at all ("none").
 """
 
 from sweepdae.tokenizers._base import (

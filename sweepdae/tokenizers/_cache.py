@@ -8,7 +8,7 @@ Contract:
 - fitting happens under an exclusive `fcntl.flock` on `{key}.lock`: of several processes asking at once, one
   fits, the others wait and load its file (lock files are left in place: deleting them would race);
 - an unreadable, truncated or mismatching file is reported with a TokenizerCacheWarning and fitted again;
-- patch PCA keys its basis without `latent_dim`, `pca_whiten` and `latent_scale` (`pca_basis_key`), so
+- patch PCA keys its basis without `latent_dim` and `latent_scale` (`pca_basis_key`), so
   PCA tokenizers with different d share one eigendecomposition and only slice their d columns.
 """
 

@@ -15,7 +15,6 @@ from torch import Tensor, nn
 
 from sweepdae.recipe import TokenizerConfig
 from sweepdae.tokenizers._base import (
-    SCALE_FLOOR,
     PatchTokenizer,
     Progress,
     check_finite,
@@ -134,9 +133,8 @@ class PatchPCA(PatchTokenizer):
     eigvals: Tensor  # [D] variance along each column of `basis`
     mean: Tensor  # [D]
 
-    def __init__(self, *, channels: int, image_size: int, patch_size: int, latent_dim: int, whiten: bool) -> None:
+    def __init__(self, *, channels: int, image_size: int, patch_size: int, latent_dim: int) -> None:
         super().__init__(channels=channels, image_size=image_size, patch_size=patch_size, latent_dim=latent_dim)
-        self.whiten = whiten
         dim = self.patch_dim
         self.register_buffer("basis", torch.eye(dim))
         self.register_buffer("eigvals", torch.ones(dim))
@@ -151,14 +149,11 @@ class PatchPCA(PatchTokenizer):
         return self.unpatchify(z @ self.basis[:, :self.latent_dim].T + self.mean)
 
     def set_basis(self, fit: PCABasis) -> None:
-        """Install a fitted basis; `scale` becomes sqrt(eigval) of the kept components when whitening, else 1."""
+        """Install a fitted basis (`scale` back to 1: `latent_scale` sets it afterwards)."""
         self.basis.copy_(fit.basis.to(self.basis))
         self.eigvals.copy_(fit.eigvals.to(self.eigvals))
         self.mean.copy_(fit.mean.to(self.mean))
         self.scale.fill_(1.0)
-        if self.whiten:
-            std = fit.eigvals[:self.latent_dim].sqrt()
-            self.scale.copy_(torch.clamp(std, min=SCALE_FLOOR * float(std.mean())).to(self.scale))
 
     def fit_data(self, images_uint8: Tensor, *, cfg: TokenizerConfig, seed: int, device: torch.device,
                  progress: Progress | None, basis: PCABasis | None = None) -> dict[str, Any]:

@@ -31,8 +31,7 @@ def _pixel(cfg: TokenizerConfig, channels: int, image_size: int) -> Tokenizer:
 
 
 def _patch_pca(cfg: TokenizerConfig, channels: int, image_size: int) -> Tokenizer:
-    return PatchPCA(channels=channels, image_size=image_size, patch_size=cfg.patch_size, latent_dim=cfg.latent_dim,
-                    whiten=cfg.pca_whiten)
+    return PatchPCA(channels=channels, image_size=image_size, patch_size=cfg.patch_size, latent_dim=cfg.latent_dim)
 
 
 def _patch_ae(cfg: TokenizerConfig, channels: int, image_size: int) -> Tokenizer:
