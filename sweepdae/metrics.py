@@ -25,6 +25,8 @@ METRICS: dict[str, MetricInfo] = {
     "images_per_s": MetricInfo("training images per second", "img/s", True, 0),
     "random_init_probe_top1": MetricInfo("probe top-1 at random init (%)", "random init", True, 1),
     "raw_pixel_probe_top1": MetricInfo("probe top-1 on raw pixels (%)", "raw pixels", True, 1),
+    # a single-level model probed at the paper's t = 10 instead of its own t (probe_top1)
+    "probe_top1_t10": MetricInfo("linear probe top-1 at t = 10 (%)", "acc. t=10", True, 1),
 }
 
 # The checks a grid's [report] findings may ask for (each is a function in sweepdae.report.findings).

@@ -23,7 +23,8 @@ from sweepdae.errors import RecipeError
 
 # Bump when the meaning of an existing knob changes, so old cells are not mistaken for new ones.
 # 2: keys split into a training identity (`train_key`) and an evaluation key over resolved values.
-# 3: latent_scale defaults to "global" (PCA through V and V^T, as the paper); pca_whiten merged into it.
+# 3: latent_scale defaults to "global" (PCA through V and V^T, as the paper); pca_whiten merged into it;
+#    probe.t = -1 (auto) probes a single-level model at its own t.
 RECIPE_SCHEMA_VERSION = 3
 
 
@@ -198,7 +199,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    t: int = 10  # paper Sec. 4: clean input at t = 10 of 1000
+    # the time step the frozen encoder is conditioned on (paper Sec. 4: clean input at t = 10 of 1000). -1 = auto:
+    # t = 10, except for a single-noise-level model, which has only ever seen its own t (then t = 10 is also
+    # measured, as probe_top1_t10). An explicit t >= 0 is used as given.
+    t: int = -1
     noisy_input: bool = False  # paper's fixed-t ablation, noisy column
     depth: int = 0  # 0 = the encoder's last block (paper: block 12 of 24)
     epochs: int = 90  # MAE protocol
@@ -258,6 +262,7 @@ class Recipe:
         # model.encoder_depth and probe.depth resolve to one number: the block the probe reads after
         out.pop("model.encoder_depth", None)
         out["probe.depth"] = probe_depth(self)
+        out["probe.t"] = probe_t(self)
         if self.fid.enabled:
             out["fid.ref_size"] = self.fid.ref_size or self.fid.num_samples
         return out
@@ -503,7 +508,7 @@ def validate(r: Recipe) -> None:
                  "train.weight_decay", "train.ema_decay", "train.grad_clip", "tokenizer.kl_weight",
                  "tokenizer.perceptual_weight", "tokenizer.adversarial_weight", "tokenizer.fit_epochs",
                  "model.encoder_depth", "model.class_dropout",
-                 "probe.depth", "probe.t", "probe.lr", "objective.residual_weight",
+                 "probe.depth", "probe.lr", "objective.residual_weight",
                  "data.num_workers", "fid.ref_size", "seed"):
         need(_get(r, path) >= 0, f"{path} must be >= 0, got {_get(r, path)}")
     need(d.channels in (0, 1, 3), f"data.channels must be 0 (keep), 1 or 3, got {d.channels}")
@@ -515,7 +520,8 @@ def validate(r: Recipe) -> None:
     need(r.train.base_lr > 0, f"train.base_lr must be positive, got {r.train.base_lr}")
     need(r.probe.base_lr > 0, f"probe.base_lr must be positive, got {r.probe.base_lr}")
     need(r.noise.single_sigma > 0, f"noise.single_sigma must be positive, got {r.noise.single_sigma}")
-    need(r.probe.t < r.noise.num_steps, f"probe.t ({r.probe.t}) must be < noise.num_steps ({r.noise.num_steps})")
+    need(-1 <= r.probe.t < r.noise.num_steps,
+         f"probe.t ({r.probe.t}) must be -1 (auto) or in 0..noise.num_steps-1 ({r.noise.num_steps - 1})")
     need(r.model.cond_mlp_ratio > 0, f"model.cond_mlp_ratio must be positive, got {r.model.cond_mlp_ratio}")
     if r.train.micro_batch_size:
         need(r.train.batch_size % r.train.micro_batch_size == 0,
@@ -572,3 +578,17 @@ def encoder_depth(r: Recipe) -> int:
 
 def probe_depth(r: Recipe) -> int:
     return r.probe.depth or encoder_depth(r)
+
+
+PAPER_PROBE_T = 10  # paper Sec. 4: the probe's encoder sees clean input at t = 10 of 1000
+
+
+def probe_t(r: Recipe) -> int:
+    """The t the probe conditions the encoder on: probe.t when given, else 10, or a single-level model's own t."""
+    if r.probe.t >= 0:
+        return r.probe.t
+    if r.noise.levels == NoiseLevels.single:
+        from sweepdae.noise import create_schedule, single_level_t  # torch: only for single-level recipes
+
+        return single_level_t(create_schedule(r.noise.schedule.value, r.noise.num_steps), r.noise.single_sigma)
+    return PAPER_PROBE_T

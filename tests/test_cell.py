@@ -133,6 +133,15 @@ def test_checkpoint_resumes_whole_or_not_at_all(tmp_path: Path) -> None:
     assert e.value.failure_class == "bad_checkpoint"
 
 
+def test_single_level_cell_is_probed_at_its_own_t(tmp_path: Path) -> None:
+    r = recipe_from_flat({**BASE, "train.epochs": 1, "noise.levels": "single", "noise.schedule": "sigma_linear"})
+    run_dir = tmp_path / "runs" / r.key()
+    atomic_write_json(run_dir / "recipe.json", {"key": r.key(), "label": "single", "recipe": r.to_dict()})
+    m = run_cell(run_dir)["metrics"]
+    assert m["probe_t"] == 407 and 0 <= m["probe_top1_t10"] <= 100 and 0 <= m["probe_top1"] <= 100
+    assert torch.load(run_dir / "features.pt")["t"] == 407 and torch.load(run_dir / "features_t10.pt")["t"] == 10
+
+
 def test_cells_of_one_training_share_it(tmp_path: Path) -> None:
     """Two cells that differ only in evaluation (probe t): the first trains, the second loads that training."""
     results = []

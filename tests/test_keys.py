@@ -96,6 +96,18 @@ def test_keys_hash_resolved_values() -> None:
     assert lr.with_updates({"probe.base_lr": 1.0}).key() == lr.key()
 
 
+def test_probe_t_auto_is_ten_or_the_single_levels_own_t() -> None:
+    """probe.t = -1 (the default): the paper's t = 10, except a single-level model, probed at the one t it saw.
+    sigma = sqrt(1/3) on sigma-linear (sigma_t = sqrt(2)(t+1)/1000): t + 1 = 1000 sqrt(1/6) = 408.2 -> t = 407."""
+    from sweepdae.recipe import probe_t
+
+    assert probe_t(Recipe()) == 10 and Recipe().key() == Recipe().with_updates({"probe.t": 10}).key()
+    single = Recipe().with_updates({"noise.levels": "single", "noise.schedule": "sigma_linear"})
+    assert probe_t(single) == 407 == round(1000 * (1 / 6) ** 0.5) - 1
+    assert single.key() == single.with_updates({"probe.t": 407}).key()
+    assert single.key() != single.with_updates({"probe.t": 10}).key()
+
+
 def test_shipped_probe_grids_train_once_per_seed() -> None:
     """`probe_t` probes one l-DAE at 5 t x clean/noisy, `encoder_depth` after 3 blocks: one training each, in
     every profile, and their cells differ only in evaluation."""

@@ -11,16 +11,17 @@ from sweepdae.cell.build import build_model
 from sweepdae.data import ImageData, to_unit_range
 from sweepdae.errors import RecipeError
 from sweepdae.models import Denoiser
-from sweepdae.recipe import Recipe, probe_depth
+from sweepdae.recipe import PAPER_PROBE_T, Recipe, probe_depth, probe_t
 from sweepdae.tokenizers import Tokenizer
 from sweepdae.utils import atomic_write
 
 FEATURES = "features.pt"
 
 
-def encoder_feature_fn(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, *, depth: int, seed: int = 0
-                       ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """x in [-1, 1] -> pooled tokens after block `depth`, input at t = probe.t (paper Sec. 4: clean input, t = 10).
+def encoder_feature_fn(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, *, depth: int, t: int | None = None,
+                       seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """x in [-1, 1] -> pooled tokens after block `depth`, the encoder conditioned on time step `t` (default: the
+    recipe's resolved probe t; paper Sec. 4: clean input, t = 10).
 
     Class-conditional models get the null label, so the probe never sees the true class through the input.
     """
@@ -28,11 +29,12 @@ def encoder_feature_fn(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, *,
     from sweepdae.objectives import make_model_input
 
     schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
+    at = probe_t(recipe) if t is None else t
     gen: dict[str, torch.Generator] = {}
 
     def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         z0 = tokenizer.encode(x)  # [B, N, d]
-        t = torch.full((x.shape[0],), recipe.probe.t, device=x.device, dtype=torch.long)
+        t = torch.full((x.shape[0],), at, device=x.device, dtype=torch.long)
         if recipe.probe.noisy_input:
             g = gen.setdefault("g", torch.Generator(device=x.device).manual_seed(seed))
             noise = torch.randn(z0.shape, device=x.device, generator=g)
@@ -50,22 +52,12 @@ def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: 
     """Linear probe (MAE protocol) and kNN on the cell's encoder; reference baselines when probe.baselines."""
     from sweepdae.eval import knn_probe, linear_probe, linear_probe_augmented
 
-    depth = probe_depth(recipe)
-    fn = encoder_feature_fn(recipe, model, tokenizer, depth=depth, seed=recipe.seed)
+    depth, at = probe_depth(recipe), probe_t(recipe)
+    fn = encoder_feature_fn(recipe, model, tokenizer, depth=depth, t=at, seed=recipe.seed)
     pc = recipe.probe
-    out: dict[str, float] = {}
-    cache = run_dir / FEATURES
-    feats = None
-    if cache.exists():
-        try:
-            feats = torch.load(cache, map_location="cpu")
-        except Exception:
-            feats = None
-    if feats is None:
-        feats = {"train": features_of(fn, train, batch_size=FEATURE_BATCH, device=device),
-                 "test": features_of(fn, test, batch_size=FEATURE_BATCH, device=device), "depth": depth}
-        atomic_write(cache, lambda f: torch.save(feats, f))
-    (tr_f, tr_y), (te_f, te_y) = feats["train"], feats["test"]
+    out: dict[str, float] = {"probe_t": float(at)}
+    (tr_f, tr_y), (te_f, te_y) = _cached_features(run_dir / FEATURES, fn, train, test, depth=depth, t=at,
+                                                  device=device)
 
     def progress(epoch: int, epochs: int, loss: float) -> None:
         events(phase="probe", probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)
@@ -81,9 +73,31 @@ def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: 
                                 device=device, progress=progress))
     out.update(knn_probe(tr_f, tr_y, te_f, te_y, k=pc.knn_k, temperature=pc.knn_temperature,
                          num_classes=train.num_classes))
+    if pc.t < 0 and at != PAPER_PROBE_T:  # a single-level model probed at its own t: the paper's t = 10 too
+        fn10 = encoder_feature_fn(recipe, model, tokenizer, depth=depth, t=PAPER_PROBE_T, seed=recipe.seed)
+        (a_f, a_y), (b_f, b_y) = _cached_features(run_dir / f"features_t{PAPER_PROBE_T}.pt", fn10, train, test,
+                                                  depth=depth, t=PAPER_PROBE_T, device=device)
+        out["probe_top1_t10"] = linear_probe(a_f, a_y, b_f, b_y, num_classes=train.num_classes, cfg=pc,
+                                             seed=recipe.seed, device=device)["probe_top1"]
     if pc.baselines:
         out.update(_baselines(recipe, tokenizer=tokenizer, train=train, test=test, device=device, depth=depth))
     return out
+
+
+def _cached_features(path: Path, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], train: ImageData,
+                     test: ImageData, *, depth: int, t: int, device: torch.device
+                     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Train and test features, from `path` when it holds those of this depth and t, else extracted and saved."""
+    try:
+        feats = torch.load(path, map_location="cpu")
+        if feats.get("depth") == depth and feats.get("t") == t:
+            return feats["train"], feats["test"]
+    except Exception:  # missing, truncated or foreign: extract again
+        pass
+    feats = {"train": features_of(fn, train, batch_size=FEATURE_BATCH, device=device),
+             "test": features_of(fn, test, batch_size=FEATURE_BATCH, device=device), "depth": depth, "t": t}
+    atomic_write(path, lambda f: torch.save(feats, f))
+    return feats["train"], feats["test"]
 
 
 FEATURE_BATCH = 512
