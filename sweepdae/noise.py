@@ -43,12 +43,7 @@ class Schedule:
     def __post_init__(self) -> None:
         _check_tables(self)
 
-    # -- sampling and corruption -------------------------------------------------------------------------
-    def sample_t(self, batch: int, *, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-        """Time steps drawn uniformly from 0..T-1 (paper: multi-level noise), int64 [batch]."""
-        return torch.randint(0, self.num_steps, (batch,), generator=generator, device=device, dtype=torch.long)
-
+    # -- corruption --------------------------------------------------------------------------------------------
     def gather(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """table[t] cast to like's dtype and device, shaped [B, 1, ..., 1] to broadcast against `like`."""
         # float64 -> float32 on the CPU first: some backends (MPS) have no float64.

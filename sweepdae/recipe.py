@@ -24,7 +24,7 @@ from sweepdae.errors import RecipeError
 # Bump when the meaning of an existing knob changes, so old cells are not mistaken for new ones.
 # 2: keys split into a training identity (`train_key`) and an evaluation key over resolved values.
 # 3: latent_scale defaults to "global" (PCA through V and V^T, as the paper); pca_whiten merged into it;
-#    probe.t = -1 (auto) probes a single-level model at its own t.
+#    probe.t = -1 (auto) probes a single-level model at its own t; 28 px sets reach 32 px by zero-padding.
 RECIPE_SCHEMA_VERSION = 3
 
 
@@ -41,6 +41,30 @@ class DatasetName(str, Enum):
 # Channels each dataset has on disk; lets grid validation check d <= D before any data is loaded.
 NATIVE_CHANNELS = {"digits": 1, "fashion-mnist": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "imagefolder": 3,
                    "synthetic": 3}
+
+
+# Side of each dataset's images on disk (None: it varies, e.g. an image folder), for `image_fit`.
+NATIVE_SIZE: dict[str, int | None] = {"digits": 8, "fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32,
+                                      "imagefolder": None, "synthetic": None}
+# A target at most this many pixels per side larger than the native size is reached by zero-padding, as LeNet-5 read
+# MNIST's 28 px digits padded to 32 px (LeCun et al. 1998), not by resizing: no interpolated pixels.
+MAX_PAD = 4
+
+
+def image_fit(name: str, image_size: int) -> tuple[str, int]:
+    """How a dataset's images reach `image_size`: ("same", 0), ("pad", px per side), ("down", 0) a smaller
+    resize, ("up", 0) an upsampling resize, or ("resize", 0) when the native size varies (image folders)."""
+    native = NATIVE_SIZE.get(name)
+    if native is None:
+        return "resize", 0
+    if image_size == native:
+        return "same", 0
+    if image_size < native:
+        return "down", 0
+    gap = image_size - native
+    if gap % 2 == 0 and gap // 2 <= MAX_PAD:
+        return "pad", gap // 2
+    return "up", 0
 
 
 class TokenizerName(str, Enum):
@@ -283,6 +307,16 @@ class Recipe:
         return out
 
     # -- derived quantities --------------------------------------------------------------------------------
+    @property
+    def upsampled(self) -> bool:
+        """True when the images are a resize of smaller originals (information the data never had)."""
+        return image_fit(self.data.name.value, self.data.image_size)[0] == "up"
+
+    def data_key(self) -> str:
+        """What identifies the training images a tokenizer is fitted on: dataset, folder, subset, how it is sized."""
+        fit, px = image_fit(self.data.name.value, self.data.image_size)
+        return f"{self.data.name.value}:{self.data.root}:{self.data.train_size}:{fit}{px or ''}"
+
     @property
     def channels(self) -> int:
         """Channels the model sees: data.channels, or the dataset's own when that is 0 ("keep")."""

@@ -144,8 +144,7 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
         fit_x = train_set.tensors()[0] if train_set.in_memory else sample_images(train_set, TOKENIZER_SAMPLE)[0]
 
     with phase("tokenizer"):
-        data_key = f"{recipe.data.name.value}:{recipe.data.root}:{recipe.data.train_size}"
-        tokenizer, tok_stats = get_tokenizer(recipe.tokenizer, data_key=data_key, images_uint8=fit_x,
+        tokenizer, tok_stats = get_tokenizer(recipe.tokenizer, data_key=recipe.data_key(), images_uint8=fit_x,
                                              channels=train_set.channels, image_size=recipe.data.image_size,
                                              cache_dir=cache_dir(run_dir) / "tokenizers", seed=recipe.seed,
                                              device=device, progress=lambda e: events(phase="tokenizer", **e))

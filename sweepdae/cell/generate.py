@@ -10,7 +10,7 @@ import torch
 from sweepdae.data import ImageData, from_unit_range, sample_images, to_unit_range
 from sweepdae.models import Denoiser
 from sweepdae.noise import Schedule
-from sweepdae.recipe import Recipe
+from sweepdae.recipe import Recipe, image_fit
 from sweepdae.tokenizers import Tokenizer
 
 # Noise levels of the denoising figure, as fractions of the schedule (the paper's Fig. 8 shows several levels).
@@ -63,7 +63,9 @@ def fid_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, ref: Imag
 
     n_ref = min(len(ref), recipe.fid.ref_size or recipe.fid.num_samples)
     d = recipe.data
-    dataset = f"{d.name.value}:{d.root}:{d.train_size if recipe.fid.ref_split == 'train' else d.test_size}:{d.channels}"
+    fit, px = image_fit(d.name.value, d.image_size)
+    dataset = (f"{d.name.value}:{d.root}:{d.train_size if recipe.fid.ref_split == 'train' else d.test_size}:"
+               f"{d.channels}:{fit}{px or ''}")
     key = reference_key(dataset=dataset, split=recipe.fid.ref_split, n=n_ref, image_size=d.image_size)
     extractor = InceptionFeatures(device=device)
     ref_images = sample_images(ref, n_ref, shuffle=False)[0]

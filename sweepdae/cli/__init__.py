@@ -114,7 +114,7 @@ def plan(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
     sharing = f"{len(p.cells)} cells, {len(train_keys)} trainings ({trained} already trained)"
     if as_json:
         cells = [{"key": c.key, "train_key": c.train_key, "label": c.label, "status": statuses.get(c.key, "new"),
-                  "coords": c.coords, "recipe": c.recipe.to_dict()} for c in p.cells]
+                  "coords": c.coords, **_facts(c.recipe), "recipe": c.recipe.to_dict()} for c in p.cells]
         sys.stdout.write(json.dumps({"grid": p.grid.name, "profile": p.profile, "summary": sharing,
                                      "trainings": {"total": len(train_keys), "trained": trained},
                                      "cells": cells}, indent=1) + "\n")
@@ -131,6 +131,14 @@ def plan(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
         s = statuses.get(c.key, "new")
         counts[s] = counts.get(s, 0) + 1
     out.print(f"{sharing}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+
+def _facts(r: Any) -> dict[str, Any]:
+    """The recipe facts a reader checks against the paper first (resolved, not as written)."""
+    from sweepdae.recipe import probe_t
+
+    return {"schedule": r.noise.schedule.value, "latent_scale": r.tokenizer.latent_scale, "probe_t": probe_t(r),
+            "upsampled": r.upsampled}
 
 
 def _training_statuses(url: str | None, train_keys: list[str]) -> dict[str, str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
 from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, _fmt, _jsonable
 from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
+from sweepdae.resources import resource_dir
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,22 @@ class Plan:
                 "axes": axes, "steps": [s.label for s in g.trajectory], "seeds": sorted({c.seed for c in self.cells}),
                 "report": {"rows": g.report.rows, "cols": g.report.cols, "metrics": list(g.report.metrics),
                            "findings": list(g.report.findings)},
-                "path": g.path}
+                "path": shown_path(g.path)}
+
+
+def shown_path(path: str) -> str:
+    """Where a grid came from, as the store and reports keep it (no machine's folders): a shipped grid as
+    `grids/NAME.toml`, a file under the working directory relative to it, any other file by its name."""
+    p = Path(path)
+    if not p.is_file():
+        return p.name or path
+    p = p.resolve()
+    if p.parent == resource_dir("grids").resolve():
+        return f"grids/{p.name}"
+    try:
+        return p.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return p.name
 
 
 def resolve_profile(grid: Grid, profile: str | None) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -183,22 +182,6 @@ class Denoiser(nn.Module):
         for block in self.blocks[:depth]:
             h = block(h, c)  # [B, N, C]
         return h.mean(dim=1)  # [B, C]
-
-    # -- encoder / decoder split -------------------------------------------------------------------------
-    def encoder_parameters(self) -> Iterator[nn.Parameter]:
-        """Token, time and label embedders and blocks[:encoder_depth] (what the probe reads)."""
-        yield from self.x_embedder.parameters()
-        yield from self.t_embedder.parameters()
-        if self.y_embedder is not None:
-            yield from self.y_embedder.parameters()
-        for block in self.blocks[:self.encoder_depth]:
-            yield from block.parameters()
-
-    def decoder_parameters(self) -> Iterator[nn.Parameter]:
-        """blocks[encoder_depth:] and the final layer."""
-        for block in self.blocks[self.encoder_depth:]:
-            yield from block.parameters()
-        yield from self.final_layer.parameters()
 
 
 def create_model(size: str | ModelSize, *, in_dim: int, out_dim: int, num_tokens: int, num_classes: int = 0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, get_reference, paper
 from sweepdae.report.tables import TableData, build_table
 
 __all__ = ["HEADLINE_FINDINGS", "PAPER", "GridReport", "ReportData", "ReportStore", "TableData", "build_report",
-           "build_table", "compute_findings", "get_reference", "paper_value", "write_reports"]
+           "build_table", "compute_findings", "default_runs_dir", "get_reference", "paper_value", "write_reports"]
 
 # The tidy columns worth keeping in the CSV/JSON data (internal join columns are left out).
 DATA_COLUMNS = ["grid", "profile", "row", "col", "metric", "mean", "std", "n", "n_cells", "n_done", "n_failed",
@@ -71,15 +72,28 @@ def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
         _write(out / "data" / f"{name}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written)
 
 
+def default_runs_dir(store: Any) -> Path:
+    """Where a report looks for the cells' folders when not told: $SWEEPDAE_RUNS, else ./runs when it exists,
+    else `runs` beside a journal or SQLite store file, else ./runs. (The store keeps each folder relative to it.)"""
+    if os.environ.get("SWEEPDAE_RUNS"):
+        return Path(os.environ["SWEEPDAE_RUNS"])
+    here = Path("runs")
+    url, kind = str(getattr(store, "url", "")), getattr(store, "kind", None)
+    prefix = {"journal": "journal:", "sqlite": "sqlite:///"}.get(str(kind))
+    beside = Path(url.removeprefix(prefix)).parent / "runs" if prefix else None
+    return beside if not here.is_dir() and beside is not None and beside.is_dir() else here
+
+
 def write_reports(store: ReportStore, *, grids: list[str] | None, out: Path, html: bool, latex: bool,
-                  csv: bool) -> list[Path]:
+                  csv: bool, runs_dir: Path | None = None) -> list[Path]:
     """Write the report of the named grids (None = every registered grid) under `out`; returns the files written.
+    The cells' folders (their denoising examples) are looked up under `runs_dir` (default: `default_runs_dir`).
 
     Raises SweepdaeError when a named grid is not registered (the message lists the registered ones).
     """
     from sweepdae.report.render import render_html, render_tex_document, render_tex_section
 
-    report = build_report(store, grids)
+    report = build_report(store, grids, runs_dir=runs_dir if runs_dir is not None else default_runs_dir(store))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -11,6 +11,7 @@ import datetime as _dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
@@ -98,9 +99,10 @@ def _headlines(sections: list[GridReport]) -> list[dict[str, Any]]:
     return out
 
 
-def build_report(store: ReportStore, grids: list[str] | None = None) -> ReportData:
+def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir: Path | None = None) -> ReportData:
     """Tables, findings, figure data and provenance of the named grids (None = every registered grid); several
-    profiles of one grid are separate sections. Raises SweepdaeError for a grid the store does not know."""
+    profiles of one grid are separate sections; the cells' folders (denoising examples) are found under
+    `runs_dir`. Raises SweepdaeError for a grid the store does not know."""
     selected = _select(list(store.grids()), grids)
     keys = list(dict.fromkeys(str(c["key"]) for g in selected for c in (g.get("cells") or []) if "key" in c))
     frame = store.cells(keys) if keys else None
@@ -116,7 +118,7 @@ def build_report(store: ReportStore, grids: list[str] | None = None) -> ReportDa
         spec.setdefault("name", name)
         cells: list[Mapping[str, Any]] = [c for c in (g.get("cells") or []) if "key" in c]
         own = frame.loc[frame.index.intersection([str(c["key"]) for c in cells])].reset_index(drop=True)
-        table = build_table(spec, own, cells, profile=profile)
+        table = build_table(spec, own, cells, profile=profile, runs_dir=runs_dir)
         sections.append(GridReport(name=name, profile=profile, slug=_slug(f"{name}-{profile or 'base'}", taken),
                                    spec=spec, table=table, findings=compute_findings(spec, table),
                                    figures=figure_data(table), provenance=summarize_provenance(own),

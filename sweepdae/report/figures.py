@@ -1,7 +1,9 @@
 """The report's figures: plain data from a grid's table first (`figure_data`), matplotlib second (`save_figure`).
 
-Kinds: "lines" (accuracy vs the column labels per row: Tab. 2 / Fig. 5, the x axis shows the paper's d labels),
-"trajectory" (Fig. 6: accuracy and FID per step on two y axes), "schedules" (Fig. 3: gamma_t and sigma_t per
+Kinds: "lines" (accuracy vs the column labels per row: Tab. 2 / Fig. 5, the x axis shows the paper's d labels;
+points without connecting lines when the labels are names, e.g. tokenizers, since a line would suggest an order
+and values in between), "trajectory" (Fig. 6: accuracy and FID per step on two y axes, points per step: the steps
+are named changes, not a quantity), "schedules" (Fig. 3: gamma_t and sigma_t per
 noise schedule) and "denoising" (Fig. 8: the cells' own denoising-example PNGs). Each is written as SVG and PDF
 and returned as an SVG data URI for the self-contained HTML page.
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sweepdae.report.tables import TableData, metric_info
+from sweepdae.report.tables import TableData, _numeric_label, metric_info
 
 __all__ = ["FigureData", "RenderedFigure", "figure_data", "save_figure", "schedule_tables"]
 
@@ -73,15 +75,18 @@ def figure_data(table: TableData) -> list[FigureData]:
             data["fid"] = _series(table, "fid")[1][0]
         if any(v is not None for s in [data["acc"], data.get("fid") or {}] for v in s.get("mean", [])):
             figs.append(FigureData("trajectory", "trajectory", "Accuracy and FID per step",
-                                   f"Ours (solid) and the paper{cite} (dashed) along the trajectory.", data))
+                                   f"Ours (filled marks) and the paper{cite} (crosses) at each step.", data))
     else:
         x, series = _series(table, acc)
         if len(x) >= 2 and any(v is not None for s in series for v in s["mean"]):
             dim = table.col_dim if table.col_dim is not None else table.row_dim
-            figs.append(FigureData("lines", "lines", f"{metric_info(acc).title} vs {dim}",
-                                   f"Ours (solid, +- std over seeds) and the paper{cite} (dashed); x = the "
-                                   "paper's labels.", {"x": x, "xlabel": str(dim or ""),
-                                                       "ylabel": metric_info(acc).title, "series": series}))
+            categorical = not all(_numeric_label(v) for v in x)  # names (tokenizers), not a numeric axis
+            caption = (f"Ours (dots, +- std over seeds) and the paper{cite} (crosses); x = the paper's labels."
+                       if categorical else f"Ours (solid, +- std over seeds) and the paper{cite} (dashed); x = the "
+                       "paper's labels.")
+            figs.append(FigureData("lines", "lines", f"{metric_info(acc).title} vs {dim}", caption,
+                                   {"x": x, "xlabel": str(dim or ""), "ylabel": metric_info(acc).title,
+                                    "series": series, "categorical": categorical}))
     recipes = [r for r in table.positions["recipe"] if isinstance(r, Mapping)]
     seen = sorted({str((r.get("noise") or {}).get("schedule")) for r in recipes} - {"None"})
     if len(seen) > 1 or table.mirrors in ("tab1", "tab3"):
@@ -120,16 +125,21 @@ def schedule_tables(name: str, num_steps: int = 1000) -> tuple[np.ndarray, np.nd
 
 def _plot_lines(fig: Any, d: dict[str, Any]) -> None:
     ax = fig.subplots()
-    xs = np.arange(len(d["x"]))
+    xs = np.arange(len(d["x"]), dtype=float)
+    categorical = bool(d.get("categorical"))
+    n = len(d["series"])
     for i, s in enumerate(d["series"]):
         color = f"C{i % 10}"
         mean = np.array([np.nan if v is None else v for v in s["mean"]], dtype=float)
         std = np.array([0.0 if v is None else v for v in s["std"]], dtype=float)
         label = s["label"] if i < MAX_LEGEND else None
-        ax.errorbar(xs, mean, yerr=std, color=color, marker="o", ms=4, capsize=2, label=label)
+        # categorical x: points only, each series nudged sideways so series at one name do not hide each other
+        at = xs + (0.3 * (i / max(1, n - 1) - 0.5) if categorical and n > 1 else 0.0)
+        ax.errorbar(at, mean, yerr=std, color=color, marker="o", ms=4, capsize=2, label=label,
+                    ls="none" if categorical else "-")
         paper = np.array([np.nan if v is None else v for v in s["paper"]], dtype=float)
         if np.isfinite(paper).any():
-            ax.plot(xs, paper, color=color, ls="--", marker="x", ms=4, alpha=0.7)
+            ax.plot(at, paper, color=color, ls="none" if categorical else "--", marker="x", ms=4, alpha=0.7)
     ax.set_xticks(xs, d["x"], rotation=0 if len(xs) <= 8 else 90)
     ax.set_xlabel(d["xlabel"])
     ax.set_ylabel(d["ylabel"])
@@ -145,13 +155,14 @@ def _plot_trajectory(fig: Any, d: dict[str, Any]) -> None:
     def arr(v: list[float | None]) -> np.ndarray:
         return np.array([np.nan if x is None else x for x in v], dtype=float)
 
-    ax.plot(xs, arr(d["acc"]["mean"]), "o-", color="C0", label="accuracy (ours)")
-    ax.plot(xs, arr(d["acc"]["paper"]), "x--", color="C0", alpha=0.7, label="accuracy (paper)")
+    # the steps are named recipe changes (categorical): marks per step, no line through them
+    ax.plot(xs, arr(d["acc"]["mean"]), "o", color="C0", label="accuracy (ours)")
+    ax.plot(xs, arr(d["acc"]["paper"]), "x", color="C0", alpha=0.7, label="accuracy (paper)")
     ax.set_ylabel(d["acc_label"], color="C0")
     if "fid" in d:
         ax2 = ax.twinx()
-        ax2.plot(xs, arr(d["fid"]["mean"]), "s-", color="C3", label="FID (ours)")
-        ax2.plot(xs, arr(d["fid"]["paper"]), "+--", color="C3", alpha=0.7, label="FID (paper)")
+        ax2.plot(xs, arr(d["fid"]["mean"]), "s", color="C3", label="FID (ours)")
+        ax2.plot(xs, arr(d["fid"]["paper"]), "+", color="C3", alpha=0.7, label="FID (paper)")
         ax2.set_ylabel("FID", color="C3")
         ax2.legend(fontsize=7, loc="lower right")
     ax.set_xticks(xs, d["steps"], rotation=25, ha="right", fontsize=7)

@@ -1,5 +1,6 @@
-"""Where a grid's numbers came from: sweepdae versions, git commits, devices and hosts seen, and the time spent
-per cell (from each cell's `info.provenance` and `info.timings`)."""
+"""Where a grid's numbers came from: sweepdae versions, git commits, devices, how many machines, and the time spent
+per cell (from each cell's `info.provenance` and `info.timings`). Host names stay in the store: a report names no
+machine."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Provenance:
     versions: list[str] = field(default_factory=list)  # sweepdae versions
     commits: list[str] = field(default_factory=list)  # "abc123def456" or "abc123def456 (dirty)"
     devices: list[str] = field(default_factory=list)
-    hosts: list[str] = field(default_factory=list)
+    machines: int = 0  # distinct hosts that ran the cells (counted, never named)
     torch: list[str] = field(default_factory=list)
     cells_timed: int = 0
     total_s: float = 0.0
@@ -79,7 +80,7 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
                 v = timings.get(p)
                 if isinstance(v, (int, float)) and np.isfinite(v):
                     phases[p].append(float(v))
-    out = Provenance(versions=list(versions), commits=list(commits), devices=list(devices), hosts=list(hosts),
+    out = Provenance(versions=list(versions), commits=list(commits), devices=list(devices), machines=len(hosts),
                      torch=list(torch), cells_timed=len(walls))
     if walls:
         w = np.asarray(walls)

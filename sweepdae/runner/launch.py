@@ -1,6 +1,6 @@
 """Launch one cell: `accelerate launch` in its own process group, or a fork of the coordinator on CPU.
 
-A fresh `accelerate launch` pays Python + torch + timm imports every time (~6-10 s on the 2-core CPU here);
+A fresh `accelerate launch` pays Python + torch + timm imports every time (~6-10 s on a 2-core CPU);
 the fork launcher reuses the coordinator's already-imported modules, so a CPU cell starts in well under a second
 (BENCHMARKS.md). Both write the cell's stdout/stderr to runs/<key>/cell.log and report through files.
 """

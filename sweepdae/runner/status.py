@@ -10,6 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
+
+from sweepdae.errors import printable
 
 
 def status_table(store: Any, keys: list[str] | None) -> tuple[Table, dict[str, int]]:
@@ -20,9 +23,10 @@ def status_table(store: Any, keys: list[str] | None) -> tuple[Table, dict[str, i
     counts: dict[str, int] = {}
     for _, row in df.iterrows():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-        t.add_row(str(row["label"]), str(row["key"])[:12], str(row["status"]), str(row.get("attempts", "")),
-                  _num(row.get("metric.probe_top1")), _num(row.get("metric.knn_top1")), _num(row.get("metric.fid")),
-                  str(row.get("failure_class") or ""))
+        # a label is grid input: shown as plain text (no Rich markup), escaped like every echoed input
+        t.add_row(Text(printable(str(row["label"]))), str(row["key"])[:12], str(row["status"]),
+                  str(row.get("attempts", "")), _num(row.get("metric.probe_top1")), _num(row.get("metric.knn_top1")),
+                  _num(row.get("metric.fid")), str(row.get("failure_class") or ""))
     if keys is not None:
         missing = len(set(keys)) - len(df)
         if missing > 0:
