@@ -87,8 +87,15 @@ class NoiseLevels(str, Enum):
 
 
 class ModelSize(str, Enum):
+    # The paper's three encoders keep their ratios at small scale: ViT-B is 3/4 the width of ViT-1/2L (768 vs
+    # 1024), ViT-L twice its depth (24+24 vs 12+12 blocks). micro / tiny stand for ViT-1/2L in the smoke / demo
+    # profiles; *_b and *_l are their ViT-B and ViT-L (models/_dit.py MODEL_SIZES).
+    micro_b = "micro_b"
     micro = "micro"
+    micro_l = "micro_l"
+    tiny_b = "tiny_b"
     tiny = "tiny"
+    tiny_l = "tiny_l"
     small = "small"
     base = "base"
     half_large = "half_large"
@@ -188,7 +195,9 @@ class NoiseConfig:
 class ModelConfig:
     size: ModelSize = ModelSize.micro
     class_cond: bool = False  # paper Tab. 1: DiT baseline is class-conditional; l-DAE is not
-    cond_mlp_ratio: float = 1.0  # adaLN MLP hidden / width; paper's l-DAE shrinks it to 1/4
+    # adaLN conditioning MLP hidden size / width: the paper's DiT shrinks it to 1/4 (PAPER.md, Architecture); one
+    # value for every table, since Tab. 1's last row is a run of Tab. 2 and Tab. 2's PCA d=32 Tab. 3's first
+    cond_mlp_ratio: float = 0.25
     adaln_zero: bool = True  # DiT's zero-initialised adaLN gates (paper silent; DiT keeps them)
     encoder_depth: int = 0  # 0 = first half of the blocks (paper: equal halves are best)
     fused_attn: bool = True  # scaled_dot_product_attention
@@ -523,7 +532,8 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
 
 
 # -- cross-field checks -----------------------------------------------------------------------------------------
-MODEL_DEPTHS = {"micro": 6, "tiny": 12, "small": 12, "base": 24, "half_large": 24, "large": 48}
+MODEL_DEPTHS = {"micro_b": 6, "micro": 6, "micro_l": 12, "tiny_b": 12, "tiny": 12, "tiny_l": 24, "small": 12,
+                "base": 24, "half_large": 24, "large": 48}
 
 
 def validate(r: Recipe) -> None:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from sweepdae.grid import expand, load_grid
+from sweepdae.grid import Cell, expand, load_grid
+from sweepdae.recipe import probe_t
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
-CELLS = {"quickstart": 3, "tokenizer_dims": 18, "pixel_tokenizer": 4, "towards_dae": 6, "deconstruction": 5,
+CELLS = {"quickstart": 3, "tokenizer_dims": 23, "pixel_tokenizer": 4, "towards_dae": 6, "deconstruction": 5,
          "noise_levels": 2, "augmentation": 2, "epochs": 3, "model_size": 3, "encoder_depth": 3, "probe_t": 10}
 PAPER_GRIDS = sorted(set(CELLS) - {"quickstart"})
 
@@ -37,7 +38,9 @@ def test_paper_profile_is_the_papers_setting(name: str) -> None:
         assert r.data.name.value == "imagefolder"
         assert r.train.batch_size == 2048 and r.train.base_lr == 1e-4 and r.train.weight_decay == 0
         assert r.train.warmup_epochs == 100
-        assert r.probe.batch_size == 16384 and r.probe.base_lr == 0.1 and r.probe.t in (0, 10, 20, 40, 80)
+        assert r.probe.batch_size == 16384 and r.probe.base_lr == 0.1
+        assert probe_t(r) in ((0, 10, 20, 40, 80) if name == "probe_t" else (407,) if
+                              r.noise.levels.value == "single" else (10,))
         if name != "pixel_tokenizer":
             assert r.data.image_size == 256 and r.num_tokens() == 256
             if r.tokenizer.name.value != "conv_vae":
@@ -70,3 +73,80 @@ def test_smoke_profiles_keep_tokens_comparable(name: str) -> None:
     profile = "smoke" if "smoke" in g.profiles else None
     tokens = {c.recipe.num_tokens() for c in expand(g, profile).cells}
     assert tokens == {16}, (name, tokens)
+
+
+# -- the paper's recipe facts, per grid and profile (PAPER.md; each grid's comments quote the paper) ------------------
+SCHEDULES = {  # the schedule of every cell, in plan order ("*": every cell)
+    "quickstart": "linear_gamma2", "tokenizer_dims": "linear_gamma2", "pixel_tokenizer": "linear_gamma2",
+    "deconstruction": ["ddpm_linear"] * 4 + ["linear_gamma2"],
+    "towards_dae": ["linear_gamma2"] * 2 + ["sigma_linear"] * 4,
+    **{g: "sigma_linear" for g in ("noise_levels", "augmentation", "epochs", "model_size", "probe_t",
+                                   "encoder_depth")},
+}
+
+
+def _cells(name: str, profile: str | None) -> list[Cell]:
+    return list(expand(load_grid(GRIDS / f"{name}.toml"), profile).cells)
+
+
+def _profiles(name: str) -> list[str]:
+    return sorted(load_grid(GRIDS / f"{name}.toml").profiles)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_recipe_facts_of_every_profile(name: str) -> None:
+    for profile in _profiles(name):
+        cells = _cells(name, profile)
+        want = SCHEDULES[name]
+        got = [c.recipe.noise.schedule.value for c in cells]
+        assert got == (want if isinstance(want, list) else [want] * len(cells)), (name, profile)
+        for c in cells:
+            r = c.recipe
+            per_dim = name == "tokenizer_dims" and c.coords.get("tokenizer") == "patch_pca per-dim"
+            assert r.tokenizer.latent_scale == ("per_dim" if per_dim else "global"), (name, c.label)
+            assert r.model.cond_mlp_ratio == 0.25  # PAPER.md, Architecture
+            single = r.noise.levels.value == "single"
+            assert probe_t(r) == (int(c.coords["t"]) if name == "probe_t" else 407 if single else 10)
+            if name == "noise_levels":
+                assert single == (c.coords["noise"] == "single")
+            upsampled_ok = name == "pixel_tokenizer" and profile != "paper" and r.data.image_size == 64
+            assert r.upsampled == upsampled_ok, (name, profile, c.label)
+            if name in ("tokenizer_dims", "pixel_tokenizer", "quickstart"):  # Tab. 2 / Fig. 5: after Tab. 1
+                assert not r.model.class_cond and r.objective.target.value == "eps"
+                assert r.tokenizer.perceptual_weight == 0 and r.tokenizer.adversarial_weight == 0
+
+
+def _one(name: str, profile: str, **coords: str) -> Cell:
+    found = [c for c in _cells(name, profile) if all(c.coords.get(k) == v for k, v in coords.items())]
+    assert len(found) == 1, (name, profile, coords, [c.coords for c in _cells(name, profile)])
+    return found[0]
+
+
+# "Runs the paper shares across tables" (PAPER.md): each group is one training in every profile.
+SHARED = {
+    "Tab. 1 last row = Tab. 2 conv VAE d=16": [
+        ("deconstruction", {"step": "replace noise schedule"}), ("tokenizer_dims", {"tokenizer": "conv_vae", "d": "16"})],
+    "Tab. 2 PCA d=32 = Tab. 3 baseline": [
+        ("tokenizer_dims", {"tokenizer": "patch_pca", "d": "32"}), ("towards_dae", {"step": "baseline (patch PCA)"})],
+    "Tab. 3 l-DAE = multi-level = center crop = probe t=10 clean = half depth": [
+        ("towards_dae", {"step": "predict original image"}), ("noise_levels", {"noise": "multi"}),
+        ("augmentation", {"augment": "center_crop"}), ("probe_t", {"t": "10", "input": "clean"}),
+        ("encoder_depth", {"depth": "12"})],
+    "random crop = 400 epochs = ViT-1/2L": [
+        ("augmentation", {"augment": "random_resized_crop"}), ("epochs", {"epochs": "400"}),
+        ("model_size", {"size": "ViT-1/2L"})],
+}
+
+
+@pytest.mark.parametrize("group", sorted(SHARED))
+@pytest.mark.parametrize("profile", ["paper", "demo", "smoke"])
+def test_shared_runs_are_one_training(group: str, profile: str) -> None:
+    cells = [_one(name, profile, **coords) for name, coords in SHARED[group]]
+    assert len({c.train_key for c in cells}) == 1, [(c.label, c.train_key[:10]) for c in cells]
+    if group.startswith("Tab. 3 l-DAE"):  # the same evaluation too: 64.5 in every one of these places
+        assert len({c.key for c in cells}) == 1
+
+
+def test_upsampled_is_flagged() -> None:
+    flagged = [c.coords["d"] for c in _cells("pixel_tokenizer", "smoke") if c.recipe.upsampled]
+    assert flagged == ["768"]  # 64 px from 28 px Fashion-MNIST; 32 px is zero-padded, 16 and 8 downsampled

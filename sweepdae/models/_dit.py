@@ -33,8 +33,12 @@ class ModelSpec(NamedTuple):
 
 
 MODEL_SIZES: dict[str, ModelSpec] = {
+    ModelSize.micro_b.value: ModelSpec(96, 6, 3),  # micro at 3/4 width (ViT-B : ViT-1/2L = 768 : 1024), head dim 32
     ModelSize.micro.value: ModelSpec(128, 6, 4),  # CPU-scale smoke model (sweepdae)
+    ModelSize.micro_l.value: ModelSpec(128, 12, 4),  # micro at twice the depth (ViT-L : ViT-1/2L = 48 : 24 blocks)
+    ModelSize.tiny_b.value: ModelSpec(144, 12, 3),  # tiny at 3/4 width
     ModelSize.tiny.value: ModelSpec(192, 12, 3),  # ViT-Ti width / heads (DeiT)
+    ModelSize.tiny_l.value: ModelSpec(192, 24, 3),  # tiny at twice the depth
     ModelSize.small.value: ModelSpec(384, 12, 6),  # ViT-S width / heads (DeiT)
     ModelSize.base.value: ModelSpec(768, 24, 12),  # paper: ViT-B, 12 encoder + 12 decoder blocks
     ModelSize.half_large.value: ModelSpec(1024, 24, 16),  # paper: ViT-1/2L = DiT-L, 12 + 12
