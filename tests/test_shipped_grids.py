@@ -125,7 +125,8 @@ def _one(name: str, profile: str, **coords: str) -> Cell:
 # "Runs the paper shares across tables" (PAPER.md): each group is one training in every profile.
 SHARED = {
     "Tab. 1 last row = Tab. 2 conv VAE d=16": [
-        ("deconstruction", {"step": "replace noise schedule"}), ("tokenizer_dims", {"tokenizer": "conv_vae", "d": "16"})],
+        ("deconstruction", {"step": "replace noise schedule"}),
+        ("tokenizer_dims", {"tokenizer": "conv_vae", "d": "16"})],
     "Tab. 2 PCA d=32 = Tab. 3 baseline": [
         ("tokenizer_dims", {"tokenizer": "patch_pca", "d": "32"}), ("towards_dae", {"step": "baseline (patch PCA)"})],
     "Tab. 3 l-DAE = multi-level = center crop = probe t=10 clean = half depth": [
