@@ -26,7 +26,6 @@ from sweepdae.report.findings import FINDING_CHECKS, spearman
 from sweepdae.report.paper import PAPER, canonical_label
 from sweepdae.report.render import latex_escape
 from sweepdae.report.tables import build_table
-from sweepdae.report.testing import synthetic_grids, synthetic_recipe
 
 EVIL = "<script>alert(1)</script> &_%"
 TOK = ["conv_vae", "patch_vae", "patch_ae", "patch_pca"]
@@ -36,6 +35,13 @@ OURS: dict[str, list[float | None]] = {
     "conv_vae": [50, 58, 60, 55, 45], "patch_vae": [52, 59, 61, 56, None], "patch_ae": [53, 60, 62, 57, None],
     "patch_pca": [51, 60, 63, 58, 50]}
 STEPS = ["DiT baseline", EVIL, "no perceptual loss", "no adversarial loss", "linear gamma^2"]
+
+
+def synthetic_recipe(seed: int) -> dict[str, Any]:
+    return {"data": {"name": "fashion-mnist", "image_size": 32, "train_size": 6000, "test_size": 1000},
+            "tokenizer": {"name": "patch_pca", "patch_size": 8}, "noise": {"schedule": "ddpm_linear"},
+            "model": {"size": "micro"}, "train": {"epochs": 2, "batch_size": 128},
+            "objective": {"target": "eps", "output_space": "latent"}, "seed": seed}
 
 
 class FakeStore:
@@ -339,13 +345,44 @@ def test_figure_data(store: FakeStore, tmp_path: Path) -> None:
     assert {"dit-to-dae-smoke-denoising.svg", "dit-to-dae-smoke-denoising.pdf"} <= names
 
 
+def _linestyles(fd: Any) -> set[str]:
+    """The line styles matplotlib draws for a figure (no file written): "None" is marks without a line."""
+    from matplotlib.figure import Figure
+
+    from sweepdae.report import figures
+
+    fig = Figure()
+    {"lines": figures._plot_lines, "trajectory": figures._plot_trajectory}[fd.kind](fig, fd.data)
+    return {str(line.get_linestyle()) for ax in fig.axes for line in ax.get_lines()}
+
+
+def test_categorical_axes_are_points_numeric_axes_lines(store: FakeStore) -> None:
+    by_d = next(f for f in figure_data(_section(store, "tokenizer_dims").table) if f.kind == "lines")
+    assert by_d.data["x"] == D and not by_d.data["categorical"] and "-" in _linestyles(by_d)  # d: a quantity
+    g, rows = tab2_grid()
+    g["spec"]["report"] = {**g["spec"]["report"], "rows": "d", "cols": "tokenizer"}
+    by_name = next(f for f in figure_data(build_report(FakeStore([g], rows)).sections[0].table) if f.kind == "lines")
+    assert by_name.data["x"] == TOK and by_name.data["categorical"]
+    assert _linestyles(by_name) == {"None"}  # tokenizer names: marks only, nothing joins them
+    traj = next(f for f in figure_data(_section(store, "dit_to_dae").table) if f.kind == "trajectory")
+    assert _linestyles(traj) == {"None"}  # trajectory steps are named changes, not a quantity
+
+
+def test_no_bold_in_a_column_of_equal_values() -> None:
+    ours = {t: [*v[:3], 55.0, v[4]] for t, v in OURS.items()}  # d=64: every tokenizer gets the same value
+    g, rows = tab2_grid(ours=ours)
+    bold = build_report(FakeStore([g], rows)).sections[0].table.bold.xs("ours", level="source")
+    assert not bold["d=64"].any()  # nothing stands out, so nothing is marked best
+    assert bold["d=32"].sum() == 1 and bold.loc["patch_pca", "d=32"]
+
+
 def test_schedule_closed_forms_match_sweepdae_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     real = {n: schedule_tables(n) for n in ("ddpm_linear", "sigma_linear", "linear_gamma2")}
     monkeypatch.setitem(sys.modules, "sweepdae.noise", None)  # the import fails -> closed forms
     for name, (gamma, sigma) in real.items():
         g2, s2 = schedule_tables(name)
-        # the brief's closed forms differ from sweepdae.noise only at the grid ends (open vs closed at t = T)
+        # PAPER.md's closed forms differ from sweepdae.noise only at the grid ends (open vs closed at t = T)
         assert np.allclose(g2**2, gamma**2, atol=2e-3) and np.allclose(s2**2, sigma**2, atol=2e-3), name
     assert schedule_tables("sigma_linear")[1][-1] == pytest.approx(math.sqrt(2))
 
@@ -435,7 +472,7 @@ def test_profiles_are_separate_sections() -> None:
     assert all(len(s.table.tidy) == 18 for s in report.sections)
 
 
-def test_five_thousand_cells_build(tmp_path: Path) -> None:
+def test_five_thousand_cells_build(tmp_path: Path, synthetic_grids: Any) -> None:
     grids, rows = synthetic_grids(5000)
     store = FakeStore(grids, rows)
     report = build_report(store)
@@ -445,3 +482,57 @@ def test_five_thousand_cells_build(tmp_path: Path) -> None:
                                                                                 "failed"}
     paths = write_reports(store, grids=None, out=tmp_path, html=True, latex=False, csv=False)
     assert (tmp_path / "report.html") in paths
+
+
+def test_a_rendered_report_names_no_folder_and_no_host(tmp_path: Path, write_grid: Any, sweepdae: Any,
+                                                       cells: Any) -> None:
+    """A real sweep (grid, store and runs given as absolute paths) and its report in every format: no file of the
+    report holds the working folder, the checkout's folder or this machine's name; the cells' own denoising
+    examples are still found, also after the runs folder moved (the store keeps run folders relative to it)."""
+    import socket
+
+    grid = write_grid(tmp_path, dims=[2])
+    p = sweepdae(tmp_path, "run", str(grid))
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "out"
+    p = sweepdae(tmp_path, "report", "--html", "--latex", "--csv", "--out", str(out), "--store",
+                 f"journal:{tmp_path / 'store.journal'}")
+    assert p.returncode == 0, p.stderr
+    assert list(out.glob("figures/*denoising.svg")), sorted(out.rglob("*"))
+    spec = json.loads((out / "data" / "tiny.json").read_text())["sections"][0]["spec"]
+    assert spec["path"] == "tiny.toml"  # relative to the folder the sweep ran in
+    host = re.compile(rf"(?<![\w.-]){re.escape(socket.gethostname())}(?![\w-])")
+    checkout = str(Path(__file__).resolve().parent.parent)
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert {f.suffix for f in files} >= {".html", ".tex", ".csv", ".json", ".svg", ".pdf"}
+    for f in files:
+        data = f.read_bytes()
+        assert str(tmp_path).encode() not in data and checkout.encode() not in data, f
+        if f.suffix != ".pdf":
+            text = re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+", "", data.decode())  # embedded images
+            assert not host.search(text), (f, host.search(text))
+    row = cells(tmp_path).iloc[0]
+    assert row["info"]["run_dir"] == row["key"]
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    p = sweepdae(tmp_path, "report", "--out", "again", "--runs-dir", "moved", "--store",
+                 f"journal:{tmp_path / 'store.journal'}")
+    assert p.returncode == 0 and list((tmp_path / "again").glob("figures/*denoising.svg")), p.stderr
+
+
+def test_upsampled_cells_are_flagged_in_the_table() -> None:
+    """Fig. 5 at small scale: 64 px from 28 px Fashion-MNIST is an upsample; the table says so and the tidy data
+    carries the flag; 32 px (zero-padded) is not flagged."""
+    labels = ["768", "192"]
+    spec = {"name": "fig5", "mirrors": "fig5", "axes": [{"name": "d", "paths": ["data.image_size"],
+                                                         "labels": labels}],
+            "steps": [], "report": {"rows": None, "cols": "d", "metrics": ["probe_top1"]}}
+    cells = [{"key": lab, "label": f"d={lab} seed=0", "coords": {"d": lab, "seed": "0"}, "step": None}
+             for lab in labels]
+    rows = []
+    for lab, size in zip(labels, (64, 32), strict=True):
+        recipe = synthetic_recipe(0)
+        recipe["data"] = {**recipe["data"], "image_size": size}
+        rows.append(_row(lab, f"d={lab} seed=0", "done", {"probe_top1": 50.0}, recipe=recipe))
+    t = build_table(spec, pd.DataFrame(rows), cells)
+    assert dict(zip(t.tidy["col"], t.tidy["upsampled"], strict=True)) == {"768": True, "192": False}
+    assert any(n.startswith("upsampled: 768") for n in t.notes), t.notes

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweepdae.errors import SweepdaeError
 from sweepdae.metrics import METRICS, MetricInfo, metric_info
+from sweepdae.recipe import recipe_from_dict
 from sweepdae.report.paper import PAPER_SCALE, get_reference, paper_value
 
 __all__ = ["METRICS", "MetricInfo", "TableData", "build_table", "metric_info", "scale_line"]
@@ -197,6 +199,8 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
         t["paper"] = t["paper"].astype(float)
         tidy_parts.append(t)
     tidy = pd.concat(tidy_parts, ignore_index=True)
+    up = {(ri, ci): _upsampled(r) for ri, ci, r in zip(agg["row_i"], agg["col_i"], agg["recipe"], strict=True)}
+    tidy["upsampled"] = [up.get((ri, ci), False) for ri, ci in zip(tidy["row_i"], tidy["col_i"], strict=True)]
     tidy["state"] = np.select(
         [tidy["n"] > 0, tidy["n_done"] > 0, tidy["n_pending"] > 0],
         [np.where(tidy["n"] < tidy["n_cells"], "partial", "done"), "n/a", "pending"], default="failed")
@@ -206,11 +210,26 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
     citation = ref.citation if ref else None
     if ref and ref.note:
         notes.append(f"{citation}: {ref.note}.")
+    flagged = agg[[up.get((ri, ci), False) for ri, ci in zip(agg["row_i"], agg["col_i"], strict=True)]]
+    if len(flagged):
+        where = ", ".join(" ".join(str(v) for v in (r, c) if v) for r, c in zip(flagged["row"], flagged["col"],
+                                                                                 strict=True))
+        notes.append(f"upsampled: {where} (images resized up from smaller originals: pixels the data never had).")
     recipes = [r for r in pos["recipe"] if isinstance(r, Mapping)]
     return TableData(grid=str(spec.get("name", "")), profile=profile, mirrors=mirrors, row_dim=row_dim,
                      col_dim=col_dim, metrics=metrics, trajectory=row_dim == "step", tidy=tidy, positions=agg,
                      display=display, bold=bold, state=state, citation=citation, notes=notes,
                      scale=scale_line(recipes, profile, str(spec.get("profile_description") or "")))
+
+
+def _upsampled(recipe: Any) -> bool:
+    """Whether a cell's images are an upsample of smaller originals (recipe.Recipe.upsampled)."""
+    if not isinstance(recipe, Mapping):
+        return False
+    try:
+        return recipe_from_dict(dict(recipe)).upsampled
+    except SweepdaeError:  # a recipe of an older schema that no longer validates
+        return False
 
 
 def _artifact(info: Any, runs_dir: Path | None) -> str | None:
