@@ -1,11 +1,13 @@
 """Wall time of a probe-only grid when its cells share one training, against a checkout that trains per cell.
 
     git worktree add /tmp/sweepdae-before <commit>     # a checkout from before train keys (schema 1)
-    .venv/bin/python benchmarks/bench_train_once.py --before /tmp/sweepdae-before [--grid probe_t --profile smoke]
+    .venv/bin/python benchmarks/bench_train_once.py --before /tmp/sweepdae-before \
+        [--grid /tmp/sweepdae-before/grids/probe_t.toml --profile smoke]
 
 Runs `python -m sweepdae run GRID --profile P --plain` on a fresh store and runs folder, once with this checkout's
 sweepdae and once with the other checkout's (same Python, same packages: only PYTHONPATH differs), one after the
-other in this process, and prints both wall times, their ratio and how many trainings each made.
+other in this process, and prints both wall times, their ratio and how many trainings each made. GRID defaults to
+the other checkout's grid file, so both run the same cells even when the shipped grid has changed since.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def run(src: Path, grid: str, profile: str) -> tuple[float, int, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", type=Path, required=True, help="a checkout of sweepdae to compare against")
-    ap.add_argument("--grid", default="probe_t")
+    ap.add_argument("--grid", default="", help="grid file or name (default: the other checkout's probe_t.toml)")
     ap.add_argument("--profile", default="smoke")
     a = ap.parse_args()
+    a.grid = a.grid or str(a.before.resolve() / "grids" / "probe_t.toml")
     before = run(a.before.resolve(), a.grid, a.profile)
     after = run(HERE, a.grid, a.profile)
     print(f"{a.grid} --profile {a.profile}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")
