@@ -17,9 +17,11 @@ from typing import Any
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the synthetic store of the tests
+
+from _synthetic import synthetic_grids  # noqa: E402
 
 from sweepdae.report import build_report, write_reports  # noqa: E402
-from sweepdae.report.testing import synthetic_grids  # noqa: E402
 
 
 class MemoryStore:

@@ -7,7 +7,7 @@ Each backend gets a fresh store per study size. One `enqueue` call queues every 
 grid), then one process claims and completes until the queue is empty, with `keys` = the grid's keys as the
 coordinator passes them. Cells carry a real resolved recipe (~1.6 kB of JSON). Claim cost per call is measured at
 two study sizes (--small and --cells) to show how it grows with the study. PostgreSQL runs on a throwaway local
-server (sweepdae.store.testing; fsync off); it is skipped with the reason when the server binaries are missing.
+server (tests/_pg.py; fsync off); it is skipped with the reason when the server binaries are missing.
 A drain longer than --budget-s is stopped and its row marked partial (rates are then over the cells done).
 """
 
@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test PostgreSQL launcher
+
+import _pg as pg_testing  # noqa: E402
 
 from sweepdae.recipe import recipe_from_flat  # noqa: E402
 from sweepdae.store import open_store  # noqa: E402
-from sweepdae.store import testing as pg_testing  # noqa: E402
 
 
 @dataclass

@@ -126,7 +126,7 @@ class Augment(str, Enum):
 
 
 class Precision(str, Enum):
-    auto = "auto"  # bf16 on GPU, fp32 on CPU (bf16 measured ~14x slower on the 2-core CPU here)
+    auto = "auto"  # bf16 on GPU, fp32 on CPU (bf16 measured ~14x slower than fp32 on a 2-core CPU)
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from sweepdae.report import write_reports
-from sweepdae.report.testing import synthetic_grids
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,7 +44,7 @@ class Store:
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium: apt install chromium")
-def test_html_report_in_headless_chromium(tmp_path: Path) -> None:
+def test_html_report_in_headless_chromium(tmp_path: Path, synthetic_grids: Any) -> None:
     grids, rows = synthetic_grids(200)
     grids[0]["spec"]["title"] = "<script>alert(1)</script> &_%"  # rendered as text, never run
     (html,) = [p for p in write_reports(Store(grids, rows), grids=None, out=tmp_path / "out", html=True, latex=False,

@@ -1,4 +1,4 @@
-"""A non-editable `pip install .` still finds the templates and the shipped grids."""
+"""A non-editable `pip install .` still finds the templates and the shipped grids (slow tier: a real pip build)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_non_editable_install_ships_templates_and_grids(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",

@@ -1,8 +1,8 @@
 """The store contract, run against every backend (journal file, SQLite, PostgreSQL), plus URL handling,
 concurrent workers and a PostgreSQL restart.
 
-PostgreSQL tests start a throwaway server (sweepdae.store.testing) once per session and give each test a fresh
-schema; they skip with a reason when the server binaries are missing (apt install postgresql).
+PostgreSQL tests start a throwaway server (the `pg_server` fixture of conftest.py) once per session and give each
+test a fresh schema (`pg_url`); they skip with a reason when the server binaries are missing (apt install postgresql).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import shutil
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,35 +26,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweepdae.errors import StoreError
 from sweepdae.store import CellStatus, Store, open_store
-from sweepdae.store import testing as pg_testing
 from sweepdae.store._trials import duplicate_of, status_from_states
-from sweepdae.store.testing import (
-    PostgresServer,
-    chaos_worker,
-    create_schema,
-    drain_queue,
-    postgres_unavailable_reason,
-    start_postgres_server,
-)
 
 BACKENDS = ["journal", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    reason = postgres_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    server = start_postgres_server(tmp_path_factory.mktemp("pg"))
-    yield server
-    server.stop()
-
-
-def _fresh_pg_url(server: PostgresServer) -> str:
-    return create_schema(server.url, f"t_{uuid.uuid4().hex[:12]}")
-
-
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty SQLite store, made once: creating Optuna's tables costs ~0.5 s, copying the file ~1 ms."""
@@ -71,7 +47,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / "store.db")
         return f"sqlite:///{tmp_path / 'store.db'}"
-    return _fresh_pg_url(request.getfixturevalue("pg_server"))
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture
@@ -151,8 +127,8 @@ class TestStoreContract:
         store.fail(c2, failure_class="crash", error="boom", traceback_tail="tb", retry=False)
         assert store.status(["key000"]) == {"key000": "failed"}
         assert store.claim("w") is None
-        assert store.requeue_failed() == 1
-        assert store.requeue_failed() == 0  # already queued
+        assert store.enqueue([cell(0)]) == {"key000": "queued"}  # a failed key is queued afresh
+        assert store.enqueue([cell(0)]) == {"key000": "already-queued"}
         c3 = store.claim("w")
         assert c3 is not None and c3.attempt == 3 and c3.recipe_overrides == {}
         assert store.complete(c3, metrics={"objective": 0.5, "probe_top1": 0.5},
@@ -355,6 +331,99 @@ class TestStoreContract:
             store.status()
 
 
+# ---------------------------------------------------------------------------------------------- poison cells
+def _die_under(store: Store, attempt: int) -> list[str]:
+    """Claim the queued cell and let its coordinator die: the reaper finds the lease expired."""
+    c = store.claim(f"host:{attempt}", lease_s=5)
+    assert c is not None and c.attempt == attempt
+    return store.reap_stale(now=time.time() + 60)
+
+
+class TestPoisonCells:
+    """A cell whose attempts keep taking their coordinator down is quarantined, on every backend."""
+
+    def test_quarantined_after_three_dead_coordinators_in_a_row(self, store: Store,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("SWEEPDAE_POISON_ATTEMPTS", raising=False)
+        store.enqueue([cell(0)])
+        assert [_die_under(store, a) for a in (1, 2, 3)] == [["key000"], ["key000"], []]
+        assert store.status() == {"key000": "failed"} and store.claim("w") is None
+        last = trials_of(store, "key000")[-1]
+        assert last.user_attrs["poison"] is True and last.user_attrs["failure_class"] == "killed"
+        assert "poison cell" in last.user_attrs["error"] and "3 attempts in a row" in last.user_attrs["error"]
+        # `sweepdae run` enqueues it again: a fresh count, so one more death requeues it
+        assert store.enqueue([cell(0)]) == {"key000": "queued"}
+        assert _die_under(store, 4) == ["key000"]
+
+    def test_a_finished_attempt_breaks_the_run(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("SWEEPDAE_POISON_ATTEMPTS", raising=False)
+        store.enqueue([cell(0)])
+        assert _die_under(store, 1) == ["key000"] and _die_under(store, 2) == ["key000"]
+        c = store.claim("w")
+        assert c is not None
+        store.fail(c, failure_class="crash", error="boom", traceback_tail="", retry=True)  # the cell itself failed
+        assert _die_under(store, 4) == ["key000"] and _die_under(store, 5) == ["key000"]
+        assert store.status() == {"key000": "queued"}
+
+    @pytest.mark.parametrize(("setting", "requeued"), [("1", [[]]), ("0", [["key000"]] * 4)])
+    def test_the_count_is_configurable(self, store: Store, monkeypatch: pytest.MonkeyPatch, setting: str,
+                                       requeued: list[list[str]]) -> None:
+        monkeypatch.setenv("SWEEPDAE_POISON_ATTEMPTS", setting)
+        store.enqueue([cell(0)])
+        assert [_die_under(store, a) for a in range(1, len(requeued) + 1)] == requeued
+
+    def test_a_bad_setting_is_one_line(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SWEEPDAE_POISON_ATTEMPTS", "three")
+        with pytest.raises(StoreError, match="SWEEPDAE_POISON_ATTEMPTS must be a whole number"):
+            store.reap_stale()
+
+
+# ---------------------------------------------------------------------------------------------- lost replies
+class _Quiet:
+    def message(self, text: str) -> None:
+        pass
+
+
+def test_a_failure_committed_before_the_connection_dropped_queues_one_retry(store: Store, store_url: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database commits the FAIL, then the connection drops before the reply: the coordinator's store call
+    raises, it calls `fail` again (PatientStore), and exactly one retry is queued."""
+    from optuna.exceptions import StorageInternalError
+
+    from sweepdae.runner.coordinator import PatientStore
+
+    store.enqueue([cell(0)])
+    c = store.claim("w")
+    assert c is not None
+    real = store._storage.set_trial_state_values
+    dropped: list[int] = []
+
+    def commit_then_drop(trial_id: int, state: TrialState, values: Any = None) -> bool:
+        ok = real(trial_id, state, values)
+        if state == TrialState.FAIL and not dropped:
+            dropped.append(trial_id)
+            if store.kind == "postgresql":  # really cut every connection of the store, as a lost server would
+                import psycopg
+
+                with psycopg.connect(store_url, autocommit=True) as conn:
+                    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+            raise StorageInternalError("server closed the connection unexpectedly (after the commit)")
+        return ok
+
+    monkeypatch.setattr(store._storage, "set_trial_state_values", commit_then_drop)
+    PatientStore(store, _Quiet(), outage_s=30).fail(c, failure_class="crash", error="boom", traceback_tail="",
+                                                    retry=True, info={})
+    assert dropped == [c._trial_id]
+    trials = trials_of(store, "key000")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs["retry_of"] == c.number and trials[1].user_attrs["reason"] == "retry"
+    store.fail(c, failure_class="crash", error="boom", traceback_tail="", retry=True)  # yet another late call
+    assert len(trials_of(store, "key000")) == 2
+    retry = store.claim("w")
+    assert retry is not None and retry.attempt == 2
+
+
 @given(st.lists(st.sampled_from([TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL])))
 def test_status_precedence(states: list[TrialState]) -> None:
     status = status_from_states(states)
@@ -434,9 +503,9 @@ def test_read_only_open_of_journal_without_study(tmp_path: Path) -> None:
     assert path.stat().st_size == 0
 
 
-def test_missing_server_binaries_give_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pg_testing, "find_postgres_bin", lambda: None)
-    reason = pg_testing.postgres_unavailable_reason()
+def test_missing_server_binaries_give_an_install_hint(monkeypatch: pytest.MonkeyPatch, pg_launcher: Any) -> None:
+    monkeypatch.setattr(pg_launcher, "find_postgres_bin", lambda: None)
+    reason = pg_launcher.postgres_unavailable_reason()
     assert reason is not None and "apt install postgresql" in reason
 
 
@@ -448,9 +517,9 @@ def test_claim_is_picklable(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_read_only_open_of_empty_postgres(pg_server: PostgresServer) -> None:
+def test_read_only_open_of_empty_postgres(pg_url: str) -> None:
     with pytest.raises(StoreError, match="no store at"):
-        open_store(_fresh_pg_url(pg_server), create=False)
+        open_store(pg_url, create=False)
 
 
 def test_url_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -466,7 +535,7 @@ def test_url_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 # ---------------------------------------------------------------------------------------------- concurrency
-def _run_workers(url: str, n_workers: int, cells: list[dict[str, Any]]) -> dict[str, list[str]]:
+def _run_workers(drain_queue: Any, url: str, n_workers: int, cells: list[dict[str, Any]]) -> dict[str, list[str]]:
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(n_workers), ctx.Queue()
     procs = []
@@ -484,17 +553,17 @@ def _run_workers(url: str, n_workers: int, cells: list[dict[str, Any]]) -> dict[
 
 
 @pytest.mark.parametrize("backend", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_concurrent_claimers_complete_each_key_once(backend: str, tmp_path: Path,
-                                                    request: pytest.FixtureRequest) -> None:
+def test_concurrent_claimers_complete_each_key_once(backend: str, tmp_path: Path, request: pytest.FixtureRequest,
+                                                    store_workers: Any) -> None:
     """4 spawned workers drain 40 cells: 30 queued beforehand, 10 enqueued by all 4 at once (a race that
     leaves duplicate WAITING trials). Every key must be completed exactly once and nothing left RUNNING."""
     if backend == "journal":
         url = f"journal:{tmp_path / 'shared.journal'}"
     else:
-        url = _fresh_pg_url(request.getfixturevalue("pg_server"))
+        url = request.getfixturevalue("pg_url")
     with open_store(url) as s:
         s.enqueue([cell(i) for i in range(30)])
-    done = _run_workers(url, n_workers=4, cells=[cell(i) for i in range(30, 40)])
+    done = _run_workers(store_workers.drain_queue, url, n_workers=4, cells=[cell(i) for i in range(30, 40)])
     counts = Counter(key for keys in done.values() for key in keys)
     assert sorted(counts) == [cell(i)["key"] for i in range(40)]
     assert set(counts.values()) == {1}
@@ -511,19 +580,20 @@ def test_concurrent_claimers_complete_each_key_once(backend: str, tmp_path: Path
 
 @pytest.mark.parametrize("backend", ["journal", pytest.param("postgresql", marks=[pytest.mark.postgres,
                                                                                     pytest.mark.slow])])
-def test_chaos_workers_keep_every_result_once(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_chaos_workers_keep_every_result_once(backend: str, tmp_path: Path, request: pytest.FixtureRequest,
+                                              store_workers: Any) -> None:
     """4 misbehaving workers (racing enqueues, failures with retries, overrun leases, late completions, reaping
     each other): no key is completed twice, nothing is left unfinished, and a key only ends failed when its
     last real attempt declined a retry."""
     if backend == "journal":
         url = f"journal:{tmp_path / 'chaos.journal'}"
     else:
-        url = _fresh_pg_url(request.getfixturevalue("pg_server"))
+        url = request.getfixturevalue("pg_url")
     open_store(url).close()
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(4), ctx.Queue()
     n_cells = 20 if backend == "journal" else 30
-    procs = [ctx.Process(target=chaos_worker, args=(url, f"w{w}", 1000 + w, n_cells, barrier, results))
+    procs = [ctx.Process(target=store_workers.chaos_worker, args=(url, f"w{w}", 1000 + w, n_cells, barrier, results))
              for w in range(4)]
     for p in procs:
         p.start()
@@ -550,8 +620,8 @@ def test_chaos_workers_keep_every_result_once(backend: str, tmp_path: Path, requ
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL restart
 @pytest.mark.postgres
-def test_postgres_restart_mid_use(pg_server: PostgresServer) -> None:
-    url = _fresh_pg_url(pg_server)
+def test_postgres_restart_mid_use(pg_server: Any, pg_url: str) -> None:
+    url = pg_url
     with open_store(url) as s:
         s.enqueue([cell(0), cell(1)])
         c = s.claim("w")
@@ -567,8 +637,8 @@ def test_postgres_restart_mid_use(pg_server: PostgresServer) -> None:
 
 
 @pytest.mark.postgres
-def test_postgres_down_is_a_store_error(pg_server: PostgresServer) -> None:
-    url = _fresh_pg_url(pg_server)
+def test_postgres_down_is_a_store_error(pg_server: Any, pg_url: str) -> None:
+    url = pg_url
     with open_store(url) as s:
         s.enqueue([cell(0)])
         pg_server.shutdown()

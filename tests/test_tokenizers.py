@@ -401,7 +401,8 @@ def test_key_covers_exactly_the_relevant_knobs() -> None:
 
     pca = _cfg("patch_pca")
     assert key(pca) == key(replace(pca, kl_weight=0.5, fit_lr=0.1, conv_channels=3))
-    for changed in (replace(pca, latent_dim=4), replace(pca, latent_scale="per_dim"), replace(pca, latent_scale="none")):
+    for changed in (replace(pca, latent_dim=4), replace(pca, latent_scale="per_dim"),
+                    replace(pca, latent_scale="none")):
         assert key(changed) != key(pca)
     assert len({key(pca), key(pca, seed=1), key(pca, data_key="e"), key(pca, channels=1)}) == 4
     basis: dict[str, Any] = dict(data_key="d", channels=CH, image_size=SIZE, seed=0)

@@ -1,0 +1,165 @@
+"""Shared test configuration.
+
+Hypothesis runs derandomized by default: every property and fuzz test draws the same examples on every run and
+machine (a seed fixed per test, no example database), so the default suite cannot fail on one run in three.
+`SWEEPDAE_HYPOTHESIS=random` (or pytest's `--hypothesis-profile random`) draws fresh examples to hunt for new
+failures; a failure prints the `@reproduce_failure` blob that replays it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import _pg
+import _store_workers
+import _synthetic
+import pytest
+from hypothesis import settings
+
+from sweepdae.store import open_store
+
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("random", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("SWEEPDAE_HYPOTHESIS", "ci"))
+
+
+# ---------------------------------------------------------------------------------------- shared fixtures
+# Test modules import nothing from each other: what several of them need is a fixture here. The PostgreSQL
+# launcher, the spawned store workers and the synthetic report store are helper modules beside this file
+# (tests/_pg.py, tests/_store_workers.py, tests/_synthetic.py; the benchmarks import them too).
+TINY = """
+[grid]
+name = "tiny"
+seeds = [0]
+
+[base]
+data.name = "digits"
+data.image_size = 8
+tokenizer.name = "patch_pca"
+tokenizer.patch_size = 4
+tokenizer.pca_num_patches = 2000
+model.size = "micro"
+train.epochs = {epochs}
+train.batch_size = 64
+train.warmup_epochs = 0.5
+probe.epochs = 5
+
+[axes]
+tokenizer.latent_dim = {dims}
+"""
+
+
+def _write_grid(tmp: Path, dims: list[int] = [2, 4, 8], epochs: int = 1, name: str = "tiny") -> Path:  # noqa: B006
+    """A tiny digits grid (8 px, micro DiT, 1,438 training images: 22 steps per epoch at batch 64), one cell per
+    latent dim."""
+    p = tmp / f"{name}.toml"
+    p.write_text(TINY.format(dims=dims, epochs=epochs).replace('name = "tiny"', f'name = "{name}"'))
+    return p
+
+
+def _sweepdae(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
+              store: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m sweepdae ARGS` in `tmp`, on the journal store and runs folder there unless told otherwise."""
+    cmd = [sys.executable, "-m", "sweepdae", *args]
+    if args and args[0] in ("run", "worker", "status"):
+        cmd += ["--store", store or f"journal:{tmp / 'store.journal'}"]
+    if args and args[0] in ("run", "worker"):
+        cmd += ["--plain", "--runs-dir", str(tmp / "runs")]
+    return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _attempts(tmp: Path, store: str | None = None) -> Any:
+    with open_store(store or f"journal:{tmp / 'store.journal'}", create=False) as s:
+        return s.attempts()
+
+
+def _cells(tmp: Path, store: str | None = None) -> Any:
+    with open_store(store or f"journal:{tmp / 'store.journal'}", create=False) as s:
+        return s.cells()
+
+
+@pytest.fixture(scope="session")
+def write_grid() -> Callable[..., Path]:
+    return _write_grid
+
+
+@pytest.fixture(scope="session")
+def sweepdae() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return _sweepdae
+
+
+@pytest.fixture(scope="session")
+def events() -> Callable[[Path], list[dict[str, Any]]]:
+    return _events
+
+
+@pytest.fixture(scope="session")
+def attempts() -> Callable[..., Any]:
+    """The store's attempts table (one row per trial) of the sweep in a tmp folder."""
+    return _attempts
+
+
+@pytest.fixture(scope="session")
+def cells() -> Callable[..., Any]:
+    """The store's cells table (one row per key) of the sweep in a tmp folder."""
+    return _cells
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_pg.PostgresServer]:
+    """One throwaway PostgreSQL server per session (skips with the reason when it cannot start here)."""
+    reason = _pg.postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = _pg.start_postgres_server(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: _pg.PostgresServer) -> str:
+    """A store URL on a fresh, empty schema of the session's server."""
+    return _pg.create_schema(pg_server.url, f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def own_pg_server(tmp_path: Path) -> Iterator[_pg.PostgresServer]:
+    """A server of the test's own, for tests that stop and restart it while processes use it."""
+    reason = _pg.postgres_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = _pg.start_postgres_server(tmp_path / "pg")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_launcher() -> types.ModuleType:
+    """The launcher module itself (for tests of its own behaviour)."""
+    return _pg
+
+
+@pytest.fixture(scope="session")
+def store_workers() -> types.ModuleType:
+    """`drain_queue` and `chaos_worker`: bodies of spawned store workers (importable by name in the child)."""
+    return _store_workers
+
+
+@pytest.fixture(scope="session")
+def synthetic_grids() -> Callable[..., tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """`synthetic_grids(n_cells)` -> (grids, rows) of a synthetic store (see tests/_synthetic.py)."""
+    return _synthetic.synthetic_grids
