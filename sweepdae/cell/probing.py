@@ -9,7 +9,6 @@ import torch
 
 from sweepdae.cell.build import build_model
 from sweepdae.data import ImageData, to_unit_range
-from sweepdae.errors import RecipeError
 from sweepdae.models import Denoiser
 from sweepdae.recipe import PAPER_PROBE_T, Recipe, probe_depth, probe_t
 from sweepdae.tokenizers import Tokenizer
@@ -50,7 +49,7 @@ def encoder_feature_fn(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, *,
 def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: ImageData, test: ImageData,
                device: torch.device, run_dir: Path, events: Callable[..., None]) -> dict[str, float]:
     """Linear probe (MAE protocol) and kNN on the cell's encoder; reference baselines when probe.baselines."""
-    from sweepdae.eval import knn_probe, linear_probe, linear_probe_augmented
+    from sweepdae.eval import knn_probe, linear_probe, linear_probe_augmented_data
 
     depth, at = probe_depth(recipe), probe_t(recipe)
     fn = encoder_feature_fn(recipe, model, tokenizer, depth=depth, t=at, seed=recipe.seed)
@@ -63,11 +62,11 @@ def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: 
         events(phase="probe", probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)
 
     if pc.augment:  # MAE's probe augmentation (RandomResizedCrop 0.08-1 + flip), features recomputed per epoch
-        if not train.in_memory:
-            raise RecipeError("probe.augment recomputes features of in-memory sets only; streamed (imagefolder) "
-                              "sets use cached center-crop features")
-        out.update(linear_probe_augmented(fn, *train.tensors(), *test.tensors(), num_classes=train.num_classes,
-                                          cfg=pc, seed=recipe.seed, device=device, progress=progress))
+        # In-memory and streamed sets alike: the crop is taken on device from the model-size uint8 batch, loaded
+        # and encoded FEATURE_BATCH images at a time (the paper profile's probe batch of 16384 256-px images would
+        # be 3.2 GB per loader batch, held num_workers x 2 times over by a DataLoader's prefetch).
+        out.update(linear_probe_augmented_data(fn, train, test, cfg=pc, seed=recipe.seed,
+                                               feature_batch_size=FEATURE_BATCH, device=device, progress=progress))
     else:
         out.update(linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=pc, seed=recipe.seed,
                                 device=device, progress=progress))

@@ -33,6 +33,7 @@ from sweepdae.eval.probe import (
     knn_probe,
     linear_probe,
     linear_probe_augmented,
+    linear_probe_augmented_data,
 )
 from sweepdae.eval.sampling import SAMPLERS, SamplerError, resolve_sampler, sample, space_timesteps
 
@@ -55,6 +56,7 @@ __all__ = [
     "knn_probe",
     "linear_probe",
     "linear_probe_augmented",
+    "linear_probe_augmented_data",
     "preprocess_for_inception",
     "random_resized_crop_flip",
     "reference_key",

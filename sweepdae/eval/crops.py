@@ -4,6 +4,13 @@ The crop box is drawn as MAE's `util/crop.py` RandomResizedCrop (one draw, no re
 code): area fraction ~ U(0.08, 1), log aspect ratio ~ U(log 3/4, log 4/3), w and h clipped to the image, offset
 uniform. The crop is resized back to the input size with bicubic interpolation (MAE: `interpolation=3`), done for
 the whole batch at once with `grid_sample` so that it runs on the GPU next to the encoder.
+
+MAE crops the decoded photo before resizing it to 224 px. Here the crop is taken from the image at the model's
+size, as every set yields it (in-memory sets are stored at that size, Fashion-MNIST zero-padded; streamed sets are
+ADM-center-cropped by the loader workers), so in-memory and streamed sets go through this one function on the same
+input and give the same crops of the same images. A crop then only ever enlarges (no antialiasing needed); the
+cost, on non-square photos, is that nothing outside the central square is seen and a small crop is upsampled from
+the model's size rather than from the photo's.
 """
 
 from __future__ import annotations

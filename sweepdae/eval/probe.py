@@ -4,22 +4,24 @@ Linear probe = facebookresearch/mae `main_linprobe.py`: a parameter-free BatchNo
 front of a Linear head whose weight is trunc_normal(std=0.01) (MoCo v3), zero weight decay, LARS (or SGD with
 momentum 0.9), lr = blr x batch / 256, per-iteration linear warm-up (10 of 90 epochs) then half-cycle cosine,
 cross-entropy, `drop_last=True` batches. `linear_probe` trains on cached features (fast: a probe of 60k x 1k
-features runs in seconds); `linear_probe_augmented` recomputes features on RandomResizedCrop + flip every epoch,
-which is MAE's actual train path (paper Sec. 4, "train aug RandomResizedCrop + flip").
+features runs in seconds); `linear_probe_augmented_data` (in-memory or streamed sets; `linear_probe_augmented` on
+tensors) recomputes features on RandomResizedCrop + flip every epoch, which is MAE's actual train path (paper Sec. 4,
+"train aug RandomResizedCrop + flip").
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from sweepdae.data import to_unit_range
+from sweepdae.data import ImageData, InMemoryData, to_unit_range
 from sweepdae.errors import TrainingError
 from sweepdae.eval.crops import AugmentFn, random_resized_crop_flip
 from sweepdae.eval.lars import LARS, WARMUP_FRACTION, cosine_lr, probe_lr, set_lr
@@ -180,62 +182,104 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
                    num_classes, dev, started)
 
 
+def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of epoch `epoch`'s probe crops, seeded by (seed, epoch): any epoch's crops can be redrawn alone."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
 def linear_probe_augmented(feature_fn: FeatureFn, train_images: Tensor, train_labels: Tensor,
                            test_images: Tensor, test_labels: Tensor, *, num_classes: int, cfg: ProbeConfig,
                            seed: int, augment_fn: AugmentFn | None = None, feature_batch_size: int = 0,
                            device: torch.device | str = "cpu",
                            progress: ProgressFn | None = None) -> dict[str, float]:
-    """MAE's way: every epoch, features of a fresh RandomResizedCrop + flip of each train image (uint8 in).
+    """`linear_probe_augmented_data` on uint8 tensors [N, C, S, S] (held as in-memory sets); same keys."""
+    train = InMemoryData("tensors", "train", train_images, train_labels.to(train_images.device), num_classes)
+    test = InMemoryData("tensors", "test", test_images, test_labels.to(test_images.device), num_classes)
+    return linear_probe_augmented_data(feature_fn, train, test, cfg=cfg, seed=seed, augment_fn=augment_fn,
+                                       feature_batch_size=feature_batch_size, device=device, progress=progress)
 
-    `augment_fn(uint8 batch on device, generator) -> float [-1, 1]` defaults to `random_resized_crop_flip`.
-    Test images are used as given (already center-cropped by the data pipeline). `feature_batch_size` (0 = the
-    probe batch) chunks the encoder pass of one probe batch to bound memory. probe_train_top1 is measured on
-    un-augmented train images. Same keys as `linear_probe`.
+
+def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: ImageData, *, cfg: ProbeConfig,
+                                seed: int, augment_fn: AugmentFn | None = None, feature_batch_size: int = 0,
+                                device: torch.device | str = "cpu",
+                                progress: ProgressFn | None = None) -> dict[str, float]:
+    """MAE's way: every epoch, features of a fresh RandomResizedCrop + flip of each train image.
+
+    Works alike on in-memory and streamed (imagefolder) sets: both give their images as uint8 batches already at
+    the model's size (center-cropped by the data pipeline), and `augment_fn(uint8 chunk on device, generator) ->
+    float [-1, 1]` (default `random_resized_crop_flip`) crops each chunk on the device. Epoch e shuffles with one
+    generator seeded by seed + 1 (as `linear_probe`) and crops with `epoch_generator(seed, e)`, chunk by chunk
+    of `feature_batch_size` images (0 = the probe batch) in shuffled order, so the same images give the same
+    crops, features and result on either kind of set. Test images are used as given (center crop);
+    probe_train_top1 is measured on un-augmented train images. Same keys as `linear_probe`.
     """
     started = time.perf_counter()
     dev = _as_device(device)
     aug = augment_fn or random_resized_crop_flip
     module = feature_fn if isinstance(feature_fn, nn.Module) else None
     was_training = module.training if module is not None else False
-    ytr = train_labels.long()
-    n = train_images.shape[0]
-    batch, iters = _batching(n, cfg.batch_size)
-    chunk = feature_batch_size or batch
+    batch, iters = _batching(len(train), cfg.batch_size)
+    chunk = min(feature_batch_size or batch, batch)
     shuffle = torch.Generator().manual_seed(seed + 1)
-    aug_gen = torch.Generator(device=dev).manual_seed(seed + 2)
 
     @torch.no_grad()
-    def features_of(idx: Tensor) -> Tensor:
-        if module is not None:
-            module.eval()
-        parts = []
-        for s in range(0, idx.numel(), chunk):
-            sub = idx[s:s + chunk]
-            x = aug(train_images[sub.to(train_images.device)].to(dev, non_blocking=True), aug_gen)
-            parts.append(feature_fn(x, ytr[sub.to(ytr.device)].to(dev)).float())
-        return torch.cat(parts)
+    def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's probe batches (features [batch, F], labels [batch]) from crops of `chunk` images at once."""
+        aug_gen = epoch_generator(seed, epoch, dev)
+        fs: list[Tensor] = []  # features (and their labels) waiting for their probe batch
+        ys: list[Tensor] = []
+        held, left = 0, iters * batch  # how many wait; images still to crop this epoch
+        chunks = train.batches(chunk, shuffle=True, generator=shuffle, device=dev)
+        for x, y in chunks:  # uint8 [<= chunk, C, S, S], int64 [<= chunk]
+            fs.append(feature_fn(aug(x, aug_gen), y).float())
+            ys.append(y.long())
+            held, left = held + x.shape[0], left - x.shape[0]
+            while held >= batch:
+                f, lab = (fs[0], ys[0]) if len(fs) == 1 else (torch.cat(fs), torch.cat(ys))
+                yield f[:batch], lab[:batch]
+                fs, ys, held = [f[batch:]], [lab[batch:]], held - batch
+            if left <= 0:  # drop_last, as MAE's train loader: the images past iters x batch are not encoded
+                break
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # a streamed set's loader workers stop now, not when the generator is collected
 
     trainer: _ProbeTrainer | None = None
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=shuffle)
-        total = 0.0
-        for it in range(iters):
-            idx = perm[it * batch:(it + 1) * batch]
-            feats = features_of(idx)
-            if trainer is None:  # the feature width is known after the first batch
-                trainer = _ProbeTrainer(feats.shape[1], num_classes, cfg, batch_size=batch, iters_per_epoch=iters,
-                                        seed=seed, device=dev)
-            total += trainer.step(feats, ytr[idx.to(ytr.device)].to(dev), epoch, it)
-        if progress is not None:
-            progress(epoch + 1, cfg.epochs, total / iters)
     if module is not None:
-        module.train(was_training)
-    if trainer is None:
-        raise ValueError("linear_probe_augmented needs cfg.epochs >= 1")
-    fbs = feature_batch_size or batch
-    te_feats, te_labels = extract_features(feature_fn, test_images, test_labels, batch_size=fbs, device=dev)
-    tr_feats, tr_labels = extract_features(feature_fn, train_images, train_labels, batch_size=fbs, device=dev)
-    return _result(trainer, tr_feats, tr_labels, te_feats, te_labels, num_classes, dev, started)
+        module.eval()
+    try:
+        for epoch in range(cfg.epochs):
+            total = 0.0
+            for it, (feats, labels) in enumerate(epoch_batches(epoch)):
+                if trainer is None:  # the feature width is known after the first batch
+                    trainer = _ProbeTrainer(feats.shape[1], num_classes=train.num_classes, cfg=cfg, batch_size=batch,
+                                            iters_per_epoch=iters, seed=seed, device=dev)
+                total += trainer.step(feats, labels, epoch, it)
+            if progress is not None:
+                progress(epoch + 1, cfg.epochs, total / iters)
+        if trainer is None:
+            raise ValueError("linear_probe_augmented needs cfg.epochs >= 1")
+        fbs = feature_batch_size or batch
+        te_feats, te_labels = _features(feature_fn, test, batch_size=fbs, device=dev)
+        tr_feats, tr_labels = _features(feature_fn, train, batch_size=fbs, device=dev)
+    finally:
+        if module is not None:
+            module.train(was_training)
+    return _result(trainer, tr_feats, tr_labels, te_feats, te_labels, train.num_classes, dev, started)
+
+
+@torch.no_grad()
+def _features(feature_fn: FeatureFn, data: ImageData, *, batch_size: int,
+              device: torch.device) -> tuple[Tensor, Tensor]:
+    """Features of a whole split in order, its images as given (no crop): CPU float32 [N, F], int64 [N]."""
+    feats, labels = [], []
+    for x, y in data.batches(batch_size, shuffle=False, device=device):
+        feats.append(feature_fn(to_unit_range(x), y).float().cpu())
+        labels.append(y.long().cpu())
+    if not feats:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels)
 
 
 @torch.no_grad()
