@@ -23,9 +23,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 
 
-def run(src: Path, grid: Path, profile: str) -> tuple[float, dict[str, dict[str, float]]]:
-    """(wall seconds, label -> metrics) of one sweep of `grid` with the sweepdae in `src`."""
-    with tempfile.TemporaryDirectory() as tmp:
+def run(src: Path, grid: Path, profile: str, keep: Path | None = None) -> tuple[float, dict[str, dict[str, float]]]:
+    """(wall seconds, label -> metrics) of one sweep of `grid` with the sweepdae in `src` (its store and runs
+    folder kept in `keep` when given, else in a temporary folder)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = str(keep.resolve()) if keep else scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(src), "SWEEPDAE_STORE": f"journal:{tmp}/store.journal",
                "SWEEPDAE_RUNS": f"{tmp}/runs"}
         t0 = time.perf_counter()
@@ -47,10 +50,11 @@ def main() -> None:
     ap.add_argument("--grid", default="quickstart", help="a shipped grid's name")
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--metrics", default="probe_top1,knn_top1,random_init_probe_top1,raw_pixel_probe_top1")
+    ap.add_argument("--keep", type=Path, help="keep this tree's store and runs folder here (e.g. for a report)")
     a = ap.parse_args()
     names = a.metrics.split(",")
     before = run(a.before.resolve(), a.before.resolve() / "grids" / f"{a.grid}.toml", a.profile)
-    after = run(HERE, HERE / "grids" / f"{a.grid}.toml", a.profile)
+    after = run(HERE, HERE / "grids" / f"{a.grid}.toml", a.profile, a.keep)
     print(f"{a.grid} --profile {a.profile}: before ({a.before}) {before[0]:.0f} s, after (this tree) {after[0]:.0f} s")
     print("| cell | " + " | ".join(f"{m} before | after" for m in names) + " |")
     print("|---|" + "---|---|" * len(names))
