@@ -24,7 +24,8 @@ from sweepdae.errors import RecipeError
 # Bump when the meaning of an existing knob changes, so old cells are not mistaken for new ones.
 # 2: keys split into a training identity (`train_key`) and an evaluation key over resolved values.
 # 3: latent_scale defaults to "global" (PCA through V and V^T, as the paper); pca_whiten merged into it;
-#    probe.t = -1 (auto) probes a single-level model at its own t; 28 px sets reach 32 px by zero-padding.
+#    probe.t = -1 (auto) probes a single-level model at its own t; 28 px sets reach 32 px by zero-padding;
+#    VAE tokenizers train the denoiser on posterior samples (latent scale fitted on samples).
 RECIPE_SCHEMA_VERSION = 3
 
 
@@ -169,7 +170,13 @@ class TokenizerConfig:
     fit_epochs: int = 5
     fit_batch_size: int = 256
     fit_lr: float = 1e-3
-    kl_weight: float = 1e-4  # VAE KL weight (unspecified; LDM's KL-f8 uses 1e-6 with a perceptual loss)
+    # VAE KL weight (unspecified; LDM's KL-f8 uses 1e-6 with a perceptual loss). Exactly: the fit loss adds
+    # kl_weight x KL / D, where KL = KL(q(z|x) || N(0, I)) in nats summed over one token's d latent values and
+    # averaged over tokens and images (the `kl_per_token_nats` a cell records), and D = C*H*W / N the pixel values
+    # per token, to a reconstruction term averaged per pixel value in [-1, 1] (patch VAE: MSE; conv VAE: L1). That
+    # is LDM's balance (per-image sums of reconstruction + kl_weight x KL) divided by C*H*W: 1e-4 at D = 64 costs
+    # 1.6e-6 per nat per token, e.g. 20 nats/token cost 3.1e-5 of loss, beside a reconstruction error per value.
+    kl_weight: float = 1e-4
     # conv VAE (paper Tab. 1: recon + KL, optionally + perceptual + adversarial, as VQGAN)
     conv_downsample: int = 4  # stride of the conv encoder (paper: 8 on 256 px)
     conv_group: int = 2  # DiT groups g x g latent pixels per token (paper: 2), tokens = (H/(down*g))^2

@@ -33,6 +33,7 @@ TRAIN_DIR = "_train"  # runs/_train/<train_key>/: the trainings cells share
 EXIT_IO = 74  # sysexits.h EX_IOERR: the cell failed and could not even write failure.json (disk full)
 EXIT_OOM = 3
 TOKENIZER_SAMPLE = 10_000  # images of a streamed set the tokenizer is fitted on (PCA: 100,000 patches of them)
+POSTERIOR_SAMPLE = 4096  # held-out (test-split) images a VAE's posterior std and KL per token are measured on
 
 # Failure classes a new attempt can cure (a killed process, memory, a crash, a full disk freed meanwhile); the
 # others (bad_recipe, nonfinite, missing_input, bad_checkpoint) fail the same way every time.
@@ -118,7 +119,7 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     from sweepdae.cell.train import ensure_trained
     from sweepdae.data import load_dataset, sample_images
     from sweepdae.recipe import recipe_from_dict
-    from sweepdae.tokenizers import get_tokenizer
+    from sweepdae.tokenizers import STOCHASTIC_TOKENIZERS, get_tokenizer
     from sweepdae.utils import provenance
 
     spec = _read_json(run_dir / RECIPE)
@@ -144,11 +145,15 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
         fit_x = train_set.tensors()[0] if train_set.in_memory else sample_images(train_set, TOKENIZER_SAMPLE)[0]
 
     with phase("tokenizer"):
+        # a VAE's posterior (std per dim, KL per token) is measured on test-split images it was not fitted on
+        heldout = (sample_images(test_set, POSTERIOR_SAMPLE)[0]
+                   if recipe.tokenizer.name.value in STOCHASTIC_TOKENIZERS else None)
         tokenizer, tok_stats = get_tokenizer(recipe.tokenizer, data_key=recipe.data_key(), images_uint8=fit_x,
                                              channels=train_set.channels, image_size=recipe.data.image_size,
                                              cache_dir=cache_dir(run_dir) / "tokenizers", seed=recipe.seed,
-                                             device=device, progress=lambda e: events(phase="tokenizer", **e))
-        del fit_x
+                                             device=device, progress=lambda e: events(phase="tokenizer", **e),
+                                             heldout_uint8=heldout)
+        del fit_x, heldout
 
     with phase("train", epoch=0, epochs=recipe.train.epochs):
         trained = ensure_trained(recipe, tokenizer=tokenizer, data=train_set, train_dir=train_dir(run_dir, train_key),

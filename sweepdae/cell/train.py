@@ -1,7 +1,8 @@
 """The pre-training loop through Accelerate: warm-up + cosine lr, EMA, accumulation, checkpoint + resume.
 
 The loop trains on latents encoded once by the frozen tokenizer (in-memory sets without augmentation) or per batch
-(random-resized-crop augmentation, streamed sets). Time steps and noise are drawn from a generator seeded by
+(random-resized-crop augmentation, streamed sets); a VAE tokenizer's latents are fresh posterior samples each time
+(DiT trains on `latent_dist.sample()`). Time steps, noise and those samples are drawn from a generator seeded by
 (seed, epoch), so a training resumed from its epoch checkpoint takes exactly the steps an uninterrupted run takes.
 
 A training is identified by its recipe's `train_key` and lives in its own folder (`runs/_train/<train_key>/`):
@@ -33,7 +34,7 @@ from sweepdae.models import Denoiser
 from sweepdae.noise import Schedule, create_schedule, single_level_t
 from sweepdae.objectives import compute_loss
 from sweepdae.recipe import Augment, Recipe, Space, Target
-from sweepdae.tokenizers import PatchTokenizer, Tokenizer
+from sweepdae.tokenizers import PatchTokenizer, Tokenizer, sample_posterior
 from sweepdae.utils import atomic_write, atomic_write_json, git_info
 
 CHECKPOINT, TRAINED = "checkpoint.pt", "trained.json"
@@ -54,17 +55,23 @@ def _patches(tokenizer: Tokenizer, x: torch.Tensor) -> torch.Tensor:
 
 
 def encode_all(tokenizer: Tokenizer, images: torch.Tensor, *, batch: int, device: torch.device,
-               want_patches: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Latents (and original image patches) of a uint8 image set, computed once under no_grad."""
-    zs, ps = [], []
+               want_patches: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(latents, posterior std, original image patches) of a uint8 image set, computed once under no_grad.
+
+    For a VAE the latents are the posterior means and std its posterior std (both scaled, [n, N, d]): the
+    source draws a fresh sample from them each time an image is used. Deterministic tokenizers: std is None."""
+    zs, ss, ps = [], [], []
     tokenizer.eval()
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = to_unit_range(images[i:i + batch].to(device))
-            zs.append(tokenizer.encode(x))
+            mean, std = tokenizer.posterior(x)
+            zs.append(mean)
+            if std is not None:
+                ss.append(std)
             if want_patches:
                 ps.append(_patches(tokenizer, x))
-    return torch.cat(zs), (torch.cat(ps) if want_patches else None)
+    return torch.cat(zs), (torch.cat(ss) if ss else None), (torch.cat(ps) if want_patches else None)
 
 
 Micro = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]  # (z0, image patches, labels)
@@ -287,17 +294,22 @@ Source = Callable[[int, torch.Generator], Iterator[list[Micro]]]  # (epoch, gene
 
 def _encoded_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_proc: int, rank: int, accum: int,
                     world: int, steps: int, device: torch.device, want_patches: bool) -> Source:
-    """An in-memory set without augmentation: latents encoded once; order seeded by (seed, epoch)."""
+    """An in-memory set without augmentation: latents encoded once; order seeded by (seed, epoch). A VAE keeps its
+    posterior mean and std and draws each micro-batch's sample from the step's generator `gd` (a fresh sample per
+    use, as DiT's `latent_dist.sample()`; a resumed epoch replays the same draws)."""
     images, labels = data.tensors()
     labels = labels.to(device)
-    latents, patches = encode_all(tokenizer, images, batch=512, device=device, want_patches=want_patches)
+    latents, stds, patches = encode_all(tokenizer, images, batch=512, device=device, want_patches=want_patches)
+
+    def z0(idx: torch.Tensor, gd: torch.Generator) -> torch.Tensor:
+        return latents[idx] if stds is None else sample_posterior(latents[idx], stds[idx], gd)
 
     def source(epoch: int, gd: torch.Generator) -> Iterator[list[Micro]]:
         g = torch.Generator(device="cpu").manual_seed(recipe.seed * 100_003 + epoch)
         order = torch.randperm(len(images), generator=g)[: steps * per_proc * world * accum]
         order = order.view(steps, world * accum, per_proc).to(device)
         for i in range(steps):
-            yield [(latents[idx], patches[idx] if patches is not None else None, labels[idx])
+            yield [(z0(idx, gd), patches[idx] if patches is not None else None, labels[idx])
                    for idx in (order[i, rank * accum + a] for a in range(accum))]
 
     return source
@@ -306,8 +318,9 @@ def _encoded_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, pe
 def _batch_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_proc: int, rank: int, accum: int,
                   world: int, steps: int, device: torch.device, want_patches: bool) -> Source:
     """Augmented or streamed sets: each step takes world x accum consecutive micro-batches of one shuffled pass
-    (order and crops seeded by (seed, epoch)), this process its own accum of them, encoded per batch. (Every
-    process reads the whole pass: simple and exact, at world x the decoding work of a streamed set.)"""
+    (order and crops seeded by (seed, epoch)), this process its own accum of them, encoded per batch (a VAE's
+    posterior sampled with the step's generator `gd`). (Every process reads the whole pass: simple and exact, at
+    world x the decoding work of a streamed set.)"""
     group = world * accum
 
     def source(epoch: int, gd: torch.Generator) -> Iterator[list[Micro]]:
@@ -321,7 +334,8 @@ def _batch_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_
             if a // accum == rank:
                 x = to_unit_range(xb)
                 with torch.no_grad():
-                    mine.append((tokenizer.encode(x), _patches(tokenizer, x) if want_patches else None, yb))
+                    mine.append((tokenizer.encode_sample(x, gd), _patches(tokenizer, x) if want_patches else None,
+                                 yb))
                 if len(mine) == accum:
                     yield mine
                     mine = []

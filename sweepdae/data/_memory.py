@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sweepdae.data._base import InMemoryData, convert_channels, resize_uint8, subset_indices
-from sweepdae.recipe import DataConfig, image_fit
+from sweepdae.recipe import DataConfig, DatasetName, image_fit
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _prepare(name: str, source: str, split: str, cfg: DataConfig, size: int,
     idx = subset_indices(raw.images.shape[0], size, what=f"{name} {split}")
     images = torch.from_numpy(np.ascontiguousarray(raw.images if idx is None else raw.images[idx]))
     labels = torch.from_numpy(np.asarray(raw.labels if idx is None else raw.labels[idx], dtype=np.int64))
-    fit, px = image_fit(cfg.name.value, cfg.image_size)
+    fit, px = image_fit(DatasetName(cfg.name).value, cfg.image_size)
     if fit == "pad":  # a few pixels short (28 -> 32): zero borders, no interpolation (recipe.image_fit)
         images = F.pad(images, (px, px, px, px))
     if cfg.channels == 1:  # fewer channels first: less to resize

@@ -8,6 +8,10 @@ Latent scaling (`tokenizer.latent_scale`): after fitting, each tokenizer's laten
 they have unit second moment on the training data: by one scalar for the whole latent ("global", the default, as
 LDM's `scale_factor`; patch PCA stays V and V^T as the paper has it, every component keeping its own variance
 against one sigma), per dim ("per_dim", the whitening ablation) or not at all ("none").
+
+VAEs (`STOCHASTIC_TOKENIZERS`): `encode` is the posterior mean (probing, figures); `encode_sample` a posterior
+sample, what the denoiser trains on and the scale is measured on (DiT / LDM); `posterior_stats` measures the
+posterior std per dim and the KL per token on held-out images.
 """
 
 from sweepdae.tokenizers._base import (
@@ -15,7 +19,10 @@ from sweepdae.tokenizers._base import (
     TOKENIZER_VERSION,
     PatchTokenizer,
     Tokenizer,
+    gaussian_kl,
     patchify,
+    posterior_stats,
+    sample_posterior,
     unpatchify,
 )
 from sweepdae.tokenizers._cache import (
@@ -29,12 +36,14 @@ from sweepdae.tokenizers._conv_vae import ConvVAE
 from sweepdae.tokenizers._losses import ConvVAELoss, PatchGANDiscriminator, build_conv_vae_loss
 from sweepdae.tokenizers._patch import PatchAE, PatchPCA, PatchVAE, PCABasis, PixelTokenizer, fit_pca_basis
 from sweepdae.tokenizers._perceptual import PERCEPTUAL_NETS, create_perceptual
-from sweepdae.tokenizers._registry import TOKENIZERS, create_tokenizer, fit_tokenizer
+from sweepdae.tokenizers._registry import STOCHASTIC_TOKENIZERS, TOKENIZERS, create_tokenizer, fit_tokenizer
 
 __all__ = [
-    "LATENT_SCALE_MODES", "PERCEPTUAL_NETS", "RELEVANT_KNOBS", "TOKENIZERS", "TOKENIZER_VERSION",
+    "LATENT_SCALE_MODES", "PERCEPTUAL_NETS", "RELEVANT_KNOBS", "STOCHASTIC_TOKENIZERS", "TOKENIZERS",
+    "TOKENIZER_VERSION",
     "ConvVAE", "ConvVAELoss", "PCABasis", "PatchAE", "PatchGANDiscriminator", "PatchPCA", "PatchTokenizer",
     "PatchVAE", "PixelTokenizer", "Tokenizer", "TokenizerCacheWarning",
     "build_conv_vae_loss", "create_perceptual", "create_tokenizer", "fit_pca_basis", "fit_tokenizer",
-    "get_tokenizer", "pca_basis_key", "patchify", "tokenizer_key", "unpatchify",
+    "gaussian_kl", "get_tokenizer", "pca_basis_key", "patchify", "posterior_stats", "sample_posterior",
+    "tokenizer_key", "unpatchify",
 ]

@@ -4,6 +4,11 @@ Every tokenizer maps images [B, C, H, W] in [-1, 1] to N tokens of d values in r
 tokenizer's latents are divided by a buffer `scale` [d] on the way in and multiplied on the way out, so that
 the noise level sigma of the diffusion means the same for every tokenizer (the paper does not say how its
 latents are normalised; LDM divides its latents by one global std, `scale_factor`).
+
+VAE tokenizers (`stochastic = True`) have a diagonal Gaussian posterior q(z|x) = N(mean, std^2) per token:
+`encode` is its mean (probing, figures), `encode_sample` draws z = (mean + std * eps) / scale, which is what the
+denoiser trains on and what the scale is measured on, as DiT trains on `vae.encode(x).latent_dist.sample() *
+0.18215` and LDM's `scale_factor` is 1 / std of sampled latents. Deterministic tokenizers return their latent.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from sweepdae.errors import DatasetError, RecipeError, TrainingError
 from sweepdae.recipe import TokenizerConfig
 
 # Bump when a fitted tokenizer would come out different for the same knobs: it is part of every cache key.
-TOKENIZER_VERSION = 1
+# 2: a VAE's latent scale is measured on posterior samples (LDM), not on the posterior mean.
+TOKENIZER_VERSION = 2
 
 # Training images used to measure latent statistics (scale) and the reported reconstruction error. A sample
 # keeps the fit affordable on ImageNet-sized splits; 4096 images x N tokens is plenty for d <= 768 moments.
@@ -80,6 +86,20 @@ def stats_sample(num_images: int, seed: int, limit: int = STATS_SAMPLE_IMAGES) -
     return torch.randperm(num_images, generator=g)[:limit].sort().values
 
 
+def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) in nats, elementwise (LDM DiagonalGaussianDistribution.kl, unsummed)."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def sample_posterior(mean: Tensor, std: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+    """z = mean + std * eps with eps ~ N(0, I) drawn from `generator` (on mean's device); `mean` when std is None
+    (a deterministic tokenizer draws nothing, so its callers' random streams are untouched)."""
+    if std is None:
+        return mean
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + std * eps
+
+
 def check_finite(loss: Tensor, *, what: str, step: int) -> None:
     """Stop a tokenizer fit whose loss went non-finite, naming the step (STYLE habit 7)."""
     if not torch.isfinite(loss).all():
@@ -90,6 +110,7 @@ class Tokenizer(nn.Module):
     """Images [B, C, H, W] in [-1, 1] <-> tokens [B, N, d]; subclasses supply the unscaled maps."""
 
     name: ClassVar[str] = ""
+    stochastic: ClassVar[bool] = False  # a VAE: `moments_unscaled` gives a log-variance, `encode_sample` samples
     scale: Tensor  # [d] buffer: encode divides by it, decode multiplies (see `apply_latent_scale`)
 
     def __init__(self, *, channels: int, image_size: int, latent_dim: int, grid_size: int) -> None:
@@ -107,6 +128,20 @@ class Tokenizer(nn.Module):
         """[B, C, H, W] in [-1, 1] -> [B, N, d] tokens in raster order, divided by `scale`."""
         self._check_images(x)
         return self.encode_unscaled(x) / self.scale
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """[B, C, H, W] -> (mean, std) of q(z|x) over scaled tokens, each [B, N, d]; std None when deterministic."""
+        self._check_images(x)
+        mean, logvar = self.moments_unscaled(x)
+        if logvar is None:
+            return mean / self.scale, None
+        return mean / self.scale, torch.exp(0.5 * logvar) / self.scale
+
+    def encode_sample(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """[B, C, H, W] -> [B, N, d]: a posterior sample (mean + std * eps) / scale, eps from `generator`; for a
+        deterministic tokenizer `encode(x)`, drawing nothing."""
+        mean, std = self.posterior(x)
+        return sample_posterior(mean, std, generator)
 
     def decode(self, z: Tensor) -> Tensor:
         """[B, N, d] scaled tokens -> [B, C, H, W] images."""
@@ -127,6 +162,11 @@ class Tokenizer(nn.Module):
     def decode_unscaled(self, z: Tensor) -> Tensor:
         """[B, N, d] (unscaled) -> [B, C, H, W]."""
         raise NotImplementedError
+
+    def moments_unscaled(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """[B, C, H, W] -> (posterior mean, log-variance), each [B, N, d] before the scale; log-variance None for a
+        deterministic tokenizer (VAEs override this with one encoder pass)."""
+        return self.encode_unscaled(x), None
 
     def fit_data(self, images_uint8: Tensor, *, cfg: TokenizerConfig, seed: int, device: torch.device,
                  progress: Progress | None) -> dict[str, Any]:
@@ -177,20 +217,23 @@ def recon_mse(tok: Tokenizer, images_uint8: Tensor, indices: Tensor, *, device: 
 
 @torch.no_grad()
 def apply_latent_scale(tok: Tokenizer, images_uint8: Tensor, indices: Tensor, *, mode: str,
-                       device: torch.device, batch_size: int = 256) -> dict[str, float]:
+                       device: torch.device, batch_size: int = 256, seed: int = 0) -> dict[str, float]:
     """Multiply `tok.scale` so that the latents of the given images have unit second moment.
 
     "per_dim": each of the d latent dims separately; "global": one factor for all dims; "none": unchanged.
     The second moment E[z^2] (not the centred variance) is made 1: it equals the variance for zero-mean latents
     (PCA, VAEs) and keeps near-constant dims with a non-zero mean (e.g. the black border pixels of MNIST) from
     being blown up by a ~0 std. Unit second moment is also what keeps a variance-preserving x_t at unit scale.
+    A VAE's latents are posterior samples (one per image, eps drawn with `seed`), what the denoiser trains on:
+    LDM's `scale_factor` is 1 / std of sampled latents.
     """
     if mode not in LATENT_SCALE_MODES:
         raise RecipeError(f"tokenizer.latent_scale must be one of {', '.join(LATENT_SCALE_MODES)}, got {mode!r}")
     sumsq = torch.zeros(tok.latent_dim, dtype=torch.float64, device=device)
     count = 0
+    gen = torch.Generator(device=device).manual_seed(seed)
     for x in iter_image_batches(images_uint8, batch_size, device=device, indices=indices):
-        z = tok.encode(x)  # [B, N, d]
+        z = tok.encode_sample(x, gen)  # [B, N, d]
         sumsq += z.double().pow(2).sum(dim=(0, 1))
         count += z.shape[0] * z.shape[1]
     rms = (sumsq / max(count, 1)).sqrt()  # [d]
@@ -204,3 +247,47 @@ def apply_latent_scale(tok: Tokenizer, images_uint8: Tensor, indices: Tensor, *,
         factor = torch.full_like(rms, global_rms)
     tok.scale.mul_(factor.to(tok.scale.dtype))
     return out
+
+
+@torch.no_grad()
+def posterior_stats(tok: Tokenizer, images_uint8: Tensor, *, device: torch.device | str,
+                    batch_size: int = 256) -> dict[str, Any]:
+    """A VAE's posterior on the given (held-out) images: {} for a deterministic tokenizer, else
+
+    - "posterior_std": [d] mean over tokens of each latent dim's posterior std, in the VAE's own units (its prior
+      is N(0, 1): ~1 with KL ~0 is a collapsed dim, ~0 a deterministic one);
+    - "posterior_std_scaled": the same divided by `scale`, in the units of the latents the denoiser sees;
+    - "kl_per_token_nats": KL(q(z|x) || N(0, I)) summed over a token's d dims, mean over tokens (nats);
+    - "kl_per_dim_nats": [d] its share per latent dim (sums to kl_per_token_nats);
+    - "posterior_var_fraction": E[std^2] / E[z^2] of sampled latents, the share of the denoiser's input that is
+      posterior noise (in closed form: sum std^2 / (sum mean^2 + sum std^2));
+    - "posterior_images": the number of images measured.
+    """
+    if not tok.stochastic:
+        return {}
+    dev = torch.device(device)
+    d = tok.latent_dim
+    sum_std = torch.zeros(d, dtype=torch.float64, device=dev)
+    sum_kl = torch.zeros(d, dtype=torch.float64, device=dev)
+    sum_var = torch.zeros((), dtype=torch.float64, device=dev)
+    sum_mean2 = torch.zeros((), dtype=torch.float64, device=dev)
+    tokens = 0
+    for x in iter_image_batches(images_uint8, batch_size, device=dev):
+        tok._check_images(x)
+        mean, logvar = tok.moments_unscaled(x)  # [B, N, d] each
+        assert logvar is not None, f"{tok.name} is stochastic but gave no log-variance"
+        mean, logvar = mean.double(), logvar.double()
+        sum_std += torch.exp(0.5 * logvar).sum(dim=(0, 1))
+        sum_kl += gaussian_kl(mean, logvar).sum(dim=(0, 1))
+        scale = tok.scale.double()
+        sum_var += (logvar.exp() / scale.pow(2)).sum()
+        sum_mean2 += (mean / scale).pow(2).sum()
+        tokens += mean.shape[0] * mean.shape[1]
+    if tokens == 0:
+        return {}
+    std = sum_std / tokens
+    total = float(sum_var + sum_mean2)
+    return {"posterior_std": std.tolist(), "posterior_std_scaled": (std / tok.scale.double()).tolist(),
+            "kl_per_token_nats": float(sum_kl.sum()) / tokens, "kl_per_dim_nats": (sum_kl / tokens).tolist(),
+            "posterior_var_fraction": float(sum_var) / total if total > 0 else 0.0,
+            "posterior_images": int(images_uint8.shape[0])}

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from sweepdae.recipe import TOKENIZER_KNOBS, TokenizerConfig, TokenizerName
-from sweepdae.tokenizers._base import TOKENIZER_VERSION, Progress, Tokenizer, check_train_images
+from sweepdae.tokenizers._base import TOKENIZER_VERSION, Progress, Tokenizer, check_train_images, posterior_stats
 from sweepdae.tokenizers._patch import PCABasis, fit_pca_basis
 from sweepdae.tokenizers._registry import _name, create_tokenizer, fit_with_basis
 from sweepdae.utils import atomic_write
@@ -150,12 +150,15 @@ def _get_pca_basis(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor,
 
 def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor, channels: int, image_size: int,
                   cache_dir: Path, seed: int = 0, device: torch.device | str = "cpu",
-                  progress: Progress | None = None) -> tuple[Tokenizer, dict[str, Any]]:
+                  progress: Progress | None = None, heldout_uint8: Tensor | None = None
+                  ) -> tuple[Tokenizer, dict[str, Any]]:
     """The fitted tokenizer for `cfg` on this data: loaded from `cache_dir` or fitted once and cached.
 
     `images_uint8` is the train split [N, C, H, W]; `data_key` must identify it (dataset, subset, size,
     channels). Returns (tokenizer on `device`, eval mode, parameters frozen; its fit stats plus
-    "from_cache", "key" and "cache_path").
+    "from_cache", "key" and "cache_path"). With `heldout_uint8` (images the tokenizer was not fitted on, e.g.
+    test-split images), a VAE's stats also carry its posterior measured there (`posterior_stats`: posterior_std,
+    kl_per_token_nats, ...), computed on every call (deterministic) and not stored in the cache file.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +177,8 @@ def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor, 
     def finish(stats: dict[str, Any], from_cache: bool) -> tuple[Tokenizer, dict[str, Any]]:
         tok.fitted = True
         tok.to(device).eval().requires_grad_(False)
-        return tok, {**stats, "from_cache": from_cache, "key": key, "cache_path": str(path)}
+        posterior = posterior_stats(tok, heldout_uint8, device=device) if heldout_uint8 is not None else {}
+        return tok, {**stats, **posterior, "from_cache": from_cache, "key": key, "cache_path": str(path)}
 
     stats = _load_checked(path, header, use, quiet=True)  # fast path: atomic writes make an unlocked read safe
     if stats is not None:

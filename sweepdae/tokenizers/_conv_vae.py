@@ -97,6 +97,7 @@ class ConvVAE(Tokenizer):
     """Conv KL-VAE tokenizer: encode = posterior mean, grouped g x g into tokens of d = c_lat * g^2."""
 
     name = "conv_vae"
+    stochastic = True
 
     def __init__(self, *, channels: int, image_size: int, latent_dim: int, downsample: int, group: int,
                  base_channels: int) -> None:
@@ -134,6 +135,11 @@ class ConvVAE(Tokenizer):
     def encode_unscaled(self, x: Tensor) -> Tensor:
         """[B, C, H, W] -> [B, N, d]: the grouped posterior mean."""
         return self.group_latents(self.moments(x)[0])
+
+    def moments_unscaled(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """[B, C, H, W] -> (mean, logvar), each grouped into tokens [B, N, d]."""
+        mean, logvar = self.moments(x)
+        return self.group_latents(mean), self.group_latents(logvar)
 
     def decode_unscaled(self, z: Tensor) -> Tensor:
         """[B, N, d] -> [B, C, H, W]."""

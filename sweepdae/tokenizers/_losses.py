@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sweepdae.recipe import TokenizerConfig
+from sweepdae.tokenizers._base import gaussian_kl
 from sweepdae.tokenizers._perceptual import create_perceptual
 
 # The discriminator starts after this fraction of the fit's steps. VQGAN starts it once reconstructions have
@@ -92,7 +93,7 @@ class ConvVAELoss(nn.Module):
         rec = (x - xrec).abs().mean()  # L1, as taming / LDM
         perc = self.perceptual(x, xrec).mean() if self.perceptual is not None else rec.new_zeros(())
         nll = rec + self.perceptual_weight * perc
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean() / self.values_per_image
+        kl = gaussian_kl(mean, logvar).flatten(1).sum(1).mean() / self.values_per_image  # nats per image / CHW
         loss = nll + self.kl_weight * kl
         terms = {"recon": rec, "perceptual": perc, "kl": kl}
         if adversarial and self.discriminator is not None:

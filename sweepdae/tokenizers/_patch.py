@@ -18,6 +18,7 @@ from sweepdae.tokenizers._base import (
     PatchTokenizer,
     Progress,
     check_finite,
+    gaussian_kl,
     iter_image_batches,
     patchify,
     recon_mse,
@@ -224,6 +225,7 @@ class PatchVAE(PatchAE):
     """Paper's patch-wise VAE: linear encoder D -> 2d (mean, log-variance), linear decoder d -> D, MSE + KL."""
 
     name = "patch_vae"
+    stochastic = True
 
     def __init__(self, *, channels: int, image_size: int, patch_size: int, latent_dim: int,
                  kl_weight: float) -> None:
@@ -242,6 +244,10 @@ class PatchVAE(PatchAE):
         """[B, C, H, W] -> [B, N, d]: the posterior mean."""
         return self.moments(self.patchify(x))[0]
 
+    def moments_unscaled(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """[B, C, H, W] -> (mean, logvar), each [B, N, d]."""
+        return self.moments(self.patchify(x))
+
     def loss_terms(self, x: Tensor) -> dict[str, Tensor]:
         """{"loss", "recon", "kl"}: MSE per value + kl_weight * KL per token / D.
 
@@ -252,5 +258,5 @@ class PatchVAE(PatchAE):
         mean, logvar = self.moments(p)
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
         recon = (self.decoder(z) - p).pow(2).mean()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1).mean()  # per token
+        kl = gaussian_kl(mean, logvar).sum(-1).mean()  # nats per token (summed over its d dims)
         return {"loss": recon + self.kl_weight * kl / self.patch_dim, "recon": recon, "kl": kl}

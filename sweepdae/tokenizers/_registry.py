@@ -57,6 +57,10 @@ TOKENIZERS: dict[str, TokenizerBuilder] = {
     TokenizerName.conv_vae.value: _conv_vae,
 }
 
+# Tokenizers with a posterior to sample (`Tokenizer.stochastic`), known before one is built: a cell gathers
+# held-out images for `posterior_stats` only for these.
+STOCHASTIC_TOKENIZERS = frozenset({TokenizerName.patch_vae.value, TokenizerName.conv_vae.value})
+
 
 def _name(cfg: TokenizerConfig) -> str:
     name = cfg.name.value if isinstance(cfg.name, TokenizerName) else str(cfg.name)
@@ -75,8 +79,9 @@ def fit_tokenizer(tok: Tokenizer, images_uint8: Tensor, *, cfg: TokenizerConfig,
     """Fit `tok` in place on the train split (uint8 [N, C, H, W]) from a fresh `seed`-ed init; return fit stats.
 
     Steps: re-initialise parameters under `seed`; fit the tokenizer's own parameters (PCA basis / training);
-    set the latent scale (`cfg.latent_scale`) on a sample of the training images; measure the reconstruction
-    MSE there. The tokenizer is left on `device`, in eval mode, with `fitted = True`.
+    set the latent scale (`cfg.latent_scale`) on a sample of the training images (a VAE's on posterior samples
+    drawn with `seed`); measure the reconstruction MSE there (through the posterior mean). The tokenizer is left
+    on `device`, in eval mode, with `fitted = True`.
     """
     return fit_with_basis(tok, images_uint8, cfg=cfg, seed=seed, device=device, progress=progress, pca_basis=None)
 
@@ -109,7 +114,7 @@ def fit_with_basis(tok: Tokenizer, images_uint8: Tensor, *, cfg: TokenizerConfig
             extra = tok.fit_data(images_uint8, cfg=cfg, seed=seed, device=dev, progress=progress)
         tok.eval()
         sample = stats_sample(images_uint8.shape[0], seed)
-        scale_info = apply_latent_scale(tok, images_uint8, sample, mode=cfg.latent_scale, device=dev)
+        scale_info = apply_latent_scale(tok, images_uint8, sample, mode=cfg.latent_scale, device=dev, seed=seed)
         mse = recon_mse(tok, images_uint8, sample, device=dev)
     tok.fitted = True
     stats: dict[str, Any] = {
