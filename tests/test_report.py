@@ -238,6 +238,23 @@ def test_findings_on_tab2(store: FakeStore) -> None:
     assert "(+0.2)" in f["kl_unnecessary"]["paper"]
 
 
+def test_a_row_without_paper_numbers_stays_out_of_the_tokenizer_checks() -> None:
+    """tokenizer_dims' "patch_pca per-dim" ablation: shown in the table, not counted in "every tokenizer"."""
+    g, rows = tab2_grid()
+    g["spec"]["axes"][0]["labels"] = [*TOK, "patch_pca per-dim"]
+    for i, d in enumerate(D):
+        key, label = f"perdim-{d}", f"patch_pca per-dim d={d} seed=0"
+        g["cells"].append({"key": key, "label": label, "coords": {"tokenizer": "patch_pca per-dim", "d": d,
+                                                                   "seed": "0"}, "step": None, "seed": 0})
+        rows.append(_row(key, label, "done", {"probe_top1": [90.0, 10.0, 80.0, 10.0, 95.0][i]}))  # zigzag
+    section = build_report(FakeStore([g], rows)).sections[0]
+    assert "patch_pca per-dim" in set(section.table.tidy["row"])
+    f = {v["finding"]: v for v in section.findings}
+    assert f["unimodal_in_d"]["agrees"] is True and "of 4" in f["unimodal_in_d"]["ours"]
+    assert f["optimal_latent_dim"]["ours"].startswith("optimal d: 32") and "per-dim" not in \
+        f["optimal_latent_dim"]["ours"]
+
+
 def test_findings_disagree_when_the_data_does() -> None:
     bad: dict[str, list[float | None]] = {
         "conv_vae": [50, 40, 45, 55, 65], "patch_vae": [60, 59, 58, 57, None], "patch_ae": [40, 41, 42, 43, None],

@@ -55,11 +55,21 @@ def _matrix(table: TableData, metric: str, value: str = "mean") -> pd.DataFrame:
 
 
 def _d_lines(table: TableData, value: str) -> pd.DataFrame | None:
-    """Lines (one per tokenizer) x d labels: d is the axis named "d" / tokenizer.latent_dim, else the columns."""
+    """Lines (one per tokenizer) x d labels: d is the axis named "d" / tokenizer.latent_dim, else the columns.
+
+    Only the lines the paper has numbers for: an extra row (e.g. Tab. 2's "patch_pca per-dim" ablation) is shown
+    in the table but left out of the "every tokenizer" checks."""
     m = _matrix(table, _primary(table), value)
+    paper = _matrix(table, _primary(table), "paper")
     if table.row_dim == "d" and table.col_dim != "d":
-        return m.T
-    return m if table.col_dim is not None else (m.T if table.row_dim is not None else None)
+        m, paper = m.T, paper.T
+    elif table.col_dim is None:
+        if table.row_dim is None:
+            return None
+        m, paper = m.T, paper.T
+    if paper.notna().to_numpy().any():
+        m = m.loc[[i for i in m.index if paper.loc[i].notna().any()]]
+    return m
 
 
 def _fmt_set(labels: list[str], order: list[str]) -> str:
