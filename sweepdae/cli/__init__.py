@@ -142,23 +142,21 @@ def _facts(r: Any) -> dict[str, Any]:
 
 
 def _training_statuses(url: str | None, train_keys: list[str]) -> dict[str, str]:
-    try:
-        s = _store(url, create=False)
-    except StoreNotFound:
-        return {}
-    try:
-        return dict(s.training_status(train_keys))
-    finally:
-        s.close()
+    return _read_store(url, lambda s: s.training_status(train_keys))
 
 
 def _statuses(url: str | None, keys: list[str]) -> dict[str, str]:
+    return _read_store(url, lambda s: s.status(keys))
+
+
+def _read_store(url: str | None, read: Any) -> dict[str, str]:
+    """What `read(store)` returns, or {} when there is no store yet (a plan before the first run)."""
     try:
         s = _store(url, create=False)
     except StoreNotFound:
         return {}
     try:
-        return dict(s.status(keys))
+        return dict(read(s))
     finally:
         s.close()
 
