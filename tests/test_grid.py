@@ -69,14 +69,15 @@ tokenizer.latent_dim = 4
     assert plan.cells[-1].label == "extra seed=0" and plan.cells[-1].recipe.tokenizer.name.value == "patch_pca"
 
 
-def test_tokenizer_dims_has_the_papers_18_cells() -> None:
+def test_tokenizer_dims_has_the_papers_18_cells_and_the_per_dim_row() -> None:
     g = load_grid(ROOT / "grids" / "tokenizer_dims.toml")
     for profile in g.profiles:
         plan = expand(g, profile)
-        assert len(plan.cells) == 18, profile
+        assert len(plan.cells) == 18 + 5, profile  # the paper's 18, and the 5 d of the per-dim PCA ablation row
         names = {(c.coords["tokenizer"], c.coords["d"]) for c in plan.cells}
         assert ("patch_vae", "128") not in names and ("patch_ae", "128") not in names
         assert ("conv_vae", "128") in names and ("patch_pca", "128") in names
+        assert len([n for n in names if n[0] == "patch_pca per-dim"]) == 5
 
 
 def test_paper_profile_is_the_papers_setting() -> None:
@@ -194,8 +195,10 @@ def test_plan_json(tmp_path: Path) -> None:
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert doc["grid"] == "tokenizer_dims" and len(doc["cells"]) == 18
-    assert {"key", "label", "status", "recipe"} <= set(doc["cells"][0])
+    assert doc["grid"] == "tokenizer_dims" and len(doc["cells"]) == 23
+    assert {"key", "train_key", "label", "status", "schedule", "latent_scale", "probe_t", "upsampled",
+            "recipe"} <= set(doc["cells"][0])
+    assert doc["summary"] == "23 cells, 23 trainings (0 already trained)"
     assert all(c["status"] == "new" for c in doc["cells"])
 
 
