@@ -10,6 +10,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_probe_t_smoke_trains_once(tmp_path: Path, sweepdae: Any) -> None:
     p = sweepdae(tmp_path, "run", "probe_t", "--profile", "smoke", timeout=1500)
     assert p.returncode == 0, p.stderr
