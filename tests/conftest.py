@@ -57,11 +57,16 @@ tokenizer.latent_dim = {dims}
 """
 
 
-def _write_grid(tmp: Path, dims: list[int] = [2, 4, 8], epochs: int = 1, name: str = "tiny") -> Path:  # noqa: B006
+def _write_grid(tmp: Path, dims: list[int] = [2, 4, 8], epochs: int = 1, name: str = "tiny",  # noqa: B006
+                train_size: int = 0) -> Path:
     """A tiny digits grid (8 px, micro DiT, 1,438 training images: 22 steps per epoch at batch 64), one cell per
-    latent dim."""
+    latent dim. `train_size` > 0 trains (and probes) on that many images instead (512: 8 steps per epoch, PCA
+    still fitted on 2,048 >= 2,000 patches): for tests about the sweep, not about what the cells learn."""
+    text = TINY.format(dims=dims, epochs=epochs).replace('name = "tiny"', f'name = "{name}"')
+    if train_size:
+        text = text.replace("data.image_size = 8\n", f"data.image_size = 8\ndata.train_size = {train_size}\n")
     p = tmp / f"{name}.toml"
-    p.write_text(TINY.format(dims=dims, epochs=epochs).replace('name = "tiny"', f'name = "{name}"'))
+    p.write_text(text)
     return p
 
 

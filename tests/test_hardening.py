@@ -274,7 +274,7 @@ def test_corrupt_idx_file_is_a_dataset_error(tmp_path: Path, cell_failure: Any) 
 def test_disk_full_injected_fails_the_attempt_and_the_retry_resumes(tmp_path: Path, fault: str, write_grid: Any,
                                                                      sweepdae: Any, attempts: Any, cells: Any,
                                                                      events: Any) -> None:
-    grid = write_grid(tmp_path, dims=[2], epochs=3)
+    grid = write_grid(tmp_path, dims=[2], epochs=3, train_size=512)  # 8 steps per epoch
     p = sweepdae(tmp_path, "run", str(grid), env={"SWEEPDAE_FAULT": fault})
     assert p.returncode == 0, p.stderr
     att = attempts(tmp_path)
@@ -285,7 +285,7 @@ def test_disk_full_injected_fails_the_attempt_and_the_retry_resumes(tmp_path: Pa
     assert resumed == [1 if "checkpoint" in fault else 3]  # the last good checkpoint was kept whole
     assert not list(run_dir.glob(".*.tmp"))  # no half-written temp files left behind
     res = json.loads((run_dir / "result.json").read_text())
-    assert res["steps"] == 3 * (1438 // 64)  # all 3 epochs of 22 steps (digits: 1,438 images, batch 64), once each
+    assert res["steps"] == 3 * (512 // 64)  # all 3 epochs of 8 steps (512 digits images, batch 64), once each
     assert cells(tmp_path).iloc[0]["status"] == "done"
 
 

@@ -508,7 +508,7 @@ def test_a_rendered_report_names_no_folder_and_no_host(tmp_path: Path, write_gri
     examples are still found, also after the runs folder moved (the store keeps run folders relative to it)."""
     import socket
 
-    grid = write_grid(tmp_path, dims=[2])
+    grid = write_grid(tmp_path, dims=[2], train_size=512)
     p = sweepdae(tmp_path, "run", str(grid))
     assert p.returncode == 0, p.stderr
     out = tmp_path / "out"

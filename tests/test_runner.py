@@ -13,18 +13,22 @@ from typing import Any
 
 import pytest
 
+# The sweeps here test the runner, not what cells learn: 512 training images (8 steps per epoch at batch 64).
+TRAIN_SIZE = 512
+SPE = TRAIN_SIZE // 64
+
 
 def test_run_records_every_cell_then_rerun_is_cached(tmp_path: Path, write_grid: Any, sweepdae: Any, cells: Any,
                                                      attempts: Any) -> None:
-    grid = write_grid(tmp_path)
-    p = sweepdae(tmp_path, "run", str(grid))
+    grid = write_grid(tmp_path, dims=[2, 4, 8], train_size=TRAIN_SIZE)
+    p = sweepdae(tmp_path, "run", str(grid), "--cpu-cells", "2")  # independent cells: two at a time
     assert p.returncode == 0, p.stderr
     df = cells(tmp_path)
     assert sorted(df["status"]) == ["done"] * 3
     assert df["metric.probe_top1"].between(0, 100).all() and df["metric.knn_top1"].notna().all()
     for run_dir in (tmp_path / "runs").glob("[0-9a-f]*"):
         result = json.loads((run_dir / "result.json").read_text())
-        assert result["steps"] == 1438 // 64 and (run_dir / "denoising.png").exists()
+        assert result["steps"] == SPE and (run_dir / "denoising.png").exists()
     sizes = {d: (d / "events.jsonl").stat().st_size for d in (tmp_path / "runs").glob("[0-9a-f]*")}
     again = sweepdae(tmp_path, "run", str(grid))
     assert again.returncode == 0 and "3 of 3 cells already done" in again.stderr
@@ -33,7 +37,7 @@ def test_run_records_every_cell_then_rerun_is_cached(tmp_path: Path, write_grid:
 
 
 def test_accelerate_launch_path(tmp_path: Path, write_grid: Any, sweepdae: Any) -> None:
-    grid = write_grid(tmp_path, dims=[2])
+    grid = write_grid(tmp_path, dims=[2], train_size=TRAIN_SIZE)
     p = sweepdae(tmp_path, "run", str(grid), "--launcher", "accelerate")
     assert p.returncode == 0, p.stderr
     (run_dir,) = (tmp_path / "runs").glob("[0-9a-f]*")
@@ -44,34 +48,37 @@ def test_accelerate_launch_path(tmp_path: Path, write_grid: Any, sweepdae: Any) 
 
 def test_failing_cell_is_isolated_and_retried(tmp_path: Path, write_grid: Any, sweepdae: Any, cells: Any,
                                               attempts: Any) -> None:
-    grid = write_grid(tmp_path)
-    env = {"SWEEPDAE_FAULT": "crash@phase=probe for latent_dim=4"}
+    # the failing cell is the first one claimed (FIFO), so the sweep has to go on past it to the other
+    grid = write_grid(tmp_path, dims=[2, 4], train_size=TRAIN_SIZE)
+    env = {"SWEEPDAE_FAULT": "crash@phase=probe for latent_dim=2"}
     p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "0", env=env)
     assert p.returncode == 1
     df = cells(tmp_path).set_index("label")
-    assert df.loc["latent_dim=4 seed=0", "status"] == "failed"
-    assert df.loc["latent_dim=4 seed=0", "failure_class"] == "crash"
-    assert "injected crash" in df.loc["latent_dim=4 seed=0", "traceback_tail"]
-    assert (df.drop("latent_dim=4 seed=0")["status"] == "done").all()
-    # a new run retries the failed cell (once-only fault now passes) and leaves the done ones alone
+    assert df.loc["latent_dim=2 seed=0", "status"] == "failed"
+    assert df.loc["latent_dim=2 seed=0", "failure_class"] == "crash"
+    assert "injected crash" in df.loc["latent_dim=2 seed=0", "traceback_tail"]
+    assert (df.drop("latent_dim=2 seed=0")["status"] == "done").all()
+    # a new run retries the failed cell (once-only fault now passes) and leaves the done one alone
     env["SWEEPDAE_FAULT"] = "crash@phase=probe:once"
     p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "1", env=env)
     assert p.returncode == 0, p.stderr
     a = attempts(tmp_path)
-    assert len(a) == 4 and sorted(cells(tmp_path)["status"]) == ["done"] * 3
+    assert len(a) == 3 and sorted(cells(tmp_path)["status"]) == ["done"] * 2
 
 
 def test_max_retries_and_fail_fast(tmp_path: Path, write_grid: Any, sweepdae: Any, cells: Any) -> None:
-    grid = write_grid(tmp_path)
+    # a cell that crashes once is retried (within --max-retries 2) and then done: 2 attempts, not 3
+    grid = write_grid(tmp_path, dims=[2], train_size=TRAIN_SIZE)
     env = {"SWEEPDAE_FAULT": "crash@phase=train:once for latent_dim=2"}
     p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "2", env=env)
     assert p.returncode == 0, p.stderr
     df = cells(tmp_path).set_index("label")
     assert df.loc["latent_dim=2 seed=0", "attempts"] == 2 and (df["status"] == "done").all()
 
+    # --fail-fast: the first cell fails for good, nothing else is started (cheap: it fails before training)
     other = tmp_path / "ff"
     other.mkdir()
-    grid = write_grid(other)
+    grid = write_grid(other, train_size=TRAIN_SIZE)
     env = {"SWEEPDAE_FAULT": "crash@phase=train for latent_dim=2"}
     p = sweepdae(other, "run", str(grid), "--fail-fast", "--max-retries", "0", env=env)
     assert p.returncode == 1
@@ -81,7 +88,7 @@ def test_max_retries_and_fail_fast(tmp_path: Path, write_grid: Any, sweepdae: An
 
 def test_oom_retries_with_half_micro_batch_and_nonfinite_is_final(tmp_path: Path, write_grid: Any, sweepdae: Any,
                                                                   cells: Any, attempts: Any) -> None:
-    grid = write_grid(tmp_path, dims=[2, 4])
+    grid = write_grid(tmp_path, dims=[2, 4], train_size=TRAIN_SIZE)  # step 3 of 8
     env = {"SWEEPDAE_FAULT": "oom@step=3:once for latent_dim=2"}
     p = sweepdae(tmp_path, "run", str(grid), "--max-retries", "1", "--only", "latent_dim=2", env=env)
     assert p.returncode == 0, p.stderr
@@ -93,7 +100,7 @@ def test_oom_retries_with_half_micro_batch_and_nonfinite_is_final(tmp_path: Path
     assert spec["recipe"]["train"]["micro_batch_size"] == 32 and spec["recipe"]["train"]["batch_size"] == 64
 
     # a recipe that really diverges (AdamW steps of ~1e36 overflow the activations): non-finite, not retried
-    diverging = write_grid(tmp_path, dims=[4], name="diverge")
+    diverging = write_grid(tmp_path, dims=[4], name="diverge", train_size=TRAIN_SIZE)
     diverging.write_text(diverging.read_text().replace("train.batch_size = 64", "train.batch_size = 64\n"
                                                        "train.base_lr = 1e36").replace("train.warmup_epochs = 0.5",
                                                                                      "train.warmup_epochs = 0"))
@@ -155,7 +162,7 @@ def test_sigkill_mid_sweep_then_rerun_resumes_from_checkpoint(tmp_path: Path, wr
 
 def test_two_coordinators_on_one_journal_run_each_cell_once(tmp_path: Path, write_grid: Any, attempts: Any,
                                                             events: Any) -> None:
-    grid = write_grid(tmp_path, dims=[1, 2, 3, 4])
+    grid = write_grid(tmp_path, dims=[1, 2, 3, 4], train_size=TRAIN_SIZE)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sweepdae", "run", str(grid), "--store", f"journal:{tmp_path / 'store.journal'}",
            "--plain", "--runs-dir", str(tmp_path / "runs")]
@@ -177,7 +184,7 @@ def test_two_coordinators_on_one_journal_run_each_cell_once(tmp_path: Path, writ
 @pytest.mark.postgres
 def test_run_and_worker_on_postgres(tmp_path: Path, write_grid: Any, cells: Any, pg_url: str) -> None:
     url = pg_url
-    grid = write_grid(tmp_path, dims=[1, 2, 3, 4])
+    grid = write_grid(tmp_path, dims=[1, 2, 3, 4], train_size=TRAIN_SIZE)
     machine_a, machine_b = tmp_path / "a", tmp_path / "b"
     machine_a.mkdir()
     machine_b.mkdir()

@@ -23,6 +23,7 @@ seeds = [0]
 [base]
 data.name = "digits"
 data.image_size = 8
+data.train_size = 512
 tokenizer.name = "patch_pca"
 tokenizer.patch_size = 4
 tokenizer.latent_dim = 4
@@ -34,7 +35,7 @@ train.warmup_epochs = 0.5
 probe.epochs = 3
 
 [axes]
-probe.t = {{ values = [0, 10, 40], name = "t" }}
+probe.t = {{ values = [10, 40], name = "t" }}
 probe.noisy_input = {{ values = [false, true], labels = ["clean", "noisy"], name = "input" }}
 """
 
@@ -105,7 +106,8 @@ def test_racing_acquirers_get_one_lease(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ through the CLI
-def _grid(tmp: Path, epochs: int = 2) -> Path:
+def _grid(tmp: Path, epochs: int = 1) -> Path:
+    """4 cells (2 probe t x clean/noisy input) of one training on 512 digits images (8 steps per epoch)."""
     p = tmp / "probes.toml"
     p.write_text(PROBE_GRID.format(epochs=epochs))
     return p
@@ -122,33 +124,33 @@ def test_one_training_for_a_probe_grid_and_cells_wait_for_it(tmp_path: Path, swe
     plan = subprocess.run([sys.executable, "-m", "sweepdae", "plan", str(grid), "--json"], cwd=tmp_path,
                           capture_output=True, text=True)
     doc = json.loads(plan.stdout)
-    assert len({c["train_key"] for c in doc["cells"]}) == 1 and doc["summary"].startswith("6 cells, 1 trainings")
+    assert len({c["train_key"] for c in doc["cells"]}) == 1 and doc["summary"].startswith("4 cells, 1 trainings")
     p = sweepdae(tmp_path, "run", str(grid), "--cpu-cells", "2")
     assert p.returncode == 0, p.stderr
     assert "wait " in p.stderr and "is being made (here)" in p.stderr  # the second slot's cell waited, visibly
     rows = _status(tmp_path, sweepdae)
-    assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
     assert len({r["train_key"] for r in rows}) == 1
-    assert sorted(r["reused_training"] for r in rows) == [False] + [True] * 5
+    assert sorted(r["reused_training"] for r in rows) == [False] + [True] * 3
     trained = [e for d in (tmp_path / "runs").glob("[0-9a-f]*")
                for e in map(json.loads, (d / "events.jsonl").read_text().splitlines()) if e["phase"] == "trained"]
     assert len(trained) == 1
     again = subprocess.run([sys.executable, "-m", "sweepdae", "plan", str(grid), "--store",
                             f"journal:{tmp_path / 'store.journal'}"], cwd=tmp_path, capture_output=True, text=True)
-    assert "6 cells, 1 trainings (1 already trained)" in again.stdout
+    assert "4 cells, 1 trainings (1 already trained)" in again.stdout
 
     # removing two cells' results keeps their training: the rerun evaluates them without training
     tk = rows[0]["train_key"]
     assert sweepdae(tmp_path, "forget", str(grid), "--only", "t=40", "--store",
                     f"journal:{tmp_path / 'store.journal'}", "--runs-dir", str(tmp_path / "runs")).returncode == 0
     rows = _status(tmp_path, sweepdae)
-    assert sorted(r["status"] for r in rows) == ["done"] * 4 + ["new"] * 2
+    assert sorted(r["status"] for r in rows) == ["done"] * 2 + ["new"] * 2
     stray = tmp_path / "runs" / "_train" / ("0" * 64)  # a training no cell uses (e.g. of an edited grid)
     stray.mkdir()
     gc = sweepdae(tmp_path, "gc", "--store", f"journal:{tmp_path / 'store.journal'}", "--runs-dir",
                   str(tmp_path / "runs"))
     assert gc.returncode == 0 and not stray.exists() and (tmp_path / "runs" / "_train" / tk).exists(), gc.stderr
-    p = sweepdae(tmp_path, "run", str(grid))
+    p = sweepdae(tmp_path, "run", str(grid), "--cpu-cells", "2")
     assert p.returncode == 0, p.stderr
     rows = _status(tmp_path, sweepdae)
     assert {r["status"] for r in rows} == {"done"} and all(r["reused_training"] for r in rows if "t=40" in r["label"])
