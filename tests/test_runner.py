@@ -160,6 +160,11 @@ def test_sigkill_mid_sweep_then_rerun_resumes_from_checkpoint(tmp_path: Path, wr
     assert (a.groupby("key")["state"].apply(lambda s: (s == "COMPLETE").sum()) == 1).all()
 
 
+# Slow tier: the default suite covers this faster in test_store.py::test_concurrent_claimers_complete_each_key_once
+# (processes racing the same enqueue on one journal: each key completed once, the copies failed as duplicates) and
+# end to end in test_run_and_worker_on_postgres (two processes on one store, each cell run once) and
+# test_trainings.py::test_two_machines_train_once (two `sweepdae run` of one grid on one journal).
+@pytest.mark.slow
 def test_two_coordinators_on_one_journal_run_each_cell_once(tmp_path: Path, write_grid: Any, attempts: Any,
                                                             events: Any) -> None:
     grid = write_grid(tmp_path, dims=[1, 2, 3, 4], train_size=TRAIN_SIZE)
