@@ -281,10 +281,15 @@ def test_disk_full_injected_fails_the_attempt_and_the_retry_resumes(tmp_path: Pa
     assert list(att["state"]) == ["FAIL", "COMPLETE"]
     assert att.iloc[0]["failure_class"] == "io" and "No space left" in att.iloc[0]["error"]
     run_dir = next((tmp_path / "runs").glob("[0-9a-f]*"))
-    resumed = [e["resumed_from_epoch"] for e in events(run_dir) if "resumed_from_epoch" in e]
-    assert resumed == [1 if "checkpoint" in fault else 3]  # the last good checkpoint was kept whole
-    assert not list(run_dir.glob(".*.tmp"))  # no half-written temp files left behind
     res = json.loads((run_dir / "result.json").read_text())
+    evs = events(run_dir)
+    resumed = [e["resumed_from_epoch"] for e in evs if "resumed_from_epoch" in e]
+    reread = [e["reused_training"] for e in evs if e.get("phase") == "train" and "reused_training" in e]
+    if "checkpoint" in fault:
+        assert resumed == [1] and reread == []  # the last good checkpoint (epoch 1) was kept whole
+    else:  # the training had finished: the retry reads it back instead of training again
+        assert resumed == [] and reread == [res["train_key"]]
+    assert not list((tmp_path / "runs").rglob(".*.tmp"))  # no half-written temp files left, cell or training
     assert res["steps"] == 3 * (512 // 64)  # all 3 epochs of 8 steps (512 digits images, batch 64), once each
     assert cells(tmp_path).iloc[0]["status"] == "done"
 
