@@ -26,3 +26,8 @@ def test_non_editable_install_ships_templates_and_grids(tmp_path: Path) -> None:
     assert out[1].startswith(str(target)) and out[2].startswith(str(target))  # not the checkout's folders
     assert "report.html.j2" in out[3] and "tables.tex.j2" in out[3]
     assert "quickstart" in out[4] and "tokenizer_dims" in out[4]
+    # every module of the checkout is in the install (a cell runs `python -m sweepdae.cell`); importing them all
+    # would need torch, which -S hides
+    here = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "sweepdae").rglob("*.py"))
+    shipped = sorted(str(p.relative_to(target)) for p in (target / "sweepdae").rglob("*.py"))
+    assert set(here) <= set(shipped), sorted(set(here) - set(shipped))
