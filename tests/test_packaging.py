@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_non_editable_install_ships_templates_and_grids(tmp_path: Path) -> None:
-    target = tmp_path / "site"
+    target, src = tmp_path / "site", tmp_path / "src"
+    # build from the tracked files only, as a clean clone would: a checkout's stale sweepdae.egg-info/SOURCES.txt
+    # makes setuptools add modules that the package list leaves out
+    for name in subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True,
+                               text=True).stdout.splitlines():
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(target), str(ROOT)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+                    str(target), str(src)], check=True, capture_output=True, timeout=300, cwd=tmp_path)
     # -S: no site-packages, so the editable install of the checkout cannot answer instead
     code = ("import sweepdae, sweepdae.resources as r; "
             "print(sweepdae.__file__); print(r.resource_dir('templates')); print(r.resource_dir('grids')); "
