@@ -1,66 +1,219 @@
 """Verdicts on the paper's headline findings, computed from a grid's table (never hard-coded).
 
-Each check returns {finding, claim, ours, paper, agrees}: `ours` and `paper` are one-line summaries of the same
-computation on our numbers and on the paper's, `agrees` is True/False, or None when there is not enough data.
-The paper side is computed from `paper.py` wherever the paper prints the numbers.
+The statistics and decision rules are those of REPRODUCTION.md ("Decision rules"), fixed before any reproduction
+was run: each statistic is computed once per seed from that seed's cells (differences paired by seed), summarised
+as a mean with a 95 % Student-t interval over seeds, and the verdict is "agrees" / "disagrees" only when the whole
+interval lies on one side of the finding's decision point; one seed, or an interval holding the point, is
+"inconclusive".
+
+Each check returns a Verdict: {finding, claim, readout, statistic, rule, value, interval, confidence, seeds,
+per_seed, verdict, ours, paper, paper_value, readouts}. `readouts` holds the same statistic and verdict on kNN top-1
+and probe_gain, shown beside the linear probe's but never deciding. The paper side (`paper`, `paper_value`) is the
+same statistic on the paper's numbers (`paper.py`) wherever the paper prints them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, canonical_label, get_reference
 from sweepdae.report.tables import TableData
 
-__all__ = ["FINDING_CHECKS", "Verdict", "compute_findings", "spearman"]
+__all__ = ["CONFIDENCE", "FINDING_CHECKS", "READOUTS", "Rule", "Verdict", "compute_findings", "interval",
+           "spearman", "verdict_of"]
 
 Verdict = dict[str, Any]
-# Tolerances, in probe points: "do as well" (headline 3) and "about as well" (headline 5: within ~1.5 pts).
-KL_TOLERANCE = 1.0
-IMAGE_PREDICTION_TOLERANCE = 1.5
+CONFIDENCE = 0.95  # two-sided, Student t over seeds (REPRODUCTION.md)
+PRIMARY = "probe_top1"  # the paper's readout decides the verdict
+READOUTS = ("probe_top1", "knn_top1", "probe_gain")  # each finding is computed on each one the cells recorded
+# Margins of the "as well as" findings, in probe points (REPRODUCTION.md, Margins).
+KL_MARGIN = 1.0  # finding 3, "do as well"
+IMAGE_PREDICTION_MARGIN = 1.5  # finding 5, "about as well" (paper Tab. 3: 64.5 vs 65.1)
+DIP_MARGIN = 1.0  # finding 2b: no dip of a point or more
 _TAB2 = PAPER["tab2"]
 _LEVELS = PAPER["noise_levels"]
+_FREE, _KL = ("patch_ae", "patch_pca"), ("patch_vae", "conv_vae")
 
 
-_OTHER_CLAIMS = {"trajectory": "Each step of the trajectory changes accuracy the way it does in the paper."}
+@dataclass(frozen=True)
+class Rule:
+    """A decision point and the side of it the paper's claim lies on (+1 above, -1 below)."""
+
+    point: float
+    side: int
+
+    def text(self, name: str) -> str:
+        ours, other = (">", "<") if self.side > 0 else ("<", ">")
+        return (f"agrees if the {int(CONFIDENCE * 100)}% interval of {name} lies {ours} {self.point:g}, disagrees "
+                f"if it lies {other} {self.point:g}, else inconclusive")
+
+
+def interval(values: list[float]) -> tuple[float, float] | None:
+    """mean ± t(0.975, n-1) · s / √n over seeds; None for fewer than 2 values."""
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if len(x) < 2:
+        return None
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def verdict_of(values: list[float], rule: Rule) -> str:
+    ci = interval(values)
+    if ci is None:
+        return "inconclusive"
+    lo, hi = ci
+    if (lo > rule.point) if rule.side > 0 else (hi < rule.point):
+        return "agrees"
+    if (hi < rule.point) if rule.side > 0 else (lo > rule.point):
+        return "disagrees"
+    return "inconclusive"
+
+
+def _finite(x: float | None) -> float | None:
+    """JSON-safe: NaN and infinities become None (reports write strict JSON)."""
+    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def _claim(name: str) -> str:
     return next((h.text for h in HEADLINE_FINDINGS if name in h.checks), _OTHER_CLAIMS.get(name, name))
 
 
-def _verdict(name: str, ours: str, paper: str, agrees: bool | None) -> Verdict:
-    return {"finding": name, "claim": _claim(name), "ours": ours, "paper": paper, "agrees": agrees}
+_OTHER_CLAIMS = {"trajectory": "Each step of the trajectory changes accuracy the way it does in the paper."}
 
 
-def _primary(table: TableData) -> str:
-    """The metric findings are about: the probe accuracy when reported, else the first metric."""
-    return "probe_top1" if "probe_top1" in table.metrics else table.metrics[0]
+# -- per-seed matrices -------------------------------------------------------------------------------------------
+def _labels(table: TableData) -> tuple[list[int], list[int], dict[int, str], dict[int, str]]:
+    t = table.tidy
+    rows = t.drop_duplicates("row_i").set_index("row_i")["row"].to_dict()
+    cols = t.drop_duplicates("col_i").set_index("col_i")["col"].to_dict()
+    return sorted(rows), sorted(cols), {int(k): str(v) for k, v in rows.items()}, \
+        {int(k): str(v) for k, v in cols.items()}
 
 
-def _matrix(table: TableData, metric: str, value: str = "mean") -> pd.DataFrame:
-    """rows x cols of one metric (our means or the paper's numbers), in the table's order; NaN where missing."""
-    t = table.tidy[table.tidy["metric"] == metric]
-    m = t.pivot_table(index="row_i", columns="col_i", values=value, aggfunc="first", dropna=False)
-    rows = t.drop_duplicates("row_i").set_index("row_i")["row"]
-    cols = t.drop_duplicates("col_i").set_index("col_i")["col"]
-    m = m.reindex(index=sorted(rows.index), columns=sorted(cols.index))
-    m.index, m.columns = [rows[i] for i in m.index], [cols[i] for i in m.columns]
+def _frame(table: TableData, values: pd.DataFrame) -> pd.DataFrame:
+    """row_i x col_i values -> a rows x cols frame with the table's labels and order, NaN where missing."""
+    ri, ci, rl, cl = _labels(table)
+    m = values.reindex(index=ri, columns=ci)
+    m.index, m.columns = [rl[i] for i in ri], [cl[i] for i in ci]
     return m.astype(float)
 
 
-def _d_lines(table: TableData, value: str) -> pd.DataFrame | None:
-    """Lines (one per tokenizer) x d labels: d is the axis named "d" / tokenizer.latent_dim, else the columns.
+def paper_matrix(table: TableData, metric: str = PRIMARY) -> pd.DataFrame:
+    t = table.tidy[table.tidy["metric"] == metric]
+    if t.empty:
+        t = table.tidy.assign(paper=np.nan).drop_duplicates(["row_i", "col_i"])
+    return _frame(table, t.pivot_table(index="row_i", columns="col_i", values="paper", aggfunc="first",
+                                       dropna=False))
 
-    Only the lines the paper has numbers for: an extra row (e.g. Tab. 2's "patch_pca per-dim" ablation) is shown
-    in the table but left out of the "every tokenizer" checks."""
-    m = _matrix(table, _primary(table), value)
-    paper = _matrix(table, _primary(table), "paper")
+
+def seed_matrices(table: TableData, metric: str) -> dict[str, pd.DataFrame]:
+    """seed -> rows x cols of one metric, holding only the positions finished on every seed (so that every seed's
+    statistic reads the same positions: paired)."""
+    s = table.seeds[table.seeds["metric"] == metric]
+    if s.empty:
+        return {}
+    wide = s.pivot_table(index=["row_i", "col_i"], columns="seed", values="value", aggfunc="mean")
+    complete = wide.dropna()
+    out = {}
+    for seed in complete.columns:
+        v = complete[seed].unstack("col_i") if len(complete) else pd.DataFrame()
+        out[str(seed)] = _frame(table, v)
+    return out
+
+
+def _mean(mats: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    return sum(mats.values()) / len(mats)  # type: ignore[return-value]
+
+
+def _left_out(table: TableData, metric: str) -> list[str]:
+    """Positions some seed finished but not every seed did (left out of the paired statistics)."""
+    s = table.seeds[table.seeds["metric"] == metric]
+    if s.empty:
+        return []
+    n = s.groupby(["row", "col"])["seed"].nunique()
+    return [" ".join(x for x in k if x) for k, c in n.items() if c < s["seed"].nunique()]
+
+
+# -- the statistic engine ----------------------------------------------------------------------------------------
+Stat = Callable[[str, pd.DataFrame], "float | None"]  # (seed, that seed's matrix) -> statistic
+
+
+@dataclass
+class Plan:
+    """What a finding computes on one readout: a per-seed statistic and a detail text from the seed means."""
+
+    statistic: Stat
+    detail: str
+
+
+def _summary(name: str, rule: Rule, per_seed: dict[str, float]) -> dict[str, Any]:
+    vals = [v for v in per_seed.values() if math.isfinite(v)]
+    ci = interval(vals)
+    return {"value": float(np.mean(vals)) if vals else None, "interval": list(ci) if ci else None,
+            "seeds": len(vals), "per_seed": per_seed, "verdict": verdict_of(vals, rule)}
+
+
+def _fmt_summary(s: dict[str, Any], digits: int = 1) -> str:
+    if s["value"] is None:
+        return "no seed has the cells it needs"
+    text = f"{s['value']:+.{digits}f}"
+    if s["interval"]:
+        lo, hi = s["interval"]
+        text += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return text + f" over {s['seeds']} seed{'s' if s['seeds'] != 1 else ''}"
+
+
+def _run(name: str, table: TableData, statistic_name: str, rule: Rule,
+         plan: Callable[[TableData, str, pd.DataFrame], Plan | str], paper_value: float | None, paper_text: str,
+         digits: int = 1) -> Verdict:
+    """The finding on every readout the cells recorded; the verdict from PRIMARY."""
+    base: Verdict = {"finding": name, "claim": _claim(name), "readout": PRIMARY, "statistic": statistic_name,
+                     "rule": rule.text(statistic_name), "confidence": CONFIDENCE, "paper": paper_text,
+                     "paper_value": _finite(paper_value), "value": None, "interval": None, "seeds": 0, "per_seed": {},
+                     "verdict": "inconclusive", "readouts": {}}
+    for readout in READOUTS:
+        mats = seed_matrices(table, readout)
+        if not mats:
+            if readout == PRIMARY:
+                base["ours"] = "no finished cells"
+            continue
+        p = plan(table, readout, _mean(mats))
+        if isinstance(p, str):  # not enough data: the reason
+            summary: dict[str, Any] = {"value": None, "interval": None, "seeds": 0, "per_seed": {},
+                                       "verdict": "inconclusive"}
+            text = p
+        else:
+            per_seed = {}
+            for seed, m in mats.items():
+                v = p.statistic(seed, m)
+                if v is not None and math.isfinite(v):
+                    per_seed[seed] = float(v)
+            summary = _summary(name, rule, per_seed)
+            text = f"{statistic_name} = {_fmt_summary(summary, digits)}" + (f"; {p.detail}" if p.detail else "")
+            left = _left_out(table, readout)
+            if left:
+                text += f" (left out, not finished on every seed: {', '.join(left)})"
+        if readout == PRIMARY:
+            base.update(summary)
+            base["ours"] = text
+        else:
+            base["readouts"][readout] = {**summary, "ours": text}
+    base.setdefault("ours", "no finished cells")
+    return base
+
+
+# -- latent-dim lines (Tab. 2, Fig. 5) ---------------------------------------------------------------------------
+def _orient_d(table: TableData, m: pd.DataFrame) -> pd.DataFrame | None:
+    """Lines (one per tokenizer) x d labels, keeping only the lines the paper has numbers for (an extra row such
+    as Tab. 2's "patch_pca per-dim" ablation is shown in the table but left out of the checks)."""
+    paper = paper_matrix(table)
     if table.row_dim == "d" and table.col_dim != "d":
         m, paper = m.T, paper.T
     elif table.col_dim is None:
@@ -68,101 +221,137 @@ def _d_lines(table: TableData, value: str) -> pd.DataFrame | None:
             return None
         m, paper = m.T, paper.T
     if paper.notna().to_numpy().any():
-        m = m.loc[[i for i in m.index if paper.loc[i].notna().any()]]
+        m = m.loc[[i for i in m.index if i in paper.index and paper.loc[i].notna().any()]]
     return m
 
 
-def _fmt_set(labels: list[str], order: list[str]) -> str:
-    ordered = [x for x in order if x in labels]
-    return ordered[0] if len(ordered) == 1 else f"{ordered[0]}-{ordered[-1]}"
+def _optimal_range(table: TableData, order: list[str]) -> list[str]:
+    """The paper's optimal d columns: the range its lines' best d values span (Tab. 2: 16..32), or the optimum it
+    states without numbers (Fig. 5: 48)."""
+    ref = get_reference(table.mirrors)
+    if ref and ref.best:
+        best = [b for b in ref.best if b in order]
+    else:
+        pm = _orient_d(table, paper_matrix(table))
+        best = [str(v.dropna().idxmax()) for _, v in pm.iterrows() if v.notna().sum() >= 2] if pm is not None else []
+    idx = sorted(order.index(b) for b in best if b in order)
+    return order[idx[0]: idx[-1] + 1] if idx else []
 
 
-def _argmaxes(m: pd.DataFrame, min_points: int = 3) -> dict[str, str]:
-    out = {}
-    for line, vals in m.iterrows():
-        v = vals.dropna()
-        if len(v) >= min_points:
-            out[str(line)] = str(v.idxmax())
-    return out
+def _contrast(m: pd.DataFrame, inside: list[str]) -> float | None:
+    """Mean over lines of (best value inside the optimal columns − best value outside them)."""
+    diffs = []
+    for _, v in m.iterrows():
+        v = v.dropna()
+        ins, out = v[[c for c in v.index if c in inside]], v[[c for c in v.index if c not in inside]]
+        if len(ins) and len(out):
+            diffs.append(float(ins.max() - out.max()))
+    return float(np.mean(diffs)) if diffs else None
 
 
 def optimal_latent_dim(table: TableData) -> Verdict:
     name = "optimal_latent_dim"
-    ours_m, paper_m = _d_lines(table, "mean"), _d_lines(table, "paper")
-    if ours_m is None or paper_m is None:
-        return _verdict(name, "no latent-dim axis in this table", "", None)
-    order = [str(c) for c in ours_m.columns]
-    ours = _argmaxes(ours_m)
-    ref = get_reference(table.mirrors)
-    paper_best = list(ref.best) if ref and ref.best else sorted(set(_argmaxes(paper_m).values()), key=order.index)
-    paper = f"optimal d: {_fmt_set(paper_best, order)}" if paper_best else "not given for these labels"
-    if not ours:
-        return _verdict(name, "not enough data (a tokenizer needs 3 finished d values)", paper, None)
-    votes = list(ours.values())
-    best_mean = ours_m.max(axis=0)
-    overall = max(set(votes), key=lambda d: (votes.count(d), best_mean.get(d, -math.inf)))
-    detail = ", ".join(f"{k} {v}" for k, v in ours.items())
-    text = f"optimal d: {overall}" + (f" ({detail})" if len(ours) > 1 else "")
-    if not paper_best or not all(p in order for p in paper_best):
-        return _verdict(name, text, paper, None)
-    lo, hi = min(order.index(p) for p in paper_best), max(order.index(p) for p in paper_best)
-    return _verdict(name, text, paper, lo <= order.index(overall) <= hi)
+    pm = _orient_d(table, paper_matrix(table))
+    order = [str(c) for c in pm.columns] if pm is not None else []
+    inside = _optimal_range(table, order)
+    rule = Rule(0.0, +1)
+    stat_name = "best in the paper's optimal d range − best outside it"
+    if pm is None or not inside:
+        return _run(name, table, stat_name, rule, lambda *_: "no latent-dim axis with a paper optimum here", None, "")
+    pv = _contrast(pm, inside)
+    p_text = f"optimal d: {inside[0] if len(inside) == 1 else inside[0] + '-' + inside[-1]}" + \
+        (f"; {stat_name} = {pv:+.1f}" if pv is not None else "")
+
+    def plan(t: TableData, readout: str, mean: pd.DataFrame) -> Plan | str:
+        m = _orient_d(t, mean)
+        if m is None or _contrast(m, inside) is None:
+            return "not enough data (a line needs a finished d inside and one outside the optimal range)"
+        lines = m.loc[[i for i, v in m.iterrows() if v.notna().sum() >= 1]]
+        best = ", ".join(f"{k} {v.dropna().idxmax()}" for k, v in lines.iterrows() if v.notna().any())
+        return Plan(lambda _, s: _contrast(_orient_d(t, s), inside),  # type: ignore[arg-type]
+                    f"best d on seed means: {best}")
+
+    return _run(name, table, stat_name, rule, plan, pv, p_text)
 
 
-def _unimodal(values: list[float]) -> bool:
-    """Rises then falls (either part may be empty; ties do not break it)."""
-    signs = [np.sign(b - a) for a, b in zip(values, values[1:], strict=False) if b != a]
-    falling = False
-    for s in signs:
-        if s < 0:
-            falling = True
-        elif falling:
-            return False
-    return True
+def dip_depth(values: list[float]) -> float:
+    """Deepest valley of a curve: max over interior points of min(highest to the left, highest to the right) −
+    value, clipped at 0; 0 exactly when the curve rises then falls (ties allowed)."""
+    deepest = 0.0
+    for j in range(1, len(values) - 1):
+        deepest = max(deepest, min(max(values[:j]), max(values[j + 1:])) - values[j])
+    return deepest
 
 
-def _unimodal_lines(m: pd.DataFrame) -> dict[str, bool]:
-    return {str(k): _unimodal(list(v.dropna())) for k, v in m.iterrows() if v.notna().sum() >= 3}
+def _dips(m: pd.DataFrame) -> dict[str, float]:
+    return {str(k): dip_depth(list(v.dropna())) for k, v in m.iterrows() if v.notna().sum() >= 3}
 
 
 def unimodal_in_d(table: TableData) -> Verdict:
     name = "unimodal_in_d"
-    ours_m, paper_m = _d_lines(table, "mean"), _d_lines(table, "paper")
-    if ours_m is None or paper_m is None:
-        return _verdict(name, "no latent-dim axis in this table", "", None)
-    ours, paper = _unimodal_lines(ours_m), _unimodal_lines(paper_m)
-    paper_text = (f"unimodal for {sum(paper.values())} of {len(paper)}" if paper
-                  else "unimodal for every tokenizer (stated)")
-    if not ours:
-        return _verdict(name, "not enough data (a line needs 3 finished d values)", paper_text, None)
-    bad = [k for k, ok in ours.items() if not ok]
-    text = f"unimodal for {len(ours) - len(bad)} of {len(ours)}" + (f" (not: {', '.join(bad)})" if bad else "")
-    return _verdict(name, text, paper_text, not bad and (all(paper.values()) if paper else True))
+    stat_name = "deepest dip in a tokenizer's accuracy-vs-d curve"
+    rule = Rule(DIP_MARGIN, -1)
+    pm = _orient_d(table, paper_matrix(table))
+    if pm is None:
+        return _run(name, table, stat_name, rule, lambda *_: "no latent-dim axis in this table", None, "")
+    pd_ = _dips(pm)
+    pv = max(pd_.values()) if pd_ else None
+    p_text = (f"unimodal for {sum(v == 0 for v in pd_.values())} of {len(pd_)}; deepest dip {pv:.1f}"
+              if pd_ else "unimodal for every tokenizer (stated)")
+
+    def plan(t: TableData, readout: str, mean: pd.DataFrame) -> Plan | str:
+        m = _orient_d(t, mean)
+        if m is None or not _dips(m):
+            return "not enough data (a line needs 3 finished d values)"
+        dips = _dips(m)
+        bad = [k for k, v in dips.items() if v > 0]
+        detail = f"on seed means unimodal for {len(dips) - len(bad)} of {len(dips)}" + \
+            (f" (dips: {', '.join(f'{k} {dips[k]:.1f}' for k in bad)})" if bad else "")
+        return Plan(lambda _, s: max(_dips(_orient_d(t, s)).values(), default=math.nan),  # type: ignore[arg-type]
+                    detail)
+
+    return _run(name, table, stat_name, rule, plan, pv, p_text)
 
 
-def _groups(m: pd.DataFrame) -> tuple[float, float] | None:
-    """Best value of the KL-free tokenizers (patch AE, PCA) and of the KL ones (patch VAE, conv VAE)."""
+def _group_cells(m: pd.DataFrame, group: tuple[str, ...]) -> list[tuple[str, str]]:
     canon = {str(k): canonical_label(_TAB2, str(k), _TAB2.rows) for k in m.index}
-    best = {c: float(m.loc[k].max()) for k, c in canon.items() if c and m.loc[k].notna().any()}
-    free = [best[c] for c in ("patch_ae", "patch_pca") if c in best]
-    kl = [best[c] for c in ("patch_vae", "conv_vae") if c in best]
-    return (max(free), max(kl)) if free and kl else None
+    return [(k, str(c)) for k in m.index if canon.get(str(k)) in group for c in m.columns
+            if math.isfinite(m.loc[k, c])]
+
+
+def _best(m: pd.DataFrame, cells: list[tuple[str, str]]) -> tuple[str, str]:
+    return max(cells, key=lambda rc: m.loc[rc[0], rc[1]])
 
 
 def kl_unnecessary(table: TableData) -> Verdict:
     name = "kl_unnecessary"
-    ours_m, paper_m = _d_lines(table, "mean"), _d_lines(table, "paper")
-    if ours_m is None or paper_m is None:
-        ours_m, paper_m = _matrix(table, _primary(table)), _matrix(table, _primary(table), "paper")
-    ours, paper = _groups(ours_m), _groups(paper_m)
-    p_text = f"patch AE/PCA {paper[0]:.1f} vs patch VAE/conv VAE {paper[1]:.1f} ({paper[0] - paper[1]:+.1f})" \
-        if paper else ""
-    if ours is None:
-        return _verdict(name, "not enough data (needs a finished KL-free and a KL tokenizer)", p_text, None)
-    text = f"patch AE/PCA {ours[0]:.1f} vs patch VAE/conv VAE {ours[1]:.1f} ({ours[0] - ours[1]:+.1f})"
-    return _verdict(name, text, p_text, ours[0] - ours[1] >= -KL_TOLERANCE)
+    stat_name = "best KL-free cell (patch AE/PCA) − best KL cell (patch VAE/conv VAE)"
+    rule = Rule(-KL_MARGIN, +1)
+
+    def lines(t: TableData, m: pd.DataFrame) -> pd.DataFrame:
+        return _orient_d(t, m) if _orient_d(t, m) is not None else m  # type: ignore[return-value]
+
+    pm = lines(table, paper_matrix(table))
+    free_p, kl_p = _group_cells(pm, _FREE), _group_cells(pm, _KL)
+    pv, p_text = None, ""
+    if free_p and kl_p:
+        f, k = _best(pm, free_p), _best(pm, kl_p)
+        pv = float(pm.loc[f] - pm.loc[k])
+        p_text = f"patch AE/PCA {pm.loc[f]:.1f} vs patch VAE/conv VAE {pm.loc[k]:.1f} ({pv:+.1f})"
+
+    def plan(t: TableData, readout: str, mean: pd.DataFrame) -> Plan | str:
+        m = lines(t, mean)
+        free, kl = _group_cells(m, _FREE), _group_cells(m, _KL)
+        if not free or not kl:
+            return "not enough data (needs a finished KL-free and a KL tokenizer)"
+        f, k = _best(m, free), _best(m, kl)
+        return Plan(lambda _, s: float(lines(t, s).loc[f] - lines(t, s).loc[k]),
+                    f"cells chosen on seed means: {' '.join(f)} {m.loc[f]:.1f} vs {' '.join(k)} {m.loc[k]:.1f}")
+
+    return _run(name, table, stat_name, rule, plan, pv, p_text)
 
 
+# -- accuracy vs FID (Tab. 1) ------------------------------------------------------------------------------------
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
     ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
@@ -171,59 +360,70 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _pairs(table: TableData, value: str, acc: str) -> tuple[list[float], list[float]]:
-    t = table.tidy
-    a = t[t["metric"] == acc].set_index(["row_i", "col_i"])[value]
-    f = t[t["metric"] == "fid"].set_index(["row_i", "col_i"])[value]
-    both = pd.concat([a, f], axis=1, keys=["a", "f"]).dropna().sort_index()
-    return list(both["a"]), list(both["f"])
+def _rho(acc: pd.DataFrame, fid: pd.DataFrame) -> float | None:
+    a, f = acc.stack(), fid.reindex_like(acc).stack()
+    both = pd.concat([a, f], axis=1, keys=["a", "f"]).dropna()
+    if len(both) < 3:
+        return None
+    return spearman(list(both["a"]), list(both["f"]))
 
 
 def fid_vs_accuracy(table: TableData) -> Verdict:
     name = "fid_vs_accuracy"
-    acc = _primary(table)
-    if "fid" not in table.metrics or acc == "fid":
-        return _verdict(name, "the grid reports no FID beside accuracy", "", None)
-    pa, pf = _pairs(table, "paper", acc)
-    rho_p = spearman(pa, pf) if len(pa) >= 3 else math.nan
-    p_text = f"Spearman(acc, FID) = {rho_p:+.2f} over {len(pa)}" if math.isfinite(rho_p) else ""
-    oa, of = _pairs(table, "mean", acc)
-    if len(oa) < 3:
-        return _verdict(name, f"not enough data ({len(oa)} positions with both accuracy and FID, need 3)", p_text,
-                        None)
-    rho = spearman(oa, of)
-    if not math.isfinite(rho):
-        return _verdict(name, "accuracy or FID is constant: no rank correlation", p_text, None)
-    how = "accuracy rises while FID worsens" if rho > 0 else "FID improves with accuracy"
-    text = f"Spearman(acc, FID) = {rho:+.2f} over {len(oa)}: {how}"
-    expected = np.sign(rho_p) if math.isfinite(rho_p) and rho_p != 0 else 1.0
-    return _verdict(name, text, p_text, bool(np.sign(rho) == expected))
+    stat_name = "Spearman(accuracy, FID) over the table's positions"
+    rule = Rule(0.0, +1)
+    pa, pf = paper_matrix(table, PRIMARY), paper_matrix(table, "fid")
+    pv = _rho(pa, pf)
+    p_text = f"Spearman(acc, FID) = {pv:+.2f} over {int((pa.notna() & pf.notna()).to_numpy().sum())}" \
+        if pv is not None and math.isfinite(pv) else ""
+    fids = seed_matrices(table, "fid")
+    if not fids:
+        return _run(name, table, stat_name, rule, lambda *_: "the cells recorded no FID beside accuracy",
+                    pv, p_text, digits=2)
+
+    def plan(t: TableData, readout: str, mean: pd.DataFrame) -> Plan | str:
+        n = int((mean.notna() & _mean(fids).reindex_like(mean).notna()).to_numpy().sum())
+        if n < 3:
+            return f"not enough data ({n} positions with both accuracy and FID, need 3)"
+        return Plan(lambda seed, s: _rho(s, fids[seed]) if seed in fids else None, f"{n} positions")
+
+    return _run(name, table, stat_name, rule, plan, pv, p_text, digits=2)
 
 
-def _levels(m: pd.DataFrame) -> tuple[float, float] | None:
-    """Mean multi-level and single-level values, labels matched on either table dimension."""
+# -- single vs multi-level noise (Sec. 4.2) ----------------------------------------------------------------------
+def _levels_diff(m: pd.DataFrame) -> float | None:
+    """Mean over the shared positions of (multi-level − single-level), labels matched on either dimension."""
     for frame in (m, m.T):
         canon = {str(k): canonical_label(_LEVELS, str(k), _LEVELS.rows) for k in frame.index}
-        multi = [frame.loc[k] for k, c in canon.items() if c == "multi"]
-        single = [frame.loc[k] for k, c in canon.items() if c == "single"]
+        multi = [k for k, c in canon.items() if c == "multi"]
+        single = [k for k, c in canon.items() if c == "single"]
         if multi and single:
-            diff = (multi[0] - single[0]).dropna()
+            diff = (frame.loc[multi[0]] - frame.loc[single[0]]).dropna()
             if len(diff):
-                keep = diff.index
-                return float(multi[0][keep].mean()), float(single[0][keep].mean())
+                return float(diff.mean())
     return None
 
 
 def multi_level_helps(table: TableData) -> Verdict:
     name = "multi_level_helps"
-    ours, paper = _levels(_matrix(table, _primary(table))), _levels(_matrix(table, _primary(table), "paper"))
-    p_text = f"{paper[0] - paper[1]:+.1f} pts (multi {paper[0]:.1f} vs single {paper[1]:.1f})" if paper else \
-        "+3.0 pts (multi 64.5 vs single 61.5)"
-    if ours is None:
-        return _verdict(name, "not enough data (needs finished single- and multi-level cells)", p_text, None)
-    text = (f"{ours[0] - ours[1]:+.1f} pts (multi {ours[0]:.1f} vs single {ours[1]:.1f}; the single-level model "
-            "probed at its own t, the only t it was trained on)")
-    return _verdict(name, text, p_text, ours[0] > ours[1])
+    stat_name = "multi-level − single-level accuracy"
+    rule = Rule(0.0, +1)
+    pv = _levels_diff(paper_matrix(table))
+    p_text = f"{pv:+.1f} pts (multi 64.5 vs single 61.5)" if pv is not None else "+3.0 pts (multi 64.5 vs single 61.5)"
+
+    def plan(t: TableData, readout: str, mean: pd.DataFrame) -> Plan | str:
+        if _levels_diff(mean) is None:
+            return "not enough data (needs finished single- and multi-level cells)"
+        return Plan(lambda _, s: _levels_diff(s),
+                    "the single-level model probed at its own t, the only t it was trained on")
+
+    return _run(name, table, stat_name, rule, plan, pv if pv is not None else 3.0, p_text)
+
+
+# -- trajectories (Tab. 1, Tab. 3) -------------------------------------------------------------------------------
+def _steps(m: pd.DataFrame) -> pd.Series:
+    """One value per trajectory step (row), from its first column with a value."""
+    return m.apply(lambda r: r.dropna().iloc[0] if r.notna().any() else math.nan, axis=1)
 
 
 def _is_latent(recipe: Any) -> bool | None:
@@ -234,83 +434,113 @@ def _is_latent(recipe: Any) -> bool | None:
     return obj.get("target") in ("eps", "z0") and obj.get("output_space", "latent") == "latent"
 
 
-def _last_vs_best(values: list[float], latent: list[bool]) -> tuple[float, float, int] | None:
-    if len(values) < 2 or not math.isfinite(values[-1]):
-        return None
-    cand = [(v, i) for i, v in enumerate(values[:-1]) if latent[i] and math.isfinite(v)]
-    if not cand:
-        return None
-    best, i = max(cand)
-    return values[-1], best, i
+def _latent_steps(table: TableData) -> list[bool]:
+    rows = table.tidy.drop_duplicates("row_i").sort_values("row_i")["row_i"]
+    recipes = table.positions.drop_duplicates("row_i").set_index("row_i")["recipe"]
+    known = [_is_latent(recipes.get(i)) for i in rows]
+    # Without recipes every step but the last counts as latent prediction (in Tab. 3 the best one is the first).
+    return [bool(k) for k in known] if all(k is not None for k in known) else [True] * len(known)
 
 
 def image_prediction_ok(table: TableData) -> Verdict:
     name = "image_prediction_ok"
+    stat_name = "last step (predict the image) − best latent-prediction step"
+    rule = Rule(-IMAGE_PREDICTION_MARGIN, +1)
     if not table.trajectory:
-        return _verdict(name, "needs a trajectory table (rows = step)", "", None)
-    acc = _primary(table)
-    t = table.tidy[table.tidy["metric"] == acc].sort_values(["row_i", "col_i"]).drop_duplicates("row_i")
-    rows = list(t["row"])
-    ours_v, paper_v = [float(x) for x in t["mean"]], [float(x) for x in t["paper"]]
-    recipes = table.positions.drop_duplicates("row_i").set_index("row_i")["recipe"]
-    known = [_is_latent(recipes.get(i)) for i in t["row_i"]]
-    # Without recipes every step but the last counts as latent prediction (in Tab. 3 the best one is the first).
-    latent = [bool(k) for k in known] if all(k is not None for k in known) else [True] * len(rows)
-    paper = _last_vs_best(paper_v, latent)
-    p_text = f"last step {paper[0]:.1f} vs best latent step {paper[1]:.1f} ({paper[0] - paper[1]:+.1f})" \
-        if paper else ""
-    ours = _last_vs_best(ours_v, latent)
-    if ours is None:
-        return _verdict(name, "not enough data (needs the last step and a finished latent-prediction step)",
-                        p_text, None)
-    text = f"last step {ours[0]:.1f} vs best latent step {ours[1]:.1f} ({rows[ours[2]]}): {ours[0] - ours[1]:+.1f}"
-    return _verdict(name, text, p_text, ours[0] - ours[1] >= -IMAGE_PREDICTION_TOLERANCE)
+        return _run(name, table, stat_name, rule, lambda *_: "needs a trajectory table (rows = step)", None, "")
+    latent = _latent_steps(table)
+    ps = _steps(paper_matrix(table))
+    pv, p_text = None, ""
+    cand = [i for i in range(len(ps) - 1) if latent[i] and math.isfinite(ps.iloc[i])]
+    if len(ps) >= 2 and math.isfinite(ps.iloc[-1]) and cand:
+        b = max(cand, key=lambda i: ps.iloc[i])
+        pv = float(ps.iloc[-1] - ps.iloc[b])
+        p_text = f"last step {ps.iloc[-1]:.1f} vs best latent step {ps.iloc[b]:.1f} ({pv:+.1f})"
+
+    def plan(t: TableData, readout: str, mean: pd.DataFrame) -> Plan | str:
+        s = _steps(mean)
+        cand = [i for i in range(len(s) - 1) if latent[i] and math.isfinite(s.iloc[i])]
+        if len(s) < 2 or not math.isfinite(s.iloc[-1]) or not cand:
+            return "not enough data (needs the last step and a finished latent-prediction step)"
+        b = max(cand, key=lambda i: s.iloc[i])
+        return Plan(lambda _, m: float(_steps(m).iloc[-1] - _steps(m).iloc[b]),
+                    f"best latent step on seed means: {s.index[b]}")
+
+    return _run(name, table, stat_name, rule, plan, pv, p_text)
 
 
-def _monotone(m: pd.DataFrame) -> tuple[list[str], bool] | None:
-    lines, ok = [], True
+def trajectory(table: TableData) -> Verdict:
+    """Every step with its own paired interval; agrees when most steps with paper numbers agree in sign."""
+    name = "trajectory"
+    base: Verdict = {"finding": name, "claim": _claim(name), "readout": PRIMARY,
+                     "statistic": "change of accuracy at each step", "confidence": CONFIDENCE,
+                     "rule": "a step agrees when its interval lies on the side of 0 the paper's change lies on; "
+                             "agrees when more than half of the steps agree, disagrees when more than half disagree",
+                     "value": None, "interval": None, "seeds": 0, "per_seed": {}, "verdict": "inconclusive",
+                     "paper_value": None, "readouts": {}, "steps": []}
+    if not table.trajectory:
+        return {**base, "ours": "needs a trajectory table (rows = step)", "paper": ""}
+    withpaper = [m for m in table.metrics if table.tidy.loc[table.tidy["metric"] == m, "paper"].notna().any()]
+    metric = PRIMARY if PRIMARY in withpaper or not withpaper else withpaper[0]
+    ps = _steps(paper_matrix(table, metric))
+    pdelta = ps.diff().iloc[1:]
+    fmt = lambda xs: ", ".join("?" if not math.isfinite(x) else f"{x:+.1f}" for x in xs)  # noqa: E731
+    p_text = fmt(pdelta) if pdelta.notna().any() else "no paper numbers for these steps"
+    mats = seed_matrices(table, metric)
+    if not mats:
+        return {**base, "ours": "no finished cells", "paper": p_text}
+    deltas = {seed: _steps(m).diff().iloc[1:] for seed, m in mats.items()}
+    steps, words = [], []
+    for j, step in enumerate(pdelta.index):
+        vals = [float(d.iloc[j]) for d in deltas.values() if math.isfinite(d.iloc[j])]
+        p = float(pdelta.iloc[j])
+        word = verdict_of(vals, Rule(0.0, 1 if p > 0 else -1)) if math.isfinite(p) and p != 0 else "n/a"
+        ci = interval(vals)
+        steps.append({"step": str(step), "value": float(np.mean(vals)) if vals else None,
+                      "interval": list(ci) if ci else None, "seeds": len(vals), "paper": _finite(p), "verdict": word})
+        words.append(word)
+    judged = [w for w in words if w != "n/a"]
+    agree, disagree = judged.count("agrees"), judged.count("disagrees")
+    verdict = ("agrees" if agree * 2 > len(judged) else "disagrees" if disagree * 2 > len(judged)
+               else "inconclusive") if judged else "inconclusive"
+    ours = "step changes " + fmt([s["value"] if s["value"] is not None else math.nan for s in steps]) + \
+        f"; {agree} of {len(judged)} agree with the paper's sign, {disagree} disagree (over {len(mats)} seeds)"
+    return {**base, "metric": metric, "seeds": len(mats), "verdict": verdict, "ours": ours, "paper": p_text,
+            "steps": steps}
+
+
+# -- bigger / longer (Sec. 5) ------------------------------------------------------------------------------------
+def _oriented(table: TableData, m: pd.DataFrame) -> pd.DataFrame:
+    """The varied dimension (size or length) along the columns."""
+    return m.T if table.col_dim is None or m.shape[1] < 2 else m
+
+
+def _min_step(m: pd.DataFrame) -> float | None:
+    gains = []
     for _, v in m.iterrows():
         v = v.dropna()
-        if len(v) >= 2:
-            lines.append(" < ".join(f"{k} {x:.1f}" for k, x in v.items()))
-            ok = ok and bool(np.all(np.diff(v.to_numpy()) > 0))
-    return (lines, ok) if lines else None
+        gains += list(np.diff(v.to_numpy()))
+    return float(min(gains)) if gains else None
 
 
 def bigger_longer_helps(table: TableData) -> Verdict:
     name = "bigger_longer_helps"
-    acc = _primary(table)
-    ours_m, paper_m = _matrix(table, acc), _matrix(table, acc, "paper")
-    if table.col_dim is None or ours_m.shape[1] < 2:  # the varied dimension along the columns
-        ours_m, paper_m = ours_m.T, paper_m.T
-    ours, paper = _monotone(ours_m), _monotone(paper_m)
-    p_text = "; ".join(paper[0]) if paper else ""
-    if ours is None:
-        return _verdict(name, "not enough data (needs 2 finished sizes or lengths)", p_text, None)
-    text = "; ".join(ours[0]) + (": increasing" if ours[1] else ": not increasing")
-    return _verdict(name, text, p_text, ours[1])
+    stat_name = "smallest gain between adjacent sizes or lengths"
+    rule = Rule(0.0, +1)
+    pm = _oriented(table, paper_matrix(table))
+    pv = _min_step(pm)
+    p_text = "; ".join(" < ".join(f"{k} {x:.1f}" for k, x in v.dropna().items()) for _, v in pm.iterrows()
+                       if v.notna().sum() >= 2)
 
+    def plan(t: TableData, readout: str, mean: pd.DataFrame) -> Plan | str:
+        m = _oriented(t, mean)
+        if _min_step(m) is None:
+            return "not enough data (needs 2 finished sizes or lengths)"
+        detail = "; ".join(" → ".join(f"{k} {x:.1f}" for k, x in v.dropna().items()) for _, v in m.iterrows()
+                           if v.notna().sum() >= 2)
+        return Plan(lambda _, s: _min_step(_oriented(t, s)), f"seed means {detail}")
 
-def _deltas(values: list[float]) -> list[float]:
-    return [b - a for a, b in zip(values, values[1:], strict=False)]
-
-
-def trajectory(table: TableData) -> Verdict:
-    name = "trajectory"
-    if not table.trajectory:
-        return _verdict(name, "needs a trajectory table (rows = step)", "", None)
-    withpaper = [m for m in table.metrics if table.tidy.loc[table.tidy["metric"] == m, "paper"].notna().any()]
-    metric = _primary(table) if _primary(table) in withpaper or not withpaper else withpaper[0]
-    t = table.tidy[table.tidy["metric"] == metric].sort_values(["row_i", "col_i"]).drop_duplicates("row_i")
-    ours, paper = _deltas([float(x) for x in t["mean"]]), _deltas([float(x) for x in t["paper"]])
-    fmt = lambda xs: ", ".join("?" if not math.isfinite(x) else f"{x:+.1f}" for x in xs)  # noqa: E731
-    both = [(o, p) for o, p in zip(ours, paper, strict=True) if math.isfinite(o) and math.isfinite(p)]
-    agree = sum(1 for o, p in both if np.sign(o) == np.sign(p))
-    p_text = fmt(paper) if any(math.isfinite(x) for x in paper) else "no paper numbers for these steps"
-    if not both:
-        return _verdict(name, f"step changes {fmt(ours)}: not enough data to compare", p_text, None)
-    text = f"step changes {fmt(ours)}; {agree} of {len(both)} agree in sign with the paper"
-    return _verdict(name, text, p_text, agree * 2 > len(both))
+    return _run(name, table, stat_name, rule, plan, pv, p_text)
 
 
 FINDING_CHECKS: dict[str, Callable[[TableData], Verdict]] = {
@@ -331,7 +561,8 @@ def compute_findings(spec: Mapping[str, Any], table: TableData) -> list[Verdict]
     for name in (spec.get("report") or {}).get("findings") or []:
         check = FINDING_CHECKS.get(str(name))
         if check is None:
-            out.append(_verdict(str(name), "unknown finding", "", None))
+            out.append({"finding": str(name), "claim": str(name), "ours": "unknown finding", "paper": "",
+                        "verdict": "inconclusive", "seeds": 0, "interval": None, "readouts": {}})
         else:
             out.append(check(table))
     return out

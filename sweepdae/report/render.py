@@ -93,8 +93,26 @@ def table_rows(section: GridReport) -> list[dict[str, Any]]:
     return rows
 
 
-def _verdict_word(agrees: bool | None) -> str:
-    return {True: "agrees", False: "disagrees", None: "not enough data"}[agrees]
+READOUT_NAMES = {"knn_top1": "kNN top-1", "probe_gain": "probe gain"}
+
+
+def _interval_text(v: Mapping[str, Any]) -> str:
+    """"[lo, hi], 95% over n seeds" or "n seeds" when there is no interval."""
+    n = int(v.get("seeds") or 0)
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    ci = v.get("interval")
+    if not ci:
+        return seeds
+    digits = 2 if str(v.get("finding")) == "fid_vs_accuracy" else 1
+    return f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}], {int(100 * float(v.get('confidence') or 0.95))}% over {seeds}"
+
+
+def _verdict_context(v: Mapping[str, Any]) -> dict[str, Any]:
+    """A finding as the templates show it: the verdict word, its interval, and the other readouts beside it."""
+    readouts = [{"name": READOUT_NAMES.get(k, k), "verdict": r["verdict"], "ours": r.get("ours", ""),
+                 "ci": _interval_text({**r, "finding": v.get("finding")})}
+                for k, r in (v.get("readouts") or {}).items()]
+    return {**v, "word": v.get("verdict", "inconclusive"), "ci": _interval_text(v), "readouts_shown": readouts}
 
 
 def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]], out: Path | None) -> dict[str, Any]:
@@ -107,7 +125,7 @@ def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]
             "citation": t.citation, "scale": t.scale, "notes": t.notes, "row_dim": t.row_dim or "",
             "headers": list(t.display.columns), "rows": table_rows(s), "n_cells": s.n_cells,
             "colspec": TexRaw("l" + "r" * len(t.display.columns)), "wide": len(t.display.columns) > WIDE_TABLE,
-            "findings": [{**v, "word": _verdict_word(v["agrees"])} for v in s.findings], "figures": figures,
+            "findings": [_verdict_context(v) for v in s.findings], "figures": figures,
             "prov": p, "phases": [(k.removesuffix("_s"), v) for k, v in p.phases.items()]}
 
 
@@ -116,8 +134,7 @@ def render_html(report: ReportData, figures: Figures) -> str:
     sections = [_section_context(s, list(figures.get(s.slug, [])), None) for s in report.sections]
     return _html_env().get_template("report.html.j2").render(
         report=report, sections=sections, paper_scale=PAPER_SCALE,
-        headlines=[{**h, "verdicts": [{**v, "word": _verdict_word(v["agrees"])} for v in h["verdicts"]]}
-                   for h in report.headlines])
+        headlines=_headline_context(report))
 
 
 def render_tex_section(section: GridReport, figures: list[tuple[FigureData, RenderedFigure]], out: Path) -> str:
@@ -129,4 +146,8 @@ def render_tex_document(report: ReportData, table_files: list[Path], out: Path) 
     """A minimal compilable document that \\input's every section's table file."""
     inputs = [TexRaw(p.relative_to(out).with_suffix("").as_posix()) for p in table_files]
     return _tex_env().get_template("report.tex.j2").render(report=report, inputs=inputs, paper_scale=PAPER_SCALE,
-                                                           headlines=report.headlines)
+                                                           headlines=_headline_context(report))
+
+
+def _headline_context(report: ReportData) -> list[dict[str, Any]]:
+    return [{**h, "verdicts": [_verdict_context(v) for v in h["verdicts"]]} for h in report.headlines]

@@ -25,6 +25,8 @@ from sweepdae.report.paper import PAPER_SCALE, get_reference, paper_value
 __all__ = ["METRICS", "MetricInfo", "TableData", "build_table", "metric_info", "scale_line"]
 
 PENDING = ("new", "queued", "running")
+# What the findings read per seed, whether or not the grid's [report] lists them (REPRODUCTION.md: readouts).
+FINDING_METRICS = ("probe_top1", "knn_top1", "probe_gain", "fid")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class TableData:
     trajectory: bool  # rows are trajectory steps (deltas vs the previous step are shown)
     tidy: pd.DataFrame  # row, col, metric, mean, std, n, n_cells, status, state, paper, step, ...
     positions: pd.DataFrame  # one row per grid position: row, col, step, keys, recipe, denoising, counts
+    seeds: pd.DataFrame  # one row per finished cell and metric: row_i, col_i, row, col, seed, metric, value
     display: pd.DataFrame  # index (row label, "ours" | "paper"), columns = headers; strings
     bold: pd.DataFrame  # bool, best value per column
     state: pd.DataFrame  # done | partial | pending | failed | n/a | paper | empty
@@ -129,11 +132,12 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
             row = str(coords.get("include") or _strip_seed(str(c.get("label", ""))))
         col, cstep = _coord(col_dim, c, steps) if col_dim else ("", None)
         rec: dict[str, Any] = {"key": str(c["key"]), "row_base": row, "col": col if col is not None else "other",
-                               "step": c.get("step") if isinstance(c.get("step"), int) else None}
+                               "step": c.get("step") if isinstance(c.get("step"), int) else None,
+                               "seed": _coord("seed", c, steps)[0]}
         for e in extras:
             rec[f"x:{e}"] = _coord(e, c, steps)[0]
         recs.append(rec)
-    pos = pd.DataFrame(recs, columns=["key", "row_base", "col", "step", *[f"x:{e}" for e in extras]])
+    pos = pd.DataFrame(recs, columns=["key", "row_base", "col", "step", "seed", *[f"x:{e}" for e in extras]])
     varying = [e for e in extras if pos[f"x:{e}"].nunique(dropna=True) > 1]
     row_orders = [("row_base", _order(row_dim, pos["row_base"].unique(), axes, steps))]
     row_orders += [(f"x:{e}", _order(e, pos[f"x:{e}"].dropna().unique(), axes, steps)) for e in varying]
@@ -158,7 +162,7 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
     pos["status"] = (got["status"].to_numpy() if "status" in got else np.full(len(pos), None))
     pos["status"] = pos["status"].fillna("new").astype(str)
     done = (pos["status"] == "done").to_numpy()
-    for m in metrics:
+    for m in dict.fromkeys([*metrics, *FINDING_METRICS]):
         col = f"metric.{m}"
         vals = pd.to_numeric(got[col], errors="coerce").to_numpy(dtype=float) if col in got else np.full(len(pos),
                                                                                                        np.nan)
@@ -199,6 +203,7 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
         t["paper"] = t["paper"].astype(float)
         tidy_parts.append(t)
     tidy = pd.concat(tidy_parts, ignore_index=True)
+    seeds = _per_seed(pos, [*dict.fromkeys([*metrics, *FINDING_METRICS])])
     up = {(ri, ci): _upsampled(r) for ri, ci, r in zip(agg["row_i"], agg["col_i"], agg["recipe"], strict=True)}
     tidy["upsampled"] = [up.get((ri, ci), False) for ri, ci in zip(tidy["row_i"], tidy["col_i"], strict=True)]
     tidy["state"] = np.select(
@@ -218,8 +223,18 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
     recipes = [r for r in pos["recipe"] if isinstance(r, Mapping)]
     return TableData(grid=str(spec.get("name", "")), profile=profile, mirrors=mirrors, row_dim=row_dim,
                      col_dim=col_dim, metrics=metrics, trajectory=row_dim == "step", tidy=tidy, positions=agg,
-                     display=display, bold=bold, state=state, citation=citation, notes=notes,
+                     seeds=seeds, display=display, bold=bold, state=state, citation=citation, notes=notes,
                      scale=scale_line(recipes, profile, str(spec.get("profile_description") or "")))
+
+
+def _per_seed(pos: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Finished cells' values, one row per (position, seed, metric): what the findings pair by seed."""
+    cols = ["row_i", "col_i", "row", "col", "seed", "metric", "value"]
+    parts = [pos.assign(metric=m, value=pos[f"v:{m}"])[cols] for m in metrics]
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    out = out[np.isfinite(out["value"].astype(float))]
+    out = out.assign(seed=out["seed"].fillna("0").astype(str))
+    return out.reset_index(drop=True)
 
 
 def _upsampled(recipe: Any) -> bool:
