@@ -23,8 +23,18 @@ METRICS: dict[str, MetricInfo] = {
     "train_loss": MetricInfo("final training loss", "loss", False, 4),
     "train_seconds": MetricInfo("training time (s)", "train s", False, 0),
     "images_per_s": MetricInfo("training images per second", "img/s", True, 0),
-    "random_init_probe_top1": MetricInfo("probe top-1 at random init (%)", "random init", True, 1),
-    "raw_pixel_probe_top1": MetricInfo("probe top-1 on raw pixels (%)", "raw pixels", True, 1),
+    # probe.baselines (sweepdae/cell/baselines.py), under the cell's own probe protocol:
+    # the recipe's network at random init: with adaLN-Zero (the default) its blocks are the identity, so this
+    # probes a random linear patch embedding, mean-pooled over tokens
+    "random_init_probe_top1": MetricInfo("probe top-1 at random init, as training starts (%)", "random init",
+                                         True, 1),
+    # the same network and draws with the adaLN-Zero gates not zeroed: random blocks that mix tokens
+    "random_net_probe_top1": MetricInfo("probe top-1 of a random network, adaLN-Zero off (%)", "random net",
+                                        True, 1),
+    # the images in [-1, 1]; over 32 px a side, average-pooled to 32 x 32 per channel first
+    "raw_pixel_probe_top1": MetricInfo("probe top-1 on raw pixels, pooled to <= 32 px (%)", "raw pixels", True, 1),
+    # probe_top1 - max(random_init_probe_top1, random_net_probe_top1): over the better random-init encoder
+    "probe_gain": MetricInfo("gain over the better random-init encoder (pts)", "gain", True, 1),
     # a single-level model probed at the paper's t = 10 instead of its own t (probe_top1)
     "probe_top1_t10": MetricInfo("linear probe top-1 at t = 10 (%)", "acc. t=10", True, 1),
 }

@@ -256,7 +256,9 @@ class ProbeConfig:
     augment: bool = False  # RandomResizedCrop + flip, recomputing features every epoch (MAE)
     knn_k: int = 20  # kNN probe, cosine similarity
     knn_temperature: float = 0.07  # InstDisc/DINO weighted vote
-    baselines: bool = False  # also probe the same network at random init and the raw pixels (reference rows)
+    # also probe the same architecture at random init (as training starts it, and with adaLN-Zero off), the raw
+    # pixels, and record probe_gain over the better random encoder (sweepdae/cell/baselines.py; cached across cells)
+    baselines: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import platform
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -61,6 +62,21 @@ def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
 def atomic_write_json(path: Path, obj: Any) -> None:
     data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
     atomic_write(path, lambda f: f.write(data))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory `fcntl.flock` on `path` (created if missing) for the block: of several processes
+    filling one cache entry (tokenizers, probe baselines), one computes and the others wait and read its file. Lock
+    files are left in place (deleting them would race)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class EventLog:

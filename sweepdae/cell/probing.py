@@ -1,4 +1,5 @@
-"""The cell's probes: frozen encoder features at a fixed t (cached), linear probe, kNN, and reference baselines."""
+"""The cell's probes: frozen encoder features at a fixed t (cached), linear probe, kNN; the reference baselines
+(random-init encoders, raw pixels, `probe_gain`) are in `sweepdae.cell.baselines`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from sweepdae.cell.build import build_model
 from sweepdae.data import ImageData, to_unit_range
 from sweepdae.models import Denoiser
 from sweepdae.recipe import PAPER_PROBE_T, Recipe, probe_depth, probe_t
@@ -48,7 +48,10 @@ def encoder_feature_fn(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, *,
 
 def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: ImageData, test: ImageData,
                device: torch.device, run_dir: Path, events: Callable[..., None]) -> dict[str, float]:
-    """Linear probe (MAE protocol) and kNN on the cell's encoder; reference baselines when probe.baselines."""
+    """Linear probe (MAE protocol) and kNN on the cell's encoder; with probe.baselines also the reference baselines
+    (cached in `cache_dir(run_dir) / "baselines"`) and `probe_gain` (`sweepdae.cell.baselines`)."""
+    from sweepdae.cell import cache_dir
+    from sweepdae.cell.baselines import measure_baselines, probe_gain
     from sweepdae.eval import knn_probe, linear_probe, linear_probe_augmented_data
 
     depth, at = probe_depth(recipe), probe_t(recipe)
@@ -79,7 +82,9 @@ def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: 
         out["probe_top1_t10"] = linear_probe(a_f, a_y, b_f, b_y, num_classes=train.num_classes, cfg=pc,
                                              seed=recipe.seed, device=device)["probe_top1"]
     if pc.baselines:
-        out.update(_baselines(recipe, tokenizer=tokenizer, train=train, test=test, device=device, depth=depth))
+        out.update(measure_baselines(recipe, tokenizer=tokenizer, train=train, test=test, device=device,
+                                     cache=cache_dir(run_dir) / "baselines", events=events))
+        out["probe_gain"] = probe_gain(out)
     return out
 
 
@@ -112,30 +117,3 @@ def features_of(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data: 
         fs.append(fn(to_unit_range(x), y).float().cpu())
         ys.append(y.cpu())
     return torch.cat(fs), torch.cat(ys)
-
-
-def _baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData, test: ImageData, device: torch.device,
-               depth: int) -> dict[str, float]:
-    """The same architecture at random init and, for in-memory sets, the raw pixels, under the same probe:
-    what training must beat."""
-    from sweepdae.eval import linear_probe
-
-    torch.manual_seed(recipe.seed + 1)
-    rand = build_model(recipe, tokenizer, train.num_classes).to(device).eval()
-    fn = encoder_feature_fn(recipe, rand, tokenizer, depth=depth, seed=recipe.seed)
-    tr_f, tr_y = features_of(fn, train, batch_size=FEATURE_BATCH, device=device)
-    te_f, te_y = features_of(fn, test, batch_size=FEATURE_BATCH, device=device)
-    r = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=recipe.probe, seed=recipe.seed,
-                     device=device)
-    out = {"random_init_probe_top1": r["probe_top1"]}
-    if train.in_memory:  # raw pixels of a streamed set at full size are not a sensible probe
-
-        def pixels(x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
-            return x.flatten(1)
-
-        tr_f, tr_y = features_of(pixels, train, batch_size=2048, device=device)
-        te_f, te_y = features_of(pixels, test, batch_size=2048, device=device)
-        p = linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=recipe.probe, seed=recipe.seed,
-                         device=device)
-        out["raw_pixel_probe_top1"] = p["probe_top1"]
-    return out

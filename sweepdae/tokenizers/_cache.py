@@ -14,14 +14,11 @@ Contract:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ from sweepdae.recipe import TOKENIZER_KNOBS, TokenizerConfig, TokenizerName
 from sweepdae.tokenizers._base import TOKENIZER_VERSION, Progress, Tokenizer, check_train_images, posterior_stats
 from sweepdae.tokenizers._patch import PCABasis, fit_pca_basis
 from sweepdae.tokenizers._registry import _name, create_tokenizer, fit_with_basis
-from sweepdae.utils import atomic_write
+from sweepdae.utils import atomic_write, file_lock
 
 _FORMAT = "sweepdae-tokenizer"
 _BASIS_FORMAT = "sweepdae-pca-basis"
@@ -87,18 +84,6 @@ def pca_basis_key(cfg: TokenizerConfig, *, data_key: str, channels: int, image_s
     return f"pca_basis-{_hash(header)}"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `path` (created if missing) for the block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """torch.save through the project's atomic writer (readers never see a partial file)."""
     atomic_write(path, lambda f: torch.save(payload, f))
@@ -137,7 +122,7 @@ def _get_pca_basis(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor,
             raise ValueError(f"basis shapes do not match the patch dimension {dim}")
         return basis
 
-    with _locked(cache_dir / f"{key}.lock"):
+    with file_lock(cache_dir / f"{key}.lock"):
         cached = _load_checked(path, header, use)
         if cached is not None:
             return cached, True
@@ -183,7 +168,7 @@ def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor, 
     stats = _load_checked(path, header, use, quiet=True)  # fast path: atomic writes make an unlocked read safe
     if stats is not None:
         return finish(stats, True)
-    with _locked(cache_dir / f"{key}.lock"):
+    with file_lock(cache_dir / f"{key}.lock"):
         stats = _load_checked(path, header, use)  # another process may have fitted it while we waited
         if stats is not None:
             return finish(stats, True)

@@ -1,0 +1,204 @@
+"""What training must beat: the cell's own architecture at random initialisation, and the raw pixels, probed the
+way the cell is probed; each cached across cells by exactly what its features and its probe read.
+
+Measured whenever `probe.baselines` is on (result.json metrics, `sweepdae.metrics.METRICS`):
+- `random_init_probe_top1`: the recipe's network as training starts it. With adaLN-Zero (`model.adaln_zero`, the
+  default) every block starts as the identity (DiT Sec. 3.2), so its features are the token mean of a random
+  linear patch embedding plus the fixed sin-cos positional code: a linear probe on a random linear map of the
+  mean token.
+- `random_net_probe_top1`: the same network built with `adaln_zero = False` (the same random draws; the blocks'
+  gates are not zeroed), so its random blocks do mix tokens.
+- `raw_pixel_probe_top1`: the images in [-1, 1] flattened, images over RAW_PIXEL_SIDE px a side first
+  average-pooled to RAW_PIXEL_SIDE x RAW_PIXEL_SIDE per channel (adaptive average pooling), in-memory and streamed
+  sets alike.
+- `probe_gain` = probe_top1 - max(random_init_probe_top1, random_net_probe_top1): what training added over the
+  better random encoder of the same architecture (the conservative one of the two).
+
+Protocol: the cell's own. The random weights are drawn under `torch.manual_seed(recipe.seed + 1)` (without
+touching the caller's random state); features at the cell's resolved probe depth and probe t; `probe.augment` runs
+the augmented probe (`linear_probe_augmented_data`, crops recomputed every epoch), else `linear_probe` on fixed
+features; probe seed `recipe.seed`.
+
+Cache: `<cache>/baselines/<key>.json` (`cache_dir(run_dir)`, i.e. `runs/_cache/`), key = SHA-256 of
+`baseline_identity`: the images (data key, image size, channels, test-set size), the tokenizer's own cache key,
+the model knobs (without `model.adaln_zero`: the flag the network is built with replaces it; encoder depth
+enters as the resolved probe depth), `objective.input_space` (what `make_model_input` reads) and
+`objective.output_space` (it sizes the output layer, whose construction draws come before the initialisation of
+the encoder's weights), the schedule and the resolved probe t, the probe knobs it reads, the seed, the baseline's
+kind and BASELINE_VERSION. Training-only knobs (`train.*`, `objective.target`, ...) do not enter it, so the cells
+of one recipe that differ only in training share each baseline. The raw pixels read no tokenizer, model or
+schedule: data, probe and seed only. One process computes an entry under a file lock while others wait and read
+it; an unreadable or mismatching file is computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sweepdae.cell.build import build_model
+from sweepdae.cell.probing import FEATURE_BATCH, encoder_feature_fn, features_of
+from sweepdae.data import ImageData
+from sweepdae.models import Denoiser
+from sweepdae.recipe import Recipe, probe_depth, probe_t
+from sweepdae.tokenizers import Tokenizer, tokenizer_key
+from sweepdae.utils import atomic_write_json, file_lock
+
+__all__ = ["BASELINES", "BASELINE_VERSION", "RAW_PIXEL_SIDE", "baseline_identity", "baseline_key",
+           "measure_baselines", "pixel_features", "probe_gain", "random_encoder"]
+
+# Bump when what a baseline computes changes for the same identity (old cache entries are then ignored).
+BASELINE_VERSION = 1
+# Raw pixels of larger images are average-pooled to this side (32 x 32 x 3 = 3,072 features for an ImageNet
+# image, CIFAR's size) so that a 256 px set gives a probe of a sensible size instead of 196,608 features.
+RAW_PIXEL_SIDE = 32
+# The baselines, in the order measured; each records the metric f"{name}_probe_top1".
+BASELINES = ("random_init", "random_net", "raw_pixel")
+# Probe knobs no baseline reads (the baselines run a linear probe only, never kNN).
+_PROBE_UNREAD = ("probe.knn_k", "probe.knn_temperature", "probe.baselines")
+# What the raw pixels do not read either: no encoder, so no t, depth or noise.
+_ENCODER_PROBE = ("probe.t", "probe.depth", "probe.noisy_input")
+
+
+def random_encoder(recipe: Recipe, tokenizer: Tokenizer, num_classes: int, *, adaln_zero: bool) -> Denoiser:
+    """The recipe's network at random init (weights drawn under `manual_seed(recipe.seed + 1)`, the caller's random
+    state left as it was), built with `adaln_zero`; eval mode, on the CPU."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed + 1)
+        return build_model(recipe, tokenizer, num_classes, adaln_zero=adaln_zero).eval()
+
+
+def pixel_features(x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+    """Raw-pixel features: x [B, C, H, W] in [-1, 1] -> [B, C h w], each side over RAW_PIXEL_SIDE average-pooled
+    to RAW_PIXEL_SIDE (adaptive average pooling)."""
+    h, w = x.shape[-2:]
+    if h > RAW_PIXEL_SIDE or w > RAW_PIXEL_SIDE:
+        x = F.adaptive_avg_pool2d(x, (min(h, RAW_PIXEL_SIDE), min(w, RAW_PIXEL_SIDE)))  # [B, C, <=32, <=32]
+    return x.flatten(1)
+
+
+def probe_gain(metrics: dict[str, float]) -> float:
+    """probe_top1 minus the better of the two random-init encoders' probe top-1 (percentage points)."""
+    return metrics["probe_top1"] - max(metrics["random_init_probe_top1"], metrics["random_net_probe_top1"])
+
+
+def _adaln_zero(recipe: Recipe, name: str) -> bool | None:
+    """The adaLN-Zero flag baseline `name`'s network is built with; None for the raw pixels."""
+    if name == "random_init":
+        return recipe.model.adaln_zero
+    if name == "random_net":
+        return False
+    if name == "raw_pixel":
+        return None
+    raise ValueError(f"unknown baseline {name!r}; valid: " + ", ".join(BASELINES))
+
+
+def baseline_identity(recipe: Recipe, name: str) -> dict[str, Any]:
+    """The resolved values baseline `name` (a key of BASELINES) reads: what its cache key hashes."""
+    adaln_zero = _adaln_zero(recipe, name)
+    evals = recipe.eval_identity()  # resolved probe.depth and probe.t; probe.base_lr only when probe.lr = 0
+    probe = {k: v for k, v in evals.items() if k.startswith("probe.") and k not in _PROBE_UNREAD}
+    data = {"data_key": recipe.data_key(), "image_size": recipe.data.image_size, "channels": recipe.channels,
+            "test_size": recipe.data.test_size}
+    ident: dict[str, Any] = {"version": BASELINE_VERSION, "data": data, "probe": probe, "seed": recipe.seed}
+    if adaln_zero is None:
+        for k in _ENCODER_PROBE:
+            probe.pop(k, None)
+        return {**ident, "kind": "raw_pixels", "side": RAW_PIXEL_SIDE}
+    trains = recipe.train_identity()  # model knobs the recipe reads (class_dropout only when class-conditional)
+    return {**ident, "kind": "random_network", "adaln_zero": adaln_zero,
+            "tokenizer": tokenizer_key(recipe.tokenizer, data_key=recipe.data_key(), channels=recipe.channels,
+                                       image_size=recipe.data.image_size, seed=recipe.seed),
+            "model": {k: v for k, v in trains.items() if k.startswith("model.") and k != "model.adaln_zero"},
+            "objective": {"input_space": recipe.objective.input_space.value,
+                          "output_space": recipe.objective.output_space.value},
+            "schedule": {"name": recipe.noise.schedule.value, "num_steps": recipe.noise.num_steps}}
+
+
+def baseline_key(recipe: Recipe, name: str) -> str:
+    """File stem of baseline `name`'s cache entry: "{name}-{SHA-256 of its identity}"."""
+    blob = json.dumps(baseline_identity(recipe, name), sort_keys=True, separators=(",", ":")).encode()
+    return f"{name}-{hashlib.sha256(blob).hexdigest()[:24]}"
+
+
+def measure_baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
+                      device: torch.device, cache: Path | None, events: Callable[..., None] | None = None
+                      ) -> dict[str, float]:
+    """{f"{name}_probe_top1"} of every baseline, from `cache` (a folder; None: no cache) or measured and stored
+    there. Events: phase "probe" with `baseline` = name and `cached`, and the baseline probe's epochs."""
+    say = events or (lambda **_: None)
+    out: dict[str, float] = {}
+    for name in BASELINES:
+        identity = baseline_identity(recipe, name)
+
+        def compute(name: str = name) -> dict[str, float]:
+            return _measure(recipe, name, tokenizer=tokenizer, train=train, test=test, device=device, events=say)
+
+        if cache is None:
+            result, cached = compute(), False
+        else:
+            result, cached = _cached(cache / f"{baseline_key(recipe, name)}.json", identity, compute)
+        say(phase="probe", baseline=name, cached=cached, probe_top1=result["probe_top1"])
+        out[f"{name}_probe_top1"] = float(result["probe_top1"])
+    return out
+
+
+def _measure(recipe: Recipe, name: str, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
+             device: torch.device, events: Callable[..., None]) -> dict[str, float]:
+    """Baseline `name`'s probe result (the keys of `linear_probe`) under the cell's probe protocol."""
+    from sweepdae.eval import linear_probe, linear_probe_augmented_data
+
+    adaln_zero = _adaln_zero(recipe, name)
+    if adaln_zero is None:
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = pixel_features
+    else:
+        model = random_encoder(recipe, tokenizer, train.num_classes, adaln_zero=adaln_zero).to(device)
+        fn = encoder_feature_fn(recipe, model, tokenizer, depth=probe_depth(recipe), t=probe_t(recipe),
+                                seed=recipe.seed)
+
+    def progress(epoch: int, epochs: int, loss: float) -> None:
+        events(phase="probe", baseline=name, probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)
+
+    pc = recipe.probe
+    if pc.augment:  # as the cell's probe: fresh crops every epoch, features recomputed
+        return linear_probe_augmented_data(fn, train, test, cfg=pc, seed=recipe.seed,
+                                           feature_batch_size=FEATURE_BATCH, device=device, progress=progress)
+    tr_f, tr_y = features_of(fn, train, batch_size=FEATURE_BATCH, device=device)
+    te_f, te_y = features_of(fn, test, batch_size=FEATURE_BATCH, device=device)
+    return linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=pc, seed=recipe.seed,
+                        device=device, progress=progress)
+
+
+def _read(path: Path, identity: dict[str, Any]) -> dict[str, float] | None:
+    """The cached result at `path` when it is readable and of this identity, else None."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, truncated or not JSON
+        return None
+    result = doc.get("result") if isinstance(doc, dict) and doc.get("identity") == identity else None
+    if not isinstance(result, dict) or not isinstance(result.get("probe_top1"), (int, float)):
+        return None
+    return result
+
+
+def _cached(path: Path, identity: dict[str, Any], compute: Callable[[], dict[str, float]]
+            ) -> tuple[dict[str, float], bool]:
+    """(result, from cache): the entry at `path`, or `compute()` under the entry's lock, written atomically."""
+    hit = _read(path, identity)  # fast path: atomic writes make an unlocked read safe
+    if hit is not None:
+        return hit, True
+    with file_lock(path.with_suffix(".lock")):
+        hit = _read(path, identity)  # another cell may have measured it while we waited
+        if hit is not None:
+            return hit, True
+        started = time.time()
+        result = {k: float(v) for k, v in compute().items()}
+        atomic_write_json(path, {"identity": identity, "result": result, "seconds": time.time() - started})
+        return result, False
