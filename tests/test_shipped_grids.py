@@ -68,6 +68,18 @@ def test_paper_profile_is_the_papers_setting(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
+def test_mirroring_grids_measure_baselines_and_report_probe_gain(name: str) -> None:
+    """Issue 16: every grid that mirrors a paper table or figure also probes the random-init encoders of each cell's
+    recipe (and the raw pixels), in every profile, and reports probe_gain right after probe_top1."""
+    g = load_grid(GRIDS / f"{name}.toml")
+    assert g.mirrors
+    for profile in _profiles(name) or [None]:
+        assert {c.recipe.probe.baselines for c in _cells(name, profile)} == {True}, (name, profile)
+    metrics = list(g.report.metrics)
+    assert metrics[metrics.index("probe_top1") + 1] == "probe_gain", metrics
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
 def test_smoke_profiles_keep_tokens_comparable(name: str) -> None:
     g = load_grid(GRIDS / f"{name}.toml")
     profile = "smoke" if "smoke" in g.profiles else None
