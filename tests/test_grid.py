@@ -145,6 +145,14 @@ MISTAKES = {
     "bad seeds": (MINI.replace("seeds = [0, 1]", "seeds = [0, 0]"), "distinct"),
     "unknown profile axis": (MINI + "\n[profiles.smoke]\naxes.q = [1, 2, 3]\n", "no axis 'q'"),
     "profile axis length": (MINI + "\n[profiles.smoke]\naxes.d = [1, 2]\n", "array of 3 values"),
+    "profile keeps an unknown label": (MINI + '\n[profiles.smoke]\naxes.d = { values = [1], labels = ["64"] }\n',
+                                       "no label '64' on axis 'd'"),
+    "profile keeps labels out of order": (MINI + '\n[profiles.smoke]\naxes.d = { values = [1, 2], labels = '
+                                          '["16", "8"] }\n', "in the axis' order"),
+    "profile kept values and labels differ": (MINI + '\n[profiles.smoke]\naxes.d = { values = [1], labels = '
+                                              '["8", "16"] }\n', "array of 2 values"),
+    "profile axis table key": (MINI + '\n[profiles.smoke]\naxes.d = { values = [1], labels = ["8"], x = 1 }\n',
+                               "valid: labels, values"),
     "unknown report metric": (MINI + "\n[report]\nmetrics = [\"acc\"]\n", "unknown metric"),
     "guidance without classes": (MINI.replace('model.size = "micro"', 'model.size = "micro"\nfid.guidance_scale = 4.0'),
                                  "unconditional rows cannot use guidance"),
@@ -163,6 +171,19 @@ def test_invalid_grid_library_error(tmp_path: Path, name: str) -> None:
         expand(load_grid(path))
     msg = str(e.value)
     assert str(path) in msg and expected in msg and "\n" not in msg
+
+
+def test_a_profile_may_keep_a_subset_of_an_axis() -> None:
+    """`axes.d = {values, labels}`: this profile's cells are those labels only, valued anew; others keep all."""
+    text = MINI + '\n[profiles.small]\naxes.d = { values = [2, 8], labels = ["8", "32"] }\n'
+    grid = parse_grid(text, "mini.toml")
+    small, full = expand(grid, "small"), expand(grid)
+    assert {c.coords["d"] for c in small.cells} == {"8", "32"} and {c.coords["d"] for c in full.cells} == {"8", "16",
+                                                                                                            "32"}
+    pca32 = next(c for c in small.cells if c.label == "patch_pca d=32 seed=0")
+    assert pca32.recipe.tokenizer.latent_dim == 8
+    assert not any(c.label.startswith("patch_ae d=32") for c in small.cells)  # the exclude still applies
+    assert len(small.cells) == (2 * 2 - 1) * 2
 
 
 def test_error_names_key_and_line(tmp_path: Path) -> None:

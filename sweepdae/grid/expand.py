@@ -82,7 +82,7 @@ def expand(grid: Grid, profile: str | None = None) -> Plan:
     pname = resolve_profile(grid, profile)
     prof = grid.profiles[pname] if pname else None
     base = {**grid.base, **(prof.overrides if prof else {})}
-    axes = [_profiled(a, prof.axes.get(a.name) if prof else None) for a in grid.axes]
+    axes = [_profiled(a, prof.axes.get(a.name), prof.keep.get(a.name)) if prof else a for a in grid.axes]
     seeds = (prof.seeds if prof and prof.seeds else None) or grid.seeds
 
     # (knobs, coords, step, include label, seeds)
@@ -137,10 +137,11 @@ def expand(grid: Grid, profile: str | None = None) -> Plan:
     return Plan(grid=grid, profile=pname, cells=tuple(cells))
 
 
-def _profiled(axis: Axis, values: tuple[Any, ...] | None) -> Axis:
+def _profiled(axis: Axis, values: tuple[Any, ...] | None, keep: tuple[str, ...] | None) -> Axis:
+    """The axis under a profile: new values for its labels, or for the subset of labels the profile keeps."""
     if values is None:
         return axis
-    return Axis(name=axis.name, paths=axis.paths, values=values, labels=axis.labels, bare=axis.bare)
+    return Axis(name=axis.name, paths=axis.paths, values=values, labels=keep or axis.labels, bare=axis.bare)
 
 
 def _excluded(grid: Grid, knobs: dict[str, Any], coords: dict[str, str]) -> bool:

@@ -12,7 +12,8 @@ The grid language (README "Writing a grid" has a worked example):
     [[exclude]]  patterns: {knob = value or [values]}; a cell matching every knob of a pattern is dropped.
                  For a knob on an axis the pattern names the axis *label* (e.g. the paper's d), so one pattern
                  serves every profile; other knobs match the cell's resolved value.
-    [profiles.NAME] knob overrides, plus optional axes = {...} (new values per axis), seeds, description
+    [profiles.NAME] knob overrides, plus optional axes = {...} (new values per axis, or
+                 {values = [...], labels = [...]} for a subset of its labels), seeds, description
     [report]     rows, cols, metrics, findings
 
 Nothing a grid sets is silently dropped: a knob that the expansion would overwrite in every cell that reads it
@@ -73,8 +74,9 @@ class Profile:
     name: str
     description: str
     overrides: dict[str, Any]
-    axes: dict[str, tuple[Any, ...]]  # axis name or knob path -> new values (same labels by position)
+    axes: dict[str, tuple[Any, ...]]  # axis name -> new values (same labels by position, or those of `keep`)
     seeds: tuple[int, ...] | None
+    keep: dict[str, tuple[str, ...]] = field(default_factory=dict)  # axis name -> the labels this profile keeps
 
 
 @dataclass(frozen=True)
@@ -560,14 +562,19 @@ def _profiles(v: Any, axes: list[Axis], ctx: _Ctx) -> dict[str, Profile]:
         extra = {k: body.pop(k) for k in list(body) if k in _PROFILE_EXTRA}
         overrides = _knob_table(body, key, ctx)
         prof_axes: dict[str, tuple[Any, ...]] = {}
+        keep: dict[str, tuple[str, ...]] = {}
         for aname, vals in _flatten(_table(extra.get("axes", {}), f"{key}.axes", ctx)):
             akey = f"{key}.axes.{aname}"
             axis = by_name.get(aname) or by_path.get(aname)
             if axis is None:
                 raise ctx.error(akey, f"no axis {aname!r}{suggest(aname, list(by_name) + list(by_path))}")
-            if not isinstance(vals, list) or len(vals) != len(axis.values):
+            if isinstance(vals, dict):  # {values = [...], labels = [...]}: this profile keeps only those labels
+                kept, vals = _kept_labels(vals, axis, akey, ctx)
+                keep[axis.name] = kept
+            elif not isinstance(vals, list) or len(vals) != len(axis.values):
                 raise ctx.error(akey, f"must be an array of {len(axis.values)} values (one per label of the axis, "
-                                "so reports still match the paper's columns)")
+                                "so reports still match the paper's columns), or {values = [...], labels = [...]} "
+                                "for a subset of its labels")
             if len(axis.paths) == 1:
                 rows = tuple((_check_knob(axis.paths[0], x, akey, ctx),) for x in vals)
             else:
@@ -583,8 +590,29 @@ def _profiles(v: Any, axes: list[Axis], ctx: _Ctx) -> dict[str, Profile]:
             prof_axes[axis.name] = rows
         seeds = _seeds(extra["seeds"], f"{key}.seeds", ctx) if "seeds" in extra else None
         desc = _str(extra.get("description", ""), f"{key}.description", ctx)
-        out[pname] = Profile(name=pname, description=desc, overrides=overrides, axes=prof_axes, seeds=seeds)
+        out[pname] = Profile(name=pname, description=desc, overrides=overrides, axes=prof_axes, seeds=seeds,
+                             keep=keep)
     return out
+
+
+def _kept_labels(t: dict[str, Any], axis: Axis, key: str, ctx: _Ctx) -> tuple[tuple[str, ...], list[Any]]:
+    """A profile's {values, labels} for an axis: labels a subset of the axis' labels, in its order, one value each."""
+    for k in t:
+        if k not in ("values", "labels"):
+            raise ctx.error(f"{key}.{k}", "unknown key; valid: labels, values")
+    labels, vals = t.get("labels"), t.get("values")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ctx.error(f"{key}.labels", "must be a non-empty array of the axis' labels (strings)")
+    for x in labels:
+        if x not in axis.labels:
+            raise ctx.error(f"{key}.labels", f"no label {x!r} on axis {axis.name!r}; its labels: "
+                            + ", ".join(axis.labels))
+    if len(set(labels)) != len(labels) or labels != [x for x in axis.labels if x in labels]:
+        raise ctx.error(f"{key}.labels", "must name each label once, in the axis' order: "
+                        + ", ".join(axis.labels))
+    if not isinstance(vals, list) or len(vals) != len(labels):
+        raise ctx.error(f"{key}.values", f"must be an array of {len(labels)} values, one per label")
+    return tuple(labels), vals
 
 
 def _report(v: Any, axes: list[Axis], ctx: _Ctx) -> ReportSpec:
