@@ -300,6 +300,46 @@ def test_categorical_axes_are_points_numeric_axes_lines(store: FakeStore) -> Non
     assert _linestyles(traj) == {"None"}  # trajectory steps are named changes, not a quantity
 
 
+def test_probe_gain_is_a_metric_of_tables_data_and_figures(tmp_path: Path) -> None:
+    """A grid that lists probe_gain after probe_top1 (issue 16): it is a column of the table (no paper number), rows
+    of the CSV/JSON data, and a panel of its own, with a zero line, beside the accuracy (lines) or below it
+    (trajectory)."""
+    from matplotlib.figure import Figure
+
+    from sweepdae.report import figures
+
+    g, rows = tab2_grid()
+    g["spec"]["report"] = {**g["spec"]["report"], "metrics": ["probe_top1", "probe_gain"]}
+    for r in rows:
+        r["metric.probe_gain"] = r["metric.probe_top1"] - 40.0
+    t, traj_rows = traj_grid()
+    t["spec"]["report"] = {**t["spec"]["report"], "metrics": ["probe_top1", "probe_gain", "fid"]}
+    for r in traj_rows:
+        r["metric.probe_gain"] = r["metric.probe_top1"] - 45.0
+    sections = {s.name: s for s in build_report(FakeStore([g, t], rows + traj_rows)).sections}
+    table = sections["tokenizer_dims"].table
+    gain = table.tidy[(table.tidy["metric"] == "probe_gain") & (table.tidy["row"] == "patch_pca")]
+    assert gain.set_index("col")["mean"].to_dict()["32"] == 63.5 - 40.0 and gain["paper"].isna().all()
+    assert table.display.loc[("patch_pca", "ours"), "gain d=32"] == "23.5 ± 0.7"
+    lines = next(f for f in sections["tokenizer_dims"].figures if f.kind == "lines")
+    assert [p["metric"] for p in lines.data["panels"]] == ["probe_gain"] and "random-init" in lines.caption
+    assert lines.data["panels"][0]["series"][3]["mean"][2] == 23.5  # patch_pca, d=32
+    traj = next(f for f in sections["dit_to_dae"].figures if f.kind == "trajectory")
+    assert traj.data["panels"][0]["series"][0]["mean"] == [-5.0, 0.0, -4.0, -3.0, 2.0]
+    for fd, n_axes in ((lines, 2), (traj, 3)):  # trajectory: accuracy, its FID twin axis, the gain below
+        fig = Figure()
+        {"lines": figures._plot_lines, "trajectory": figures._plot_trajectory}[fd.kind](fig, fd.data)
+        assert len(fig.axes) == n_axes
+        zero = [line for ax in fig.axes for line in ax.get_lines() if list(line.get_ydata()) == [0.0, 0.0]]
+        assert len(zero) == 1  # the zero line: no better than the better random-init encoder
+    write_reports(FakeStore([g, t], rows + traj_rows), grids=None, out=tmp_path, html=True, latex=False, csv=True)
+    data = pd.read_csv(tmp_path / "data" / "tokenizer_dims.csv")
+    assert set(data["metric"]) == {"probe_top1", "probe_gain"}
+    doc = json.loads((tmp_path / "data" / "dit_to_dae.json").read_text())
+    assert [r["mean"] for r in doc["sections"][0]["rows"] if r["metric"] == "probe_gain"] == [-5.0, 0.0, -4.0, -3.0,
+                                                                                                2.0]
+
+
 def test_no_bold_in_a_column_of_equal_values() -> None:
     ours = {t: [*v[:3], 55.0, v[4]] for t, v in OURS.items()}  # d=64: every tokenizer gets the same value
     g, rows = tab2_grid(ours=ours)

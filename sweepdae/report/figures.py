@@ -4,8 +4,10 @@ Kinds: "lines" (accuracy vs the column labels per row: Tab. 2 / Fig. 5, the x ax
 points without connecting lines when the labels are names, e.g. tokenizers, since a line would suggest an order
 and values in between), "trajectory" (Fig. 6: accuracy and FID per step on two y axes, points per step: the steps
 are named changes, not a quantity), "schedules" (Fig. 3: gamma_t and sigma_t per
-noise schedule) and "denoising" (Fig. 8: the cells' own denoising-example PNGs). Each is written as SVG and PDF
-and returned as an SVG data URI for the self-contained HTML page.
+noise schedule) and "denoising" (Fig. 8: the cells' own denoising-example PNGs). When the grid's [report] lists
+`probe_gain` (GAIN_PANELS), the lines and trajectory figures get a panel of it beside (below) the accuracy, with
+its zero line: what training added over the better random-init encoder. Each is written as SVG and PDF and
+returned as an SVG data URI for the self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,8 @@ __all__ = ["FigureData", "RenderedFigure", "figure_data", "save_figure", "schedu
 
 MAX_DENOISING = 12  # panels in the denoising figure (one per grid position, first seed that has one)
 MAX_LEGEND = 12
+# Metrics drawn in a panel of their own beside the accuracy when a grid's [report] lists them (in this order).
+GAIN_PANELS = ("probe_gain",)
 _SCHEDULES = ("ddpm_linear", "linear_gamma2", "sigma_linear")
 
 
@@ -63,30 +68,55 @@ def _series(table: TableData, metric: str) -> tuple[list[str], list[dict[str, An
     return [str(v) for v in x], out
 
 
+def _any(series: list[dict[str, Any]]) -> bool:
+    return any(v is not None for s in series for v in s["mean"])
+
+
+def _gain_panels(table: TableData, acc: str) -> list[dict[str, Any]]:
+    """A panel per GAIN_PANELS metric the grid reports and some finished cell has: {metric, ylabel, series}."""
+    out = []
+    for m in GAIN_PANELS:
+        if m in table.metrics and m != acc:
+            series = _series(table, m)[1]
+            if _any(series):
+                label = textwrap.fill(metric_info(m).title, 28, break_on_hyphens=False)  # a narrow panel
+                out.append({"metric": m, "ylabel": label, "series": series})
+    return out
+
+
+def _gain_caption(panels: list[dict[str, Any]], where: str) -> str:
+    return "".join(f" {where}: {metric_info(p['metric']).title} (ours; 0 = no better than the better random-init "
+                   "encoder)." for p in panels)
+
+
 def figure_data(table: TableData) -> list[FigureData]:
     """The figures one grid gets, as plain data (no matplotlib)."""
     figs: list[FigureData] = []
     acc = "probe_top1" if "probe_top1" in table.metrics else table.metrics[0]
     cite = f" ({table.citation})" if table.citation else ""
+    panels = _gain_panels(table, acc)
     if table.trajectory:
         steps, acc_s = _series(table, acc)
         data: dict[str, Any] = {"steps": steps, "acc": acc_s[0], "acc_label": metric_info(acc).title}
         if "fid" in table.metrics and acc != "fid":
             data["fid"] = _series(table, "fid")[1][0]
         if any(v is not None for s in [data["acc"], data.get("fid") or {}] for v in s.get("mean", [])):
+            data["panels"] = [{**p, "series": p["series"][:1]} for p in panels]  # one series: the steps
             figs.append(FigureData("trajectory", "trajectory", "Accuracy and FID per step",
-                                   f"Ours (filled marks) and the paper{cite} (crosses) at each step.", data))
+                                   f"Ours (filled marks) and the paper{cite} (crosses) at each step."
+                                   + _gain_caption(panels, "Below"), data))
     else:
         x, series = _series(table, acc)
-        if len(x) >= 2 and any(v is not None for s in series for v in s["mean"]):
+        if len(x) >= 2 and _any(series):
             dim = table.col_dim if table.col_dim is not None else table.row_dim
             categorical = not all(_numeric_label(v) for v in x)  # names (tokenizers), not a numeric axis
             caption = (f"Ours (dots, +- std over seeds) and the paper{cite} (crosses); x = the paper's labels."
                        if categorical else f"Ours (solid, +- std over seeds) and the paper{cite} (dashed); x = the "
                        "paper's labels.")
-            figs.append(FigureData("lines", "lines", f"{metric_info(acc).title} vs {dim}", caption,
+            figs.append(FigureData("lines", "lines", f"{metric_info(acc).title} vs {dim}",
+                                   caption + _gain_caption(panels, "Right"),
                                    {"x": x, "xlabel": str(dim or ""), "ylabel": metric_info(acc).title,
-                                    "series": series, "categorical": categorical}))
+                                    "series": series, "categorical": categorical, "panels": panels}))
     recipes = [r for r in table.positions["recipe"] if isinstance(r, Mapping)]
     seen = sorted({str((r.get("noise") or {}).get("schedule")) for r in recipes} - {"None"})
     if len(seen) > 1 or table.mirrors in ("tab1", "tab3"):
@@ -124,11 +154,21 @@ def schedule_tables(name: str, num_steps: int = 1000) -> tuple[np.ndarray, np.nd
 
 
 def _plot_lines(fig: Any, d: dict[str, Any]) -> None:
-    ax = fig.subplots()
+    panels = [{"ylabel": d["ylabel"], "series": d["series"]}, *d.get("panels", [])]
+    if len(panels) > 1:
+        fig.set_size_inches(4.2 * len(panels), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for i, (ax, p) in enumerate(zip(axes, panels, strict=True)):
+        _lines_panel(ax, d, p["series"], p["ylabel"], legend=i == 0)
+        if i:  # a gain panel: 0 = no better than the better random-init encoder
+            ax.axhline(0.0, color="0.4", lw=0.8)
+
+
+def _lines_panel(ax: Any, d: dict[str, Any], series: list[dict[str, Any]], ylabel: str, *, legend: bool) -> None:
     xs = np.arange(len(d["x"]), dtype=float)
     categorical = bool(d.get("categorical"))
-    n = len(d["series"])
-    for i, s in enumerate(d["series"]):
+    n = len(series)
+    for i, s in enumerate(series):
         color = f"C{i % 10}"
         mean = np.array([np.nan if v is None else v for v in s["mean"]], dtype=float)
         std = np.array([0.0 if v is None else v for v in s["std"]], dtype=float)
@@ -142,14 +182,19 @@ def _plot_lines(fig: Any, d: dict[str, Any]) -> None:
             ax.plot(at, paper, color=color, ls="none" if categorical else "--", marker="x", ms=4, alpha=0.7)
     ax.set_xticks(xs, d["x"], rotation=0 if len(xs) <= 8 else 90)
     ax.set_xlabel(d["xlabel"])
-    ax.set_ylabel(d["ylabel"])
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if d["series"] and len(d["series"]) > 1:
+    if legend and len(series) > 1:
         ax.legend(fontsize=7, ncols=2)
 
 
 def _plot_trajectory(fig: Any, d: dict[str, Any]) -> None:
-    ax = fig.subplots()
+    panels = d.get("panels", [])
+    if panels:  # the gain panels below the accuracy, on the same steps
+        fig.set_size_inches(6.4, 3.6 + 1.8 * len(panels))
+        ax, *below = fig.subplots(1 + len(panels), 1, sharex=True, height_ratios=[2] + [1] * len(panels))
+    else:
+        ax, below = fig.subplots(), []
     xs = np.arange(len(d["steps"]))
 
     def arr(v: list[float | None]) -> np.ndarray:
@@ -165,9 +210,14 @@ def _plot_trajectory(fig: Any, d: dict[str, Any]) -> None:
         ax2.plot(xs, arr(d["fid"]["paper"]), "+", color="C3", alpha=0.7, label="FID (paper)")
         ax2.set_ylabel("FID", color="C3")
         ax2.legend(fontsize=7, loc="lower right")
-    ax.set_xticks(xs, d["steps"], rotation=25, ha="right", fontsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
+    for axg, p in zip(below, panels, strict=True):
+        axg.axhline(0.0, color="0.4", lw=0.8)  # 0 = no better than the better random-init encoder
+        axg.plot(xs, arr(p["series"][0]["mean"]), "o", color="C2")
+        axg.set_ylabel(p["ylabel"], fontsize=7)
+        axg.grid(alpha=0.3)
+    (below[-1] if below else ax).set_xticks(xs, d["steps"], rotation=25, ha="right", fontsize=7)
 
 
 def _plot_schedules(fig: Any, d: dict[str, Any]) -> None:
