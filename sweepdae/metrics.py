@@ -28,7 +28,8 @@ METRICS: dict[str, MetricInfo] = {
     # probes a random linear patch embedding, mean-pooled over tokens
     "random_init_probe_top1": MetricInfo("probe top-1 at random init, as training starts (%)", "random init",
                                          True, 1),
-    # the same network and draws with the adaLN-Zero gates not zeroed: random blocks that mix tokens
+    # the same network and draws with the adaLN-Zero gates not zeroed: random blocks that mix tokens (a little: the
+    # gates come from the untrained conditioning and are small, see sweepdae/cell/baselines.py)
     "random_net_probe_top1": MetricInfo("probe top-1 of a random network, adaLN-Zero off (%)", "random net",
                                         True, 1),
     # the images in [-1, 1]; over 32 px a side, average-pooled to 32 x 32 per channel first

@@ -10,7 +10,8 @@ recipe trains the same way (`Recipe.train_key`) evaluates that one training. The
 sure one process trains (`Store.acquire_training`); this module only reads and writes the folder.
 
 Modules: `train` (the loop: `train_step`, `train_one_epoch`, checkpoints), `probing` (frozen features, linear probe,
-kNN, random-init baseline), `generate` (samples, FID, denoising figures), `build` (the model of a recipe).
+kNN), `baselines` (random-init encoders and raw pixels under the cell's probe, `probe_gain`; cached across cells),
+`generate` (samples, FID, denoising figures), `build` (the model of a recipe).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ RETRYABLE = frozenset({"oom", "crash", "killed", "io"})
 
 
 def cache_dir(run_dir: Path) -> Path:
-    """Shared caches (tokenizers, FID reference statistics) live beside the cells: runs/_cache/."""
+    """Shared caches (tokenizers, FID reference statistics, probe baselines) live beside the cells: runs/_cache/."""
     return Path(os.environ.get("SWEEPDAE_CACHE", run_dir.parent / "_cache"))
 
 
