@@ -90,7 +90,7 @@ class NoiseLevels(str, Enum):
 class ModelSize(str, Enum):
     # The paper's three encoders keep their ratios at small scale: ViT-B is 3/4 the width of ViT-1/2L (768 vs
     # 1024), ViT-L twice its depth (24+24 vs 12+12 blocks). micro / tiny stand for ViT-1/2L in the smoke / demo
-    # profiles; *_b and *_l are their ViT-B and ViT-L (models/_dit.py MODEL_SIZES).
+    # profiles; *_b and *_l are their ViT-B and ViT-L (MODEL_SIZES below).
     micro_b = "micro_b"
     micro = "micro"
     micro_l = "micro_l"
@@ -540,11 +540,31 @@ def recipe_from_dict(d: dict[str, Any]) -> Recipe:
     return recipe_from_flat(dict(_flatten(d)))
 
 
+# -- model sizes ------------------------------------------------------------------------------------------------
+class ModelSpec(typing.NamedTuple):
+    width: int
+    depth: int  # encoder + decoder blocks
+    heads: int
+
+
+# The DiT sizes (`sweepdae.models.create_model`); here, without torch, so that grid validation and the dry run's
+# cost model (`sweepdae.runner.estimate`) read them while `plan` stays fast.
+MODEL_SIZES: dict[str, ModelSpec] = {
+    ModelSize.micro_b.value: ModelSpec(96, 6, 3),  # micro at 3/4 width (ViT-B : ViT-1/2L = 768 : 1024), head dim 32
+    ModelSize.micro.value: ModelSpec(128, 6, 4),  # CPU-scale smoke model (sweepdae)
+    ModelSize.micro_l.value: ModelSpec(128, 12, 4),  # micro at twice the depth (ViT-L : ViT-1/2L = 48 : 24 blocks)
+    ModelSize.tiny_b.value: ModelSpec(144, 12, 3),  # tiny at 3/4 width
+    ModelSize.tiny.value: ModelSpec(192, 12, 3),  # ViT-Ti width / heads (DeiT)
+    ModelSize.tiny_l.value: ModelSpec(192, 24, 3),  # tiny at twice the depth
+    ModelSize.small.value: ModelSpec(384, 12, 6),  # ViT-S width / heads (DeiT)
+    ModelSize.base.value: ModelSpec(768, 24, 12),  # paper: ViT-B, 12 encoder + 12 decoder blocks
+    ModelSize.half_large.value: ModelSpec(1024, 24, 16),  # paper: ViT-1/2L = DiT-L, 12 + 12
+    ModelSize.large.value: ModelSpec(1024, 48, 16),  # paper: ViT-L, 24 + 24
+}
+MODEL_DEPTHS = {name: spec.depth for name, spec in MODEL_SIZES.items()}
+
+
 # -- cross-field checks -----------------------------------------------------------------------------------------
-MODEL_DEPTHS = {"micro_b": 6, "micro": 6, "micro_l": 12, "tiny_b": 12, "tiny": 12, "tiny_l": 24, "small": 12,
-                "base": 24, "half_large": 24, "large": 48}
-
-
 def validate(r: Recipe) -> None:
     """Impossible combinations raise RecipeError naming the knob(s)."""
     def need(cond: bool, msg: str) -> None:

@@ -1,9 +1,9 @@
-"""The denoiser: a DiT (facebookresearch/DiT `models.py`) on pre-patchified tokens, plus the size registry."""
+"""The denoiser: a DiT (facebookresearch/DiT `models.py`) on pre-patchified tokens; sizes by name (the table,
+`MODEL_SIZES`, lives in the torch-free `sweepdae.recipe`)."""
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -18,32 +18,12 @@ from sweepdae.models._layers import (
     get_2d_sincos_pos_embed,
     linear_at,
 )
-from sweepdae.recipe import ModelSize, suggest
+from sweepdae.recipe import MODEL_SIZES, ModelSize, ModelSpec, suggest
 
 # DiT: labels are dropped to the null class with probability 0.1 while training (classifier-free guidance).
 CLASS_DROPOUT = 0.1
 # DiT `initialize_weights`: embedding tables and the timestep MLP start from N(0, 0.02^2).
 EMBED_INIT_STD = 0.02
-
-
-class ModelSpec(NamedTuple):
-    width: int
-    depth: int  # encoder + decoder blocks
-    heads: int
-
-
-MODEL_SIZES: dict[str, ModelSpec] = {
-    ModelSize.micro_b.value: ModelSpec(96, 6, 3),  # micro at 3/4 width (ViT-B : ViT-1/2L = 768 : 1024), head dim 32
-    ModelSize.micro.value: ModelSpec(128, 6, 4),  # CPU-scale smoke model (sweepdae)
-    ModelSize.micro_l.value: ModelSpec(128, 12, 4),  # micro at twice the depth (ViT-L : ViT-1/2L = 48 : 24 blocks)
-    ModelSize.tiny_b.value: ModelSpec(144, 12, 3),  # tiny at 3/4 width
-    ModelSize.tiny.value: ModelSpec(192, 12, 3),  # ViT-Ti width / heads (DeiT)
-    ModelSize.tiny_l.value: ModelSpec(192, 24, 3),  # tiny at twice the depth
-    ModelSize.small.value: ModelSpec(384, 12, 6),  # ViT-S width / heads (DeiT)
-    ModelSize.base.value: ModelSpec(768, 24, 12),  # paper: ViT-B, 12 encoder + 12 decoder blocks
-    ModelSize.half_large.value: ModelSpec(1024, 24, 16),  # paper: ViT-1/2L = DiT-L, 12 + 12
-    ModelSize.large.value: ModelSpec(1024, 48, 16),  # paper: ViT-L, 24 + 24
-}
 
 
 def model_names() -> list[str]:
