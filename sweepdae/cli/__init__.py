@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -175,7 +176,8 @@ def status(grid: Annotated[str | None, typer.Argument(help="Grid file (default: 
 
 
 @app.command(cls=_Command)
-def run(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
+def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or names of shipped grids), run one after "
+                                                   "the other against the same store")],
         profile: ProfileOpt = None, store: StoreOpt = None,
         gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
         gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell (one process each)")] = 1,
@@ -184,7 +186,11 @@ def run(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of
         max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure (oom, crash, killed)")] = 1,
         fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first cell that fails")] = False,
         only: Annotated[str | None, typer.Option(help="Only cells whose label matches this regex")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run, with an "
+                                              "estimated time on the devices --gpus selects")] = False,
+        rate: Annotated[float | None, typer.Option("--rate", help="FLOP rate per device (TFLOP/s) for the --dry-run "
+                                                   "estimate; default: measured from the store's finished cells, "
+                                                   "else the device kind's default")] = None,
         launcher: Annotated[str, typer.Option(help="auto (fork on CPU, accelerate on GPU), accelerate or fork")
                             ] = "auto",
         plain: Annotated[bool | None, typer.Option("--plain/--live", help="Force line output / the live view")
@@ -192,44 +198,111 @@ def run(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of
         runs_dir: RunsOpt = None,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML report at the end")
                           ] = False) -> None:
-    """Run every cell of a grid that the store does not have yet; resumes killed sweeps."""
+    """Run every cell of the grids that the store does not have yet, grid after grid; resumes killed sweeps.
+
+    Trainings shared between the grids (one train_key) are made once and reused."""
     if launcher not in ("auto", "accelerate", "fork"):
         raise SweepdaeError(f"--launcher: expected auto, accelerate or fork, got {launcher!r}")
-    p = _plan(grid, profile)
-    from sweepdae.runner import parse_gpus, run_plan, select
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise SweepdaeError(f"--rate: expected a positive number of TFLOP/s, got {rate!r}")
+    plans = [_plan(g, profile) for g in grids]  # every grid (and its profile) checked before anything runs
+    from sweepdae.runner import make_slots, parse_gpus, run_plan, select
 
-    parse_gpus(gpus)
+    ids = parse_gpus(gpus)
+    chosen = [select(p, only, allow_empty=len(plans) > 1) for p in plans]
+    if not any(chosen):
+        raise SweepdaeError(f"--only {only!r} matches none of the cells of "
+                            + ", ".join(p.grid.name for p in plans))
     if dry_run:
-        cells = select(p, only)
-        statuses = _statuses(store, [c.key for c in cells])
-        todo = [c for c in cells if statuses.get(c.key, "new") != "done"]
-        err.print(Text(printable(f"{p.grid.name} ({p.profile or 'base'}): {len(cells)} cells, "
-                                 f"{len(cells) - len(todo)} done, {len(todo)} would run")))
-        for c in todo:
-            out.print(Text(printable(f"  {c.key[:12]}  {c.label}")))
+        slots = make_slots(ids, gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells)
+        _dry_run(store, list(zip(plans, chosen, strict=True)), slots, rate)
         return
     s = _store(store)
+    statuses: dict[str, str] = {}  # every selected cell: as its grid's run left it, or as the store has it
+    failed = False
     try:
-        summary = run_plan(s, p, only=only, gpus=gpus, gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu,
-                           cpu_cells=cpu_cells, max_retries=max_retries, fail_fast=fail_fast, runs_dir=runs_dir,
-                           launcher=launcher, plain=plain)
+        for p, cells in zip(plans, chosen, strict=True):
+            if fail_fast and failed:  # the grids after a failure are not started; their cells count as they are
+                statuses.update({k: v for k, v in s.status([c.key for c in cells]).items() if k not in statuses})
+                continue
+            if not cells:
+                continue
+            summary = run_plan(s, p, only=only, gpus=gpus, gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu,
+                               cpu_cells=cpu_cells, max_retries=max_retries, fail_fast=fail_fast, runs_dir=runs_dir,
+                               launcher=launcher, plain=plain)
+            statuses.update(summary.statuses)
+            failed = failed or not summary.ok
         from sweepdae.runner.status import summary_table
 
-        err.print(summary_table(s, sorted({c.key for c in select(p, only)})))
+        keys = sorted({c.key for cells in chosen for c in cells})
+        err.print(summary_table(s, keys))
         if report:
             from sweepdae.report import write_reports
             from sweepdae.runner import runs_dir_for
 
-            paths = write_reports(s, grids=[p.grid.name], out=Path("reports"), html=True, latex=False, csv=False,
-                                  runs_dir=runs_dir_for(runs_dir))
+            paths = write_reports(s, grids=list(dict.fromkeys(p.grid.name for p in plans)), out=Path("reports"),
+                                  html=True, latex=False, csv=False, runs_dir=runs_dir_for(runs_dir))
             for path in paths:
                 out.print(f"report: {path}")
     finally:
         s.close()
-    if not summary.ok:
-        bad = sum(1 for v in summary.statuses.values() if v != "done")
-        err.print(f"[red]{bad} of {summary.total} cells not done[/red]")
+    if failed or any(v != "done" for v in statuses.values()):
+        bad = sum(1 for v in statuses.values() if v != "done")
+        err.print(f"[red]{bad} of {len(statuses)} cells not done[/red]")
         raise typer.Exit(1)
+
+
+def _dry_run(url: str | None, chosen: list[tuple[Any, list[Any]]], slots: list[Any], rate_tflops: float | None
+             ) -> None:
+    """Each grid's cells, trainings, done and would-run counts and estimated time, then the total (several grids)
+    and what the estimate rests on (stderr, one line each); the cells that would run on stdout."""
+    from sweepdae.runner.estimate import Rate, calibrate, default_rate, estimate_grids, human_flops, human_seconds
+
+    gpus = sorted({g for slot in slots for g in slot.gpus})  # the GPUs the slots use (a leftover one stays idle)
+    kind = "cuda" if gpus else "cpu"
+    keys = [c.key for _, cells in chosen for c in cells]
+    train_keys = list(dict.fromkeys(c.train_key for _, cells in chosen for c in cells))
+    statuses: dict[str, str] = {}
+    trained: set[str] = set()
+    measured: Rate | None = None
+    try:
+        s = _store(url, create=False)
+    except StoreNotFound:
+        s = None
+    if s is not None:
+        try:
+            statuses = s.status(keys)
+            trained = {k for k, v in s.training_status(train_keys).items() if v == "done"}
+            if rate_tflops is None:
+                measured = calibrate(s.cells().to_dict("records"), kind)
+        finally:
+            s.close()
+    base = default_rate(kind)
+    rate = (Rate(rate_tflops * 1e12, base.fixed_s, kind, "rate given with --rate", measured=False)
+            if rate_tflops is not None else measured or base)
+    todo = [[c for c in cells if statuses.get(c.key, "new") != "done"] for _, cells in chosen]
+    devices = max(1, len(gpus))
+    estimates = estimate_grids([(p.grid.name, p.profile, cells, t) for (p, cells), t in zip(chosen, todo,
+                                                                                            strict=True)],
+                               trained=trained, rate=rate, devices=devices, slots=len(slots))
+    for e, cells in zip(estimates, todo, strict=True):
+        shared = f" ({e.shared} made by an earlier grid)" if e.shared else ""
+        notes = "".join(f"; {n}" for n in e.notes)
+        err.print(Text(printable(f"{e.name} ({e.profile or 'base'}): {e.cells} cells, {e.trainings} trainings"
+                                 f"{shared}, {e.done} done, {e.run} would run; {human_flops(e.flops)}, "
+                                 f"{human_seconds(e.seconds)}{notes}")), soft_wrap=True)
+        for c in cells:
+            out.print(Text(printable(f"  {c.key[:12]}  {c.label}")))
+    if len(estimates) > 1:
+        err.print(f"total: {len(estimates)} grids, {sum(e.cells for e in estimates)} cells, "
+                  f"{sum(e.trainings - e.shared for e in estimates)} trainings, {sum(e.done for e in estimates)} "
+                  f"done, {sum(e.run for e in estimates)} would run; {human_flops(sum(e.flops for e in estimates))}, "
+                  f"{human_seconds(sum(e.seconds for e in estimates))}", soft_wrap=True)
+    where = (f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(f'cuda:{i}' for i in gpus)})" if gpus
+             else "the CPU")
+    per = "per GPU" if gpus else "on the CPU"
+    err.print(Text(printable(f"estimated for {where}: {human_flops(rate.flops_per_s)}/s {per} + "
+                             f"{rate.fixed_s:.3g} s per cell, {rate.source}")), soft_wrap=True)
 
 
 @app.command(cls=_Command)

@@ -35,8 +35,9 @@ def runs_dir_for(runs_dir: str | os.PathLike[str] | None) -> Path:
     return Path(runs_dir or os.environ.get("SWEEPDAE_RUNS", "runs")).resolve()
 
 
-def select(plan: Plan, only: str | None) -> list[Any]:
-    """Cells of the plan whose label matches the --only regular expression (or key prefix)."""
+def select(plan: Plan, only: str | None, *, allow_empty: bool = False) -> list[Any]:
+    """Cells of the plan whose label matches the --only regular expression (or key prefix); none is an error
+    unless `allow_empty` (one grid of several that `sweepdae run` is given)."""
     if not only:
         return list(plan.cells)
     try:
@@ -44,7 +45,7 @@ def select(plan: Plan, only: str | None) -> list[Any]:
     except re.error as e:
         raise SweepdaeError(f"--only: invalid regular expression {only!r}: {e}") from None
     cells = [c for c in plan.cells if pat.search(c.label) or c.key.startswith(only)]
-    if not cells:
+    if not cells and not allow_empty:
         raise SweepdaeError(f"--only {only!r} matches none of the {len(plan.cells)} cells of {plan.grid.name}")
     return cells
 
