@@ -74,10 +74,10 @@ def _sweepdae(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout:
               store: str | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m sweepdae ARGS` in `tmp`, on the journal store and runs folder there unless told otherwise."""
     cmd = [sys.executable, "-m", "sweepdae", *args]
-    if args and args[0] in ("run", "worker", "status"):
+    if args and args[0] in ("run", "worker", "status") and "--store" not in args:
         cmd += ["--store", store or f"journal:{tmp / 'store.journal'}"]
     if args and args[0] in ("run", "worker"):
-        cmd += ["--plain", "--runs-dir", str(tmp / "runs")]
+        cmd += ["--plain"] + ([] if "--runs-dir" in args else ["--runs-dir", str(tmp / "runs")])
     return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 

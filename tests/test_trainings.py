@@ -189,3 +189,26 @@ def test_two_machines_train_once(tmp_path: Path) -> None:
         trainings = s.training_status(None)
     assert list(trainings.values()) == ["done"]
     assert "lives on" in err_b or "is being made" in err_b, err_b
+
+
+def test_a_lost_training_is_parked_then_forgotten_and_trained_again(tmp_path: Path, sweepdae: Any) -> None:
+    """A training finished in runs_a, whose folder this machine (runs_b) does not have: the run leaves its cells
+    alone and says where it lives; `forget --missing-trainings` drops it, and the next run trains it again."""
+    grid = _grid(tmp_path)
+    store = ["--store", f"journal:{tmp_path / 'store.journal'}"]
+    assert sweepdae(tmp_path, "run", str(grid), "--only", "t=10 clean", "--runs-dir",
+                    str(tmp_path / "runs_a"), *store).returncode == 0
+    b = ["--runs-dir", str(tmp_path / "runs_b")]
+    p = sweepdae(tmp_path, "run", str(grid), "--only", "t=40 clean", *b, *store)
+    assert p.returncode == 1 and "lives on" in p.stderr and str(tmp_path / "runs_a") in p.stderr, p.stderr
+    keep = sweepdae(tmp_path, "forget", str(grid), "--missing-trainings", "--runs-dir", str(tmp_path / "runs_a"),
+                    *store)
+    assert keep.returncode == 0 and "forgot 0 of 1 trainings" in keep.stderr, keep.stderr  # runs_a has it
+    f = sweepdae(tmp_path, "forget", str(grid), "--missing-trainings", *b, *store)
+    assert f.returncode == 0 and "forgot 1 of 1 trainings" in f.stderr, f.stderr
+    p = sweepdae(tmp_path, "run", str(grid), "--only", "t=40 clean", *b, *store)
+    assert p.returncode == 0, p.stderr
+    assert len(list((tmp_path / "runs_b" / "_train").iterdir())) == 1  # trained again here
+    rows = {r["label"]: r for r in _status(tmp_path, sweepdae)}
+    assert rows["t=10 clean seed=0"]["status"] == "done"  # the first cell kept its result
+    assert rows["t=40 clean seed=0"]["status"] == "done"

@@ -361,8 +361,11 @@ def report(grids: Annotated[list[str] | None, typer.Argument(help="Grid names or
 @app.command(cls=_Command)
 def forget(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
            profile: ProfileOpt = None, store: StoreOpt = None, runs_dir: RunsOpt = None,
-           only: Annotated[str | None, typer.Option(help="Only cells whose label matches this regex")] = None
-           ) -> None:
+           only: Annotated[str | None, typer.Option(help="Only cells whose label matches this regex")] = None,
+           missing_trainings: Annotated[bool, typer.Option(
+               "--missing-trainings", help="Instead: forget the finished trainings of these cells whose folder is "
+               "not under --runs-dir (the machine that made them is gone), so the next run trains them again; "
+               "cells keep their results")] = False) -> None:
     """Remove cells' results (store and cell folders) so the next run evaluates them again; their trainings stay."""
     import shutil
 
@@ -370,12 +373,27 @@ def forget(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name
 
     p = _plan(grid, profile)
     cells = select(p, only)
+    runs = runs_dir_for(runs_dir)
+    if missing_trainings:
+        from sweepdae.cell import TRAIN_DIR
+        from sweepdae.cell.train import TRAINED
+
+        tks = sorted({c.train_key for c in cells})
+        s = _store(store, create=False)
+        try:
+            status = s.training_status(tks)
+            lost = [tk for tk in tks if status.get(tk) == "done" and not (runs / TRAIN_DIR / tk / TRAINED).exists()]
+            gone = s.forget_trainings(lost)
+        finally:
+            s.close()
+        err.print(f"forgot {len(gone)} of {len(tks)} trainings of {printable(p.grid.name)} (finished, with no "
+                  f"folder under {printable(str(runs))}); the next run trains them again")
+        return
     s = _store(store, create=False)
     try:
         gone = s.forget([c.key for c in cells])
     finally:
         s.close()
-    runs = runs_dir_for(runs_dir)
     for key in gone:
         shutil.rmtree(runs / key, ignore_errors=True)
     err.print(f"forgot {len(gone)} of {len(cells)} cells of {printable(p.grid.name)} (their trainings are kept: "

@@ -706,6 +706,13 @@ class Store:
         return trs.reap_stale(now, dead_owner=dead_owner) if trs is not None else []
 
     @guarded
+    def forget_trainings(self, train_keys: list[str]) -> list[str]:
+        """Drop these finished trainings, so the next run trains them again (their folder is lost: the machine
+        that made them is gone, its /tmp was cleared); returns the keys forgotten. One being made is refused
+        (StoreError). Cells keep their results."""
+        trs = self._training_store(create=False)
+        return trs.forget(train_keys) if trs is not None else []
+
     def training_status(self, train_keys: list[str] | None = None) -> dict[str, str]:
         """train_key -> "new" | "queued" | "running" | "done" | "failed"."""
         trs = self._training_store(create=False)
