@@ -9,11 +9,12 @@ together holding about `n_cells` cells: ~85% done, 5% failed, 5% queued, the res
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["synthetic_grids", "synthetic_recipe"]
+__all__ = ["synthetic_grids", "synthetic_recipe", "write_image_folder"]
 
 SEEDS = 4
 
@@ -88,3 +89,27 @@ def synthetic_grids(n_cells: int = 5000, *, seed: int = 0) -> tuple[list[dict[st
                        "findings": ["fid_vs_accuracy", "trajectory"]}, "path": "synthetic"}
     grids.append({"name": "synthetic_traj", "profile": "smoke", "spec": spec, "cells": cells})
     return grids, rows
+
+
+def write_image_folder(root: Path, per_class: dict[str, int], *, num_classes: int = 2, size: int = 16,
+                       brightness_step: float = 16.0, seed: int = 0) -> dict[str, tuple[Any, Any]]:
+    """An ImageNet-layout folder (root/SPLIT/classNN/NNN.png) of size x size RGB PNGs whose class shifts the mean
+    brightness by `brightness_step` under heavy noise; returns each split's images (uint8 torch [N, 3, S, S]) and
+    labels, in the folder's scan order."""
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, n in per_class.items():
+        images, labels = [], []
+        for c in range(num_classes):
+            d = root / split / f"class{c:02d}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(rng.normal(100 + brightness_step * c, 50, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i:03d}.png")
+                images.append(torch.from_numpy(arr).permute(2, 0, 1))
+                labels.append(c)
+        out[split] = (torch.stack(images), torch.tensor(labels))
+    return out

@@ -165,6 +165,13 @@ def store_workers() -> types.ModuleType:
 
 
 @pytest.fixture(scope="session")
+def image_folder() -> Callable[..., dict[str, tuple[Any, Any]]]:
+    """`image_folder(root, {"train": n, "val": m}, num_classes=, size=, brightness_step=, seed=)`: an ImageNet-layout
+    folder of synthetic PNGs, and each split's uint8 images and labels (see tests/_synthetic.py)."""
+    return _synthetic.write_image_folder
+
+
+@pytest.fixture(scope="session")
 def synthetic_grids() -> Callable[..., tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """`synthetic_grids(n_cells)` -> (grids, rows) of a synthetic store (see tests/_synthetic.py)."""
     return _synthetic.synthetic_grids

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import sweepdae.cell.baselines as baselines_module
 import sweepdae.eval as eval_module
@@ -187,31 +186,12 @@ def test_baselines_are_cached_and_shared_by_recipes_that_train_differently(
     assert doc["result"]["probe_top1"] == first["random_net_probe_top1"]
 
 
-def _write_folder(root: Path, per_class: dict[str, int], size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """An ImageNet-layout folder of RGB PNGs, 2 classes differing in mean brightness under noise; each split's
-    images (uint8 [N, 3, S, S]) and labels in the folder's scan order."""
-    rng = np.random.default_rng(0)
-    out = {}
-    for split, n in per_class.items():
-        images, labels = [], []
-        for c in range(2):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(rng.normal(100 + 40 * c, 50, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(folder / f"{i:03d}.png")
-                images.append(torch.from_numpy(arr).permute(2, 0, 1))
-                labels.append(c)
-        out[split] = (torch.stack(images), torch.tensor(labels))
-    return out
-
-
 @pytest.mark.parametrize("augment", [False, True])
 def test_streamed_set_gives_the_in_memory_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  augment: bool) -> None:
+                                                  augment: bool, image_folder: Any) -> None:
     """The same images from an image folder (streamed) and held in memory: the same three baselines to the bit, with
     the cell's probe protocol (augmented probe when probe.augment)."""
-    arrays = _write_folder(tmp_path / "folder", {"train": 24, "val": 8}, size=16)
+    arrays = image_folder(tmp_path / "folder", {"train": 24, "val": 8}, size=16, brightness_step=40)
     r = recipe_from_flat({"data.name": "imagefolder", "data.root": str(tmp_path / "folder"), "data.image_size": 16,
                           "data.num_workers": 0, "tokenizer.patch_size": 4, "tokenizer.latent_dim": 4,
                           "tokenizer.pca_num_patches": 200, "probe.epochs": 3, "probe.batch_size": 16,

@@ -6,37 +6,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from PIL import Image
 
 from sweepdae.data import ImageData, InMemoryData, StreamedImageData, load_dataset
 from sweepdae.eval import linear_probe_augmented_data, random_resized_crop_flip
 from sweepdae.eval.probe import epoch_generator
 from sweepdae.recipe import DataConfig, ProbeConfig, ProbeOptimizer, recipe_from_flat
-
-
-def _write_folder(root: Path, per_class: dict[str, int], num_classes: int, size: int,
-                  seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """An ImageNet-layout folder of size x size RGB PNGs whose class shifts the mean brightness a little under heavy
-    noise; returns each split's images (uint8 [N, 3, S, S]) and labels in the folder's scan order."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for split, n in per_class.items():
-        images, labels = [], []
-        for c in range(num_classes):
-            d = root / split / f"class{c:02d}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(rng.normal(100 + 16 * c, 50, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(d / f"{i:03d}.png")
-                images.append(torch.from_numpy(arr).permute(2, 0, 1))
-                labels.append(c)
-        out[split] = (torch.stack(images), torch.tensor(labels))
-    return out
 
 
 def _sets(root: Path, arrays: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int, size: int, *,
@@ -77,10 +56,10 @@ def _probe(train: ImageData, test: ImageData, *, seed: int = 0, epochs: int = 6,
     return out, losses
 
 
-def test_streamed_and_in_memory_augmented_probe_agree(tmp_path: Path) -> None:
+def test_streamed_and_in_memory_augmented_probe_agree(tmp_path: Path, image_folder: Any) -> None:
     """Both kinds of set yield the same uint8 images at the model's size, and the crop is taken from those on the
     device by one function, so the probe's every loss and accuracy agree exactly (not within a tolerance)."""
-    arrays = _write_folder(tmp_path, {"train": 25, "val": 10}, num_classes=4, size=16)
+    arrays = image_folder(tmp_path, {"train": 25, "val": 10}, num_classes=4, size=16)
     (s_train, s_test), (m_train, m_test) = _sets(tmp_path, arrays, 4, 16, num_workers=2)
     decoded = torch.cat([x for x, _ in s_train.batches(40, shuffle=False)])
     assert torch.equal(decoded, arrays["train"][0])  # premise: the loader decodes exactly the in-memory images
@@ -111,11 +90,11 @@ def _recorded_crops(train: ImageData, test: ImageData, *, epochs: int, seed: int
     return seen
 
 
-def test_each_epoch_crops_afresh_from_seed_and_epoch(tmp_path: Path) -> None:
+def test_each_epoch_crops_afresh_from_seed_and_epoch(tmp_path: Path, image_folder: Any) -> None:
     """One image per class, so a label names its image: every epoch crops each image anew, and epoch e's crops are
     exactly `random_resized_crop_flip` of that epoch's shuffled images under `epoch_generator(seed, e)`."""
     n = 12
-    arrays = _write_folder(tmp_path, {"train": 1, "val": 1}, num_classes=n, size=16)
+    arrays = image_folder(tmp_path, {"train": 1, "val": 1}, num_classes=n, size=16)
     (train, test), _ = _sets(tmp_path, arrays, n, 16)
     seen = _recorded_crops(train, test, epochs=3, seed=7)
     assert all(sorted(s) == list(range(n)) for s in seen)
@@ -137,10 +116,10 @@ def test_each_epoch_crops_afresh_from_seed_and_epoch(tmp_path: Path) -> None:
             assert torch.equal(seen[epoch][i], replay[k]), (epoch, i)
 
 
-def test_augmented_probe_on_streamed_set_is_reproducible(tmp_path: Path) -> None:
+def test_augmented_probe_on_streamed_set_is_reproducible(tmp_path: Path, image_folder: Any) -> None:
     """The same seed twice (on the same set object, whose own pass counter moves on) gives the same losses and
     accuracy; another seed gives other crops and so other losses."""
-    arrays = _write_folder(tmp_path, {"train": 16, "val": 4}, num_classes=2, size=16)
+    arrays = image_folder(tmp_path, {"train": 16, "val": 4}, num_classes=2, size=16)
     (train, test), _ = _sets(tmp_path, arrays, 2, 16)
     first, first_losses = _probe(train, test, seed=3, epochs=4)
     for _ in train.batches(8, shuffle=True):  # another pass without a generator between the two probes
@@ -152,14 +131,15 @@ def test_augmented_probe_on_streamed_set_is_reproducible(tmp_path: Path) -> None
     assert other_losses != first_losses
 
 
-def test_cell_with_augmented_probe_on_imagefolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cell_with_augmented_probe_on_imagefolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   image_folder: Any) -> None:
     """probe.augment = true on an imagefolder set (the paper profile's data path) runs a whole cell, cropping every
     probe epoch's train images, where it raised RecipeError before."""
     import sweepdae.eval.probe as probe_module
     from sweepdae.cell import run_cell
     from sweepdae.utils import atomic_write_json
 
-    _write_folder(tmp_path / "folder", {"train": 24, "val": 8}, num_classes=2, size=12)
+    image_folder(tmp_path / "folder", {"train": 24, "val": 8}, num_classes=2, size=12)
     calls = {"images": 0}
 
     def counting(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
