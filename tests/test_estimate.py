@@ -243,6 +243,8 @@ def test_run_runs_each_grid_in_turn_with_the_same_options(tmp_path: Path, monkey
     r = CliRunner().invoke(app, ["run", str(tmp_path / "b.toml"), str(tmp_path / "a.toml"), "--store", url,
                                  "--fail-fast"])
     assert [c["grid"] for c in calls] == ["b"] and r.exit_code == 1, r.output
+    with open_store(url, create=False) as st:  # both grids registered before either ran
+        assert sorted(g["name"] for g in st.grids()) == ["a", "b"]
 
 
 def test_human_formats() -> None:

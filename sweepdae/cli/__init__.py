@@ -221,6 +221,10 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
     statuses: dict[str, str] = {}  # every selected cell: as its grid's run left it, or as the store has it
     failed = False
     try:
+        from sweepdae.runner import register_plan
+
+        for p in plans:  # every grid of the sweep is in `status` and `report` from the start, pending cells too
+            register_plan(s, p)
         for p, cells in zip(plans, chosen, strict=True):
             if fail_fast and failed:  # the grids after a failure are not started; their cells count as they are
                 statuses.update({k: v for k, v in s.status([c.key for c in cells]).items() if k not in statuses})

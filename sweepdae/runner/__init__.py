@@ -15,7 +15,7 @@ from sweepdae.runner.slots import Slot, detect_gpus, free_port, make_slots, pars
 from sweepdae.runner.view import View, make_view
 
 __all__ = ["Coordinator", "Options", "RunSummary", "Slot", "detect_gpus", "enqueue_plan", "free_port", "make_slots",
-           "parse_gpus", "run_plan", "run_worker", "runs_dir_for"]
+           "parse_gpus", "register_plan", "run_plan", "run_worker", "runs_dir_for"]
 
 
 @dataclass
@@ -50,11 +50,17 @@ def select(plan: Plan, only: str | None, *, allow_empty: bool = False) -> list[A
     return cells
 
 
-def enqueue_plan(store: Any, plan: Plan, cells: list[Any]) -> dict[str, str]:
-    """Register the grid and enqueue its cells that are not done, queued or running (dedup by key)."""
+def register_plan(store: Any, plan: Plan) -> None:
+    """Register the grid (under its profile) and its cells, so that `status` and `report` show it, pending cells
+    included. Idempotent."""
     store.register_grid(plan.grid.name, profile=plan.profile or "", spec=plan.spec(),
                         cells=[{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step, "seed": c.seed,
                                 "train_key": c.train_key} for c in plan.cells])
+
+
+def enqueue_plan(store: Any, plan: Plan, cells: list[Any]) -> dict[str, str]:
+    """Register the grid and enqueue its cells that are not done, queued or running (dedup by key)."""
+    register_plan(store, plan)
     return store.enqueue([{"key": c.key, "label": c.label, "recipe": c.recipe.to_dict(), "grid": plan.grid.name,
                            "profile": plan.profile or "", "train_key": c.train_key} for c in cells])
 
