@@ -153,7 +153,7 @@ class Plan:
     detail: str
 
 
-def _summary(name: str, rule: Rule, per_seed: dict[str, float]) -> dict[str, Any]:
+def _summary(rule: Rule, per_seed: dict[str, float]) -> dict[str, Any]:
     vals = [v for v in per_seed.values() if math.isfinite(v)]
     ci = interval(vals)
     return {"value": float(np.mean(vals)) if vals else None, "interval": list(ci) if ci else None,
@@ -195,7 +195,7 @@ def _run(name: str, table: TableData, statistic_name: str, rule: Rule,
                 v = p.statistic(seed, m)
                 if v is not None and math.isfinite(v):
                     per_seed[seed] = float(v)
-            summary = _summary(name, rule, per_seed)
+            summary = _summary(rule, per_seed)
             text = f"{statistic_name} = {_fmt_summary(summary, digits)}" + (f"; {p.detail}" if p.detail else "")
             left = _left_out(table, readout)
             if left:
@@ -329,7 +329,8 @@ def kl_unnecessary(table: TableData) -> Verdict:
     rule = Rule(-KL_MARGIN, +1)
 
     def lines(t: TableData, m: pd.DataFrame) -> pd.DataFrame:
-        return _orient_d(t, m) if _orient_d(t, m) is not None else m  # type: ignore[return-value]
+        oriented = _orient_d(t, m)  # the tokenizer lines when the table has a d axis, else the table as it is
+        return oriented if oriented is not None else m
 
     pm = lines(table, paper_matrix(table))
     free_p, kl_p = _group_cells(pm, _FREE), _group_cells(pm, _KL)
