@@ -87,7 +87,7 @@ def test_failure_classes() -> None:
     assert classify(OSError(28, "No space left")) == ("io", True)
     assert classify(RuntimeError("boom")) == ("crash", True)
     assert classify(TrainingError("x", "bad_checkpoint")) == ("bad_checkpoint", False)
-    assert RETRYABLE == {"oom", "crash", "killed", "io"}
+    assert RETRYABLE == {"oom", "crash", "killed", "io", "preempted"}
     # a cell that ended without a result: its failure.json decides, else its exit status
     assert classify_exit(1, {"failure_class": "nonfinite"}, interrupted=False) == ("nonfinite", False)
     assert classify_exit(-9, {}, interrupted=False) == ("killed", True)
@@ -131,6 +131,41 @@ def test_checkpoint_resumes_whole_or_not_at_all(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="shape") as e:
         load_weights(folder / CHECKPOINT, r2.train_key(), build_model(r2, tok, 10), ema=False)
     assert e.value.failure_class == "bad_checkpoint"
+
+
+@pytest.mark.parametrize("knobs", [{}, {"data.augment": "random_resized_crop", "train.ema_decay": 0.9}],
+                         ids=["encoded-once", "augmented+ema"])
+def test_stop_request_checkpoints_mid_epoch_and_the_resume_is_exact(tmp_path: Path, knobs: dict[str, object]
+                                                                    ) -> None:
+    """A training stopped on request mid-epoch and resumed ends bitwise where an uninterrupted one does: the saved
+    batch index replays the epoch's data order, the saved step-generator state its time steps and noise."""
+    r, data, tok = _setup(tmp_path, **{"train.epochs": 2, **knobs})  # 4 steps an epoch
+    acc = Accelerator(cpu=True)
+    whole = train(r, tokenizer=tok, data=data, train_dir=tmp_path / "whole", accelerator=acc, events=lambda **_: None)
+    folder = tmp_path / "stopped"
+    asked = iter(range(100))  # stop() is asked after every step but an epoch's last: the 5th ask is epoch 1, batch 2
+    with pytest.raises(TrainingError, match="stopped on request") as e:
+        train(r, tokenizer=tok, data=data, train_dir=folder, accelerator=acc, events=lambda **_: None,
+              stop=lambda: next(asked) == 4)
+    assert e.value.failure_class == "preempted" and classify(e.value) == ("preempted", True)
+    ckpt = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (1, 2, 6)
+    events: list[dict[str, object]] = []
+    resumed = train(r, tokenizer=tok, data=data, train_dir=folder, accelerator=acc,
+                    events=lambda **ev: events.append(ev))
+    assert {"resumed_from_epoch": 1, "step": 6, "batch": 2}.items() <= events[0].items()
+    assert resumed.step == whole.step == 8 and resumed.resumed_from == 1
+    for name, p in whole.model.state_dict().items():
+        assert torch.equal(p, resumed.model.state_dict()[name]), name
+    if whole.ema is not None and resumed.ema is not None:
+        for a, b in zip(whole.ema.parameters(), resumed.ema.parameters(), strict=True):
+            assert torch.equal(a, b)
+    # a stopped training that resumes without the batch index (an epoch-boundary checkpoint) is not exact: the
+    # comparison above can fail
+    ckpt["batch"], ckpt["gd_state"] = 0, None
+    torch.save(ckpt, folder / CHECKPOINT)
+    off = train(r, tokenizer=tok, data=data, train_dir=folder, accelerator=acc, events=lambda **_: None)
+    assert not all(torch.equal(p, off.model.state_dict()[n]) for n, p in whole.model.state_dict().items())
 
 
 def test_single_level_cell_is_probed_at_its_own_t(tmp_path: Path) -> None:

@@ -30,6 +30,10 @@ from sweepdae.errors import DatasetError, MissingWeightsError, RecipeError, Swee
 from sweepdae.utils import EventLog, atomic_write_json
 
 RESULT, FAILURE, RECIPE, EVENTS, LOG = "result.json", "failure.json", "recipe.json", "events.jsonl", "cell.log"
+# written by the coordinator into a running cell's folder when it must give its node back (SLURM's pre-timeout
+# signal, a preemption, `scontrol requeue`): the training checkpoints at its next step and the cell exits
+# "preempted", to resume from there on its next attempt
+STOP = "stop.request"
 TRAIN_DIR = "_train"  # runs/_train/<train_key>/: the trainings cells share
 EXIT_IO = 74  # sysexits.h EX_IOERR: the cell failed and could not even write failure.json (disk full)
 EXIT_OOM = 3
@@ -38,7 +42,9 @@ POSTERIOR_SAMPLE = 4096  # held-out (test-split) images a VAE's posterior std an
 
 # Failure classes a new attempt can cure (a killed process, memory, a crash, a full disk freed meanwhile); the
 # others (bad_recipe, nonfinite, missing_input, bad_checkpoint) fail the same way every time.
-RETRYABLE = frozenset({"oom", "crash", "killed", "io"})
+RETRYABLE = frozenset({"oom", "crash", "killed", "io", "preempted"})
+# ... of which these are interruptions, not failures of the cell: they never use up a retry
+INTERRUPTIONS = frozenset({"killed", "preempted"})
 
 
 def cache_dir(run_dir: Path) -> Path:
@@ -157,8 +163,13 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
         del fit_x, heldout
 
     with phase("train", epoch=0, epochs=recipe.train.epochs):
-        trained = ensure_trained(recipe, tokenizer=tokenizer, data=train_set, train_dir=train_dir(run_dir, train_key),
-                                 accelerator=accelerator, events=events, cell_key=key)
+        _STOP.training = True
+        try:
+            trained = ensure_trained(recipe, tokenizer=tokenizer, data=train_set,
+                                     train_dir=train_dir(run_dir, train_key), accelerator=accelerator, events=events,
+                                     cell_key=key, stop=lambda: _STOP.signalled or (run_dir / STOP).exists())
+        finally:
+            _STOP.training = False
     if not accelerator.is_main_process:
         return {}
     model = trained.model
@@ -241,11 +252,32 @@ def _watch_coordinator() -> None:
     threading.Thread(target=watch, daemon=True, name="sweepdae-coordinator-watch").start()
 
 
+class _StopState:
+    """SIGTERM / SIGUSR2 reached the cell (SLURM signals every process of a job: on preemption, `scontrol
+    requeue`, `scancel`, and with submitit's pre-timeout USR2): while training, checkpoint at the next step and
+    exit "preempted"; otherwise stop at once (the training is safe on disk)."""
+
+    signalled = False
+    training = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+        if not self.training:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+
+_STOP = _StopState()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sweepdae.cell", description=__doc__)
     ap.add_argument("run_dir", type=Path, help="the cell's folder, holding recipe.json")
     args = ap.parse_args(argv)
     run_dir: Path = args.run_dir
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, _STOP.handler)
     _watch_coordinator()
     try:
         (run_dir / FAILURE).unlink(missing_ok=True)
@@ -265,4 +297,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["RETRYABLE", "TRAIN_DIR", "classify", "classify_exit", "main", "run_cell", "train_dir"]
+__all__ = ["INTERRUPTIONS", "RETRYABLE", "STOP", "TRAIN_DIR", "classify", "classify_exit", "main", "run_cell",
+           "train_dir"]

@@ -5,6 +5,11 @@ The loop trains on latents encoded once by the frozen tokenizer (in-memory sets 
 (DiT trains on `latent_dist.sample()`). Time steps, noise and those samples are drawn from a generator seeded by
 (seed, epoch), so a training resumed from its epoch checkpoint takes exactly the steps an uninterrupted run takes.
 
+A stop request (`stop()` true: the coordinator was told to give its node back, SLURM's pre-timeout signal or a
+preemption) checkpoints mid-epoch at the next optimizer step: the batches done in the epoch and the step generator's
+state are saved with the weights, and the resumed epoch replays its data order up to there, so it too continues
+exactly where the stopped one left off (`TrainingError` class "preempted" tells the coordinator to requeue it).
+
 A training is identified by its recipe's `train_key` and lives in its own folder (`runs/_train/<train_key>/`):
 `checkpoint.pt` (written every `train.checkpoint_every` epochs and at the end) and, once finished, `trained.json`.
 `ensure_trained` loads a finished training or trains (resuming) and marks it finished.
@@ -165,30 +170,60 @@ def train_step(tr: Trainer, micros: list[Micro], step: int, gd: torch.Generator)
     return loss_sum
 
 
-def train_one_epoch(tr: Trainer, epoch: int, step: int, events: Events) -> tuple[int, float]:
-    """One epoch from optimizer step `step`; returns (steps done after it, mean loss of the epoch)."""
-    tc, device = tr.recipe.train, tr.accelerator.device
-    accum, rank = tr.accelerator.gradient_accumulation_steps, tr.accelerator.process_index
+class StopRequested(Exception):
+    """Raised by `train_one_epoch` at a step boundary when `stop()` said so: where to resume."""
+
+    def __init__(self, batch: int, step: int, gd_state: torch.Tensor) -> None:
+        super().__init__(f"stop requested after batch {batch} (step {step})")
+        self.batch, self.step, self.gd_state = batch, step, gd_state
+
+
+def train_one_epoch(tr: Trainer, epoch: int, step: int, events: Events, *, skip: int = 0,
+                    gd_state: torch.Tensor | None = None, stop: Callable[[], bool] | None = None
+                    ) -> tuple[int, float]:
+    """One epoch from optimizer step `step`; returns (steps done after it, mean loss of the epoch).
+
+    `skip` batches of the epoch were done before a mid-epoch checkpoint whose step generator state is `gd_state`:
+    they are drawn again (the data order and a streamed set's crops replay) but not trained on. `stop()` is asked
+    after every step but the epoch's last (all processes agree through one all-reduce); when true,
+    `StopRequested` is raised."""
+    tc, acc = tr.recipe.train, tr.accelerator
+    device, accum, rank = acc.device, acc.gradient_accumulation_steps, acc.process_index
     tr.model.train()
     # time steps and noise from a generator seeded by (seed, epoch, rank): a resumed epoch replays exactly
     gd = torch.Generator(device=device).manual_seed(tr.recipe.seed * 100_003 + epoch + 7919 * (rank + 1))
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     last_loss = float("nan")
-    for i, micros in enumerate(tr.source(epoch, gd)):
+    batches = tr.source(epoch, gd)
+    for _ in range(skip):  # their draws from gd are undone by restoring the saved state below
+        next(batches)
+    if gd_state is not None:
+        gd.set_state(gd_state)
+    for i, micros in enumerate(batches, start=skip):
         faults.maybe_fault("step", step)
         loss_sum += train_step(tr, micros, step, gd)
         step += 1
         # one host sync per logging window, not per step (measured: per-step .item() costs ~3% on CPU)
         if (i + 1) % max(1, tr.steps_per_epoch // 4) == 0 or i + 1 == tr.steps_per_epoch:
-            last_loss = loss_sum.item() / ((i + 1) * accum)
+            last_loss = loss_sum.item() / ((i + 1 - skip) * accum)
             if not math.isfinite(last_loss):
                 raise TrainingError(f"non-finite loss ({last_loss}) at epoch {epoch} step {step}", "nonfinite")
             dt = time.perf_counter() - t0
             events(phase="train", epoch=epoch + 1, epochs=tc.epochs, step=step, steps=tr.total_steps,
                    loss=last_loss, lr=tr.opt.param_groups[0]["lr"],
-                   images_per_s=(i + 1) * tc.batch_size / max(dt, 1e-9))
+                   images_per_s=(i + 1 - skip) * tc.batch_size / max(dt, 1e-9))
+        if stop is not None and i + 1 < tr.steps_per_epoch and _agreed(acc, stop()):
+            raise StopRequested(i + 1, step, gd.get_state())
     return step, last_loss
+
+
+def _agreed(acc: Accelerator, flag: bool) -> bool:
+    """True when any process says so (one all-reduce when there are several, so they all stop at one step)."""
+    if acc.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
+    return bool(acc.reduce(t, reduction="sum").item() > 0)
 
 
 @dataclass
@@ -204,20 +239,22 @@ class TrainState:
 
 
 def train(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path, accelerator: Accelerator,
-          events: Events, identity: str | None = None) -> TrainState:
+          events: Events, identity: str | None = None, stop: Callable[[], bool] | None = None) -> TrainState:
     """Train the recipe's denoiser; resumes from train_dir/checkpoint.pt when it belongs to this training.
 
     `identity` is the training's key (default: the recipe's train_key); runtime overrides (a halved micro-batch
-    after out-of-memory) keep it, so a retry still resumes the checkpoint.
+    after out-of-memory) keep it, so a retry still resumes the checkpoint. When `stop()` turns true the training
+    checkpoints at the next step and raises `TrainingError` of class "preempted".
     """
     identity = identity or recipe.train_key()
     tc = recipe.train
     tr = setup_training(recipe, tokenizer=tokenizer, data=data, accelerator=accelerator)
     ckpt_path = train_dir / CHECKPOINT
-    start_epoch, step, resumed = 0, 0, None
+    start_epoch, step, resumed, skip, gd_state = 0, 0, None, 0, None
     if ckpt_path.exists():
-        start_epoch, step = _load_checkpoint(ckpt_path, identity, tr.raw_model, tr.ema, tr.opt, events)
-        resumed = start_epoch or None
+        start_epoch, step, skip, gd_state = _load_checkpoint(ckpt_path, identity, tr.raw_model, tr.ema, tr.opt,
+                                                             events)
+        resumed = start_epoch or (0 if skip else None)
     tr.model, tr.opt = accelerator.prepare(tr.model, tr.opt)
     tr.raw_model = accelerator.unwrap_model(tr.model)
 
@@ -225,12 +262,23 @@ def train(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: P
     last_loss = float("nan")
     for epoch in range(start_epoch, tc.epochs):
         faults.maybe_fault("epoch", epoch)
-        step, last_loss = train_one_epoch(tr, epoch, step, events)
+        first = epoch == start_epoch
+        try:
+            step, last_loss = train_one_epoch(tr, epoch, step, events, skip=skip if first else 0,
+                                              gd_state=gd_state if first else None, stop=stop)
+        except StopRequested as s:
+            if accelerator.is_main_process:
+                _save_checkpoint(ckpt_path, identity, recipe, tr.raw_model, tr.ema, tr.opt, epoch, s.step,
+                                 batch=s.batch, gd_state=s.gd_state)
+            accelerator.wait_for_everyone()
+            events(phase="train", stopped_at_step=s.step, epoch=epoch, batch=s.batch)
+            raise TrainingError(f"stopped on request at epoch {epoch} step {s.step} (batch {s.batch} of the epoch); "
+                                "checkpointed, resumes there", "preempted") from None
         if accelerator.is_main_process and ((epoch + 1) % tc.checkpoint_every == 0 or epoch + 1 == tc.epochs):
             _save_checkpoint(ckpt_path, identity, recipe, tr.raw_model, tr.ema, tr.opt, epoch + 1, step)
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
-    seen = (tc.epochs - start_epoch) * tr.steps_per_epoch * tc.batch_size
+    seen = ((tc.epochs - start_epoch) * tr.steps_per_epoch - skip) * tc.batch_size
     return TrainState(model=tr.raw_model, ema=tr.ema, epoch=tc.epochs, step=step, resumed_from=resumed,
                       seconds=seconds, last_loss=last_loss, images_per_s=seen / max(seconds, 1e-9))
 
@@ -263,7 +311,8 @@ def read_trained(train_dir: Path, train_key: str) -> dict[str, Any] | None:
 
 
 def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path,
-                   accelerator: Accelerator, events: Events, cell_key: str) -> Trained:
+                   accelerator: Accelerator, events: Events, cell_key: str,
+                   stop: Callable[[], bool] | None = None) -> Trained:
     """The trained network of the recipe: loaded from train_dir when that training finished, else trained there
     (resuming its checkpoint) and marked finished with trained.json. Emits a `trained` event once it exists."""
     train_key = recipe.train_key()
@@ -276,7 +325,7 @@ def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, tra
         return Trained(model=model, info=info, reused=info.get("cell") != cell_key, resumed_from=None)
     train_dir.mkdir(parents=True, exist_ok=True)
     state = train(recipe, tokenizer=tokenizer, data=data, train_dir=train_dir, accelerator=accelerator,
-                  events=events, identity=train_key)
+                  events=events, identity=train_key, stop=stop)
     info = {"train_key": train_key, "cell": cell_key, "epochs": state.epoch, "steps": state.step,
             "train_loss": state.last_loss, "images_per_s": state.images_per_s, "seconds": state.seconds,
             "resumed_from_epoch": state.resumed_from, "git_commit": git_info().get("commit"),
@@ -350,11 +399,14 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def _save_checkpoint(path: Path, identity: str, recipe: Recipe, model: nn.Module, ema: nn.Module | None, opt: Any,
-                     epoch: int, step: int) -> None:
+                     epoch: int, step: int, *, batch: int = 0, gd_state: torch.Tensor | None = None) -> None:
+    """`epoch` epochs done, plus `batch` batches of the next one (a mid-epoch stop, with the step generator's
+    state `gd_state` there)."""
     from sweepdae import __version__
 
     state = {"train_key": identity, "recipe": recipe.to_dict(), "sweepdae": __version__,
-             "git_commit": git_info().get("commit"), "epoch": epoch, "step": step, "model": model.state_dict(),
+             "git_commit": git_info().get("commit"), "epoch": epoch, "step": step, "batch": batch,
+             "gd_state": gd_state, "model": model.state_dict(),
              "ema": ema.state_dict() if ema is not None else None, "opt": opt.state_dict()}
     faults.maybe_fault("checkpoint", epoch)
     atomic_write(path, lambda f: torch.save(state, f))
@@ -384,8 +436,9 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module | None, opt: Any,
-                     events: Events) -> tuple[int, int]:
-    """(epochs done, steps done) from a checkpoint of this training; anything else restarts from scratch, warned.
+                     events: Events) -> tuple[int, int, int, torch.Tensor | None]:
+    """(epochs done, steps done, batches done of the next epoch, step generator state there) from a checkpoint of
+    this training; anything else restarts from scratch, warned.
 
     Key sets and shapes are checked before anything is loaded: a checkpoint loads whole or not at all."""
     try:
@@ -393,7 +446,7 @@ def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module
     except Exception as e:  # a truncated or foreign file: never trust it
         warnings.warn(f"{path}: unreadable checkpoint ({type(e).__name__}); training from scratch", stacklevel=2)
         events(phase="train", warning=f"unreadable checkpoint: {type(e).__name__}; restarted")
-        return 0, 0
+        return 0, 0, 0, None
     why = None if state.get("train_key") == identity else "it belongs to another training"
     why = why or state_mismatch(model, state.get("model"))
     if why is None and ema is not None:
@@ -401,13 +454,14 @@ def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module
     if why is not None:
         warnings.warn(f"{path}: checkpoint not loaded: {why}; training from scratch", stacklevel=2)
         events(phase="train", warning=f"checkpoint not loaded: {why}; restarted")
-        return 0, 0
+        return 0, 0, 0, None
     model.load_state_dict(state["model"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
     opt.load_state_dict(state["opt"])
-    events(phase="train", resumed_from_epoch=state["epoch"], step=state["step"])
-    return int(state["epoch"]), int(state["step"])
+    batch = int(state.get("batch") or 0)
+    events(phase="train", resumed_from_epoch=state["epoch"], step=state["step"], **({"batch": batch} if batch else {}))
+    return int(state["epoch"]), int(state["step"]), batch, state.get("gd_state") if batch else None
 
 
 def load_weights(path: Path, identity: str, model: nn.Module, *, ema: bool) -> None:

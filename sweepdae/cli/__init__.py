@@ -180,7 +180,9 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
                                                    "the other against the same store")],
         profile: ProfileOpt = None, store: StoreOpt = None,
         gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
-        gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell (one process each)")] = 1,
+        gpus_per_cell: Annotated[int | None, typer.Option(help="GPUs per cell (one process each); with --executor "
+                                                   "slurm, the GPUs of each job (0: CPU jobs) [default: 1]")
+                                 ] = None,
         cells_per_gpu: Annotated[int, typer.Option(help="Cells packed on one GPU")] = 1,
         cpu_cells: Annotated[int, typer.Option(help="Concurrent cells without a GPU")] = 1,
         max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure (oom, crash, killed)")] = 1,
@@ -197,12 +199,47 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
                          ] = None,
         runs_dir: RunsOpt = None,
         report: Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML report at the end")
-                          ] = False) -> None:
+                          ] = False,
+        executor: Annotated[str, typer.Option(help="local (this machine's slots) or slurm (submit one job per "
+                                              "training group through submitit, then return)")] = "local",
+        wait: Annotated[bool, typer.Option("--wait", help="slurm: keep the live view until the sweep's jobs end")
+                        ] = False,
+        partition: Annotated[str | None, typer.Option(help="slurm: partition", rich_help_panel="SLURM")] = None,
+        time_min: Annotated[int | None, typer.Option("--time", help="slurm: time limit of a job, minutes",
+                                                     rich_help_panel="SLURM")] = None,
+        account: Annotated[str | None, typer.Option(help="slurm: account", rich_help_panel="SLURM")] = None,
+        qos: Annotated[str | None, typer.Option(help="slurm: quality of service", rich_help_panel="SLURM")] = None,
+        constraint: Annotated[str | None, typer.Option(help="slurm: node features", rich_help_panel="SLURM")
+                              ] = None,
+        cpus: Annotated[int | None, typer.Option(help="slurm: CPUs per job", rich_help_panel="SLURM")] = None,
+        mem_gb: Annotated[float | None, typer.Option(help="slurm: memory per job, GB", rich_help_panel="SLURM")
+                          ] = None) -> None:
     """Run every cell of the grids that the store does not have yet, grid after grid; resumes killed sweeps.
 
-    Trainings shared between the grids (one train_key) are made once and reused."""
+    Trainings shared between the grids (one train_key) are made once and reused. With --executor slurm the cells
+    run as SLURM jobs (one per training group); options come from the command line, then the grid's [slurm]
+    table (per axis value first), then ~/.config/sweepdae/slurm.toml."""
     if launcher not in ("auto", "accelerate", "fork"):
         raise SweepdaeError(f"--launcher: expected auto, accelerate or fork, got {launcher!r}")
+    if executor not in ("local", "slurm"):
+        raise SweepdaeError(f"--executor: expected local or slurm, got {executor!r}")
+    if wait and executor != "slurm":
+        raise SweepdaeError("--wait: only with --executor slurm (a local run always waits)")
+    if gpus_per_cell is not None and gpus_per_cell < (0 if executor == "slurm" else 1):
+        raise SweepdaeError(f"--gpus-per-cell: expected an integer >= {0 if executor == 'slurm' else 1}, "
+                            f"got {gpus_per_cell}")
+    slurm_cli = {"partition": partition, "time": time_min, "account": account, "qos": qos, "constraint": constraint,
+                 "cpus": cpus, "mem_gb": mem_gb}
+    given = [k for k, v in slurm_cli.items() if v is not None]
+    if given and executor != "slurm":
+        raise SweepdaeError(f"--{given[0].replace('_', '-')}: a SLURM option; add --executor slurm")
+    if executor == "slurm":
+        from sweepdae.grid.schema import check_slurm_options
+
+        check_slurm_options({k: v for k, v in slurm_cli.items() if v is not None}, "option",
+                            lambda key, msg: SweepdaeError(f"--{key.split('.')[-1].replace('_', '-')}: {msg}"))
+        slurm_cli["gpus"] = gpus_per_cell
+    gpus_per_cell = 1 if gpus_per_cell is None else gpus_per_cell
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise SweepdaeError(f"--rate: expected a positive number of TFLOP/s, got {rate!r}")
     plans = [_plan(g, profile) for g in grids]  # every grid (and its profile) checked before anything runs
@@ -214,8 +251,12 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         raise SweepdaeError(f"--only {only!r} matches none of the cells of "
                             + ", ".join(p.grid.name for p in plans))
     if dry_run:
-        slots = make_slots(ids, gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells)
+        slots = make_slots(ids, gpus_per_cell=max(1, gpus_per_cell), cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells)
         _dry_run(store, list(zip(plans, chosen, strict=True)), slots, rate)
+        return
+    if executor == "slurm":
+        _run_slurm(store, plans, chosen, cli=slurm_cli, gpus_per_cell=gpus_per_cell, max_retries=max_retries,
+                   runs_dir=runs_dir, launcher=launcher, wait=wait, plain=plain)
         return
     s = _store(store)
     statuses: dict[str, str] = {}  # every selected cell: as its grid's run left it, or as the store has it
@@ -253,6 +294,63 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
     if failed or any(v != "done" for v in statuses.values()):
         bad = sum(1 for v in statuses.values() if v != "done")
         err.print(f"[red]{bad} of {len(statuses)} cells not done[/red]")
+        raise typer.Exit(1)
+
+
+def _run_slurm(url: str | None, plans: list[Any], chosen: list[list[Any]], *, cli: dict[str, Any],
+               gpus_per_cell: int, max_retries: int, runs_dir: str | None, launcher: str, wait: bool,
+               plain: bool | None) -> None:
+    """`run --executor slurm`: enqueue every grid, submit a job for each training group that no live job holds,
+    print the jobs, and return (or, with --wait, watch until they end)."""
+    from sweepdae.runner import enqueue_plan, register_plan, runs_dir_for
+    from sweepdae.runner import slurm as sl
+
+    config = sl.user_config()
+    store_url = sl.job_store_url(url)
+    s = _store(url)
+    try:
+        sl.check_store(s, lambda m: err.print(f"[yellow]warning:[/yellow] {m}", highlight=False))
+        for p in plans:
+            register_plan(s, p)
+        runs = runs_dir_for(runs_dir)
+        all_keys: list[str] = []
+        for p, cells in zip(plans, chosen, strict=True):
+            if not cells:
+                continue
+            all_keys += [c.key for c in cells]
+            outcome = enqueue_plan(s, p, cells)
+            cached = sum(1 for v in outcome.values() if v == "cached")
+            groups, held = sl.plan_groups(s, cells, spec=p.grid.slurm, cli=cli, config=config,
+                                          gpus_per_cell=gpus_per_cell)
+            jobs = sl.submit(groups, store=s, store_url=store_url, plan=p, runs_dir=runs, launcher=launcher,
+                             gpus_per_cell=gpus_per_cell, max_retries=max_retries) if groups else []
+            name = f"{p.grid.name} ({p.profile or 'base'})"
+            err.print(f"{name}: {len(cells)} cells, {cached} done; submitted {len(jobs)} jobs "
+                      f"({sum(len(j['keys']) for j in jobs)} cells); {len(set(held.values()))} jobs already hold "
+                      f"{len(held)} cells", highlight=False)
+            for j in jobs:
+                o = j["options"]
+                err.print(f"  job {j['job_id']}: {len(j['keys'])} cells ({printable(j['labels'][0])}"
+                          f"{', ...' if len(j['keys']) > 1 else ''}), {o['time']} min, {o['cpus']} CPUs, "
+                          f"{o.get('gpus') or 0} GPUs; log {j['log']}", highlight=False, markup=False)
+        if not wait:
+            err.print("jobs run on the cluster; watch them with `sweepdae status GRID --watch`", highlight=False)
+            return
+        try:
+            st = sl.wait(s, sorted(set(all_keys)), console=err, plain=plain)
+        except KeyboardInterrupt:
+            err.print("stopped watching; the jobs go on", highlight=False)
+            raise typer.Exit(130) from None
+        from sweepdae.runner.status import summary_table
+
+        err.print(summary_table(s, sorted(set(all_keys))))
+    finally:
+        s.close()
+    bad = sum(1 for v in st.values() if v != "done")
+    if bad:
+        left = sum(1 for v in st.values() if v == "queued")
+        err.print(f"[red]{bad} of {len(st)} cells not done[/red]"
+                  + (f" ({left} queued with no job: run the command again to submit them)" if left else ""))
         raise typer.Exit(1)
 
 
@@ -402,6 +500,25 @@ def forget(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name
         shutil.rmtree(runs / key, ignore_errors=True)
     err.print(f"forgot {len(gone)} of {len(cells)} cells of {printable(p.grid.name)} (their trainings are kept: "
               "`sweepdae gc` removes trainings no cell uses)")
+
+
+@app.command(cls=_Command)
+def cancel(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
+           profile: ProfileOpt = None, store: StoreOpt = None,
+           only: Annotated[str | None, typer.Option(help="Only cells whose label matches this regex")] = None) -> None:
+    """Cancel the grid's SLURM jobs (scancel); their unfinished cells stay queued and resume from their
+    checkpoints when `sweepdae run GRID --executor slurm` submits them again."""
+    from sweepdae.runner import select
+    from sweepdae.runner import slurm as sl
+
+    keys = {c.key for c in select(_plan(grid, profile), only)}
+    s = _store(store, create=False)
+    try:
+        jobs, queued = sl.cancel(s, keys)
+    finally:
+        s.close()
+    err.print(f"cancelled {len(jobs)} jobs" + (f" ({', '.join(jobs)})" if jobs else "")
+              + f"; {len(queued)} of their cells queued again", highlight=False)
 
 
 @app.command(cls=_Command)

@@ -41,7 +41,7 @@ else:  # pragma: no cover
 
 MAX_AXIS_VALUES = 1000
 MAX_CELLS = 20_000
-_TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report"}
+_TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report", "slurm"}
 _GRID_KEYS = {"name", "title", "description", "mirrors", "seeds", "default_profile"}
 _REPORT_KEYS = {"rows", "cols", "metrics", "findings"}
 _PROFILE_EXTRA = {"axes", "seeds", "description"}
@@ -87,6 +87,53 @@ class ReportSpec:
     findings: tuple[str, ...] = ()
 
 
+# `[slurm]`: the resources of the grid's jobs on a SLURM cluster (`sweepdae run --executor slurm`); not part of any
+# recipe, so they never change a cell's key. key -> (type, what it means)
+SLURM_KEYS: dict[str, tuple[type, str]] = {
+    "partition": (str, "partition (sbatch --partition)"),
+    "time": (int, "time limit of a job in minutes (sbatch --time)"),
+    "account": (str, "account to charge (sbatch --account)"),
+    "qos": (str, "quality of service (sbatch --qos)"),
+    "constraint": (str, "node features (sbatch --constraint)"),
+    "cpus": (int, "CPUs of a job (sbatch --cpus-per-task)"),
+    "mem_gb": (float, "memory of a job in GB (sbatch --mem)"),
+    "gpus": (int, "GPUs of a job (sbatch --gres=gpu:N; default --gpus-per-cell)"),
+    "max_requeues": (int, "how many times a job that reaches its time limit is requeued"),
+}
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """A grid's `[slurm]` table: options for every job, and per axis value (`[slurm.by.AXIS."LABEL"]`) options for
+    the jobs of the cells at that value (a bigger model needs more time and GPUs)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    by: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # axis name -> label -> options
+
+
+def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
+    """Validated SLURM options of a table (`error(key, message)` makes the exception to raise)."""
+    if not isinstance(t, dict):
+        raise error(key, f"must be a table, got {_tname(t)}")
+    out: dict[str, Any] = {}
+    for k, v in t.items():
+        if k not in SLURM_KEYS:
+            raise error(f"{key}.{k}", f"unknown key{suggest(k, SLURM_KEYS)}; valid: {', '.join(sorted(SLURM_KEYS))}")
+        typ, what = SLURM_KEYS[k]
+        if typ is str:
+            if not isinstance(v, str) or not v.strip() or any(c in v for c in "\n\r\0"):
+                raise error(f"{key}.{k}", f"must be a non-empty one-line string: the {what}")
+        else:
+            number = isinstance(v, int) or (typ is float and isinstance(v, float))
+            if isinstance(v, bool) or not number or not v >= (0 if k in ("gpus", "max_requeues") else 1) \
+                    or v > 10**7:
+                least = 0 if k in ("gpus", "max_requeues") else 1
+                kind = "an integer" if typ is int else "a number"
+                raise error(f"{key}.{k}", f"must be {kind} >= {least}: the {what}; got {v!r}"[:200])
+        out[k] = v
+    return out
+
+
 @dataclass(frozen=True)
 class Grid:
     """A validated grid file."""
@@ -106,6 +153,7 @@ class Grid:
     profiles: dict[str, Profile]
     report: ReportSpec
     source: str = field(repr=False, default="")
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
 
 
 class _Ctx:
@@ -240,7 +288,8 @@ def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
             raise ctx.error("grid.default_profile", f"no profile {default_profile!r}; defined: "
                             + (", ".join(profiles) or "none"))
     report = _report(doc.get("report", {}), axes, ctx)
-    return Grid(path=ctx.path, name=name, title=_str(g.get("title", name), "grid.title", ctx),
+    slurm = _slurm(doc.get("slurm", {}), axes, ctx)
+    return Grid(path=ctx.path, name=name, title=_str(g.get("title", name), "grid.title", ctx), slurm=slurm,
                 description=_str(g.get("description", ""), "grid.description", ctx),
                 mirrors=_str(g.get("mirrors", ""), "grid.mirrors", ctx), seeds=seeds,
                 default_profile=default_profile, base=base, axes=tuple(axes), trajectory=trajectory,
@@ -613,6 +662,26 @@ def _kept_labels(t: dict[str, Any], axis: Axis, key: str, ctx: _Ctx) -> tuple[tu
     if not isinstance(vals, list) or len(vals) != len(labels):
         raise ctx.error(f"{key}.values", f"must be an array of {len(labels)} values, one per label")
     return tuple(labels), vals
+
+
+def _slurm(v: Any, axes: list[Axis], ctx: _Ctx) -> SlurmSpec:
+    t = dict(_table(v, "slurm", ctx))
+    by_t = t.pop("by", {})
+    options = check_slurm_options(t, "slurm", ctx.error)
+    by: dict[str, dict[str, dict[str, Any]]] = {}
+    for axis_name, per_label in _table(by_t, "slurm.by", ctx).items():
+        axis = next((a for a in axes if a.name == axis_name), None)
+        if axis is None:
+            names = [a.name for a in axes]
+            raise ctx.error(f"slurm.by.{axis_name}", f"no axis {axis_name!r}{suggest(axis_name, names)}; axes: "
+                            + (", ".join(names) or "none"))
+        for label, opts in _table(per_label, f"slurm.by.{axis_name}", ctx).items():
+            if label not in axis.labels:
+                raise ctx.error(f"slurm.by.{axis_name}.{label}", f"no label {label!r} on axis {axis_name!r}; its "
+                                "labels: " + ", ".join(axis.labels))
+            by.setdefault(axis_name, {})[label] = check_slurm_options(opts, f"slurm.by.{axis_name}.{label}",
+                                                                      ctx.error)
+    return SlurmSpec(options=options, by=by)
 
 
 def _report(v: Any, axes: list[Axis], ctx: _Ctx) -> ReportSpec:

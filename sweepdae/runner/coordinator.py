@@ -13,11 +13,12 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, RECIPE, RESULT, classify_exit, train_dir
+from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, INTERRUPTIONS, RECIPE, RESULT, STOP, classify_exit, train_dir
 from sweepdae.errors import StoreUnavailable
 from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
@@ -112,6 +113,8 @@ class Options:
     forever: bool = False
     poll_s: float = 0.2
     env: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None  # how this coordinator signs its claims (default host:pid; a SLURM job adds its id)
+    dead_owner: Callable[[str], bool] | None = None  # also certainly gone (beside this host's dead processes)
 
 
 class Coordinator:
@@ -121,13 +124,15 @@ class Coordinator:
         self.store = PatientStore(store, view)
         self.opts = opts
         self.view = view
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = opts.owner or f"{socket.gethostname()}:{os.getpid()}"
         self.running: dict[int, Running] = {}  # slot index -> running cell
         self.waiting: dict[str, Waiting] = {}  # cell key -> claimed cell waiting for its training
         self.blocked: dict[str, float] = {}  # train_key -> until when its cells are not claimed (inf: for good)
         self.parked: dict[str, str] = {}  # cell key -> why it was given back (its training lives elsewhere)
         self._last_wait_poll = 0.0
         self.stopping = 0  # 1 after the first Ctrl-C, 2 after the second
+        self.preempt_deadline: float | None = None  # set by `preempt`: running cells are killed after it
+        self._killed_late = False
         self.failed_for_good: list[str] = []
         self.done: list[str] = []
         self._last_reap = 0.0
@@ -158,8 +163,31 @@ class Coordinator:
         else:
             raise KeyboardInterrupt
 
+    def preempt(self, grace_s: float = 60.0, why: str = "asked to give the node back") -> None:
+        """Give the machine back soon (SLURM's pre-timeout signal, a preemption, `scontrol requeue`): claim nothing
+        more; a cell that is training checkpoints at its next step and exits (its folder's STOP file), one that is
+        evaluating stops now (its training is safe on disk); whatever still runs after `grace_s` is killed. Every
+        one of them is queued again and resumes from its checkpoint. Safe to call from a signal handler."""
+        if self.preempt_deadline is not None:
+            return
+        self.preempt_deadline = time.time() + grace_s
+        self.stopping = max(self.stopping, 1)
+        self.view.message(f"{why}: no new cells; running cells checkpoint and stop")
+        for r in list(self.running.values()):
+            try:
+                (r.run_dir / STOP).touch()
+            except OSError:
+                r.handle.signal(signal.SIGINT)
+                continue
+            if r.last_event.get("phase") != "train" or r.last_event.get("reused_training"):
+                r.handle.signal(signal.SIGINT)
+
     def _loop(self) -> None:
         while True:
+            if self.preempt_deadline is not None and not self._killed_late and time.time() > self.preempt_deadline:
+                self._killed_late = True
+                for r in self.running.values():
+                    r.handle.signal(signal.SIGKILL)
             # running cells first: their heartbeats renew the leases before the reaper looks (after a store outage
             # longer than the lease, the reaper would otherwise requeue cells that are still running here)
             for idx, r in list(self.running.items()):
@@ -170,9 +198,9 @@ class Coordinator:
             now = time.time()
             if now - self._last_reap > REAP_EVERY_S:
                 self._last_reap = now
-                for key in self.store.reap_stale(dead_owner=_dead_local_owner):
+                for key in self.store.reap_stale(dead_owner=self._dead_owner):
                     self.view.message(f"requeued stale cell {key[:10]} (its coordinator stopped)")
-                for tk in self.store.reap_stale_trainings(dead_owner=_dead_local_owner):
+                for tk in self.store.reap_stale_trainings(dead_owner=self._dead_owner):
                     self.view.message(f"training {tk[:10]} freed (its trainer stopped)")
             self._beat_waiting(now)
             if not self.stopping and not (self.opts.fail_fast and self.failed_for_good):
@@ -199,6 +227,9 @@ class Coordinator:
                         return
                     time.sleep(2.0)
             time.sleep(self.opts.poll_s)
+
+    def _dead_owner(self, owner: str) -> bool:
+        return _dead_local_owner(owner) or (self.opts.dead_owner is not None and self.opts.dead_owner(owner))
 
     # -- trainings -----------------------------------------------------------------------------------------------
     def _train_key(self, claim: Claim) -> str:
@@ -320,6 +351,7 @@ class Coordinator:
     def _start(self, claim: Claim, slot: Slot, train_key: str = "", train_claim: Claim | None = None) -> None:
         run_dir = self.opts.runs_dir / claim.key
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / STOP).unlink(missing_ok=True)  # an earlier attempt's stop request is not this one's
         overrides = dict(claim.recipe_overrides or {})
         recipe = claim.recipe  # the store merged the attempt's overrides (e.g. a halved micro-batch) into it
         atomic_write_json(run_dir / RECIPE, {"key": claim.key, "label": claim.label, "recipe": recipe,
@@ -396,7 +428,7 @@ class Coordinator:
             return
         failure = _read_json(r.run_dir / FAILURE) or {}
         cls, retryable = classify_exit(rc, failure, interrupted=interrupted or bool(self.stopping))
-        interrupted = interrupted or bool(self.stopping) or cls == "killed"
+        interrupted = interrupted or bool(self.stopping) or cls in INTERRUPTIONS
         attempt = int(getattr(r.claim, "attempt", 1))
         overrides: dict[str, Any] | None = {}
         if cls == "oom":
@@ -428,8 +460,9 @@ def _stored_run_dir(run_dir: Path, runs_dir: Path) -> str:
 
 
 def _dead_local_owner(owner: str) -> bool:
-    """A coordinator of this host whose process is gone (killed): its cells need not wait for the lease."""
-    host, _, pid = owner.rpartition(":")
+    """A coordinator of this host whose process is gone (killed): its cells need not wait for the lease. An owner
+    is `host:pid`, or `tag@host:pid` (a SLURM job's coordinator: `slurm-<job id>.<restart>@host:pid`)."""
+    host, _, pid = owner.rpartition("@")[2].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:

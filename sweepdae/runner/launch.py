@@ -68,9 +68,17 @@ def launch_accelerate(run_dir: Path, slot: Slot, *, env: dict[str, str], ports_i
     full_env = cell_env(slot, env)
     full_env.setdefault("OMP_NUM_THREADS", env.get("SWEEPDAE_CPU_THREADS") or str(os.cpu_count() or 1)
                         if not slot.gpus else "4")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    # the launcher ignores SIGTERM / SIGUSR2 (SLURM signals every process of a job): it waits for the cell, which
+    # installs its own handlers, checkpoints and exits (the ignore is inherited through exec until replaced)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
+                            preexec_fn=_ignore_stop_signals)
     log.close()
     return ProcHandle(proc, port)
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 @dataclass

@@ -15,18 +15,38 @@ from rich.text import Text
 from sweepdae.errors import printable
 
 
+def cell_jobs(store: Any, keys: list[str] | None) -> dict[str, dict[str, Any]]:
+    """key -> the SLURM job that runs (or ran) it, with its state; {} when the store never submitted one."""
+    if not store.jobs():
+        return {}
+    from sweepdae.runner.slurm import job_of_cells
+
+    return job_of_cells(store, keys)
+
+
 def status_table(store: Any, keys: list[str] | None) -> tuple[Table, dict[str, int]]:
     df = store.cells(keys)
+    jobs = cell_jobs(store, keys)
     t = Table(title="cells", title_justify="left")
     for col in ("cell", "key", "status", "attempts", "probe top-1", "kNN top-1", "FID", "failure"):
         t.add_column(col)
+    if jobs:  # beside each queued or running cell: its SLURM job, the job's state and its log
+        t.add_column("slurm job")
+        t.add_column("log", overflow="fold")
     counts: dict[str, int] = {}
     for _, row in df.iterrows():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         # a label is grid input: shown as plain text (no Rich markup), escaped like every echoed input
-        t.add_row(Text(printable(str(row["label"]))), str(row["key"])[:12], str(row["status"]),
-                  str(row.get("attempts", "")), _num(row.get("metric.probe_top1")), _num(row.get("metric.knn_top1")),
-                  _num(row.get("metric.fid")), str(row.get("failure_class") or ""))
+        cols: list[Any] = [Text(printable(str(row["label"]))), str(row["key"])[:12], str(row["status"]),
+                           str(row.get("attempts", "")), _num(row.get("metric.probe_top1")),
+                           _num(row.get("metric.knn_top1")), _num(row.get("metric.fid")),
+                           str(row.get("failure_class") or "")]
+        if jobs:
+            job = jobs.get(str(row["key"])) if row["status"] in ("queued", "running") else None
+            log = str(job.get("log", "")) if job else ""
+            cols += [f"{job['job_id']} {job['state']}" if job else "",
+                     Text(log, style=f"link file://{log}") if log else ""]
+        t.add_row(*cols)
     if keys is not None:
         missing = len(set(keys)) - len(df)
         if missing > 0:
@@ -53,6 +73,11 @@ def show_status(store: Any, keys: list[str] | None, *, as_json: bool, watch: boo
         if as_json:
             df = store.cells(keys)
             rows = json.loads(df.drop(columns=[c for c in ("recipe",) if c in df.columns]).to_json(orient="records"))
+            jobs = cell_jobs(store, keys)
+            for row in rows:
+                job = jobs.get(row["key"])
+                if job:
+                    row["slurm_job"] = {"job_id": job["job_id"], "state": job["state"], "log": job.get("log")}
             sys.stdout.write(json.dumps({"cells": rows, "counts": status_table(store, keys)[1]}, indent=1) + "\n")
             return
         if not watch:

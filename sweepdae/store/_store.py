@@ -170,6 +170,26 @@ class Store:
         found = [v for k, v in attrs.items() if k.startswith("grid:") and isinstance(v, dict)]
         return sorted(found, key=lambda g: (str(g.get("name")), str(g.get("profile"))))
 
+    # ------------------------------------------------------------------ cluster jobs
+    @guarded
+    def record_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        """Remember jobs submitted to a cluster (`sweepdae run --executor slurm`), each a dict with at least
+        `job_id` and `keys` (the cells it runs); kept as study user attr `job:<job_id>`, so that every machine
+        sharing the store sees which job holds which cell (`status`, `cancel`, a rerun that must not submit twice).
+        """
+        for job in jobs:
+            if not isinstance(job.get("job_id"), str) or not isinstance(job.get("keys"), list):
+                raise ValueError(f"a job needs a string job_id and a list of keys: {job!r:.200}")
+            jsonable(job, f"job {job['job_id']}")
+            self._storage.set_study_user_attr(self._study_id, f"job:{job['job_id']}", json.loads(json.dumps(job)))
+
+    @guarded
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every recorded cluster job, oldest submission first."""
+        attrs = self._storage.get_study_user_attrs(self._study_id)
+        found = [v for k, v in attrs.items() if k.startswith("job:") and isinstance(v, dict)]
+        return sorted(found, key=lambda j: (float(j.get("submitted") or 0), str(j.get("job_id"))))
+
     # ------------------------------------------------------------------ queue
     @guarded
     def enqueue(self, cells: list[dict[str, Any]]) -> dict[str, str]:
