@@ -262,6 +262,23 @@ def test_run_exits_1_when_a_cell_is_not_done(grid: Path, store_url: str, monkeyp
     assert r.exit_code == 1 and "1 of 2 cells not done" in r.output, r.output
 
 
+def test_ctrl_c_in_one_grid_stops_the_whole_sweep(tmp_path: Path, grid: Path, store_url: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stops the grid being run and the grids after it (it once went on with the next grid)."""
+    second = tmp_path / "cli2.toml"
+    second.write_text(GRID.replace('name = "cli"', 'name = "cli2"'))
+    ran: list[str] = []
+
+    def fake_run_plan(store: Any, plan: Any, **kw: Any) -> RunSummary:
+        ran.append(plan.grid.name)
+        return RunSummary(total=2, cached=0, done=[], failed=[], statuses={c.key: "queued" for c in plan.cells},
+                          interrupted=True)
+
+    monkeypatch.setattr("sweepdae.runner.run_plan", fake_run_plan)
+    r = CliRunner().invoke(app, ["run", str(grid), str(second), "--store", store_url])
+    assert ran == ["cli"] and r.exit_code == 1, (ran, r.output)
+
+
 def test_run_refuses_a_bad_launcher_before_anything_runs(grid: Path, store_url: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sweepdae.runner.run_plan", lambda *a, **k: pytest.fail("launched"))

@@ -266,8 +266,10 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
 
         for p in plans:  # every grid of the sweep is in `status` and `report` from the start, pending cells too
             register_plan(s, p)
+        stopped = False
         for p, cells in zip(plans, chosen, strict=True):
-            if fail_fast and failed:  # the grids after a failure are not started; their cells count as they are
+            if (fail_fast and failed) or stopped:  # the grids after a failure or Ctrl-C are not started; their
+                # cells count as they are
                 statuses.update({k: v for k, v in s.status([c.key for c in cells]).items() if k not in statuses})
                 continue
             if not cells:
@@ -277,6 +279,7 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
                                launcher=launcher, plain=plain)
             statuses.update(summary.statuses)
             failed = failed or not summary.ok
+            stopped = summary.interrupted
         from sweepdae.runner.status import summary_table
 
         keys = sorted({c.key for cells in chosen for c in cells})

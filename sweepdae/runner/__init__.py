@@ -25,6 +25,7 @@ class RunSummary:
     done: list[str]
     failed: list[str]
     statuses: dict[str, str]
+    interrupted: bool = False  # Ctrl-C (or a preemption) stopped it: a sweep of several grids stops too
 
     @property
     def ok(self) -> bool:
@@ -89,7 +90,7 @@ def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "au
     _say_parked(coord)
     statuses = store.status(sorted(keys))
     return RunSummary(total=len(cells), cached=cached, done=coord.done, failed=coord.failed_for_good,
-                      statuses=statuses)
+                      statuses=statuses, interrupted=bool(coord.stopping))
 
 
 def _say_parked(coord: Coordinator) -> None:
