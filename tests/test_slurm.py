@@ -155,9 +155,11 @@ def test_scancel_mid_cell_then_the_next_run_resubmits_and_finishes_it(tmp_path: 
     assert json.loads((run_dir / "result.json").read_text())["steps"] == 8 * 22
 
 
-def test_requeue_resumes_the_cell_from_its_checkpoint(tmp_path: Path, sweepdae: Any, pg_url: str) -> None:
-    """`scontrol requeue` signals the job (SIGTERM): the training checkpoints at its next step, the job is
-    requeued, and its next run resumes that checkpoint (mid-epoch) instead of starting over."""
+@pytest.mark.parametrize("how", ["scontrol requeue", "pre-timeout USR2"])
+def test_requeue_resumes_the_cell_from_its_checkpoint(tmp_path: Path, sweepdae: Any, pg_url: str, how: str) -> None:
+    """`scontrol requeue` (SIGTERM to the job; SLURM requeues it) or submitit's pre-timeout signal (USR2; the job
+    requeues itself through submitit): the training checkpoints at its next step, and the job's next run resumes
+    that checkpoint (mid-epoch) instead of starting over."""
     grid = _grid(tmp_path, "requeueme", epochs=8)
     r = sweepdae(tmp_path, "run", str(grid), *JOB, store=pg_url)
     assert r.returncode == 0, r.stderr
@@ -166,7 +168,10 @@ def test_requeue_resumes_the_cell_from_its_checkpoint(tmp_path: Path, sweepdae: 
     job = _job_of(pg_url, key)
     run_dir = tmp_path / "runs" / key
     _wait_for("training past 2 epochs", lambda: any(e.get("step", 0) >= 50 for e in _train_events(run_dir)))
-    subprocess.run(["scontrol", "requeue", job], check=True)
+    if how == "scontrol requeue":
+        subprocess.run(["scontrol", "requeue", job], check=True)
+    else:  # what SLURM sends 90 s before the time limit (submitit's --signal=USR2@90), as submitit's own tests do
+        subprocess.run(["scancel", job, "--signal", "USR2"], check=True)
     stopped = _wait_for("the stop checkpoint", lambda: [e for e in _train_events(run_dir) if "stopped_at_step" in e],
                         timeout=30)[0]
     _wait_for("the job to be pending again", lambda: "PENDING" in subprocess.run(
