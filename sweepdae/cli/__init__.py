@@ -411,6 +411,70 @@ def _dry_run(url: str | None, chosen: list[tuple[Any, list[Any]]], slots: list[A
 
 
 @app.command(cls=_Command)
+def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
+         trials: Annotated[int, typer.Option("--trials", help="Complete trials wanted in the study, in all")],
+         profile: ProfileOpt = None, store: StoreOpt = None,
+         metric: Annotated[str | None, typer.Option(help="What to optimise (a cell metric) [default: the grid's "
+                                                    "[tune] metric, else probe_top1]")] = None,
+         direction: Annotated[str | None, typer.Option(help="maximize or minimize [default: from the metric: FID "
+                                                       "and losses minimise, accuracies maximise]")] = None,
+         sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
+         seed: Annotated[int | None, typer.Option("--seed", help="The sampler's seed (the cells' seeds are the "
+                                                  "grid's)")] = None,
+         gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
+         gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell (one process each)")] = 1,
+         cells_per_gpu: Annotated[int, typer.Option(help="Cells packed on one GPU")] = 1,
+         cpu_cells: Annotated[int, typer.Option(help="Concurrent cells without a GPU")] = 1,
+         max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure")] = 1,
+         launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
+         plain: Annotated[bool | None, typer.Option("--plain/--live", help="Line output / live view")] = None,
+         runs_dir: RunsOpt = None) -> None:
+    """Adaptive search (Optuna) over the grid's axes, or its [tune.params] ranges: each trial runs the grid's seeds
+    and scores their mean. Cells are the ones `run` makes: a recipe already done is reused, never trained again."""
+    from sweepdae.grid import load_grid
+    from sweepdae.metrics import METRICS
+    from sweepdae.runner import run_cells
+    from sweepdae.runner import tune as tn
+
+    if trials < 1:
+        raise SweepdaeError(f"--trials: expected an integer >= 1, got {trials}")
+    if launcher not in ("auto", "accelerate", "fork"):
+        raise SweepdaeError(f"--launcher: expected auto, accelerate or fork, got {launcher!r}")
+    if sampler not in tn.SAMPLERS:
+        raise SweepdaeError(f"--sampler: expected one of {', '.join(tn.SAMPLERS)}, got {sampler!r}")
+    g = load_grid(grid_path(grid))
+    space = tn.search_space(g, profile)
+    metric = metric or g.tune.metric or "probe_top1"
+    if metric not in METRICS:
+        raise SweepdaeError(f"--metric: unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    direction = direction or g.tune.direction or tn.default_direction(metric)
+    if direction not in ("maximize", "minimize"):
+        raise SweepdaeError(f"--direction: expected maximize or minimize, got {direction!r}")
+    s = _store(store)
+    n = 0
+
+    def run(cells: list[Any]) -> Any:
+        nonlocal n
+        n += 1
+        return run_cells(s, cells, grid=g.name, profile=space.profile, title=f"{g.name} tune trial {n}", gpus=gpus,
+                         gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells,
+                         max_retries=max_retries, runs_dir=runs_dir, launcher=launcher, plain=plain)
+
+    try:
+        summary = tn.tune(s, space, trials=trials, metric=metric, direction=direction, sampler=sampler, seed=seed,
+                          run_cells=run, say=lambda m: err.print(m, markup=False, highlight=False))
+    finally:
+        s.close()
+    best = (f"best {metric} {summary.best_value:.2f} at "
+            + " ".join(f"{k}={v}" for k, v in summary.best_params.items())) if summary.best_value is not None else \
+        "no complete trial yet"
+    err.print(f"{summary.study}: {summary.completed} complete, {summary.pruned} pruned, {summary.failed} failed; "
+              f"{best}", markup=False, highlight=False)
+    if summary.stopped:
+        raise typer.Exit(130)
+
+
+@app.command(cls=_Command)
 def worker(store: StoreOpt = None,
            gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
            gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell")] = 1,

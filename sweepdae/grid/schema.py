@@ -23,6 +23,8 @@ Nothing a grid sets is silently dropped: a knob that the expansion would overwri
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -41,7 +43,10 @@ else:  # pragma: no cover
 
 MAX_AXIS_VALUES = 1000
 MAX_CELLS = 20_000
-_TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report", "slurm"}
+_TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report", "slurm", "tune"}
+_TUNE_KEYS = {"metric", "direction", "params"}
+_TUNE_PARAM_KEYS = {"int": {"type", "low", "high", "step", "log"}, "float": {"type", "low", "high", "step", "log"},
+                    "categorical": {"type", "choices"}}
 _GRID_KEYS = {"name", "title", "description", "mirrors", "seeds", "default_profile"}
 _REPORT_KEYS = {"rows", "cols", "metrics", "findings"}
 _PROFILE_EXTRA = {"axes", "seeds", "description"}
@@ -135,6 +140,29 @@ def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class TuneParam:
+    """A `[tune.params]` range of one knob: int or float in [low, high] (log-uniform when `log`, on a grid of
+    `step` when given), or a categorical over `choices`."""
+
+    kind: str  # "int" | "float" | "categorical"
+    low: float = 0
+    high: float = 0
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """A grid's `[tune]` table: the default metric and direction of `sweepdae tune`, and ranges that replace the
+    axes setting the same knobs (knob path -> range)."""
+
+    metric: str | None = None
+    direction: str | None = None
+    params: dict[str, TuneParam] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Grid:
     """A validated grid file."""
 
@@ -154,6 +182,7 @@ class Grid:
     report: ReportSpec
     source: str = field(repr=False, default="")
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    tune: TuneSpec = field(default_factory=TuneSpec)
 
 
 class _Ctx:
@@ -289,7 +318,8 @@ def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
                             + (", ".join(profiles) or "none"))
     report = _report(doc.get("report", {}), axes, ctx)
     slurm = _slurm(doc.get("slurm", {}), axes, ctx)
-    return Grid(path=ctx.path, name=name, title=_str(g.get("title", name), "grid.title", ctx), slurm=slurm,
+    tune = _tune(doc.get("tune", {}), ctx)
+    return Grid(path=ctx.path, name=name, title=_str(g.get("title", name), "grid.title", ctx), slurm=slurm, tune=tune,
                 description=_str(g.get("description", ""), "grid.description", ctx),
                 mirrors=_str(g.get("mirrors", ""), "grid.mirrors", ctx), seeds=seeds,
                 default_profile=default_profile, base=base, axes=tuple(axes), trajectory=trajectory,
@@ -682,6 +712,85 @@ def _slurm(v: Any, axes: list[Axis], ctx: _Ctx) -> SlurmSpec:
             by.setdefault(axis_name, {})[label] = check_slurm_options(opts, f"slurm.by.{axis_name}.{label}",
                                                                       ctx.error)
     return SlurmSpec(options=options, by=by)
+
+
+def _tune(v: Any, ctx: _Ctx) -> TuneSpec:
+    t = _table(v, "tune", ctx)
+    for k in t:
+        if k not in _TUNE_KEYS:
+            raise ctx.error(f"tune.{k}", f"unknown key{suggest(k, _TUNE_KEYS)}; valid: {', '.join(sorted(_TUNE_KEYS))}")
+    metric = t.get("metric")
+    if metric is not None and (not isinstance(metric, str) or metric not in METRICS):
+        raise ctx.error("tune.metric", f"unknown metric {metric!r}{suggest(str(metric), METRICS)}; valid: "
+                        + ", ".join(METRICS))
+    direction = t.get("direction")
+    if direction is not None and direction not in ("maximize", "minimize"):
+        raise ctx.error("tune.direction", f"must be \"maximize\" or \"minimize\", got {direction!r}")
+    params: dict[str, TuneParam] = {}
+    for path, spec in _param_tables(_table(t.get("params", {}), "tune.params", ctx), ""):
+        params[path] = _tune_param(path, spec, f"tune.params.{path}", ctx)
+    return TuneSpec(metric=metric, direction=direction, params=params)
+
+
+def _param_tables(t: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """`"model.size" = {...}` and `model.size = {...}` (nested tables) alike: knob path -> its range table."""
+    out: list[tuple[str, Any]] = []
+    for k, v in t.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and "type" not in v and path not in KNOBS:
+            out.extend(_param_tables(v, path + "."))
+        else:
+            out.append((path, v))
+    return out
+
+
+def _tune_param(path: str, spec: Any, key: str, ctx: _Ctx) -> TuneParam:
+    _no_seed(path, key, ctx)
+    if path not in KNOBS:
+        raise ctx.error(key, f"unknown knob {path!r}{suggest(path, KNOBS)}")
+    if not isinstance(spec, dict):
+        raise ctx.error(key, 'must be a table like { type = "int", low = 2, high = 32 }, got ' + _tname(spec))
+    kind = spec.get("type")
+    if kind not in _TUNE_PARAM_KEYS:
+        raise ctx.error(f"{key}.type", f"must be \"int\", \"float\" or \"categorical\", got {kind!r}")
+    for k in spec:
+        if k not in _TUNE_PARAM_KEYS[kind]:
+            raise ctx.error(f"{key}.{k}", f"unknown key for a {kind} range; valid: "
+                            + ", ".join(sorted(_TUNE_PARAM_KEYS[kind])))
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ctx.error(f"{key}.choices", "must be a non-empty array of the knob's values")
+        checked = [_check_knob(path, c, f"{key}.choices", ctx) for c in choices]
+        if len({json.dumps(c, sort_keys=True) for c in checked}) != len(checked):
+            raise ctx.error(f"{key}.choices", "must not repeat a value")
+        if not all(isinstance(c, (str, int, float, bool)) or c is None for c in checked):
+            raise ctx.error(f"{key}.choices", "must hold strings, numbers or booleans")
+        return TuneParam(kind=kind, choices=tuple(checked))
+    typ = int if kind == "int" else (int, float)
+    bounds = {}
+    for b in ("low", "high"):
+        x = spec.get(b)
+        if isinstance(x, bool) or not isinstance(x, typ) or not math.isfinite(x):
+            raise ctx.error(f"{key}.{b}", f"must be {'an integer' if kind == 'int' else 'a number'}, got {x!r}"[:200])
+        got = _check_knob(path, int(x) if kind == "int" else float(x), f"{key}.{b}", ctx)
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            raise ctx.error(key, f"knob {path!r} takes {type(got).__name__} values: give it a categorical")
+        bounds[b] = x
+    if not bounds["low"] < bounds["high"]:
+        raise ctx.error(key, f"low ({bounds['low']}) must be below high ({bounds['high']})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ctx.error(f"{key}.log", f"must be true or false, got {log!r}")
+    step = spec.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, typ) or not step > 0:
+            raise ctx.error(f"{key}.step", f"must be a positive {'integer' if kind == 'int' else 'number'}")
+        if log:
+            raise ctx.error(f"{key}.step", "a log range takes no step (Optuna samples it continuously)")
+    if log and not bounds["low"] > 0:
+        raise ctx.error(f"{key}.low", "a log range needs low > 0")
+    return TuneParam(kind=kind, low=bounds["low"], high=bounds["high"], step=step, log=log)
 
 
 def _report(v: Any, axes: list[Axis], ctx: _Ctx) -> ReportSpec:

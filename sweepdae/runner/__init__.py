@@ -14,8 +14,8 @@ from sweepdae.runner.coordinator import Coordinator, Options
 from sweepdae.runner.slots import Slot, detect_gpus, free_port, make_slots, parse_gpus
 from sweepdae.runner.view import View, make_view
 
-__all__ = ["Coordinator", "Options", "RunSummary", "Slot", "detect_gpus", "enqueue_plan", "free_port", "make_slots",
-           "parse_gpus", "register_plan", "run_plan", "run_worker", "runs_dir_for"]
+__all__ = ["Coordinator", "Options", "RunSummary", "Slot", "detect_gpus", "enqueue_cells", "enqueue_plan", "free_port",
+           "make_slots", "parse_gpus", "register_plan", "run_cells", "run_plan", "run_worker", "runs_dir_for"]
 
 
 @dataclass
@@ -62,8 +62,28 @@ def register_plan(store: Any, plan: Plan) -> None:
 def enqueue_plan(store: Any, plan: Plan, cells: list[Any]) -> dict[str, str]:
     """Register the grid and enqueue its cells that are not done, queued or running (dedup by key)."""
     register_plan(store, plan)
-    return store.enqueue([{"key": c.key, "label": c.label, "recipe": c.recipe.to_dict(), "grid": plan.grid.name,
-                           "profile": plan.profile or "", "train_key": c.train_key} for c in cells])
+    return enqueue_cells(store, cells, grid=plan.grid.name, profile=plan.profile, params=cell_params(plan))
+
+
+def cell_params(plan: Plan) -> dict[str, dict[str, Any]]:
+    """key -> the cell's grid coordinates as the store turns them into Optuna params (what optuna-dashboard shows):
+    `<grid>/<profile>/<axis>` -> {value: its label, choices: the axis' labels under the profile}, seed included."""
+    prefix = f"{plan.grid.name}/{plan.profile or 'base'}/"
+    choices: dict[str, list[str]] = {}
+    for c in plan.cells:
+        for name, label in c.coords.items():
+            if label not in choices.setdefault(name, []):
+                choices[name].append(label)
+    return {c.key: {prefix + name: {"value": label, "choices": choices[name]} for name, label in c.coords.items()}
+            for c in plan.cells}
+
+
+def enqueue_cells(store: Any, cells: list[Any], *, grid: str, profile: str | None,
+                  params: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """Enqueue cells that are not done, queued or running (dedup by key); key -> what happened."""
+    return store.enqueue([{"key": c.key, "label": c.label, "recipe": c.recipe.to_dict(), "grid": grid,
+                           "profile": profile or "", "train_key": c.train_key,
+                           **({"params": params[c.key]} if params and c.key in params else {})} for c in cells])
 
 
 def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "auto", gpus_per_cell: int = 1,
@@ -72,12 +92,24 @@ def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "au
              view: View | None = None) -> RunSummary:
     """`sweepdae run`: enqueue, then coordinate until every selected cell is done or failed for good."""
     cells = select(plan, only)
+    register_plan(store, plan)
+    return run_cells(store, cells, grid=plan.grid.name, profile=plan.profile, params=cell_params(plan),
+                     title=f"{plan.grid.name} ({plan.profile or 'base'})", gpus=gpus, gpus_per_cell=gpus_per_cell,
+                     cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells, max_retries=max_retries, fail_fast=fail_fast,
+                     runs_dir=runs_dir, launcher=launcher, plain=plain, view=view)
+
+
+def run_cells(store: Any, cells: list[Any], *, grid: str, profile: str | None, title: str, gpus: str = "auto",
+              gpus_per_cell: int = 1, cells_per_gpu: int = 1, cpu_cells: int = 1, max_retries: int = 1,
+              fail_fast: bool = False, runs_dir: str | None = None, launcher: str = "auto",
+              plain: bool | None = None, view: View | None = None, close_view: bool = True,
+              params: dict[str, dict[str, Any]] | None = None) -> RunSummary:
+    """Enqueue `cells` (of grid `grid`) and coordinate until each is done or failed for good (`run`, `tune`)."""
     slots = make_slots(parse_gpus(gpus, detect_gpus() if gpus == "auto" else None), gpus_per_cell=gpus_per_cell,
                        cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells)
-    outcome = enqueue_plan(store, plan, cells)
+    outcome = enqueue_cells(store, cells, grid=grid, profile=profile, params=params)
     cached = sum(1 for v in outcome.values() if v == "cached")
-    view = view or make_view(total=len(cells), cached=cached, title=f"{plan.grid.name} ({plan.profile or 'base'})",
-                             plain=plain)
+    view = view or make_view(total=len(cells), cached=cached, title=title, plain=plain)
     if cached:
         view.message(f"{cached} of {len(cells)} cells already done (cached), not run again")
     keys = {c.key for c in cells}
@@ -86,7 +118,8 @@ def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "au
     try:
         coord.run()
     finally:
-        view.close()
+        if close_view:
+            view.close()
     _say_parked(coord)
     statuses = store.status(sorted(keys))
     return RunSummary(total=len(cells), cached=cached, done=coord.done, failed=coord.failed_for_good,

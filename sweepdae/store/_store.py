@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -81,8 +82,10 @@ class Store:
       Every COMPLETE of a key is the exclusive finish of the one trial a claim may keep running (the lowest
       unfinished of its key), so a key never gets two COMPLETE trials. (If a take-over and the retry's own
       completion happen within milliseconds, `metrics` and `info` may come from the two different runs.)
-    * COMPLETE needs a finite objective value: `metrics["objective"]` when given and finite, else 0.0. The
-      study direction is "maximize"; nothing in sweepdae reads the value, the metrics are in `user_attrs`.
+    * COMPLETE needs a finite objective value: `metrics["objective"]` when given and finite, else the linear
+      probe's top-1 (`probe_top1`, the paper's readout), else 0.0. The study direction is "maximize"; nothing in
+      sweepdae reads the value (the metrics are in `user_attrs`): it is what optuna-dashboard plots. A cell
+      enqueued with `params` (its grid coordinates) gets them as Optuna params when it completes.
     * Storage failures (server down, unreadable journal) raise `StoreError` with one line; the PostgreSQL engine
       uses `pool_pre_ping`, so the same Store keeps working after a server restart.
     """
@@ -190,13 +193,48 @@ class Store:
         found = [v for k, v in attrs.items() if k.startswith("job:") and isinstance(v, dict)]
         return sorted(found, key=lambda j: (float(j.get("submitted") or 0), str(j.get("job_id"))))
 
+    # ------------------------------------------------------------------ tune studies
+    @guarded
+    def tune_study(self, name: str, *, direction: str, sampler: optuna.samplers.BaseSampler | None = None,
+                   attrs: Mapping[str, Any] | None = None) -> optuna.Study:
+        """The Optuna study of a `sweepdae tune` search (created on first use, in this store's storage, beside
+        the cells' study): its trials are real Optuna trials with params and values. `attrs` go to its user
+        attrs. A study's direction is fixed when it is created."""
+        with _QuietOptuna():
+            try:
+                study = optuna.load_study(study_name=name, storage=self._storage, sampler=sampler)
+            except KeyError:
+                study = optuna.create_study(study_name=name, storage=self._storage, sampler=sampler,
+                                            direction=optuna.study.StudyDirection[direction.upper()],
+                                            load_if_exists=True)
+        have = study.direction.name.lower()
+        if have != direction:
+            raise StoreError(f"store {self.url}: study {name!r} was created to {have} its metric; a study keeps its "
+                             f"direction (asked: {direction})")
+        for k, v in (attrs or {}).items():
+            jsonable(v, f"study attr {k}")
+            if study.user_attrs.get(k) != v:
+                study.set_user_attr(k, v)
+        return study
+
+    @guarded
+    def tune_studies(self) -> list[optuna.Study]:
+        """Every `sweepdae tune` study of the store, by name."""
+        from sweepdae.runner.tune import STUDY_PREFIX
+
+        names = sorted(s.study_name for s in self._storage.get_all_studies() if s.study_name.startswith(STUDY_PREFIX))
+        with _QuietOptuna():
+            return [optuna.load_study(study_name=n, storage=self._storage) for n in names]
+
     # ------------------------------------------------------------------ queue
     @guarded
     def enqueue(self, cells: list[dict[str, Any]]) -> dict[str, str]:
         """Queue every cell that is not done, running or queued; return key -> what happened.
 
-        Each cell is a dict with `key`, `label`, `recipe` (dict) and `grid` (name). Results: "cached" (a COMPLETE
-        trial exists), "running", "already-queued", or "queued" (a new WAITING trial, also for failed keys).
+        Each cell is a dict with `key`, `label`, `recipe` (dict) and `grid` (name); optionally `params`, its grid
+        coordinates (name -> {"value": label, "choices": [labels]}), which it gets as Optuna params when done.
+        Results: "cached" (a COMPLETE trial exists), "running", "already-queued", or "queued" (a new WAITING
+        trial, also for failed keys).
         Concurrent calls for the same keys may add duplicate WAITING trials; `claim` resolves them.
         """
         groups = group_by_key(self._trials())
@@ -230,19 +268,22 @@ class Store:
                     reason="enqueue",
                     recipe_overrides={},
                     train_key=cell.get("train_key"),
+                    params=cell.get("params"),
                 )
                 result[key] = "queued"
         return result
 
     def _add_waiting(self, *, key: str, label: str, recipe: dict[str, Any], grid: str | None, attempt: int,
                      retry_of: int | None, reason: str, recipe_overrides: dict[str, Any],
-                     train_key: str | None = None) -> None:
+                     train_key: str | None = None, params: dict[str, Any] | None = None) -> None:
         attrs: dict[str, Any] = {
             "key": key, "label": label, "recipe": recipe, "grid": grid, "attempt": attempt,
             "retry_of": retry_of, "reason": reason, "enqueued": time.time(),
         }
         if train_key:
             attrs["train_key"] = train_key
+        if params:
+            attrs["params"] = params
         if recipe_overrides:
             attrs["recipe_overrides"] = recipe_overrides
         self._study.enqueue_trial(params={}, user_attrs=attrs)
@@ -268,6 +309,7 @@ class Store:
             reason=reason,
             recipe_overrides=overrides,
             train_key=attrs.get("train_key"),
+            params=attrs.get("params"),
         )
         return True
 
@@ -285,15 +327,32 @@ class Store:
 
     def _finish(self, trial_id: int, state: TrialState, attrs: Mapping[str, Any],
                 value: float | None = None) -> bool:
-        """Write `attrs`, then move a RUNNING trial to `state`; False when someone else finished it first."""
+        """Write `attrs`, then move a RUNNING trial to `state`; False when someone else finished it first. A COMPLETE
+        trial also gets its grid coordinates as Optuna params (`_set_params`)."""
         try:
             for name, attr in attrs.items():
                 self._storage.set_trial_user_attr(trial_id, name, attr)
+            if state == TrialState.COMPLETE:
+                self._set_params(trial_id)
             return self._storage.set_trial_state_values(
                 trial_id, state, [value] if value is not None else None
             )
         except UpdateFinishedTrialError:
             return False
+
+    def _set_params(self, trial_id: int) -> None:
+        """The cell's grid coordinates (user attr `params`: name -> {value, choices}, see `enqueue`) as Optuna
+        params, categoricals over the axis labels, so that optuna-dashboard shows each cell where it sits. A name
+        whose choices changed since (the grid file was edited) keeps its older cells' params; this one is skipped."""
+        params = self._storage.get_trial(trial_id).user_attrs.get("params")
+        if not isinstance(params, dict):
+            return
+        for name, p in params.items():
+            try:
+                dist = CategoricalDistribution(list(p["choices"]))
+                self._storage.set_trial_param(trial_id, name, dist.to_internal_repr(p["value"]), dist)
+            except (ValueError, KeyError, TypeError):
+                continue
 
     def _rescue(self, keys: set[str]) -> None:
         """After failing duplicates of `keys`: if a key is left with no COMPLETE, RUNNING or WAITING trial and its
@@ -497,15 +556,15 @@ class Store:
 
         Sets user attrs `metrics` (non-finite values stored as None), `info` (timings, artifact_dir,
         provenance) and `finished`, then tells COMPLETE with value `metrics["objective"]` if given and finite,
-        else 0.0. When the trial is no longer RUNNING (a reaper failed it) the result is not lost: unless the
-        key is done, it is written onto the key's lowest unfinished trial -- its WAITING retry (claimed first)
-        or the retry another worker is running (taken over: that worker's heartbeat and complete then return
-        False) -- or onto a new trial when there is none; `recovered_from` = this claim's trial number.
+        else `probe_top1`, else 0.0. When the trial is no longer RUNNING (a reaper failed it) the result is not
+        lost: unless the key is done, it is written onto the key's lowest unfinished trial -- its WAITING retry
+        (claimed first) or the retry another worker is running (taken over: that worker's heartbeat and complete
+        then return False) -- or onto a new trial when there is none; `recovered_from` = this claim's trial number.
         Returns False, dropping the result, only when the key is already done by another trial.
         """
         clean = clean_metrics(metrics)
         jsonable(info, "info")
-        objective = clean.get("objective")
+        objective = clean.get("objective", clean.get("probe_top1"))
         value = float(objective) if objective is not None else 0.0
         attrs: dict[str, Any] = {"metrics": clean, "info": info, "finished": time.time()}
         if self._finish(claim._trial_id, TrialState.COMPLETE, attrs, value):
@@ -531,7 +590,8 @@ class Store:
                 base = own.user_attrs.get("recipe") if own is not None else None
                 self._add_waiting(key=claim.key, label=claim.label, recipe=base if base is not None else claim.recipe,
                                   grid=claim.grid, attempt=next_attempt(trials), retry_of=claim.number,
-                                  reason="recovered", recipe_overrides=claim.recipe_overrides)
+                                  reason="recovered", recipe_overrides=claim.recipe_overrides,
+                                  params=own.user_attrs.get("params") if own is not None else None)
                 continue
             target = unfinished[0]
             if target.state == TrialState.WAITING:
@@ -620,7 +680,8 @@ class Store:
         base = own.user_attrs.get("recipe") if own is not None else None
         self._add_waiting(key=claim.key, label=claim.label, recipe=base if base is not None else claim.recipe,
                           grid=claim.grid, attempt=claim.attempt, retry_of=claim.number, reason="released",
-                          recipe_overrides=claim.recipe_overrides, train_key=claim.train_key)
+                          recipe_overrides=claim.recipe_overrides, train_key=claim.train_key,
+                          params=own.user_attrs.get("params") if own is not None else None)
         return True
 
     @guarded
