@@ -155,6 +155,9 @@ def test_stop_request_checkpoints_mid_epoch_and_the_resume_is_exact(tmp_path: Pa
                     events=lambda **ev: events.append(ev))
     assert {"resumed_from_epoch": 1, "step": 6, "batch": 2}.items() <= events[0].items()
     assert resumed.step == whole.step == 8 and resumed.resumed_from == 1
+    # the curve too: the stopped run's points come back from the checkpoint (step, loss, lr, grad norm equal)
+    assert [p[0] for p in whole.curve] == list(range(1, 9))
+    assert [p[:4] for p in resumed.curve] == [p[:4] for p in whole.curve]
     for name, p in whole.model.state_dict().items():
         assert torch.equal(p, resumed.model.state_dict()[name]), name
     if whole.ema is not None and resumed.ema is not None:

@@ -57,7 +57,7 @@ def unprintable(text: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- usage errors
 USAGE_ERRORS = {
-    "unknown command": (["tune"], "No such command"),
+    "unknown command": (["bogus"], "No such command"),
     "missing argument": (["plan"], "Missing argument"),
     "unknown option": (["plan", "quickstart", "--bogus"], "No such option: --bogus"),
     "option without value": (["report", "--out"], "'--out' requires an argument"),

@@ -139,8 +139,11 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     cpu = not torch.cuda.is_available()
     device = torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
     micro = recipe.train.micro_batch_size or recipe.train.batch_size
+    tracking, why_not = tracker_options(os.environ.get("SWEEPDAE_TRACKER", "tensorboard"), run_dir.parent)
+    if why_not:
+        events(phase="train", warning=why_not)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision(recipe.train.precision, device),
-                              gradient_accumulation_steps=max(1, recipe.train.batch_size // micro))
+                              gradient_accumulation_steps=max(1, recipe.train.batch_size // micro), **tracking)
     device = accelerator.device
     torch.set_float32_matmul_precision("high")
 
@@ -164,12 +167,17 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
 
     with phase("train", epoch=0, epochs=recipe.train.epochs):
         _STOP.training = True
+        track = _Track(accelerator, run_name(str(spec.get("grid") or "cells"), str(spec.get("label") or key),
+                                             train_key)) if tracking else None
         try:
             trained = ensure_trained(recipe, tokenizer=tokenizer, data=train_set,
                                      train_dir=train_dir(run_dir, train_key), accelerator=accelerator, events=events,
-                                     cell_key=key, stop=lambda: _STOP.signalled or (run_dir / STOP).exists())
+                                     cell_key=key, stop=lambda: _STOP.signalled or (run_dir / STOP).exists(),
+                                     track=track)
         finally:
             _STOP.training = False
+            if track is not None:
+                track.close()
     if not accelerator.is_main_process:
         return {}
     model = trained.model
@@ -208,6 +216,53 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     atomic_write_json(run_dir / RESULT, result)
     events(phase="done", metrics=metrics)
     return result
+
+
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+            "aim": ("aim",)}
+
+
+def tracker_options(name: str, runs_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """Accelerator keyword arguments of the experiment tracker `name` (tensorboard, the default; wandb, mlflow,
+    aim; none), and why it is off when its package is missing. TensorBoard writes under runs/_tensorboard/, so
+    `tensorboard --logdir runs/` shows every training; the others log where their own configuration says."""
+    import importlib.util
+
+    name = name.strip().lower()
+    if name in ("", "none", "off"):
+        return {}, None
+    if name not in TRACKERS:
+        return {}, f"SWEEPDAE_TRACKER={name!r}: unknown tracker (tensorboard, wandb, mlflow, aim or none); not tracked"
+    if not any(importlib.util.find_spec(m) for m in TRACKERS[name]):
+        return {}, f"tracker {name}: package {TRACKERS[name][0]} is not installed; training curves not tracked"
+    return {"log_with": name, "project_dir": str(runs_dir / "_tensorboard")}, None
+
+
+def run_name(grid: str, label: str, train_key: str) -> str:
+    """A training's run in the tracker: `<grid>/<label> <train_key[:8]>` (one folder per training, readable)."""
+    import re
+
+    def clean(s: str) -> str:
+        return re.sub(r"[^\w.=+,-]+", "_", s).strip("_")[:120] or "_"
+
+    return f"{clean(grid)}/{clean(label)}_{train_key[:8]}"
+
+
+class _Track:
+    """The tracker of one training, started on its first point (a training that is only read back logs nothing)."""
+
+    def __init__(self, accelerator: Any, name: str) -> None:
+        self.accelerator, self.name, self.started = accelerator, name, False
+
+    def __call__(self, values: dict[str, float], step: int) -> None:
+        if not self.started:
+            self.accelerator.init_trackers(self.name)
+            self.started = True
+        self.accelerator.log(values, step=step)
+
+    def close(self) -> None:
+        if self.started:
+            self.accelerator.end_training()
 
 
 def _read_json(path: Path) -> Any:

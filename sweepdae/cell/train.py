@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +44,12 @@ from sweepdae.utils import atomic_write, atomic_write_json, git_info
 
 CHECKPOINT, TRAINED = "checkpoint.pt", "trained.json"
 Events = Callable[..., None]
+# The training curve: about CURVE_POINTS points per training, each [step, loss, lr, grad_norm, images_per_s]; kept in
+# the checkpoint (a resumed training keeps its points), in trained.json and in the store (`Store.training_curves`),
+# and sent to the tracker (TensorBoard by default) as they come.
+CURVE_POINTS = 200
+CURVE_FIELDS = ("step", "loss", "lr", "grad_norm", "images_per_s")
+Tracker = Callable[[dict[str, float], int], None]  # (values, step): Accelerator.log
 
 
 def lr_at(step: float, *, peak: float, warmup_steps: float, total_steps: int) -> float:
@@ -101,6 +107,12 @@ class Trainer:
     total_steps: int
     peak_lr: float
     warmup_steps: float
+    log_every: int = 1  # a curve point every this many steps (and at the last)
+    curve: list[list[float]] = field(default_factory=list)
+    track: Tracker | None = None
+    want_grad_norm: bool = False  # set before a step whose point is logged: train_step measures the gradient norm
+    grad_norm: torch.Tensor | None = None
+    last_point: tuple[int, float] = (0, 0.0)  # (step, time) of the previous point: images/s over the window
 
 
 def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, accelerator: Accelerator) -> Trainer:
@@ -138,7 +150,8 @@ def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, acc
     return Trainer(recipe=recipe, accelerator=accelerator, model=model, raw_model=model, ema=ema, opt=opt,
                    tokenizer=tokenizer, schedule=schedule, fixed_t=fixed_t, source=source,
                    steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * tc.epochs, peak_lr=peak_lr,
-                   warmup_steps=tc.warmup_epochs * steps_per_epoch)
+                   warmup_steps=tc.warmup_epochs * steps_per_epoch,
+                   log_every=max(1, steps_per_epoch * tc.epochs // CURVE_POINTS))
 
 
 def train_step(tr: Trainer, micros: list[Micro], step: int, gd: torch.Generator) -> torch.Tensor:
@@ -161,7 +174,10 @@ def train_step(tr: Trainer, micros: list[Micro], step: int, gd: torch.Generator)
             loss = terms["loss"].mean()
             acc.backward(loss)
             if acc.sync_gradients and tc.grad_clip > 0:
-                acc.clip_grad_norm_(tr.model.parameters(), tc.grad_clip)
+                tr.grad_norm = acc.clip_grad_norm_(tr.model.parameters(), tc.grad_clip)  # the norm before clipping
+            elif acc.sync_gradients and tr.want_grad_norm:
+                grads = [p.grad for p in tr.model.parameters() if p.grad is not None]
+                tr.grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
             tr.opt.step()
             tr.opt.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
@@ -202,8 +218,13 @@ def train_one_epoch(tr: Trainer, epoch: int, step: int, events: Events, *, skip:
         gd.set_state(gd_state)
     for i, micros in enumerate(batches, start=skip):
         faults.maybe_fault("step", step)
-        loss_sum += train_step(tr, micros, step, gd)
+        point = (step + 1) % tr.log_every == 0 or step + 1 == tr.total_steps
+        tr.want_grad_norm, tr.grad_norm = point, None
+        step_loss = train_step(tr, micros, step, gd)
+        loss_sum += step_loss
         step += 1
+        if point:
+            _curve_point(tr, step, step_loss.item() / accum)
         # one host sync per logging window, not per step (measured: per-step .item() costs ~3% on CPU)
         if (i + 1) % max(1, tr.steps_per_epoch // 4) == 0 or i + 1 == tr.steps_per_epoch:
             last_loss = loss_sum.item() / ((i + 1 - skip) * accum)
@@ -216,6 +237,19 @@ def train_one_epoch(tr: Trainer, epoch: int, step: int, events: Events, *, skip:
         if stop is not None and i + 1 < tr.steps_per_epoch and _agreed(acc, stop()):
             raise StopRequested(i + 1, step, gd.get_state())
     return step, last_loss
+
+
+def _curve_point(tr: Trainer, step: int, loss: float) -> None:
+    now = time.perf_counter()
+    last_step, last_t = tr.last_point
+    ips = (step - last_step) * tr.recipe.train.batch_size / (now - last_t) if last_t and now > last_t else math.nan
+    gn = float(tr.grad_norm) if tr.grad_norm is not None else math.nan
+    values = [float(step), loss, float(tr.opt.param_groups[0]["lr"]), gn, ips]
+    tr.curve.append(values)
+    tr.last_point = (step, now)
+    if tr.track is not None:
+        tr.track({f"train/{k}": v for k, v in zip(CURVE_FIELDS[1:], values[1:], strict=True) if math.isfinite(v)},
+                 step)
 
 
 def _agreed(acc: Accelerator, flag: bool) -> bool:
@@ -236,10 +270,12 @@ class TrainState:
     seconds: float
     last_loss: float
     images_per_s: float
+    curve: list[list[float]] = field(default_factory=list)  # CURVE_FIELDS per point
 
 
 def train(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path, accelerator: Accelerator,
-          events: Events, identity: str | None = None, stop: Callable[[], bool] | None = None) -> TrainState:
+          events: Events, identity: str | None = None, stop: Callable[[], bool] | None = None,
+          track: Tracker | None = None) -> TrainState:
     """Train the recipe's denoiser; resumes from train_dir/checkpoint.pt when it belongs to this training.
 
     `identity` is the training's key (default: the recipe's train_key); runtime overrides (a halved micro-batch
@@ -252,9 +288,11 @@ def train(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: P
     ckpt_path = train_dir / CHECKPOINT
     start_epoch, step, resumed, skip, gd_state = 0, 0, None, 0, None
     if ckpt_path.exists():
-        start_epoch, step, skip, gd_state = _load_checkpoint(ckpt_path, identity, tr.raw_model, tr.ema, tr.opt,
-                                                             events)
+        start_epoch, step, skip, gd_state, tr.curve = _load_checkpoint(ckpt_path, identity, tr.raw_model, tr.ema,
+                                                                       tr.opt, events)
         resumed = start_epoch or (0 if skip else None)
+    tr.track = track
+    tr.last_point = (step, time.perf_counter())
     tr.model, tr.opt = accelerator.prepare(tr.model, tr.opt)
     tr.raw_model = accelerator.unwrap_model(tr.model)
 
@@ -269,18 +307,19 @@ def train(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: P
         except StopRequested as s:
             if accelerator.is_main_process:
                 _save_checkpoint(ckpt_path, identity, recipe, tr.raw_model, tr.ema, tr.opt, epoch, s.step,
-                                 batch=s.batch, gd_state=s.gd_state)
+                                 batch=s.batch, gd_state=s.gd_state, curve=tr.curve)
             accelerator.wait_for_everyone()
             events(phase="train", stopped_at_step=s.step, epoch=epoch, batch=s.batch)
             raise TrainingError(f"stopped on request at epoch {epoch} step {s.step} (batch {s.batch} of the epoch); "
                                 "checkpointed, resumes there", "preempted") from None
         if accelerator.is_main_process and ((epoch + 1) % tc.checkpoint_every == 0 or epoch + 1 == tc.epochs):
-            _save_checkpoint(ckpt_path, identity, recipe, tr.raw_model, tr.ema, tr.opt, epoch + 1, step)
+            _save_checkpoint(ckpt_path, identity, recipe, tr.raw_model, tr.ema, tr.opt, epoch + 1, step,
+                             curve=tr.curve)
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
     seen = ((tc.epochs - start_epoch) * tr.steps_per_epoch - skip) * tc.batch_size
     return TrainState(model=tr.raw_model, ema=tr.ema, epoch=tc.epochs, step=step, resumed_from=resumed,
-                      seconds=seconds, last_loss=last_loss, images_per_s=seen / max(seconds, 1e-9))
+                      seconds=seconds, last_loss=last_loss, images_per_s=seen / max(seconds, 1e-9), curve=tr.curve)
 
 
 @dataclass
@@ -312,7 +351,7 @@ def read_trained(train_dir: Path, train_key: str) -> dict[str, Any] | None:
 
 def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path,
                    accelerator: Accelerator, events: Events, cell_key: str,
-                   stop: Callable[[], bool] | None = None) -> Trained:
+                   stop: Callable[[], bool] | None = None, track: Tracker | None = None) -> Trained:
     """The trained network of the recipe: loaded from train_dir when that training finished, else trained there
     (resuming its checkpoint) and marked finished with trained.json. Emits a `trained` event once it exists."""
     train_key = recipe.train_key()
@@ -325,10 +364,11 @@ def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, tra
         return Trained(model=model, info=info, reused=info.get("cell") != cell_key, resumed_from=None)
     train_dir.mkdir(parents=True, exist_ok=True)
     state = train(recipe, tokenizer=tokenizer, data=data, train_dir=train_dir, accelerator=accelerator,
-                  events=events, identity=train_key, stop=stop)
+                  events=events, identity=train_key, stop=stop, track=track)
     info = {"train_key": train_key, "cell": cell_key, "epochs": state.epoch, "steps": state.step,
             "train_loss": state.last_loss, "images_per_s": state.images_per_s, "seconds": state.seconds,
             "resumed_from_epoch": state.resumed_from, "git_commit": git_info().get("commit"),
+            "curve_fields": list(CURVE_FIELDS), "curve": state.curve,
             "finished": time.time()}
     if accelerator.is_main_process:
         atomic_write_json(train_dir / TRAINED, info)
@@ -399,14 +439,15 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def _save_checkpoint(path: Path, identity: str, recipe: Recipe, model: nn.Module, ema: nn.Module | None, opt: Any,
-                     epoch: int, step: int, *, batch: int = 0, gd_state: torch.Tensor | None = None) -> None:
+                     epoch: int, step: int, *, batch: int = 0, gd_state: torch.Tensor | None = None,
+                     curve: list[list[float]] | None = None) -> None:
     """`epoch` epochs done, plus `batch` batches of the next one (a mid-epoch stop, with the step generator's
     state `gd_state` there)."""
     from sweepdae import __version__
 
     state = {"train_key": identity, "recipe": recipe.to_dict(), "sweepdae": __version__,
              "git_commit": git_info().get("commit"), "epoch": epoch, "step": step, "batch": batch,
-             "gd_state": gd_state, "model": model.state_dict(),
+             "gd_state": gd_state, "curve": curve or [], "model": model.state_dict(),
              "ema": ema.state_dict() if ema is not None else None, "opt": opt.state_dict()}
     faults.maybe_fault("checkpoint", epoch)
     atomic_write(path, lambda f: torch.save(state, f))
@@ -436,9 +477,9 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module | None, opt: Any,
-                     events: Events) -> tuple[int, int, int, torch.Tensor | None]:
-    """(epochs done, steps done, batches done of the next epoch, step generator state there) from a checkpoint of
-    this training; anything else restarts from scratch, warned.
+                     events: Events) -> tuple[int, int, int, torch.Tensor | None, list[list[float]]]:
+    """(epochs done, steps done, batches done of the next epoch, step generator state there, curve points so far)
+    from a checkpoint of this training; anything else restarts from scratch, warned.
 
     Key sets and shapes are checked before anything is loaded: a checkpoint loads whole or not at all."""
     try:
@@ -446,7 +487,7 @@ def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module
     except Exception as e:  # a truncated or foreign file: never trust it
         warnings.warn(f"{path}: unreadable checkpoint ({type(e).__name__}); training from scratch", stacklevel=2)
         events(phase="train", warning=f"unreadable checkpoint: {type(e).__name__}; restarted")
-        return 0, 0, 0, None
+        return 0, 0, 0, None, []
     why = None if state.get("train_key") == identity else "it belongs to another training"
     why = why or state_mismatch(model, state.get("model"))
     if why is None and ema is not None:
@@ -454,14 +495,15 @@ def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module
     if why is not None:
         warnings.warn(f"{path}: checkpoint not loaded: {why}; training from scratch", stacklevel=2)
         events(phase="train", warning=f"checkpoint not loaded: {why}; restarted")
-        return 0, 0, 0, None
+        return 0, 0, 0, None, []
     model.load_state_dict(state["model"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
     opt.load_state_dict(state["opt"])
     batch = int(state.get("batch") or 0)
     events(phase="train", resumed_from_epoch=state["epoch"], step=state["step"], **({"batch": batch} if batch else {}))
-    return int(state["epoch"]), int(state["step"]), batch, state.get("gd_state") if batch else None
+    curve = [list(map(float, p)) for p in state.get("curve") or [] if p[0] <= state["step"]]
+    return int(state["epoch"]), int(state["step"]), batch, state.get("gd_state") if batch else None, curve
 
 
 def load_weights(path: Path, identity: str, model: nn.Module, *, ema: bool) -> None:

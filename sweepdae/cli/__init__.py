@@ -65,6 +65,24 @@ RunsOpt = Annotated[str | None, typer.Option("--runs-dir", help="Where cell fold
                                              "./runs)")]
 
 
+TrackerOpt = Annotated[str | None, typer.Option("--tracker", help="Where training curves go: tensorboard (default: "
+                                               "runs/_tensorboard), wandb, mlflow, aim or none [env: "
+                                               "SWEEPDAE_TRACKER]")]
+
+
+def _set_tracker(tracker: str | None) -> None:
+    """The cells read SWEEPDAE_TRACKER (SLURM jobs inherit it from the submitting shell)."""
+    import os
+
+    from sweepdae.cell import TRACKERS
+
+    if tracker is None:
+        return
+    if tracker.lower() not in (*TRACKERS, "none"):
+        raise SweepdaeError(f"--tracker: expected one of {', '.join([*TRACKERS, 'none'])}, got {tracker!r}")
+    os.environ["SWEEPDAE_TRACKER"] = tracker.lower()
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"sweepdae {__version__}")
@@ -213,7 +231,8 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
                               ] = None,
         cpus: Annotated[int | None, typer.Option(help="slurm: CPUs per job", rich_help_panel="SLURM")] = None,
         mem_gb: Annotated[float | None, typer.Option(help="slurm: memory per job, GB", rich_help_panel="SLURM")
-                          ] = None) -> None:
+                          ] = None,
+        tracker: TrackerOpt = None) -> None:
     """Run every cell of the grids that the store does not have yet, grid after grid; resumes killed sweeps.
 
     Trainings shared between the grids (one train_key) are made once and reused. With --executor slurm the cells
@@ -223,6 +242,7 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         raise SweepdaeError(f"--launcher: expected auto, accelerate or fork, got {launcher!r}")
     if executor not in ("local", "slurm"):
         raise SweepdaeError(f"--executor: expected local or slurm, got {executor!r}")
+    _set_tracker(tracker)
     if wait and executor != "slurm":
         raise SweepdaeError("--wait: only with --executor slurm (a local run always waits)")
     if gpus_per_cell is not None and gpus_per_cell < (0 if executor == "slurm" else 1):
@@ -428,7 +448,7 @@ def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
          max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure")] = 1,
          launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
          plain: Annotated[bool | None, typer.Option("--plain/--live", help="Line output / live view")] = None,
-         runs_dir: RunsOpt = None) -> None:
+         runs_dir: RunsOpt = None, tracker: TrackerOpt = None) -> None:
     """Adaptive search (Optuna) over the grid's axes, or its [tune.params] ranges: each trial runs the grid's seeds
     and scores their mean. Cells are the ones `run` makes: a recipe already done is reused, never trained again."""
     from sweepdae.grid import load_grid
@@ -442,6 +462,7 @@ def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
         raise SweepdaeError(f"--launcher: expected auto, accelerate or fork, got {launcher!r}")
     if sampler not in tn.SAMPLERS:
         raise SweepdaeError(f"--sampler: expected one of {', '.join(tn.SAMPLERS)}, got {sampler!r}")
+    _set_tracker(tracker)
     g = load_grid(grid_path(grid))
     space = tn.search_space(g, profile)
     metric = metric or g.tune.metric or "probe_top1"
@@ -484,10 +505,11 @@ def worker(store: StoreOpt = None,
            forever: Annotated[bool, typer.Option("--forever", help="Keep waiting for new cells")] = False,
            launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
            plain: Annotated[bool | None, typer.Option("--plain/--live", help="Line output / live view")] = None,
-           runs_dir: RunsOpt = None) -> None:
+           runs_dir: RunsOpt = None, tracker: TrackerOpt = None) -> None:
     """Take queued cells of any grid from a shared store and run them here."""
     from sweepdae.runner import run_worker
 
+    _set_tracker(tracker)
     s = _store(store, create=False)
     try:
         summary = run_worker(s, gpus=gpus, gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu,

@@ -9,6 +9,7 @@ back into queued attempts, whose cells resume from their last checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -323,7 +324,9 @@ class Coordinator:
             self.store.complete_training(r.train_claim, info={
                 "host": socket.gethostname(), "runs_dir": str(self.opts.runs_dir),
                 "train_dir": str(folder.relative_to(self.opts.runs_dir)), "cell": r.claim.key,
-                "steps": info.get("steps"), "seconds": info.get("seconds")})
+                "label": r.claim.label, "grid": r.claim.grid, "steps": info.get("steps"),
+                "seconds": info.get("seconds"), "curve_fields": info.get("curve_fields"),
+                "curve": _finite(info.get("curve") or [])})
             self._last_wait_poll = 0.0  # cells waiting for it may start now
         elif r.handle.poll() is not None:
             self.store.fail_training(r.train_claim, error=f"cell {r.claim.label} ended before its training did")
@@ -355,7 +358,7 @@ class Coordinator:
         overrides = dict(claim.recipe_overrides or {})
         recipe = claim.recipe  # the store merged the attempt's overrides (e.g. a halved micro-batch) into it
         atomic_write_json(run_dir / RECIPE, {"key": claim.key, "label": claim.label, "recipe": recipe,
-                                             "overrides": overrides, "attempt": claim.attempt})
+                                             "overrides": overrides, "attempt": claim.attempt, "grid": claim.grid})
         env = {**os.environ, **self.opts.env, "SWEEPDAE_ATTEMPT": str(claim.attempt),
                "SWEEPDAE_COORDINATOR_PID": str(os.getpid())}
         if not slot.gpus:  # share this machine's cores among its concurrent CPU cells
@@ -448,6 +451,11 @@ class Coordinator:
             self.failed_for_good.append(key)
         status = "interrupted (resumable)" if interrupted else ("failed, retrying" if retry else "failed")
         self.view.cell_finished(key, status, {}, error=f"{cls}: {error}")
+
+
+def _finite(points: list[list[Any]]) -> list[list[Any]]:
+    """Curve points as JSON the store takes: NaN and inf as null."""
+    return [[v if isinstance(v, (int, float)) and math.isfinite(v) else None for v in p] for p in points]
 
 
 def _stored_run_dir(run_dir: Path, runs_dir: Path) -> str:

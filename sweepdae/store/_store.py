@@ -794,6 +794,23 @@ class Store:
         trs = self._training_store(create=False)
         return trs.forget(train_keys) if trs is not None else []
 
+    @guarded
+    def training_curves(self, train_keys: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        """train_key -> {label, grid, fields, points} of each finished training whose loss curve the store keeps
+        (about 200 points, recorded with the training: `cell.train.CURVE_FIELDS`)."""
+        trs = self._training_store(create=False)
+        if trs is None:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for t in trs._trials((TrialState.COMPLETE,)):
+            k = key_of(t)
+            info = t.user_attrs.get("info") or {}
+            if k is None or (train_keys is not None and k not in train_keys) or not info.get("curve"):
+                continue
+            out[k] = {"label": info.get("label"), "grid": info.get("grid"), "fields": info.get("curve_fields"),
+                      "points": info["curve"]}
+        return out
+
     def training_status(self, train_keys: list[str] | None = None) -> dict[str, str]:
         """train_key -> "new" | "queued" | "running" | "done" | "failed"."""
         trs = self._training_store(create=False)
