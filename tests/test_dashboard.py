@@ -47,7 +47,8 @@ def test_the_dashboard_shows_grid_cells_and_tune_trials_with_params_and_values(t
     path = tmp_path / "sweepdae.journal"
     plan = expand(parse_grid(GRID))
     assert cell_params(plan)[plan.cells[0].key] == {
-        "dash/base/d": {"value": "16", "choices": ["16", "32"]}, "dash/base/seed": {"value": "0", "choices": ["0", "1"]}}
+        "dash/base/d": {"value": "16", "choices": ["16", "32"]},
+        "dash/base/seed": {"value": "0", "choices": ["0", "1"]}}
     with open_store(f"journal:{path}") as s:
         enqueue_plan(s, plan, list(plan.cells))
         for i in range(len(plan.cells)):  # each cell done with a made-up result (nothing trains here)

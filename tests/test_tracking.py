@@ -44,3 +44,10 @@ def test_every_training_reaches_tensorboard_and_the_store(tmp_path: Path, write_
     for c in curves.values():
         assert c["grid"] == "tiny" and c["fields"] == ["step", "loss", "lr", "grad_norm", "images_per_s"]
         assert [p[0] for p in c["points"]] == list(range(1, 17)) and all(p[3] > 0 for p in c["points"])
+    # the HTML report draws them, one line per training
+    r = sweepdae(tmp_path, "report", "--store", f"journal:{tmp_path / 'store.journal'}", "--html", "--out",
+                 str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    assert "<b>Training loss.</b>" in (tmp_path / "rep" / "report.html").read_text()
+    svg = (tmp_path / "rep" / "figures" / "tiny-base-curves.svg").read_text()
+    assert "latent_dim=2 seed=0" in svg and "latent_dim=4 seed=0" in svg

@@ -3,6 +3,7 @@ recipe twice, prunes what the grid excludes, stops when the space is exhausted a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,8 @@ def test_tune_table_errors_name_the_file_line_and_key(table: str, message: str) 
 
 def test_refusals() -> None:
     traj = parse_grid('[grid]\nname = "t"\n[base]\ndata.name = "digits"\ndata.image_size = 8\n'
-                      '[[trajectory]]\nlabel = "a"\n[[trajectory]]\nlabel = "b"\nset = { "model.size" = "tiny" }\n', "t.toml")
+                      '[[trajectory]]\nlabel = "a"\n[[trajectory]]\nlabel = "b"\n'
+                      'set = { "model.size" = "tiny" }\n', "t.toml")
     with pytest.raises(SweepdaeError, match=r"t.toml: tune: grid 't' is a trajectory"):
         tn.search_space(traj, None)
     half = parse_grid(GRID + '\n[[zip]]\nname = "obj"\nobjective.target = ["eps", "image"]\n'
@@ -160,6 +162,17 @@ def test_tune_never_trains_a_recipe_twice_prunes_exclusions_and_stops_when_exhau
         for t in complete:  # the value is the metric of its (one seed's) cell
             assert t.value == pytest.approx(float(cells.loc[t.user_attrs["cells"][0], "metric.probe_top1"]))
         assert len(value_by_point) == 5
+    # the report renders the study: best recipe, history, importances, every trial
+    r = sweepdae(tmp_path, "report", str(grid), "--store", url, "--html", "--csv", "--out", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "rep" / "report.html").read_text()
+    best = max(complete, key=lambda t: t.value)
+    assert "Tune: tn, maximize probe_top1" in page and f"Trial {best.number}: probe_top1 = {best.value:.2f}" in page
+    assert "Optimisation history" in page and "Parameter importances" in page
+    data = json.loads((tmp_path / "rep" / "data" / "tune-tn-base-probe-top1.json").read_text())
+    assert data["best"]["number"] == best.number and data["counts"]["complete"] == 5
+    assert set(data["importances"]) == {"latent_dim", "epochs"}
+    assert (tmp_path / "rep" / "figures" / "tune-tn-base-probe-top1-history.svg").exists()
     # once more: nothing left to train, nothing new enqueued
     r = sweepdae(tmp_path, "tune", str(grid), "--trials", "5", "--store", url, "--plain", "--runs-dir",
                  str(tmp_path / "runs"))

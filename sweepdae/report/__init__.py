@@ -43,6 +43,14 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return _jsonable(v)
+
+
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     cols = [c for c in DATA_COLUMNS if c in frame.columns]
     return [{k: _jsonable(v) for k, v in rec.items()} for rec in frame[cols].to_dict("records")]
@@ -101,6 +109,8 @@ def write_reports(store: ReportStore, *, grids: list[str] | None, out: Path, htm
     if html or latex:
         for s in report.sections:
             rendered[s.slug] = [(fd, save_figure(fd, out / "figures", f"{s.slug}-{fd.name}")) for fd in s.figures]
+        for t in report.tunes:
+            rendered[t.slug] = [(fd, save_figure(fd, out / "figures", f"{t.slug}-{fd.name}")) for fd in t.figures]
     if html:
         _write(out / "report.html", render_html(report, rendered), written)
     if latex:
@@ -112,6 +122,12 @@ def write_reports(store: ReportStore, *, grids: list[str] | None, out: Path, htm
         _write(out / "report.tex", render_tex_document(report, tables, out), written)
     if csv:
         _write_data(report, out, written)
+        for t in report.tunes:
+            doc = {"study": t.study, "grid": t.grid, "profile": t.profile, "metric": t.metric,
+                   "direction": t.direction, "counts": t.counts, "best": t.best, "trials": t.trials,
+                   "importances": t.importances, "importance_note": t.importance_note}
+            _write(out / "data" / f"{t.slug}.json", json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n",
+                   written)
     for figs in rendered.values():
         for _, rf in figs:
             written.extend([rf.svg, rf.pdf])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,13 +19,13 @@ import pandas as pd
 
 from sweepdae import __version__
 from sweepdae.errors import SweepdaeError
-from sweepdae.report.figures import FigureData, figure_data
+from sweepdae.report.figures import FigureData, curve_figure, figure_data, tune_history_figure
 from sweepdae.report.findings import Verdict, compute_findings
 from sweepdae.report.paper import HEADLINE_FINDINGS
 from sweepdae.report.provenance import Provenance, summarize_provenance
 from sweepdae.report.tables import TableData, build_table
 
-__all__ = ["GridReport", "ReportData", "ReportStore", "build_report"]
+__all__ = ["GridReport", "ReportData", "ReportStore", "TuneReport", "build_report", "tune_reports"]
 
 
 class ReportStore(Protocol):
@@ -59,11 +60,30 @@ class GridReport:
 
 
 @dataclass
+class TuneReport:
+    """A `sweepdae tune` study: its best recipe, every trial, the history and the parameter importances."""
+
+    study: str
+    grid: str
+    profile: str
+    metric: str
+    direction: str
+    slug: str
+    counts: dict[str, int]  # complete, pruned, failed, running
+    best: dict[str, Any] | None  # {number, value, params, per_seed, cells}
+    trials: list[dict[str, Any]]  # {number, state, value, params, note}
+    importances: dict[str, float]
+    importance_note: str
+    figures: list[FigureData]
+
+
+@dataclass
 class ReportData:
     sections: list[GridReport]
     version: str = __version__
     created: str = ""
     headlines: list[dict[str, Any]] = field(default_factory=list)
+    tunes: list[TuneReport] = field(default_factory=list)
 
 
 def _slug(text: str, taken: set[str]) -> str:
@@ -75,16 +95,18 @@ def _slug(text: str, taken: set[str]) -> str:
     return slug
 
 
-def _select(registered: list[dict[str, Any]], grids: list[str] | None) -> list[dict[str, Any]]:
+def _select(registered: list[dict[str, Any]], grids: list[str] | None, tuned: AbstractSet[str] = frozenset()
+            ) -> list[dict[str, Any]]:
+    """The registered grids named (all when None); a name that only a tune study knows selects no section."""
     names = sorted({str(g.get("name")) for g in registered})
     if grids is None:
-        if not registered:
+        if not registered and not tuned:
             raise SweepdaeError("no grids are registered in the store yet; run `sweepdae run GRID` first")
         return sorted(registered, key=lambda g: (str(g.get("name")), str(g.get("profile"))))
-    unknown = [g for g in grids if g not in names]
+    unknown = [g for g in grids if g not in names and g not in tuned]
     if unknown:
         raise SweepdaeError(f"grid {unknown[0]!r} is not registered in the store; registered: "
-                            + (", ".join(names) or "none"))
+                            + (", ".join(sorted({*names, *tuned})) or "none"))
     order = {n: i for i, n in enumerate(dict.fromkeys(grids))}
     chosen = [g for g in registered if g.get("name") in order]
     return sorted(chosen, key=lambda g: (order[str(g.get("name"))], str(g.get("profile"))))
@@ -103,7 +125,9 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
     """Tables, findings, figure data and provenance of the named grids (None = every registered grid); several
     profiles of one grid are separate sections; the cells' folders (denoising examples) are found under
     `runs_dir`. Raises SweepdaeError for a grid the store does not know."""
-    selected = _select(list(store.grids()), grids)
+    studies = getattr(store, "tune_studies", None)
+    tuned = {str(st.user_attrs.get("grid", "")) for st in studies()} if callable(studies) else set()
+    selected = _select(list(store.grids()), grids, tuned)
     keys = list(dict.fromkeys(str(c["key"]) for g in selected for c in (g.get("cells") or []) if "key" in c))
     frame = store.cells(keys) if keys else None
     if frame is None or "key" not in getattr(frame, "columns", ()):
@@ -111,6 +135,8 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
     frame = frame.drop_duplicates("key", keep="last").set_index("key", drop=False)
     sections: list[GridReport] = []
     taken: set[str] = set()
+    reader = getattr(store, "training_curves", None)  # a store that keeps loss curves (sweepdae's Store does)
+    curves: dict[str, dict[str, Any]] = reader() if callable(reader) else {}
     for g in selected:
         name = str(g.get("name"))
         profile = g.get("profile")
@@ -119,9 +145,73 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
         cells: list[Mapping[str, Any]] = [c for c in (g.get("cells") or []) if "key" in c]
         own = frame.loc[frame.index.intersection([str(c["key"]) for c in cells])].reset_index(drop=True)
         table = build_table(spec, own, cells, profile=profile, runs_dir=runs_dir)
+        figures = figure_data(table)
+        trained = list(dict.fromkeys(str(c["train_key"]) for c in cells if c.get("train_key")))
+        loss = curve_figure([curves[tk] for tk in trained if tk in curves])
+        if loss is not None:
+            figures.append(loss)
         sections.append(GridReport(name=name, profile=profile, slug=_slug(f"{name}-{profile or 'base'}", taken),
                                    spec=spec, table=table, findings=compute_findings(spec, table),
-                                   figures=figure_data(table), provenance=summarize_provenance(own),
+                                   figures=figures, provenance=summarize_provenance(own),
                                    n_cells=len(cells)))
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return ReportData(sections=sections, created=created, headlines=_headlines(sections))
+    names = set(grids) if grids else None
+    return ReportData(sections=sections, created=created, headlines=_headlines(sections),
+                      tunes=tune_reports(store, names, taken))
+
+
+def tune_reports(store: Any, grids: set[str] | None, taken: set[str]) -> list[TuneReport]:
+    """Every tune study of the store (of `grids` when given), as report data."""
+    import optuna
+    from optuna.trial import TrialState
+
+    reader = getattr(store, "tune_studies", None)
+    out: list[TuneReport] = []
+    for study in (reader() if callable(reader) else []):
+        attrs = study.user_attrs
+        grid = str(attrs.get("grid", ""))
+        if grids is not None and grid not in grids:
+            continue
+        metric = str(attrs.get("metric", "value"))
+        direction = study.direction.name.lower()
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        rows, history = [], []
+        best_v: float | None = None
+        for t in trials:
+            note = str(t.user_attrs.get("pruned") or t.user_attrs.get("error") or
+                       (f"duplicate of trial {t.user_attrs['duplicate_of']}" if "duplicate_of" in t.user_attrs
+                        else ""))
+            rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
+                         "params": dict(t.params), "note": note})
+            if t in complete:
+                v = float(t.value)  # type: ignore[arg-type]
+                better = best_v is None or (v > best_v if direction == "maximize" else v < best_v)
+                best_v = v if better else best_v
+                history.append({"number": t.number, "value": v, "best": best_v})
+        best = None
+        if complete:
+            b = study.best_trial
+            best = {"number": b.number, "value": b.value, "params": dict(b.params),
+                    "per_seed": b.user_attrs.get("per_seed"), "cells": b.user_attrs.get("labels")}
+        importances: dict[str, float] = {}
+        note = ""
+        varied = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
+        if len(complete) < 3 or not varied:
+            note = "parameter importances need 3 complete trials that vary a parameter"
+        else:
+            try:
+                found = optuna.importance.get_param_importances(study, params=sorted(varied))
+                importances = {k: float(v) for k, v in found.items()}
+                note = (f"fANOVA (Optuna's default evaluator) over the {len(complete)} complete trials, of the "
+                        "parameters they vary; few trials make it rough")
+            except (RuntimeError, ValueError) as e:
+                note = f"no importances: {e}"
+        slug = _slug(f"tune-{grid}-{attrs.get('profile') or 'base'}-{metric}", taken)
+        figures = [tune_history_figure(study.study_name, metric, direction, history)] if history else []
+        counts = {s: sum(1 for t in trials if t.state.name.lower() == s)
+                  for s in ("complete", "pruned", "fail", "running")}
+        out.append(TuneReport(study=study.study_name, grid=grid, profile=str(attrs.get("profile") or ""),
+                              metric=metric, direction=direction, slug=slug, counts=counts, best=best, trials=rows,
+                              importances=importances, importance_note=note, figures=figures))
+    return out

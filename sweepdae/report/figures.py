@@ -253,8 +253,58 @@ def _plot_denoising(fig: Any, d: dict[str, Any]) -> None:
         ax.axis("off")
 
 
+MAX_CURVES = 40  # trainings drawn in one loss-curve figure
+
+
+def curve_figure(curves: list[dict[str, Any]]) -> FigureData | None:
+    """The loss curves of a grid's trainings (`Store.training_curves` entries), one line each, labelled by the cell
+    that trained it; None when the store keeps none (trainings recorded before curves were)."""
+    lines = []
+    for c in sorted(curves, key=lambda c: str(c.get("label")))[:MAX_CURVES]:
+        fields = list(c.get("fields") or [])
+        if "step" not in fields or "loss" not in fields:
+            continue
+        i, j = fields.index("step"), fields.index("loss")
+        pts = [(p[i], p[j]) for p in c["points"] if p[i] is not None and p[j] is not None]
+        if pts:
+            lines.append({"label": str(c.get("label") or "?"), "steps": [float(a) for a, _ in pts],
+                          "loss": [float(b) for _, b in pts]})
+    if not lines:
+        return None
+    more = f" (the first {MAX_CURVES} of {len(curves)})" if len(curves) > MAX_CURVES else ""
+    return FigureData("curves", "curves", "Training loss", f"The training loss of each training{more}, labelled by "
+                      "the cell that trained it (about 200 points each, from the store).", {"lines": lines})
+
+
+def _plot_curves(fig: Any, d: dict[str, Any]) -> None:
+    ax = fig.add_subplot(1, 1, 1)
+    for line in d["lines"]:
+        ax.plot(line["steps"], line["loss"], lw=0.9, label=line["label"])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    if len(d["lines"]) <= MAX_LEGEND:
+        ax.legend(fontsize=6, frameon=False)
+
+
+def tune_history_figure(name: str, metric: str, direction: str, history: list[dict[str, Any]]) -> FigureData:
+    return FigureData("tune_history", "history", "Optimisation history",
+                      f"{metric_info(metric).title} of each complete trial (dots) and the best so far (line; "
+                      f"{direction}).", {"history": history, "ylabel": metric_info(metric).title})
+
+
+def _plot_tune_history(fig: Any, d: dict[str, Any]) -> None:
+    ax = fig.add_subplot(1, 1, 1)
+    xs = [h["number"] for h in d["history"]]
+    ax.plot(xs, [h["value"] for h in d["history"]], "o", ms=4, label="trial")
+    ax.step(xs, [h["best"] for h in d["history"]], where="post", lw=1.2, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(d["ylabel"])
+    ax.legend(fontsize=7, frameon=False)
+
+
 _PLOTS = {"lines": _plot_lines, "trajectory": _plot_trajectory, "schedules": _plot_schedules,
-          "denoising": _plot_denoising}
+          "denoising": _plot_denoising, "curves": _plot_curves, "tune_history": _plot_tune_history}
 
 
 def save_figure(fd: FigureData, folder: Path, stem: str) -> RenderedFigure:

@@ -132,8 +132,10 @@ def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]
 def render_html(report: ReportData, figures: Figures) -> str:
     """The whole report as one self-contained HTML page (inline CSS, figures as data URIs, no scripts)."""
     sections = [_section_context(s, list(figures.get(s.slug, [])), None) for s in report.sections]
+    tunes = [{**vars(t), "figures": [{"title": fd.title, "caption": fd.caption, "uri": rf.data_uri}
+                                     for fd, rf in figures.get(t.slug, [])]} for t in report.tunes]
     return _html_env().get_template("report.html.j2").render(
-        report=report, sections=sections, paper_scale=PAPER_SCALE,
+        report=report, sections=sections, paper_scale=PAPER_SCALE, tunes=tunes,
         headlines=_headline_context(report))
 
 
