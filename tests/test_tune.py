@@ -201,3 +201,21 @@ def test_a_study_keeps_its_direction(tmp_path: Path) -> None:
         with pytest.raises(SweepdaeError, match="was created to minimize its metric"):
             s.tune_study("sweepdae-tune:x::fid", direction="maximize")
         assert [st.direction for st in s.tune_studies()] == [optuna.study.StudyDirection.MINIMIZE]
+
+
+@pytest.mark.slow
+def test_tune_the_quickstart_then_again_trains_nothing(tmp_path: Path, sweepdae: Any) -> None:
+    """The issue's command in a scratch folder: `sweepdae tune quickstart --profile ci --trials 3` leaves a study
+    with 3 complete trials that carry values; running it again trains nothing."""
+    args = ["tune", "quickstart", "--profile", "ci", "--trials", "3", "--plain"]
+    r = sweepdae(tmp_path, *args, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open_store(f"journal:{tmp_path / 'sweepdae.journal'}", create=False) as s:
+        (study,) = s.tune_studies()
+        complete = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(complete) == 3 and all(t.value is not None and 0 < t.value <= 100 for t in complete)
+        before = len(s.attempts())
+    r = sweepdae(tmp_path, *args)
+    assert r.returncode == 0 and "3 trials already complete" in r.stderr, r.stderr
+    with open_store(f"journal:{tmp_path / 'sweepdae.journal'}", create=False) as s:
+        assert len(s.attempts()) == before == 3
