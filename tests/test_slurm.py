@@ -20,28 +20,6 @@ from sweepdae.store import open_store
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
 
-# long enough to be caught mid-training (digits, 22 steps an epoch, ~0.1 s a step on a busy 2-core machine)
-GRID = """
-[grid]
-name = "{name}"
-seeds = [0]
-
-[base]
-data.name = "digits"
-data.image_size = 8
-tokenizer.name = "patch_pca"
-tokenizer.patch_size = 4
-tokenizer.pca_num_patches = 2000
-model.size = "micro"
-train.epochs = {epochs}
-train.batch_size = 64
-train.warmup_epochs = 0.5
-probe.epochs = 5
-
-[axes]
-tokenizer.latent_dim = {dims}
-{extra}
-"""
 # CPU jobs of 1 CPU, 2 GB; time >= 5 min: submitit's USR2 may come up to 60 s early (SLURM_NOTES.md)
 JOB = ["--executor", "slurm", "--cpus", "1", "--mem-gb", "2", "--time", "10"]
 
@@ -54,10 +32,17 @@ def slurm_up() -> None:
         pytest.fail("no SLURM controller answers: run .ci/slurm-up first (these tests need a real SLURM)")
 
 
-def _grid(tmp: Path, name: str, *, epochs: int = 1, dims: list[int] | None = None, extra: str = "") -> Path:
-    p = tmp / f"{name}.toml"
-    p.write_text(GRID.format(name=name, epochs=epochs, dims=dims or [4], extra=extra))
-    return p
+@pytest.fixture
+def make_grid(write_grid: Callable[..., Path]) -> Callable[..., Path]:
+    """conftest's tiny digits grid (22 steps an epoch, ~0.1 s a step on a busy 2-core machine: 8 epochs are long
+    enough to be caught mid-training), plus `extra` tables."""
+
+    def make(tmp: Path, name: str, *, epochs: int = 1, dims: list[int] | None = None, extra: str = "") -> Path:
+        p = write_grid(tmp, dims=dims or [4], epochs=epochs, name=name)
+        p.write_text(p.read_text() + extra)
+        return p
+
+    return make
 
 
 def _store_trials(url: str) -> Any:
@@ -128,8 +113,8 @@ def test_quickstart_on_slurm_every_cell_done_exactly_once(tmp_path: Path, sweepd
 
 
 def test_scancel_mid_cell_then_the_next_run_resubmits_and_finishes_it(tmp_path: Path, sweepdae: Any,
-                                                                      pg_url: str) -> None:
-    grid = _grid(tmp_path, "cancelme", epochs=8)
+                                                                      pg_url: str, make_grid: Any) -> None:
+    grid = make_grid(tmp_path, "cancelme", epochs=8)
     r = sweepdae(tmp_path, "run", str(grid), *JOB, store=pg_url)
     assert r.returncode == 0 and "submitted 1 jobs" in r.stderr, r.stderr
     _, cells, _ = _store_trials(pg_url)
@@ -156,11 +141,12 @@ def test_scancel_mid_cell_then_the_next_run_resubmits_and_finishes_it(tmp_path: 
 
 
 @pytest.mark.parametrize("how", ["scontrol requeue", "pre-timeout USR2"])
-def test_requeue_resumes_the_cell_from_its_checkpoint(tmp_path: Path, sweepdae: Any, pg_url: str, how: str) -> None:
+def test_requeue_resumes_the_cell_from_its_checkpoint(tmp_path: Path, sweepdae: Any, pg_url: str, make_grid: Any,
+                                                      how: str) -> None:
     """`scontrol requeue` (SIGTERM to the job; SLURM requeues it) or submitit's pre-timeout signal (USR2; the job
     requeues itself through submitit): the training checkpoints at its next step, and the job's next run resumes
     that checkpoint (mid-epoch) instead of starting over."""
-    grid = _grid(tmp_path, "requeueme", epochs=8)
+    grid = make_grid(tmp_path, "requeueme", epochs=8)
     r = sweepdae(tmp_path, "run", str(grid), *JOB, store=pg_url)
     assert r.returncode == 0, r.stderr
     _, cells, _ = _store_trials(pg_url)
@@ -191,11 +177,12 @@ def test_requeue_resumes_the_cell_from_its_checkpoint(tmp_path: Path, sweepdae: 
     assert "Restarts=1" in shown.split(), shown
 
 
-def test_gpus_per_job_from_the_command_line_and_per_axis_value(tmp_path: Path, sweepdae: Any, pg_url: str) -> None:
+def test_gpus_per_job_from_the_command_line_and_per_axis_value(tmp_path: Path, sweepdae: Any, pg_url: str,
+                                                               make_grid: Any) -> None:
     """--gpus-per-cell 2 for every job, but the grid's [slurm.by.latent_dim."8"] asks 1 GPU and 7 minutes (the
     command line wins over the grid: so only --gpus-per-cell is left off in the second run)."""
     extra = '\n[slurm]\ntime = 6\n\n[slurm.by.latent_dim."8"]\ngpus = 1\ntime = 7\n'
-    grid = _grid(tmp_path, "gpus", dims=[4, 8], extra=extra)
+    grid = make_grid(tmp_path, "gpus", dims=[4, 8], extra=extra)
     job = ["--executor", "slurm", "--cpus", "1", "--mem-gb", "2"]
     r = sweepdae(tmp_path, "run", str(grid), *job, "--gpus-per-cell", "2", "--only", "latent_dim=4", "--wait",
                  store=pg_url, timeout=300)
@@ -209,8 +196,8 @@ def test_gpus_per_job_from_the_command_line_and_per_axis_value(tmp_path: Path, s
     assert "gres/gpu=1" in second["AllocTRES"] and second["TimelimitRaw"] == "7", second
 
 
-def test_cancel_leaves_the_grids_cells_queued(tmp_path: Path, sweepdae: Any, pg_url: str) -> None:
-    grid = _grid(tmp_path, "cancelgrid", epochs=8)
+def test_cancel_leaves_the_grids_cells_queued(tmp_path: Path, sweepdae: Any, pg_url: str, make_grid: Any) -> None:
+    grid = make_grid(tmp_path, "cancelgrid", epochs=8)
     r = sweepdae(tmp_path, "run", str(grid), *JOB, store=pg_url)
     assert r.returncode == 0, r.stderr
     _, cells, _ = _store_trials(pg_url)
