@@ -346,7 +346,7 @@ def _run_slurm(url: str | None, plans: list[Any], chosen: list[list[Any]], *, cl
             groups, held = sl.plan_groups(s, cells, spec=p.grid.slurm, cli=cli, config=config,
                                           gpus_per_cell=gpus_per_cell)
             jobs = sl.submit(groups, store=s, store_url=store_url, plan=p, runs_dir=runs, launcher=launcher,
-                             gpus_per_cell=gpus_per_cell, max_retries=max_retries) if groups else []
+                             max_retries=max_retries) if groups else []
             name = f"{p.grid.name} ({p.profile or 'base'})"
             err.print(f"{name}: {len(cells)} cells, {cached} done; submitted {len(jobs)} jobs "
                       f"({sum(len(j['keys']) for j in jobs)} cells); {len(set(held.values()))} jobs already hold "

@@ -134,6 +134,7 @@ class Coordinator:
         self.stopping = 0  # 1 after the first Ctrl-C, 2 after the second
         self.preempt_deadline: float | None = None  # set by `preempt`: running cells are killed after it
         self._killed_late = False
+        self._preempt_asked: tuple[float, str] | None = None  # by a signal handler: the loop acts on it
         self.failed_for_good: list[str] = []
         self.done: list[str] = []
         self._last_reap = 0.0
@@ -164,11 +165,16 @@ class Coordinator:
         else:
             raise KeyboardInterrupt
 
+    def request_preempt(self, grace_s: float = 60.0, why: str = "asked to give the node back") -> None:
+        """`preempt` at the loop's next turn (within `Options.poll_s`): what a signal handler calls, since the
+        handler may interrupt the loop halfway through a store call or a print."""
+        self._preempt_asked = self._preempt_asked or (grace_s, why)
+
     def preempt(self, grace_s: float = 60.0, why: str = "asked to give the node back") -> None:
         """Give the machine back soon (SLURM's pre-timeout signal, a preemption, `scontrol requeue`): claim nothing
         more; a cell that is training checkpoints at its next step and exits (its folder's STOP file), one that is
         evaluating stops now (its training is safe on disk); whatever still runs after `grace_s` is killed. Every
-        one of them is queued again and resumes from its checkpoint. Safe to call from a signal handler."""
+        one of them is queued again and resumes from its checkpoint."""
         if self.preempt_deadline is not None:
             return
         self.preempt_deadline = time.time() + grace_s
@@ -185,6 +191,8 @@ class Coordinator:
 
     def _loop(self) -> None:
         while True:
+            if self._preempt_asked is not None and self.preempt_deadline is None:
+                self.preempt(*self._preempt_asked)
             if self.preempt_deadline is not None and not self._killed_late and time.time() > self.preempt_deadline:
                 self._killed_late = True
                 for r in self.running.values():

@@ -14,7 +14,7 @@ Groups with the same resources are submitted together as one job array (one sbat
 
 Inside a job, `CellGroupJob` runs the ordinary coordinator over its cells' keys against the shared store, signing
 its claims `slurm-<job id>.<restart count>@host:pid`. On SLURM's pre-timeout signal (submitit's USR2) or SIGTERM
-(preemption, `scontrol requeue`, `scancel`), it calls `Coordinator.preempt`: a cell that is training checkpoints at
+(preemption, `scontrol requeue`, `scancel`), it asks `Coordinator.preempt`: a cell that is training checkpoints at
 its next step, and a cell that is evaluating stops; both are queued again as interrupted, which uses up no retry.
 Then:
 
@@ -204,10 +204,10 @@ class CellGroupJob(_checkpointable()):  # type: ignore[misc]
     """What a SLURM job runs: the coordinator over one training group's cells, against the shared store.
     submitit pickles it; on USR2 it checkpoints it (the same object) and requeues the job."""
 
-    def __init__(self, *, store_url: str, runs_dir: str, keys: list[str], launcher: str = "auto",
-                 gpus_per_cell: int = 1, max_retries: int = 1, grace_s: float = GRACE_S) -> None:
+    def __init__(self, *, store_url: str, runs_dir: str, keys: list[str], launcher: str = "auto", gpus: int = 1,
+                 max_retries: int = 1, grace_s: float = GRACE_S) -> None:
         self.store_url, self.runs_dir, self.keys = store_url, runs_dir, list(keys)
-        self.launcher, self.gpus_per_cell = launcher, gpus_per_cell
+        self.launcher, self.gpus = launcher, gpus
         self.max_retries, self.grace_s = max_retries, grace_s
 
     def __call__(self) -> dict[str, Any]:
@@ -221,12 +221,15 @@ class CellGroupJob(_checkpointable()):  # type: ignore[misc]
         job_id, restart = str(env.job_id), int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if os.environ.get("SLURM_CPUS_PER_TASK"):  # the cells' threads: this job's CPUs, not the node's
             os.environ.setdefault("OMP_NUM_THREADS", os.environ["SLURM_CPUS_PER_TASK"])
-        gpus = detect_gpus()  # what this job was given (CUDA_VISIBLE_DEVICES)
-        slots = make_slots(gpus, gpus_per_cell=max(1, self.gpus_per_cell), cells_per_gpu=1, cpu_cells=1)
-        if gpus and len(gpus) < self.gpus_per_cell:
-            raise SweepdaeError(f"job {job_id} sees {len(gpus)} GPUs, its cells need {self.gpus_per_cell}")
+        # one slot over every GPU the job was given (CUDA_VISIBLE_DEVICES): its cells run one at a time, each on
+        # all of them; a CPU job (gpus = 0) uses none, even on a node that has some
+        gpus = detect_gpus()[: self.gpus] if self.gpus else []
+        slots = make_slots(gpus, gpus_per_cell=max(1, len(gpus)), cells_per_gpu=1, cpu_cells=1)
         store = open_store(self.store_url, create=False)
         view = make_view(total=len(self.keys), cached=0, title=f"slurm job {job_id}", plain=True)
+        if self.gpus and len(gpus) < self.gpus:
+            view.message(f"job {job_id} asked for {self.gpus} GPUs and sees {len(gpus)} that CUDA can use; its "
+                         f"cells run on {'those' if gpus else 'the CPU'}")
         coord = Coordinator(store, Options(runs_dir=Path(self.runs_dir), slots=slots, launcher=self.launcher,
                                            max_retries=self.max_retries, keys=set(self.keys),
                                            owner=f"{owner_tag(job_id, restart)}@{socket.gethostname()}:{os.getpid()}",
@@ -236,7 +239,7 @@ class CellGroupJob(_checkpointable()):  # type: ignore[misc]
 
         def on_signal(signum: int, frame: Any) -> None:
             got.append(signum)
-            coord.preempt(self.grace_s, why=f"job {job_id}: {signal.Signals(signum).name}")
+            coord.request_preempt(self.grace_s, why=f"job {job_id}: {signal.Signals(signum).name}")
 
         signal.signal(signal.SIGUSR2, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
@@ -311,7 +314,7 @@ def plan_groups(store: Any, cells: list[Any], *, spec: Any, cli: dict[str, Any],
 
 
 def submit(groups: list[Group], *, store: Any, store_url: str, plan: Any, runs_dir: Path, launcher: str,
-           gpus_per_cell: int, max_retries: int) -> list[dict[str, Any]]:
+           max_retries: int) -> list[dict[str, Any]]:
     """Submit the groups (one job array per distinct set of options) and record every job in the store."""
     import submitit
 
@@ -332,7 +335,8 @@ def submit(groups: list[Group], *, store: Any, store_url: str, plan: Any, runs_d
                 for g in same:
                     jobs.append(ex.submit(CellGroupJob(store_url=store_url, runs_dir=str(runs_dir),
                                                        keys=[c.key for c in g.cells], launcher=launcher,
-                                                       gpus_per_cell=gpus_per_cell, max_retries=max_retries)))
+                                                       gpus=int(g.options.get("gpus") or 0),
+                                                       max_retries=max_retries)))
         except Exception as e:  # sbatch refused (no such partition, too many GPUs): nothing of this batch was queued
             msg = str(e).strip().splitlines()
             raise SweepdaeError(f"sbatch refused the jobs ({executor_parameters(opts)}): "
