@@ -168,7 +168,7 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     with phase("train", epoch=0, epochs=recipe.train.epochs):
         _STOP.training = True
         track = _Track(accelerator, run_name(str(spec.get("grid") or "cells"), str(spec.get("label") or key),
-                                             train_key)) if tracking else None
+                                             train_key), events) if tracking else None
         try:
             trained = ensure_trained(recipe, tokenizer=tokenizer, data=train_set,
                                      train_dir=train_dir(run_dir, train_key), accelerator=accelerator, events=events,
@@ -249,20 +249,34 @@ def run_name(grid: str, label: str, train_key: str) -> str:
 
 
 class _Track:
-    """The tracker of one training, started on its first point (a training that is only read back logs nothing)."""
+    """The tracker of one training, started on its first point (a training that is only read back logs nothing).
+    A tracker that fails (a full disk, an unreachable server) is switched off with a warning: the curve is still
+    kept in the checkpoint and the store, and the training goes on."""
 
-    def __init__(self, accelerator: Any, name: str) -> None:
-        self.accelerator, self.name, self.started = accelerator, name, False
+    def __init__(self, accelerator: Any, name: str, events: Any = None) -> None:
+        self.accelerator, self.name, self.events = accelerator, name, events
+        self.started = self.off = False
 
     def __call__(self, values: dict[str, float], step: int) -> None:
-        if not self.started:
-            self.accelerator.init_trackers(self.name)
-            self.started = True
-        self.accelerator.log(values, step=step)
+        if self.off:
+            return
+        try:
+            if not self.started:
+                self.accelerator.init_trackers(self.name)
+                self.started = True
+            self.accelerator.log(values, step=step)
+        except Exception as e:  # the tracker's own failure, whatever its library raises
+            self.off = True
+            if self.events is not None:
+                self.events(phase="train", warning=f"tracker off: {type(e).__name__}: {e}"[:300])
 
     def close(self) -> None:
-        if self.started:
-            self.accelerator.end_training()
+        if self.started and not self.off:
+            try:
+                self.accelerator.end_training()
+            except Exception as e:
+                if self.events is not None:
+                    self.events(phase="train", warning=f"tracker: {type(e).__name__}: {e}"[:300])
 
 
 def _read_json(path: Path) -> Any:
