@@ -113,7 +113,8 @@ def figure_data(table: TableData) -> list[FigureData]:
             caption = (f"Ours (dots, +- std over seeds) and the paper{cite} (crosses); x = the paper's labels."
                        if categorical else f"Ours (solid, +- std over seeds) and the paper{cite} (dashed); x = the "
                        "paper's labels.")
-            figs.append(FigureData("lines", "lines", f"{metric_info(acc).title} vs {dim}",
+            figs.append(FigureData("lines", "lines", f"{metric_info(acc).title} vs {dim}" if dim else
+                                   f"{metric_info(acc).title} per grid position",
                                    caption + _gain_caption(panels, "Right"),
                                    {"x": x, "xlabel": str(dim or ""), "ylabel": metric_info(acc).title,
                                     "series": series, "categorical": categorical, "panels": panels}))
