@@ -207,3 +207,4 @@ def test_cancel_leaves_the_grids_cells_queued(tmp_path: Path, sweepdae: Any, pg_
     assert r.returncode == 0 and "cancelled 1 jobs" in r.stderr, r.stderr
     _, cells, _ = _store_trials(pg_url)
     assert list(cells["status"]) == ["queued"]
+
