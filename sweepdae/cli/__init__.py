@@ -66,8 +66,8 @@ RunsOpt = Annotated[str | None, typer.Option("--runs-dir", help="Where cell fold
 
 
 TrackerOpt = Annotated[str | None, typer.Option("--tracker", help="Where training curves go: tensorboard (default: "
-                                               "runs/_tensorboard), wandb, mlflow, aim or none [env: "
-                                               "SWEEPDAE_TRACKER]")]
+                                               "runs/_tensorboard), wandb, mlflow, aim or none (env "
+                                               "SWEEPDAE_TRACKER)")]
 
 
 def _set_tracker(tracker: str | None) -> None:
@@ -199,7 +199,7 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         profile: ProfileOpt = None, store: StoreOpt = None,
         gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
         gpus_per_cell: Annotated[int | None, typer.Option(help="GPUs per cell (one process each); with --executor "
-                                                   "slurm, the GPUs of each job (0: CPU jobs) [default: 1]")
+                                                   "slurm, the GPUs of each job, 0 for CPU jobs (default: 1)")
                                  ] = None,
         cells_per_gpu: Annotated[int, typer.Option(help="Cells packed on one GPU")] = 1,
         cpu_cells: Annotated[int, typer.Option(help="Concurrent cells without a GPU")] = 1,
@@ -236,7 +236,7 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
     """Run every cell of the grids that the store does not have yet, grid after grid; resumes killed sweeps.
 
     Trainings shared between the grids (one train_key) are made once and reused. With --executor slurm the cells
-    run as SLURM jobs (one per training group); options come from the command line, then the grid's [slurm]
+    run as SLURM jobs (one per training group); options come from the command line, then the grid's slurm
     table (per axis value first), then ~/.config/sweepdae/slurm.toml."""
     if launcher not in ("auto", "accelerate", "fork"):
         raise SweepdaeError(f"--launcher: expected auto, accelerate or fork, got {launcher!r}")
@@ -434,10 +434,10 @@ def _dry_run(url: str | None, chosen: list[tuple[Any, list[Any]]], slots: list[A
 def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name of a shipped grid)")],
          trials: Annotated[int, typer.Option("--trials", help="Complete trials wanted in the study, in all")],
          profile: ProfileOpt = None, store: StoreOpt = None,
-         metric: Annotated[str | None, typer.Option(help="What to optimise (a cell metric) [default: the grid's "
-                                                    "[tune] metric, else probe_top1]")] = None,
-         direction: Annotated[str | None, typer.Option(help="maximize or minimize [default: from the metric: FID "
-                                                       "and losses minimise, accuracies maximise]")] = None,
+         metric: Annotated[str | None, typer.Option(help="What to optimise, a cell metric (default: the grid's "
+                                                    "tune.metric, else probe_top1)")] = None,
+         direction: Annotated[str | None, typer.Option(help="maximize or minimize (default: from the metric: FID "
+                                                       "and losses minimise, accuracies maximise)")] = None,
          sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
          seed: Annotated[int | None, typer.Option("--seed", help="The sampler's seed (the cells' seeds are the "
                                                   "grid's)")] = None,
@@ -449,8 +449,9 @@ def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
          launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
          plain: Annotated[bool | None, typer.Option("--plain/--live", help="Line output / live view")] = None,
          runs_dir: RunsOpt = None, tracker: TrackerOpt = None) -> None:
-    """Adaptive search (Optuna) over the grid's axes, or its [tune.params] ranges: each trial runs the grid's seeds
-    and scores their mean. Cells are the ones `run` makes: a recipe already done is reused, never trained again."""
+    """Adaptive search (Optuna) over the grid's axes, or the ranges of its tune.params table: each trial runs the
+    grid's seeds and scores their mean. Cells are the ones `run` makes: a recipe already done is reused, never
+    trained again."""
     from sweepdae.grid import load_grid
     from sweepdae.metrics import METRICS
     from sweepdae.runner import run_cells
