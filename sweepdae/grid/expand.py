@@ -77,13 +77,20 @@ def resolve_profile(grid: Grid, profile: str | None) -> str | None:
     return profile
 
 
-def expand(grid: Grid, profile: str | None = None) -> Plan:
-    """Every cell of the grid under `profile` (None = the grid's default profile), in a stable order."""
+def under_profile(grid: Grid, profile: str | None) -> tuple[str | None, dict[str, Any], list[Axis], tuple[int, ...]]:
+    """(profile name, base knobs, axes, seeds) of the grid under `profile` (None = its default profile): what
+    `expand` and `tune`'s search space start from."""
     pname = resolve_profile(grid, profile)
     prof = grid.profiles[pname] if pname else None
     base = {**grid.base, **(prof.overrides if prof else {})}
     axes = [_profiled(a, prof.axes.get(a.name), prof.keep.get(a.name)) if prof else a for a in grid.axes]
     seeds = (prof.seeds if prof and prof.seeds else None) or grid.seeds
+    return pname, base, axes, tuple(seeds)
+
+
+def expand(grid: Grid, profile: str | None = None) -> Plan:
+    """Every cell of the grid under `profile` (None = the grid's default profile), in a stable order."""
+    pname, base, axes, seeds = under_profile(grid, profile)
 
     # (knobs, coords, step, include label, seeds)
     points: list[tuple[dict[str, Any], dict[str, str], int | None, str | None, tuple[int, ...]]] = []

@@ -727,21 +727,9 @@ def _tune(v: Any, ctx: _Ctx) -> TuneSpec:
     if direction is not None and direction not in ("maximize", "minimize"):
         raise ctx.error("tune.direction", f"must be \"maximize\" or \"minimize\", got {direction!r}")
     params: dict[str, TuneParam] = {}
-    for path, spec in _param_tables(_table(t.get("params", {}), "tune.params", ctx), ""):
+    for path, spec in _flatten(_table(t.get("params", {}), "tune.params", ctx)):
         params[path] = _tune_param(path, spec, f"tune.params.{path}", ctx)
     return TuneSpec(metric=metric, direction=direction, params=params)
-
-
-def _param_tables(t: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
-    """`"model.size" = {...}` and `model.size = {...}` (nested tables) alike: knob path -> its range table."""
-    out: list[tuple[str, Any]] = []
-    for k, v in t.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, dict) and "type" not in v and path not in KNOBS:
-            out.extend(_param_tables(v, path + "."))
-        else:
-            out.append((path, v))
-    return out
 
 
 def _tune_param(path: str, spec: Any, key: str, ctx: _Ctx) -> TuneParam:

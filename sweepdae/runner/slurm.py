@@ -192,17 +192,19 @@ class DeadJobOwner:
 
 
 # -- inside a job ----------------------------------------------------------------------------------------------------
-def _checkpointable() -> type:
+def _submitit() -> Any:
     try:
         import submitit
     except ImportError:
         raise SweepdaeError("--executor slurm needs submitit: pip install 'sweepdae[slurm]'") from None
-    return submitit.helpers.Checkpointable  # type: ignore[no-any-return]
+    return submitit
 
 
-class CellGroupJob(_checkpointable()):  # type: ignore[misc]
+class CellGroupJob:
     """What a SLURM job runs: the coordinator over one training group's cells, against the shared store.
-    submitit pickles it; on USR2 it checkpoints it (the same object) and requeues the job."""
+    submitit pickles it; on USR2 it checkpoints it (`checkpoint`: the same object) and requeues the job. (Not a
+    subclass of submitit's Checkpointable, which only adds that method: reading job states, for `status`, needs
+    no submitit.)"""
 
     def __init__(self, *, store_url: str, runs_dir: str, keys: list[str], launcher: str = "auto", gpus: int = 1,
                  max_retries: int = 1, grace_s: float = GRACE_S) -> None:
@@ -210,8 +212,11 @@ class CellGroupJob(_checkpointable()):  # type: ignore[misc]
         self.launcher, self.gpus = launcher, gpus
         self.max_retries, self.grace_s = max_retries, grace_s
 
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
     def __call__(self) -> dict[str, Any]:
-        import submitit
+        submitit = _submitit()
 
         from sweepdae.runner import Coordinator, Options, detect_gpus, make_slots
         from sweepdae.runner.view import make_view
@@ -316,7 +321,7 @@ def plan_groups(store: Any, cells: list[Any], *, spec: Any, cli: dict[str, Any],
 def submit(groups: list[Group], *, store: Any, store_url: str, plan: Any, runs_dir: Path, launcher: str,
            max_retries: int) -> list[dict[str, Any]]:
     """Submit the groups (one job array per distinct set of options) and record every job in the store."""
-    import submitit
+    submitit = _submitit()
 
     if shutil.which("sbatch") is None:
         raise SweepdaeError("sbatch: not found; --executor slurm needs the SLURM client commands on this machine")
@@ -367,9 +372,11 @@ def cancel(store: Any, keys: set[str], *, wait_s: float = 30.0) -> tuple[list[st
     return live, [k for k in queued if k in keys]
 
 
-def job_of_cells(store: Any, keys: list[str] | None) -> dict[str, dict[str, Any]]:
-    """key -> the newest job submitted for it, with its `state` (for `status`); {} when no job was ever submitted."""
-    jobs = store.jobs()
+def job_of_cells(store: Any, keys: list[str] | None, jobs: list[dict[str, Any]] | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """key -> the newest job submitted for it, with its `state` (for `status`); {} when no job was ever submitted.
+    `jobs`: the store's jobs when the caller has read them already."""
+    jobs = store.jobs() if jobs is None else jobs
     if not jobs:
         return {}
     wanted = set(keys) if keys is not None else None

@@ -17,16 +17,16 @@ from sweepdae.errors import printable
 
 def cell_jobs(store: Any, keys: list[str] | None) -> dict[str, dict[str, Any]]:
     """key -> the SLURM job that runs (or ran) it, with its state; {} when the store never submitted one."""
-    if not store.jobs():
-        return {}
     from sweepdae.runner.slurm import job_of_cells
 
     return job_of_cells(store, keys)
 
 
-def status_table(store: Any, keys: list[str] | None) -> tuple[Table, dict[str, int]]:
+def status_table(store: Any, keys: list[str] | None, jobs: dict[str, dict[str, Any]] | None = None
+                 ) -> tuple[Table, dict[str, int]]:
+    """The cells table and the count per status; `jobs` (from `cell_jobs`) when the caller has them already."""
     df = store.cells(keys)
-    jobs = cell_jobs(store, keys)
+    jobs = cell_jobs(store, keys) if jobs is None else jobs
     t = Table(title="cells", title_justify="left")
     for col in ("cell", "key", "status", "attempts", "probe top-1", "kNN top-1", "FID", "failure"):
         t.add_column(col)
@@ -78,7 +78,8 @@ def show_status(store: Any, keys: list[str] | None, *, as_json: bool, watch: boo
                 job = jobs.get(row["key"])
                 if job:
                     row["slurm_job"] = {"job_id": job["job_id"], "state": job["state"], "log": job.get("log")}
-            sys.stdout.write(json.dumps({"cells": rows, "counts": status_table(store, keys)[1]}, indent=1) + "\n")
+            counts = status_table(store, keys, jobs)[1]
+            sys.stdout.write(json.dumps({"cells": rows, "counts": counts}, indent=1) + "\n")
             return
         if not watch:
             console.print(status_table(store, keys)[0])

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from sweepdae.errors import RecipeError, SweepdaeError
 from sweepdae.grid import Cell, Grid
-from sweepdae.grid.expand import _excluded, _fmt, _profiled, resolve_profile
+from sweepdae.grid.expand import _excluded, _fmt, under_profile
 from sweepdae.grid.schema import Axis, TuneParam
 from sweepdae.metrics import METRICS, metric_info
 from sweepdae.recipe import recipe_from_flat
@@ -141,11 +141,7 @@ def search_space(grid: Grid, profile: str | None) -> Space:
     if grid.trajectory:
         raise SweepdaeError(f"{grid.path}: tune: grid {grid.name!r} is a trajectory (each step builds on the one "
                             "before), not a space of independent points; tune a grid with [axes] or [tune.params]")
-    pname = resolve_profile(grid, profile)
-    prof = grid.profiles[pname] if pname else None
-    base = {**grid.base, **(prof.overrides if prof else {})}
-    axes = [_profiled(a, prof.axes.get(a.name), prof.keep.get(a.name)) if prof else a for a in grid.axes]
-    seeds = (prof.seeds if prof and prof.seeds else None) or grid.seeds
+    pname, base, axes, seeds = under_profile(grid, profile)
     params = grid.tune.params
     dims: list[Dim] = []
     for a in axes:
@@ -159,7 +155,7 @@ def search_space(grid: Grid, profile: str | None) -> Space:
     dims += [Dim(path, param=p) for path, p in params.items()]
     if not dims:
         raise SweepdaeError(f"{grid.path}: tune: nothing to search: the grid has no [axes] and no [tune.params]")
-    return Space(grid=grid, profile=pname, base=base, seeds=tuple(seeds), dims=tuple(dims))
+    return Space(grid=grid, profile=pname, base=base, seeds=seeds, dims=tuple(dims))
 
 
 def make_sampler(name: str, seed: int | None, space: Space) -> optuna.samplers.BaseSampler:
