@@ -33,7 +33,8 @@ def test_cell_counts_per_profile(name: str) -> None:
 
 
 # Profiles that keep fewer positions than the grid has (axes.NAME = {values, labels}): per seed.
-FEWER = {("tokenizer_dims", "demo"): 18, ("tokenizer_dims", "cpu"): 12, ("epochs", "cpu"): 2}
+FEWER = {("tokenizer_dims", "demo"): 18, ("tokenizer_dims", "cpu"): 12, ("tokenizer_dims", "cpu_fitted"): 12,
+         ("epochs", "cpu"): 2}
 # The six headline findings' grids (REPRODUCTION.md): their reproduction profiles run the reported seeds.
 FINDING_GRIDS = ("deconstruction", "tokenizer_dims", "noise_levels", "towards_dae", "model_size", "epochs")
 REPORTED_SEEDS = {0, 1, 2}
@@ -186,3 +187,18 @@ def test_shared_runs_are_one_training(group: str, profile: str) -> None:
 def test_upsampled_is_flagged() -> None:
     flagged = [c.coords["d"] for c in _cells("pixel_tokenizer", "smoke") if c.recipe.upsampled]
     assert flagged == ["768"]  # 64 px from 28 px Fashion-MNIST; 32 px is zero-padded, 16 and 8 downsampled
+
+
+def test_cpu_fitted_refits_only_the_patch_tokenizers() -> None:
+    """REPRODUCTION.md's fit-budget rerun: the patch VAE / AE at their measured budgets (32 / 64 epochs) are new
+    cells; every conv VAE and patch PCA cell is the cpu profile's own (same cell key: done once, never rerun)."""
+    cpu = {c.label: c for c in _cells("tokenizer_dims", "cpu")}
+    fitted = _cells("tokenizer_dims", "cpu_fitted")
+    assert {c.label for c in fitted} == set(cpu)
+    budgets = {"conv_vae": 1, "patch_vae": 32, "patch_ae": 64, "patch_pca": 1}
+    for c in fitted:
+        tok = c.coords["tokenizer"]
+        assert c.recipe.tokenizer.fit_epochs == budgets[tok], c.label
+        assert cpu[c.label].recipe.tokenizer.fit_epochs == 1
+        same = c.key == cpu[c.label].key
+        assert same == (tok in ("conv_vae", "patch_pca")), c.label
