@@ -90,7 +90,7 @@ def main() -> None:
     print("\npatch VAE posterior-noise share of latent variance (held-out; not in the rule)")
     print("| d (label) | " + " | ".join(f"E={e}" for e in reads) + " |")
     print("|---|" + "---|" * len(reads))
-    for name, d, _, nz, _, _ in rows:
+    for _name, d, _, nz, _, _ in rows:
         if nz:
             print(f"| {d} ({LABELS[d]}) | " + " | ".join(f"{nz[e]:.2f}" for e in reads) + " |")
     print()
