@@ -3,7 +3,8 @@ MSE against fit epochs, and the budget the criterion fixed before this ran picks
 
     .venv/bin/python benchmarks/fit_budget.py [--epochs 64] [--seeds 100 101 102] [--threads 1]
 
-For `patch_vae` and `patch_ae` at the cpu profile's d = 2, 4, 8 (labels 16, 32, 64): one fit of `--epochs` epochs
+For `patch_vae` and `patch_ae` with the cpu profile's own recipes (grids/tokenizer_dims.toml: data, tokenizer
+knobs, d = 2, 4, 8 labelled 16, 32, 64), fit epochs replaced by `--epochs`: one fit of `--epochs` epochs
 per seed through `fit_tokenizer` (the cells' own entry point, constant lr and one seeded data order, so the fit at
 E epochs is the first E epochs of it), read at E = 1, 2, 4, ...: MSE per pixel value in [-1, 1] through the
 posterior mean on the profile's 2,000 test-split images, and for the VAE the posterior-noise share of its latent
@@ -16,18 +17,19 @@ measured; a tokenizer's budget is the largest E* over its d.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from pathlib import Path
 
 import torch
 
 from sweepdae.data import load_dataset
-from sweepdae.recipe import DataConfig, DatasetName, TokenizerConfig, TokenizerName
+from sweepdae.grid import expand, load_grid
 from sweepdae.tokenizers import create_tokenizer, fit_tokenizer
 from sweepdae.tokenizers._base import posterior_stats, recon_mse
 
+GRID = Path(__file__).resolve().parent.parent / "grids" / "tokenizer_dims.toml"
 TOKENIZERS = ("patch_vae", "patch_ae")
-DIMS = (2, 4, 8)  # the cpu profile's d values (labels 16, 32, 64), grids/tokenizer_dims.toml
-LABELS = {2: "16", 4: "32", 8: "64"}
 IMPROVEMENT = 0.01  # "stops improving by more than 1 % per doubling" (REPRODUCTION.md)
 
 
@@ -47,21 +49,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    # the cpu profile's data (grids/tokenizer_dims.toml [profiles.cpu])
-    data = DataConfig(name=DatasetName.fashion_mnist, image_size=32, train_size=24000, test_size=2000)
-    train = load_dataset(data, "train", seed=0).tensors()[0]
-    test = load_dataset(data, "test", seed=0).tensors()[0]
+    # the cpu profile's own recipes (data, tokenizer knobs, d values), one seed's cells of the patch tokenizers
+    cells = [c for c in expand(load_grid(GRID), "cpu").cells if c.seed == 0 and c.coords["tokenizer"] in TOKENIZERS]
+    data = cells[0].recipe.data
+    train_set, test_set = load_dataset(data, "train", seed=0), load_dataset(data, "test", seed=0)
+    train, test = train_set.tensors()[0], test_set.tensors()[0]
     heldout = torch.arange(test.shape[0])
     reads = [e for e in (2 ** k for k in range(20)) if e <= args.epochs]
     rows = []
     for name in TOKENIZERS:
-        for d in DIMS:
+        for cell in (c for c in cells if c.coords["tokenizer"] == name):
+            cfg = dataclasses.replace(cell.recipe.tokenizer, fit_epochs=args.epochs)
+            d = f"{cfg.latent_dim} ({cell.coords['d']})"
             per_e: dict[int, list[float]] = {e: [] for e in reads}
             noise: dict[int, list[float]] = {e: [] for e in reads}
             seconds = []
             for seed in args.seeds:
-                cfg = TokenizerConfig(name=TokenizerName(name), patch_size=8, latent_dim=d, fit_epochs=args.epochs)
-                tok = create_tokenizer(cfg, channels=1, image_size=32)
+                tok = create_tokenizer(cfg, channels=train_set.channels, image_size=data.image_size)
 
                 def read(event: dict, tok=tok, per_e=per_e, noise=noise) -> None:
                     if event.get("event") != "fit_epoch" or event["epoch"] not in per_e:
@@ -81,18 +85,18 @@ def main() -> None:
                          sum(seconds) / len(seconds)))
             print(f"{name} d={d}: done ({rows[-1][5]:.1f} s per fit)", flush=True)
 
-    print(f"\nheld-out MSE (mean over seeds {', '.join(map(str, args.seeds))}), 2,000 Fashion-MNIST test images")
+    print(f"\nheld-out MSE (mean over seeds {', '.join(map(str, args.seeds))}), {test.shape[0]:,} test images")
     print("| tokenizer | d (label) | " + " | ".join(f"E={e}" for e in reads) + " | E* | s per fit |")
     print("|---|---|" + "---|" * len(reads) + "---|---|")
     for name, d, mean, _, e_star, sec in rows:
-        print(f"| {name} | {d} ({LABELS[d]}) | " + " | ".join(f"{mean[e]:.4f}" for e in reads)
+        print(f"| {name} | {d} | " + " | ".join(f"{mean[e]:.4f}" for e in reads)
               + f" | {e_star} | {sec:.1f} |")
     print("\npatch VAE posterior-noise share of latent variance (held-out; not in the rule)")
     print("| d (label) | " + " | ".join(f"E={e}" for e in reads) + " |")
     print("|---|" + "---|" * len(reads))
     for _name, d, _, nz, _, _ in rows:
         if nz:
-            print(f"| {d} ({LABELS[d]}) | " + " | ".join(f"{nz[e]:.2f}" for e in reads) + " |")
+            print(f"| {d} | " + " | ".join(f"{nz[e]:.2f}" for e in reads) + " |")
     print()
     for name in TOKENIZERS:
         print(f"budget {name}: {max(r[4] for r in rows if r[0] == name)} epochs")
