@@ -180,6 +180,19 @@ def test_single_level_cell_is_probed_at_its_own_t(tmp_path: Path) -> None:
     assert torch.load(run_dir / "features.pt")["t"] == 407 and torch.load(run_dir / "features_t10.pt")["t"] == 10
 
 
+def test_a_cell_records_its_cpu_thread_count(tmp_path: Path) -> None:
+    """CPU float results repeat bitwise at one thread count but not across counts, so a cell records its count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = recipe_from_flat({**BASE, "train.epochs": 1})
+        run_dir = tmp_path / "runs" / r.key()
+        atomic_write_json(run_dir / "recipe.json", {"key": r.key(), "label": "one thread", "recipe": r.to_dict()})
+        assert run_cell(run_dir)["provenance"]["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cells_of_one_training_share_it(tmp_path: Path) -> None:
     """Two cells that differ only in evaluation (probe t): the first trains, the second loads that training."""
     results = []

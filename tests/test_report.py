@@ -64,7 +64,7 @@ class FakeStore:
 def _row(key: str, label: str, status: str, metrics: dict[str, float], **extra: Any) -> dict[str, Any]:
     info = {"timings": {"train_s": 5.0, "wall_s": 12.0}, "artifacts": {}, "run_dir": f"/runs/{key}",
             "provenance": {"sweepdae": "0.1.0", "git_commit": "abcdef0123456789", "git_dirty": True,
-                           "device": "cpu", "host": "box", "torch": "2.4.0"}}
+                           "device": "cpu", "host": "box", "torch": "2.4.0", "cpu_threads": 3}}
     return {"key": key, "label": label, "status": status, "attempts": 1, "failure_class": None, "error": None,
             "recipe": synthetic_recipe(0), "info": info, **{f"metric.{k}": v for k, v in metrics.items()}, **extra}
 
@@ -377,6 +377,7 @@ def test_html_is_escaped_and_self_contained(store: FakeStore, tmp_path: Path) ->
     assert srcs and all(s.startswith("data:image/") for s in srcs)
     assert html.count('<section id="') == 3  # headline findings + two grids
     assert 'href="#tokenizer-dims-smoke"' in html and "abcdef012345 (dirty)" in html
+    assert "<dt>CPU threads</dt><dd>3</dd>" in html
 
 
 def _strip_escaped(tex: str) -> str:

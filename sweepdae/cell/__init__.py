@@ -211,7 +211,9 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
               "artifacts": artifacts, "tokenizer": tok_stats, "steps": trained.info.get("steps"),
               "resumed_from_epoch": trained.resumed_from,
               "provenance": {**provenance(), "seed": recipe.seed, "num_processes": accelerator.num_processes,
-                             "device_type": device.type, "in_process": in_process},
+                             "device_type": device.type, "in_process": in_process,
+                             # CPU float results are bitwise repeatable at one thread count, not across counts
+                             "cpu_threads": torch.get_num_threads()},
               "finished": time.time()}
     atomic_write_json(run_dir / RESULT, result)
     events(phase="done", metrics=metrics)

@@ -25,6 +25,7 @@ class Provenance:
     devices: list[str] = field(default_factory=list)
     machines: int = 0  # distinct hosts that ran the cells (counted, never named)
     torch: list[str] = field(default_factory=list)
+    cpu_threads: list[str] = field(default_factory=list)  # torch's intra-op threads, where the cells recorded it
     cells_timed: int = 0
     total_s: float = 0.0
     mean_s: float | None = None
@@ -51,6 +52,7 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
     devices: dict[str, None] = {}
     hosts: dict[str, None] = {}
     torch: dict[str, None] = {}
+    threads: dict[str, None] = {}
     walls: list[float] = []
     labels: list[str] = []
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
@@ -67,6 +69,7 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
             _add(devices, prov.get("device"))
             _add(hosts, prov.get("host"))
             _add(torch, prov.get("torch"))
+            _add(threads, prov.get("cpu_threads"))
         timings = info.get("timings")
         if isinstance(timings, Mapping):
             wall = timings.get("wall_s")
@@ -81,7 +84,7 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
                 if isinstance(v, (int, float)) and np.isfinite(v):
                     phases[p].append(float(v))
     out = Provenance(versions=list(versions), commits=list(commits), devices=list(devices), machines=len(hosts),
-                     torch=list(torch), cells_timed=len(walls))
+                     torch=list(torch), cpu_threads=list(threads), cells_timed=len(walls))
     if walls:
         w = np.asarray(walls)
         out.total_s, out.mean_s, out.median_s, out.max_s = (float(w.sum()), float(w.mean()), float(np.median(w)),
