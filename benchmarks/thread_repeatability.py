@@ -1,9 +1,9 @@
 """Is a CPU fit bitwise repeatable, at one thread count and across thread counts?
 
 Fits the conv VAE of tokenizer_dims' cpu profile (d = 16, seed 1: the recipe whose training ran twice in the shipped
-reproduction) for `--steps` optimizer steps, each run in a fresh process with a given torch thread count, and prints
-a hash of the fitted parameters per run. Equal hashes at one count and different hashes across counts mean the
-difference comes from the thread count (the order of float sums), not from the seed or the code.
+reproduction) for `--steps` optimizer steps, each run in a fresh process with a given torch thread count, and
+prints a hash of the fitted parameters, and their sum, per run. Equal hashes at one count and different hashes
+across counts mean the difference comes from the thread count (the order of float sums), not the seed or the code.
 
     .venv/bin/python benchmarks/thread_repeatability.py --threads 1 1 2 2
 """
@@ -11,6 +11,7 @@ difference comes from the thread count (the order of float sums), not from the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -20,6 +21,7 @@ GRID = Path(__file__).resolve().parent.parent / "grids" / "tokenizer_dims.toml"
 
 
 def fit(threads: int, steps: int) -> str:
+    """A hash of the fitted parameters, and their sum (to show how far apart two hashes are)."""
     import torch
 
     from sweepdae.data import load_dataset
@@ -29,11 +31,13 @@ def fit(threads: int, steps: int) -> str:
     torch.set_num_threads(threads)
     (cell,) = [c for c in expand(load_grid(GRID), "cpu").cells
                if c.seed == 1 and c.coords["tokenizer"] == "conv_vae" and c.coords["d"] == "16"]
-    cfg = cell.recipe.tokenizer
+    cfg = dataclasses.replace(cell.recipe.tokenizer, fit_epochs=1)  # one epoch over `steps` batches
     images = load_dataset(cell.recipe.data, "train", seed=0).tensors()[0][: steps * cfg.fit_batch_size]
     tok = create_tokenizer(cfg, channels=1, image_size=cell.recipe.data.image_size)
-    fit_tokenizer(tok, images, cfg=cfg, seed=cell.seed)  # one epoch over `steps` batches
-    return hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in tok.parameters())).hexdigest()[:16]
+    fit_tokenizer(tok, images, cfg=cfg, seed=cell.seed)
+    digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in tok.parameters())).hexdigest()[:16]
+    total = sum(float(p.detach().double().sum()) for p in tok.parameters())
+    return f"{digest} (sum {total:.5f})"
 
 
 def main() -> None:
@@ -47,7 +51,7 @@ def main() -> None:
         return
     for n in args.threads:  # a fresh process per run: nothing cached between them
         out = subprocess.run([sys.executable, __file__, "--child", str(n), "--steps", str(args.steps)],
-                             check=True, capture_output=True, text=True).stdout.split()[-1]
+                             check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         print(f"threads {n}: parameters {out}", flush=True)
 
 
