@@ -144,9 +144,11 @@ def _make_storage(parsed: StoreURL, *, create: bool, connect_timeout: float) -> 
             if not create:
                 raise StoreNotFound(f"no store at {parsed.shown}: the journal file {str(path)!r} does not exist")
             path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalStorage
 
-        return JournalStorage(JournalFileBackend(str(path)))
+        from sweepdae.store._journal import SafeJournalFileBackend
+
+        return JournalStorage(SafeJournalFileBackend(str(path), parsed.shown))
 
     from optuna.storages import RDBStorage, _CachedStorage
 

@@ -1,0 +1,161 @@
+"""The store and the commands around it under hostile conditions: a journal torn by a crash or a full disk, a
+damaged journal, a crafted checkpoint, a password in a store URL, removal that must not half-apply, SLURM option
+strings. Every check goes through the installed `sweepdae` where a user would meet the defect; each is fast."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweepdae.grid import expand, parse_grid
+from sweepdae.store import open_store
+
+SCRIPT = shutil.which("sweepdae", path=str(Path(sys.executable).parent))
+EXAMPLE = Path(__file__).resolve().parent.parent / "reports" / "examples" / "cpu"
+
+GRID = """
+[grid]
+name = "hostile"
+seeds = [0]
+
+[base]
+data.name = "digits"
+data.image_size = 8
+tokenizer.name = "patch_pca"
+tokenizer.patch_size = 4
+model.size = "micro"
+
+[axes]
+tokenizer.latent_dim = [2, 4, 8]
+"""
+
+
+def sweepdae(*args: str, cwd: Path, env: dict[str, str] | None = None,
+             limit_bytes: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `sweepdae` with ARGS; `limit_bytes` caps the size of any file it writes (as `ulimit -f`), with
+    SIGXFSZ ignored so that a write past it fails with EFBIG instead of killing the process."""
+    assert SCRIPT, f"no sweepdae console script beside {sys.executable}: pip install -e . first"
+
+    def cap() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))  # type: ignore[arg-type]
+
+    base = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE", "SWEEPDAE_DEBUG")}
+    return subprocess.run([SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**base, "COLUMNS": "200", **(env or {})},
+                          preexec_fn=cap if limit_bytes is not None else None)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    """The run failed with exactly one `error:` line on stderr and no traceback; returns that line."""
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+def done_store(tmp: Path, name: str = "store.journal") -> tuple[str, Path, list[str]]:
+    """A journal store where every cell of GRID is done (recorded through the store API: nothing trains), the grid
+    file, and the cells' keys."""
+    grid = tmp / "hostile.toml"
+    grid.write_text(GRID)
+    plan = expand(parse_grid(GRID, str(grid)))
+    url = f"journal:{tmp / name}"
+    with open_store(url) as s:
+        s.enqueue([{"key": c.key, "label": c.label, "recipe": c.recipe.to_dict(), "grid": "hostile",
+                    "train_key": c.train_key} for c in plan.cells])
+        while (claim := s.claim("test")) is not None:
+            s.complete(claim, metrics={"probe_top1": 50.0}, info={"artifact_dir": claim.key})
+    return url, grid, [c.key for c in plan.cells]
+
+
+# ------------------------------------------------------------------------------------ item 2: a torn journal
+def _statuses(path: Path) -> dict[str, str]:
+    with open_store(f"journal:{path}", create=False) as s:
+        return s.status()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_journal_torn_at_a_random_offset_reads_what_is_before_the_cut_then_writes_fine(
+        tmp_path: Path, seed: int, capfd: pytest.CaptureFixture[str]) -> None:
+    whole = (EXAMPLE / "store.journal").read_bytes()  # a real journal sweepdae made
+    cut = random.Random(seed).randrange(len(whole) // 4, len(whole))
+    if whole[cut - 1:cut] == b"\n":
+        cut -= 1  # always a torn line, never a clean end
+    torn = tmp_path / "store.journal"
+    torn.write_bytes(whole[:cut])
+    clean = tmp_path / "clean.journal"  # what was whole before the cut
+    clean.write_bytes(whole[:whole.rfind(b"\n", 0, cut) + 1])
+    expected = _statuses(clean)
+
+    assert _statuses(torn) == expected
+    assert "torn" in capfd.readouterr().err  # the reader says so, once, instead of skipping it silently
+    with open_store(f"journal:{torn}") as s:  # two writes: the second used to brick the store
+        s.register_grid("one", profile="p", spec={}, cells=[])
+        s.register_grid("two", profile="p", spec={}, cells=[])
+    warning = capfd.readouterr().err
+    assert warning.count("its last line was torn") == 1 and "Traceback" not in warning, warning
+    (side,) = tmp_path.glob("store.journal.torn-*")
+    assert clean.read_bytes() + side.read_bytes() == whole[:cut]  # nothing lost: the cut bytes are kept aside
+    assert torn.read_bytes().startswith(clean.read_bytes())
+    with open_store(f"journal:{torn}", create=False) as s:
+        assert s.status() == expected
+        assert {g["name"] for g in s.grids()} >= {"one", "two"}
+
+
+def test_status_on_a_torn_journal_warns_and_a_write_repairs_it(tmp_path: Path) -> None:
+    url, grid, keys = done_store(tmp_path)
+    path = tmp_path / "store.journal"
+    data = path.read_bytes()
+    path.write_bytes(data[:-40])  # the last record (a cell's COMPLETE) cut short
+    r = sweepdae("status", "--store", url, "--json", cwd=tmp_path)
+    assert r.returncode == 0 and "is torn" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert '"done": 2' in r.stdout and '"running": 1' in r.stdout  # the torn COMPLETE is not read
+    only = ["--only", "latent_dim=[24] "]  # the two cells still done
+    r = sweepdae("forget", str(grid), *only, "--store", url, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0 and "its last line was torn" in r.stderr, r.stderr
+    for _ in range(2):  # further writes and reads keep working (the second write used to brick the store)
+        assert sweepdae("forget", str(grid), *only, "--store", url, cwd=tmp_path).returncode == 0
+        r = sweepdae("status", "--store", url, "--json", cwd=tmp_path)
+        assert r.returncode == 0 and "torn" not in r.stderr and '"done"' not in r.stdout, r.stderr
+
+
+def test_a_size_limited_append_leaves_the_journal_whole(tmp_path: Path) -> None:
+    """As the review did with `ulimit -f` during `forget`: the write fails with one line, and the journal is left
+    as it was (the partial append is taken back), so the next command reads and writes it."""
+    url, grid, keys = done_store(tmp_path)
+    path = tmp_path / "store.journal"
+    before = path.read_bytes()
+    r = sweepdae("forget", str(grid), "--store", url, cwd=tmp_path, limit_bytes=len(before) + 60)
+    line = one_line_error(r)
+    assert "too large" in line.lower(), line
+    assert path.read_bytes() == before
+    r = sweepdae("forget", str(grid), "--store", url, cwd=tmp_path)
+    assert r.returncode == 0 and "forgot 3 of 3" in r.stderr, r.stderr
+    r = sweepdae("status", "--store", url, "--json", cwd=tmp_path)
+    assert r.returncode == 0 and '"counts": {}' in r.stdout, (r.stdout, r.stderr)  # all three forgotten
+
+
+def test_a_journal_damaged_inside_is_one_line_naming_the_line_for_readers_and_writers(tmp_path: Path) -> None:
+    url, grid, keys = done_store(tmp_path)
+    path = tmp_path / "store.journal"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4][:30] + lines[5]  # a torn record with the next append glued on, as old sweepdae left it
+    path.write_bytes(b"".join(lines))
+    for args in (["status", "--store", url], ["forget", str(grid), "--store", url]):
+        line = one_line_error(sweepdae(*args, cwd=tmp_path))
+        assert "line 5 " in line and "delete line 5" in line, line
+
+
+def _args(**kw: Any) -> list[str]:
+    return [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
