@@ -117,9 +117,12 @@ def seed_matrices(table: TableData, metric: str) -> dict[str, pd.DataFrame]:
     """seed -> rows x cols of one metric, holding only the positions finished on every seed (so that every seed's
     statistic reads the same positions: paired)."""
     s = table.seeds[table.seeds["metric"] == metric]
+    # A position holds one recipe's seeds (tables._split_mixed), so one value per seed; two would be different
+    # recipes, and a statistic must never average them as if they were one: such a position is left out.
+    s = s[~s.duplicated(["row_i", "col_i", "seed"], keep=False)]
     if s.empty:
         return {}
-    wide = s.pivot_table(index=["row_i", "col_i"], columns="seed", values="value", aggfunc="mean")
+    wide = s.pivot_table(index=["row_i", "col_i"], columns="seed", values="value", aggfunc="first")
     complete = wide.dropna()
     out = {}
     for seed in complete.columns:

@@ -7,6 +7,7 @@ The paper's numbers sit in a "paper" sub-row under each of our rows, matched by 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -128,37 +129,48 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
     for c in grid_cells:
         coords = c.get("coords") or {}
         row, rstep = _coord(row_dim, c, steps) if row_dim else ("", None)
-        if row is None:
+        included = "include" in coords  # an [[include]] cell: on no axis, its row is its own label
+        if row is None or (included and not row):
             row = str(coords.get("include") or _strip_seed(str(c.get("label", ""))))
         col, cstep = _coord(col_dim, c, steps) if col_dim else ("", None)
         rec: dict[str, Any] = {"key": str(c["key"]), "row_base": row, "col": col if col is not None else "other",
                                "step": c.get("step") if isinstance(c.get("step"), int) else None,
-                               "seed": _coord("seed", c, steps)[0]}
+                               "seed": _coord("seed", c, steps)[0], "included": included,
+                               "where": _where(coords, c.get("step"))}
         for e in extras:
             rec[f"x:{e}"] = _coord(e, c, steps)[0]
         recs.append(rec)
-    pos = pd.DataFrame(recs, columns=["key", "row_base", "col", "step", "seed", *[f"x:{e}" for e in extras]])
-    varying = [e for e in extras if pos[f"x:{e}"].nunique(dropna=True) > 1]
+    pos = pd.DataFrame(recs, columns=["key", "row_base", "col", "step", "seed", "included", "where",
+                                      *[f"x:{e}" for e in extras]])
+    # -- join the store's results ------------------------------------------------------------------------------
+    df = cells_df if cells_df is not None else pd.DataFrame()
+    if "key" in df.columns:
+        df = df.drop_duplicates("key", keep="last").set_index("key")
+    got = df.reindex(pos["key"])
+    pos["recipe"] = list(got["recipe"]) if "recipe" in got else [None] * len(pos)
+
+    axis_cells = ~pos["included"].astype(bool)
+    varying = [e for e in extras if pos.loc[axis_cells, f"x:{e}"].nunique(dropna=True) > 1]
     row_orders = [("row_base", _order(row_dim, pos["row_base"].unique(), axes, steps))]
     row_orders += [(f"x:{e}", _order(e, pos[f"x:{e}"].dropna().unique(), axes, steps)) for e in varying]
     for name, order in row_orders:
         pos[f"o:{name}"] = pos[name].map(order).fillna(-1).astype(int)
     if varying:
         parts = [[(x if e == "step" else f"{e}={x}") for x in pos[f"x:{e}"].astype(str)] for e in varying]
-        pos["row"] = [f"{base} ({', '.join(p)})" if base else ", ".join(p)
-                      for base, p in zip(pos["row_base"], zip(*parts, strict=True), strict=True)]
+        pos["row"] = [base if inc else f"{base} ({', '.join(p)})" if base else ", ".join(p)
+                      for base, inc, p in zip(pos["row_base"], pos["included"], zip(*parts, strict=True),
+                                              strict=True)]
     else:
         pos["row"] = pos["row_base"]
+    blank = pos["row"].eq("")
+    if blank.any() and not blank.all() and all(w == () for w in pos.loc[blank, "where"]):
+        pos.loc[blank, "row"] = "base"  # the grid's base point (no axis) beside [[include]] rows: name it
+    split_notes = _split_mixed(pos)
     col_order = _order(col_dim, pos["col"].unique(), axes, steps)
     pos["col_i"] = pos["col"].map(col_order).astype(int)
     ranked = pos.sort_values([f"o:{n}" for n, _ in row_orders], kind="stable")["row"].drop_duplicates()
     pos["row_i"] = pos["row"].map({r: i for i, r in enumerate(ranked)}).astype(int)
 
-    # -- join the store's results ------------------------------------------------------------------------------
-    df = cells_df if cells_df is not None else pd.DataFrame()
-    if "key" in df.columns:
-        df = df.drop_duplicates("key", keep="last").set_index("key")
-    got = df.reindex(pos["key"])
     pos["status"] = (got["status"].to_numpy() if "status" in got else np.full(len(pos), None))
     pos["status"] = pos["status"].fillna("new").astype(str)
     done = (pos["status"] == "done").to_numpy()
@@ -167,7 +179,6 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
         vals = pd.to_numeric(got[col], errors="coerce").to_numpy(dtype=float) if col in got else np.full(len(pos),
                                                                                                        np.nan)
         pos[f"v:{m}"] = np.where(done, vals, np.nan)
-    pos["recipe"] = list(got["recipe"]) if "recipe" in got else [None] * len(pos)
     pos["denoising"] = [_artifact(i, runs_dir) for i in (got["info"] if "info" in got else [None] * len(pos))]
 
     # -- aggregate over seeds ----------------------------------------------------------------------------------
@@ -212,6 +223,7 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
     tidy.insert(0, "grid", str(spec.get("name", "")))
     tidy.insert(1, "profile", profile)
     display, bold, state, notes = _pivot(tidy, metrics, row_dim, col_dim, axes)
+    notes[:0] = split_notes
     citation = ref.citation if ref else None
     if ref and ref.note:
         notes.append(f"{citation}: {ref.note}.")
@@ -225,6 +237,76 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
                      col_dim=col_dim, metrics=metrics, trajectory=row_dim == "step", tidy=tidy, positions=agg,
                      seeds=seeds, display=display, bold=bold, state=state, citation=citation, notes=notes,
                      scale=scale_line(recipes, profile, str(spec.get("profile_description") or "")))
+
+
+def _where(coords: Mapping[str, Any], step: Any) -> tuple[tuple[str, str], ...]:
+    """A cell's place in its grid apart from its seed: its coordinates (axes, trajectory step, include label)."""
+    out = {str(k): str(v) for k, v in coords.items() if k != "seed"}
+    if isinstance(step, int):
+        out["step#"] = str(step)
+    return tuple(sorted(out.items()))
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A stored recipe as dotted knob path -> JSON text, without its seed (what seeds of one position share)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{path}."))
+        elif path != "seed":
+            out[path] = json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
+def _identity(recipe: Mapping[str, Any]) -> dict[str, str] | None:
+    """What the cell's key hashes apart from the seed (knobs a step reads), or None for a recipe of an older
+    schema that no longer validates. Two recipes may differ in a knob nothing reads and still be seeds of one
+    recipe: a key shared by two grids keeps the recipe of whichever grid queued it first."""
+    try:
+        r = recipe_from_dict(dict(recipe))
+    except SweepdaeError:
+        return None
+    ident = {**r.train_identity(), **r.eval_identity()}
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in ident.items() if k != "seed"}
+
+
+def _split_mixed(pos: pd.DataFrame) -> list[str]:
+    """Give a row of its own to every recipe of a grid position: a report row holds only cells that differ by
+    seed alone, so a mean over them is a mean over seeds. Positions share a row label when two grid points (or an
+    axis point and an [[include]]) carry one label -- stores planned before such grids were refused -- and their
+    cells must never be averaged as if they were seeds. Renames `pos["row"]` in place; returns the notes."""
+    moved: list[str] = []
+    rows = pos["row"].tolist()
+    for (row, _col), idx in pos.groupby(["row", "col"], sort=False).indices.items():
+        if len(idx) < 2:
+            continue
+        places = {i: pos["where"].iat[i] for i in idx}
+        flats = {i: _flat(r) for i in idx if isinstance(r := pos["recipe"].iat[i], Mapping)}
+        # the cheap test first (stored recipes equal on every knob both name); parse only when they are not
+        shared = set.intersection(*(set(f) for f in flats.values())) if flats else set()
+        differ = {p for p in shared if len({f[p] for f in flats.values()}) > 1}
+        idents: dict[int, dict[str, str]] = {}
+        if differ:
+            for i, f in flats.items():
+                idents[i] = _identity(pos["recipe"].iat[i]) or {p: f[p] for p in differ}
+            shared = set.intersection(*(set(f) for f in idents.values()))
+            differ = {p for p in shared if len({f[p] for f in idents.values()}) > 1}
+        if len(set(places.values())) < 2 and not differ:
+            continue
+        knobs = sorted(differ)
+        for i in idx:
+            place = ", ".join(f"{k.removesuffix('#')}={v}" for k, v in places[i]) if len(set(places.values())) > 1 \
+                else ""
+            recipe = ", ".join(f"{k}={idents[i][k]}" for k in knobs) if i in idents else \
+                ("recipe not recorded" if knobs else "")
+            rows[i] = f"{row} [{'; '.join(x for x in (place, recipe) if x)}]"
+        moved.append(str(row))
+    pos["row"] = rows
+    if not moved:
+        return []
+    return [f"shown apart, not averaged: {', '.join(dict.fromkeys(moved))} (cells of one label that differ by "
+            "more than seed, from a store that accepted duplicate labels; each row holds one recipe's seeds)."]
 
 
 def _per_seed(pos: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
