@@ -159,3 +159,31 @@ def test_a_journal_damaged_inside_is_one_line_naming_the_line_for_readers_and_wr
 
 def _args(**kw: Any) -> list[str]:
     return [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
+# ------------------------------------------------------------------------------------ item 5: passwords
+SECRET_URLS = [
+    "postgresql://alice:ab/cd3f@127.0.0.1:1/db",  # a '/' in the password (SQLAlchemy reads it so)
+    "postgresql://alice:ab/cd3f@127.0.0.1:1/db?sslpassword=ab/cd3f&sslmode=disable",
+    "postgresql://alice:ab%2Fcd3f@127.0.0.1:1/db?PASSWORD=ab/cd3f",
+    "postgresql://alice:ab/cd3f@127.0.0.1:notaport/db?sslpassword=ab/cd3f",  # fails to parse
+    "postgresql://alice:ab@cd3f@127.0.0.1:1/db",  # an unescaped '@': refused, still masked
+    "postgres://alice:ab:cd3f?@127.0.0.1:1/db",
+]
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_a_store_url_that_cannot_connect_never_prints_its_password(tmp_path: Path, url: str) -> None:
+    for args in (["status", "--store", url], ["gc", "--store", url]):
+        r = sweepdae(*args, cwd=tmp_path, env={"SWEEPDAE_STORE": ""})
+        line = one_line_error(r)
+        assert "cd3f" not in r.stdout + r.stderr and "***" in line, line
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_mask_password_hides_the_secret_of_every_form(url: str) -> None:
+    from sweepdae.store import mask_password
+
+    shown = mask_password(url)
+    assert "cd3f" not in shown and mask_password(shown) == shown, shown
+    assert "cd3f" not in mask_password(f'connection to "{url}" failed; sslpassword=cd3f, Password: cd3f')

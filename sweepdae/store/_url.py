@@ -34,9 +34,28 @@ class StoreURL:
 
 
 def mask_password(url: str) -> str:
-    """`scheme://user:secret@host` -> `scheme://user:***@host` (and `password=...` in a query); else unchanged."""
-    url = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+    """`url` with every password replaced by `***`: SQLAlchemy's own rendering of the URL (the password wherever its
+    parser finds it, e.g. one holding `/`) plus every query key that contains `password` (`sslpassword=`, any
+    case); then, and for any text that is no URL (a driver's message quoting one), a conservative pass that masks
+    everything between `scheme://user:` and the last `@` of the word, and every `...password...=` value."""
+    text = url
+    if url.count("@") < 2 and re.match(r"^[A-Za-z][\w+.-]*://\S*$", url):
+        try:
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(url)
+            query = {k: ("***" if "password" in k.lower() else v) for k, v in parsed.query.items()}
+            text = parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+        except Exception:  # not a URL SQLAlchemy reads (a bad port, a journal path): the pass below masks it
+            text = url
+    return _mask_conservatively(text)
+
+
+def _mask_conservatively(text: str) -> str:
+    # userinfo: up to the LAST '@' of the word, since a password may hold '@', '/', ':' or '?'
+    text = re.sub(r"(\b[A-Za-z][\w+.-]*://[^\s:/@]*:)[^\s]*@", r"\1***@", text)
+    return re.sub(r"(?i)(\b\w*password\w*\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^&\s'\"]+)",
+                  r"\1***", text)
 
 
 def resolve_url(url: str | None) -> str:
@@ -65,6 +84,10 @@ def parse_url(url: str) -> StoreURL:
         # psycopg 3 is the driver we ship (extra `postgres`); SQLAlchemy would otherwise pick psycopg2.
         if not rest or rest.startswith("/") and len(rest) == 1:
             raise StoreError(f"malformed store URL '{shown}': {EXPECTED}")
+        if "@" in rest.split("?")[0].rpartition("@")[0]:
+            # SQLAlchemy would end the password at the first '@' and take the rest of it for the host
+            raise StoreError(f"malformed store URL '{shown}': the user or password holds '@' (write it as %40); "
+                             f"{EXPECTED}")
         target = "postgresql+psycopg://" + rest
         try:
             from sqlalchemy.engine import make_url
