@@ -539,9 +539,19 @@ def report(grids: Annotated[list[str] | None, typer.Argument(help="Grid names or
 
     if not (html or latex or csv):
         html = True
-    names = [_grid_name(g) for g in grids] if grids else None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SweepdaeError(f"--out {printable(str(out_dir))}: is a file; expected a folder (created if missing)")
     s = _store(store, create=False)
     try:
+        names: list[str] | None = None
+        if grids:  # a name the store holds is reported as it is: the grid need not be shipped nor a file here
+            registered = {str(g.get("name")) for g in s.grids()}
+            names = []
+            for g in grids:
+                try:
+                    names.append(g if g in registered else _grid_name(g))
+                except GridError:  # neither: write_reports names the grids the store does hold
+                    names.append(g)
         paths = write_reports(s, grids=names, out=out_dir, html=html, latex=latex, csv=csv,
                               runs_dir=Path(runs_dir) if runs_dir else None)
     finally:
