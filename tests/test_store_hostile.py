@@ -187,3 +187,66 @@ def test_mask_password_hides_the_secret_of_every_form(url: str) -> None:
     shown = mask_password(url)
     assert "cd3f" not in shown and mask_password(shown) == shown, shown
     assert "cd3f" not in mask_password(f'connection to "{url}" failed; sslpassword=cd3f, Password: cd3f')
+
+
+# ------------------------------------------------------------------------------------ item 3: checkpoints
+class _Crafted:
+    """Unpickling this runs code: here it only creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_checkpoint_is_refused_on_resume_and_runs_no_code(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from sweepdae.cell import train as tr
+
+    recipe = expand(parse_grid(GRID)).cells[0].recipe
+    model, ema = nn.Linear(3, 2), nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    events: list[dict[str, Any]] = []
+    real = tmp_path / "real.pt"  # what sweepdae writes still loads (weights_only=True)
+    tr._save_checkpoint(real, "tk", recipe, model, ema, opt, 2, 7, batch=1,
+                        gd_state=torch.Generator().get_state(), curve=[[1.0, 0.5]])
+    assert tr._load_checkpoint(real, "tk", model, ema, opt, lambda **e: events.append(e))[:3] == (2, 7, 1)
+
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "checkpoint.pt"
+    torch.save({"train_key": "tk", "model": _Crafted(marker)}, crafted)
+    with pytest.warns(UserWarning) as caught:
+        got = tr._load_checkpoint(crafted, "tk", model, ema, opt, lambda **e: events.append(e))
+    assert got == (0, 0, 0, None, [])  # trains from scratch
+    assert not marker.exists()
+    (line,) = [str(w.message) for w in caught]
+    assert "refused" in line and "\n" not in line, line
+    with pytest.raises(tr.TrainingError, match="refused"):  # a finished training's weights: same refusal
+        tr.load_weights(crafted, "tk", model, ema=False)
+    assert not marker.exists()
+
+
+def test_cached_probe_features_are_loaded_without_unpickling_code(tmp_path: Path) -> None:
+    import torch
+
+    from sweepdae.cell import probing
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "features.pt"
+    torch.save({"depth": 1, "t": 1, "train": _Crafted(marker), "test": None}, path)
+    calls: list[int] = []
+
+    def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return torch.zeros(len(x), 2)
+
+    class _Data:
+        def batches(self, n: int, *, shuffle: bool, device: torch.device) -> Any:
+            yield torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
+
+    (train_f, _), _ = probing._cached_features(path, fn, _Data(), _Data(),  # type: ignore[arg-type]
+                                               depth=1, t=1, device=torch.device("cpu"))
+    assert not marker.exists() and calls and train_f.shape == (4, 2)  # refused, so extracted again

@@ -93,7 +93,7 @@ def _cached_features(path: Path, fn: Callable[[torch.Tensor, torch.Tensor], torc
                      ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Train and test features, from `path` when it holds those of this depth and t, else extracted and saved."""
     try:
-        feats = torch.load(path, map_location="cpu")
+        feats = torch.load(path, map_location="cpu", weights_only=True)  # a shared runs/ may hold a crafted file
         if feats.get("depth") == depth and feats.get("t") == t:
             return feats["train"], feats["test"]
     except Exception:  # missing, truncated or foreign: extract again

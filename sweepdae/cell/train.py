@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -470,10 +471,19 @@ def state_mismatch(module: nn.Module, saved: Any) -> str | None:
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: on a cluster runs/ is a shared filesystem, and a crafted pickle would run code on unpickling;
+    # everything _save_checkpoint writes (tensors, numbers, strings, lists, dicts, None) loads this way.
+    state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError("not a checkpoint")
     return state
+
+
+def _unreadable(e: BaseException) -> str:
+    """Why a checkpoint did not load, in a few words."""
+    if isinstance(e, pickle.UnpicklingError):
+        return "refused: it holds objects other than tensors and plain data, which could run code"
+    return f"unreadable ({type(e).__name__})"
 
 
 def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module | None, opt: Any,
@@ -484,9 +494,9 @@ def _load_checkpoint(path: Path, identity: str, model: nn.Module, ema: nn.Module
     Key sets and shapes are checked before anything is loaded: a checkpoint loads whole or not at all."""
     try:
         state = _read_checkpoint(path)
-    except Exception as e:  # a truncated or foreign file: never trust it
-        warnings.warn(f"{path}: unreadable checkpoint ({type(e).__name__}); training from scratch", stacklevel=2)
-        events(phase="train", warning=f"unreadable checkpoint: {type(e).__name__}; restarted")
+    except Exception as e:  # a truncated, foreign or crafted file: never trust it
+        warnings.warn(f"{path}: checkpoint {_unreadable(e)}; training from scratch", stacklevel=2)
+        events(phase="train", warning=f"checkpoint {_unreadable(e)}; restarted")
         return 0, 0, 0, None, []
     why = None if state.get("train_key") == identity else "it belongs to another training"
     why = why or state_mismatch(model, state.get("model"))
@@ -511,7 +521,7 @@ def load_weights(path: Path, identity: str, model: nn.Module, *, ema: bool) -> N
     try:
         state = _read_checkpoint(path)
     except Exception as e:
-        raise TrainingError(f"{path}: unreadable checkpoint of a finished training ({type(e).__name__}); "
+        raise TrainingError(f"{path}: checkpoint of a finished training {_unreadable(e)}; "
                             f"remove {path.parent} to train again", "bad_checkpoint") from e
     if state.get("train_key") != identity:
         raise TrainingError(f"{path}: checkpoint of another training", "bad_checkpoint")
