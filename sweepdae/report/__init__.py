@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sweepdae.report.data import GridReport, ReportData, ReportStore, build_report
-from sweepdae.report.figures import FigureData, RenderedFigure, save_figure
+from sweepdae.errors import SweepdaeError
+from sweepdae.report.data import GridReport, ReportData, ReportStore, build_report, file_stem
+from sweepdae.report.figures import FigureData, RenderedFigure, save_figure, write_atomic
 from sweepdae.report.findings import compute_findings
 from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, get_reference, paper_value
 from sweepdae.report.tables import TableData, build_table
@@ -57,27 +59,45 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _write(path: Path, text: str, written: list[Path]) -> None:
+    if path.name in ("", ".", "..") or any(part == ".." for part in path.parts):  # names are slugs or file_stem
+        raise SweepdaeError(f"report: refusing to write {path}: not a plain file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_atomic(path, text)
     written.append(path)
+
+
+# What a spreadsheet reads as a formula when a cell starts with it (OWASP, CSV injection): such text gets a
+# leading ' so that it shows as the text it is. Numbers (-1.5, also a label such as "-8") stay numbers. A sign
+# then a space, with nothing after it that calls or links (the paper's own step labels, "- class conditioning"),
+# computes nothing and is kept as it is, so the data of a report already shipped reads the same.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INERT_SIGNED = re.compile(r"[+-] [^=+\-@(|!\t\r\n\"']*")
+
+
+def _csv_text(v: Any) -> Any:
+    if (isinstance(v, str) and v.startswith(_FORMULA_START) and not _NUMBER.fullmatch(v)
+            and not _INERT_SIGNED.fullmatch(v)):
+        return "'" + v
+    return v
 
 
 def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
     by_grid: dict[str, list[GridReport]] = {}
     for s in report.sections:
         by_grid.setdefault(s.name, []).append(s)
+    taken: set[str] = set()
     for name, sections in by_grid.items():
+        stem = file_stem(name, taken)  # never the stored name unchecked: a shared store holds any name
         tidy = pd.concat([s.table.tidy for s in sections], ignore_index=True)
         cols = [c for c in DATA_COLUMNS if c in tidy.columns]
-        path = out / "data" / f"{name}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tidy[cols].to_csv(path, index=False)
-        written.append(path)
+        text = tidy[cols].map(_csv_text) if hasattr(tidy, "map") else tidy[cols].applymap(_csv_text)
+        _write(out / "data" / f"{stem}.csv", text.to_csv(index=False), written)
         doc = {"grid": name, "sweepdae": report.version, "created": report.created,
                "sections": [{"profile": s.profile, "spec": s.spec, "scale": s.table.scale, "citation": s.table.citation,
                              "findings": s.findings, "provenance": s.provenance.to_json(),
                              "rows": _records(s.table.tidy)} for s in sections]}
-        _write(out / "data" / f"{name}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written)
+        _write(out / "data" / f"{stem}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written)
 
 
 def default_runs_dir(store: Any) -> Path:
@@ -97,12 +117,23 @@ def write_reports(store: ReportStore, *, grids: list[str] | None, out: Path, htm
     """Write the report of the named grids (None = every registered grid) under `out`; returns the files written.
     The cells' folders (their denoising examples) are looked up under `runs_dir` (default: `default_runs_dir`).
 
-    Raises SweepdaeError when a named grid is not registered (the message lists the registered ones).
+    Raises SweepdaeError when a named grid is not registered (the message lists the registered ones), and for
+    any file it cannot write (each file is written whole or not at all).
     """
-    from sweepdae.report.render import render_html, render_tex_document, render_tex_section
-
     report = build_report(store, grids, runs_dir=runs_dir if runs_dir is not None else default_runs_dir(store))
     out = Path(out)
+    try:
+        return _write_all(report, out, html=html, latex=latex, csv=csv)
+    except OSError as e:  # a full disk, no permission, --out naming a file: one line, and no file half-written
+        where = f" {e.filename}" if e.filename else ""
+        raise SweepdaeError(f"report: cannot write{where} under {out}: {e.strerror or e}") from None
+
+
+def _write_all(report: ReportData, out: Path, *, html: bool, latex: bool, csv: bool) -> list[Path]:
+    from sweepdae.report.render import render_html, render_tex_document, render_tex_section
+
+    if out.exists() and not out.is_dir():
+        raise SweepdaeError(f"report: the output folder {out} is a file; name a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rendered: dict[str, list[tuple[FigureData, RenderedFigure]]] = {}

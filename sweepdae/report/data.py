@@ -8,6 +8,7 @@ info, `metric.<name>`, ...); keys it leaves out are "new".
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import re
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
@@ -25,7 +26,7 @@ from sweepdae.report.paper import HEADLINE_FINDINGS
 from sweepdae.report.provenance import Provenance, summarize_provenance
 from sweepdae.report.tables import TableData, build_table
 
-__all__ = ["GridReport", "ReportData", "ReportStore", "TuneReport", "build_report", "tune_reports"]
+__all__ = ["GridReport", "ReportData", "ReportStore", "TuneReport", "build_report", "file_stem", "tune_reports"]
 
 
 class ReportStore(Protocol):
@@ -87,12 +88,31 @@ class ReportData:
 
 
 def _slug(text: str, taken: set[str]) -> str:
-    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "grid"
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80].strip("-") or "grid"  # a file name's length
     slug, n = base, 2
     while slug in taken:
         slug, n = f"{base}-{n}", n + 1
     taken.add(slug)
     return slug
+
+
+# A grid name used as it is in a file name (data/<name>.csv): letters, digits, _ . + -, not starting with a dot.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def file_stem(name: str, taken: set[str]) -> str:
+    """A file-name stem for a grid's data files: its name when that is a safe file name, else a slug of it plus a
+    hash of the name. Names come back from a store, which may be shared and holds whatever a grid was registered
+    as (`../../x`); a file of the report is never named by them unchecked. Unique within `taken` (compared case
+    folded, as a macOS or Windows folder would)."""
+    stem = name if _SAFE_NAME.fullmatch(name) and ".." not in name else (
+        (re.sub(r"[^A-Za-z0-9_+-]+", "-", name).strip("-")[:60] or "grid") + "-"
+        + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8])
+    out, n = stem, 2
+    while out.casefold() in taken:
+        out, n = f"{stem}-{n}", n + 1
+    taken.add(out.casefold())
+    return out
 
 
 def _select(registered: list[dict[str, Any]], grids: list[str] | None, tuned: AbstractSet[str] = frozenset()
@@ -112,6 +132,41 @@ def _select(registered: list[dict[str, Any]], grids: list[str] | None, tuned: Ab
     return sorted(chosen, key=lambda g: (order[str(g.get("name"))], str(g.get("profile"))))
 
 
+def _tuned_grids(studies: list[Any], registered: list[dict[str, Any]], grids: list[str] | None
+                 ) -> list[dict[str, Any]]:
+    """A grid entry (as `store.grids()` gives one) per tune study whose grid and profile no `run` registered: the
+    cells its trials ran, one row per point the search tried (its seeds averaged), so that a store that only
+    `sweepdae tune` filled still shows every cell's result and training curve, not just the study."""
+    have = {(str(g.get("name")), str(g.get("profile") or "")) for g in registered}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for study in studies:
+        attrs = study.user_attrs
+        name, profile = str(attrs.get("grid", "")), str(attrs.get("profile") or "")
+        if not name or (name, profile) in have or (grids is not None and name not in grids):
+            continue
+        entry = found.setdefault((name, profile), {
+            "name": name, "profile": profile or None, "cells": [],
+            "spec": {"name": name, "title": f"{name}: the cells of its tune trials",
+                     "description": "Every cell that `sweepdae tune` ran for this grid, one row per point it tried.",
+                     "mirrors": "", "profile": profile or None, "profile_description": "", "axes": [], "steps": [],
+                     "report": {"rows": "label", "cols": None, "metrics": [], "findings": []}, "path": ""}})
+        metrics = entry["spec"]["report"]["metrics"]
+        if str(attrs.get("metric", "probe_top1")) not in metrics:
+            metrics.append(str(attrs.get("metric", "probe_top1")))
+        seen = {c["key"] for c in entry["cells"]}
+        for t in study.get_trials(deepcopy=False):
+            keys, labels = t.user_attrs.get("cells") or [], t.user_attrs.get("labels") or []
+            for key, label in zip(keys, labels, strict=False):
+                if not isinstance(key, str) or key in seen:
+                    continue
+                seen.add(key)
+                seed = re.search(r"seed=(\d+)$", str(label))
+                coords = {str(k): str(v) for k, v in t.params.items()}
+                entry["cells"].append({"key": key, "label": str(label), "step": None,
+                                       "coords": {**coords, "seed": seed.group(1) if seed else "0"}})
+    return [e for e in found.values() if e["cells"]]
+
+
 def _headlines(sections: list[GridReport]) -> list[dict[str, Any]]:
     out = []
     for h in HEADLINE_FINDINGS:
@@ -125,9 +180,11 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
     """Tables, findings, figure data and provenance of the named grids (None = every registered grid); several
     profiles of one grid are separate sections; the cells' folders (denoising examples) are found under
     `runs_dir`. Raises SweepdaeError for a grid the store does not know."""
-    studies = getattr(store, "tune_studies", None)
-    tuned = {str(st.user_attrs.get("grid", "")) for st in studies()} if callable(studies) else set()
-    selected = _select(list(store.grids()), grids, tuned)
+    reader = getattr(store, "tune_studies", None)
+    studies = list(reader()) if callable(reader) else []
+    tuned = {str(st.user_attrs.get("grid", "")) for st in studies}
+    registered = list(store.grids())
+    selected = _select(registered, grids, tuned) + _tuned_grids(studies, registered, grids)
     keys = list(dict.fromkeys(str(c["key"]) for g in selected for c in (g.get("cells") or []) if "key" in c))
     frame = store.cells(keys) if keys else None
     if frame is None or "key" not in getattr(frame, "columns", ()):
@@ -147,6 +204,8 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
         table = build_table(spec, own, cells, profile=profile, runs_dir=runs_dir)
         figures = figure_data(table)
         trained = list(dict.fromkeys(str(c["train_key"]) for c in cells if c.get("train_key")))
+        if not trained and "train_key" in own:  # cells a tune study ran: their trainings are on their results
+            trained = list(dict.fromkeys(str(k) for k in own["train_key"] if isinstance(k, str) and k))
         loss = curve_figure([curves[tk] for tk in trained if tk in curves])
         if loss is not None:
             figures.append(loss)
@@ -157,17 +216,20 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
     created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     names = set(grids) if grids else None
     return ReportData(sections=sections, created=created, headlines=_headlines(sections),
-                      tunes=tune_reports(store, names, taken))
+                      tunes=tune_reports(store, names, taken, studies=studies))
 
 
-def tune_reports(store: Any, grids: set[str] | None, taken: set[str]) -> list[TuneReport]:
+def tune_reports(store: Any, grids: set[str] | None, taken: set[str], *, studies: list[Any] | None = None
+                 ) -> list[TuneReport]:
     """Every tune study of the store (of `grids` when given), as report data."""
     import optuna
     from optuna.trial import TrialState
 
-    reader = getattr(store, "tune_studies", None)
+    if studies is None:
+        reader = getattr(store, "tune_studies", None)
+        studies = list(reader()) if callable(reader) else []
     out: list[TuneReport] = []
-    for study in (reader() if callable(reader) else []):
+    for study in studies:
         attrs = study.user_attrs
         grid = str(attrs.get("grid", ""))
         if grids is not None and grid not in grids:

@@ -13,8 +13,11 @@ returned as an SVG data URI for the self-contained HTML page.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import math
+import os
+import secrets
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ import numpy as np
 
 from sweepdae.report.tables import TableData, _numeric_label, metric_info
 
-__all__ = ["FigureData", "RenderedFigure", "figure_data", "save_figure", "schedule_tables"]
+__all__ = ["FigureData", "RenderedFigure", "figure_data", "save_figure", "schedule_tables", "write_atomic"]
 
 MAX_DENOISING = 12  # panels in the denoising figure (one per grid position, first seed that has one)
 MAX_LEGEND = 12
@@ -308,19 +311,37 @@ _PLOTS = {"lines": _plot_lines, "trajectory": _plot_trajectory, "schedules": _pl
           "denoising": _plot_denoising, "curves": _plot_curves, "tune_history": _plot_tune_history}
 
 
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a report file whole or not at all: into a temporary file beside it, then renamed over it, so a full
+    disk or a kill mid-write leaves the previous file (or none), never a truncated one."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name[:40]}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask's mode, as a plain write gets
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def save_figure(fd: FigureData, folder: Path, stem: str) -> RenderedFigure:
     """Render one figure to folder/stem.svg and .pdf (deterministic bytes) and return the SVG as a data URI."""
     import matplotlib
     from matplotlib.figure import Figure  # a bare Figure needs no pyplot and no GUI backend
 
     folder.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context({"svg.hashsalt": "sweepdae", "font.size": 8}):
+    # Labels are the user's text: "$a^$" must show as typed, not be parsed (and fail) as mathtext
+    with matplotlib.rc_context({"svg.hashsalt": "sweepdae", "font.size": 8, "text.parse_math": False}):
         fig = Figure(figsize=(6.4, 3.6) if fd.kind != "schedules" else (7.0, 3.0), layout="constrained")
         _PLOTS[fd.kind](fig, fd.data)
-        svg_buf = io.BytesIO()
+        svg_buf, pdf_buf = io.BytesIO(), io.BytesIO()
         fig.savefig(svg_buf, format="svg", metadata={"Date": None})
+        fig.savefig(pdf_buf, format="pdf", metadata={"CreationDate": None, "ModDate": None})
         svg, pdf = folder / f"{stem}.svg", folder / f"{stem}.pdf"
-        svg.write_bytes(svg_buf.getvalue())
-        fig.savefig(pdf, format="pdf", metadata={"CreationDate": None, "ModDate": None})
+        write_atomic(svg, svg_buf.getvalue())
+        write_atomic(pdf, pdf_buf.getvalue())
     return RenderedFigure(svg=svg, pdf=pdf,
                           data_uri="data:image/svg+xml;base64," + base64.b64encode(svg_buf.getvalue()).decode())

@@ -12,6 +12,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+
+from sweepdae.errors import printable
 
 
 @dataclass
@@ -129,7 +132,8 @@ class PlainView(View):
 
     def _line(self, text: str) -> None:
         n = self.cached + self.done + self.failed
-        self.stream.write(f"[{_fmt_s(time.time() - self.started)} {n}/{self.total}] {text}\n")
+        # labels and errors are the user's text: escaped as `plan`, `status` and `--dry-run` print them
+        self.stream.write(f"[{_fmt_s(time.time() - self.started)} {n}/{self.total}] {printable(text)}\n")
         self.stream.flush()
 
     def _progress_line(self, c: CellView) -> None:
@@ -141,6 +145,10 @@ class PlainView(View):
         self._line(f"train  {c.label} epoch {c.epoch} loss {c.loss:.4f} {ips} eta {_fmt_s(c.eta_s)}")
 
 
+def _text(value: str) -> Text:
+    return Text(printable(str(value)))
+
+
 class RichView(View):
     """Live terminal view: overall bar, running cells, last finished cells."""
 
@@ -148,17 +156,18 @@ class RichView(View):
         super().__init__(**kw)
         self.console = console or Console(stderr=True)
         self.title = title
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+        # the title names the grid (the user's text): shown as it is, never read as Rich markup
+        self.progress = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
                                  TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
                                  TextColumn("ETA {task.fields[eta]}"), console=self.console)
-        self.task = self.progress.add_task(title, total=max(self.total, 1), counts="", eta="-")
+        self.task = self.progress.add_task(printable(title), total=max(self.total, 1), counts="", eta="-")
         self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
 
     def _line(self, text: str) -> None:
         if text.startswith(("start", "train")):
             return
-        self.live.console.print(text, markup=False, highlight=False)
+        self.live.console.print(Text(printable(text)), highlight=False)
 
     def _render(self) -> Group:
         n = self.cached + self.done + self.failed
@@ -168,16 +177,19 @@ class RichView(View):
         run = Table(title="running", expand=True, title_justify="left")
         for col in ("cell", "device", "phase", "epoch", "loss", "img/s", "ETA"):
             run.add_column(col, no_wrap=True)
+        # a cell's label, phase or error is the user's text: a Text is shown as it is, where a str would be read
+        # as Rich markup ("[ours]" vanishes, "[/]" raises), as `status` already does
         for c in self.running.values():
-            run.add_row(c.label, c.device, c.phase, c.epoch, f"{c.loss:.4f}" if c.loss is not None else "-",
-                        f"{c.ips:.0f}" if c.ips else "-", _fmt_s(c.eta_s))
+            run.add_row(_text(c.label), _text(c.device), _text(c.phase), _text(c.epoch),
+                        f"{c.loss:.4f}" if c.loss is not None else "-", f"{c.ips:.0f}" if c.ips else "-",
+                        _fmt_s(c.eta_s))
         for label, why in self.waiting.values():
-            run.add_row(label, "-", f"waiting: {why}", "", "-", "-", "-")
+            run.add_row(_text(label), "-", _text(f"waiting: {why}"), "", "-", "-", "-")
         fin = Table(title="finished", expand=True, title_justify="left")
         for col in ("cell", "status", "result"):
             fin.add_column(col)
         for label, status, summary in self.finished:
-            fin.add_row(label, status, summary)
+            fin.add_row(_text(label), _text(status), _text(summary))
         return Group(self.progress, run, fin)
 
     def refresh(self) -> None:
