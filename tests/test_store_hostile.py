@@ -250,3 +250,143 @@ def test_cached_probe_features_are_loaded_without_unpickling_code(tmp_path: Path
     (train_f, _), _ = probing._cached_features(path, fn, _Data(), _Data(),  # type: ignore[arg-type]
                                                depth=1, t=1, device=torch.device("cpu"))
     assert not marker.exists() and calls and train_f.shape == (4, 2)  # refused, so extracted again
+
+
+# ------------------------------------------------------------------------------------ item 7: one line, not a traceback
+@pytest.mark.parametrize("args", [
+    ["status", "--watch", "--interval", "-1"], ["status", "--watch", "--interval", "nan"],
+    ["status", "--watch", "--interval", "inf"], ["status", "--watch", "--interval", "0"],
+    ["run", "quickstart", "--dry-run", "--max-retries", "-5"], ["run", "quickstart", "--dry-run", "--cpu-cells", "0"],
+    ["run", "quickstart", "--dry-run", "--cells-per-gpu", "-1"], ["worker", "--max-retries", "-1"],
+    ["worker", "--gpus-per-cell", "0"], ["tune", "quickstart", "--trials", "1", "--max-retries", "-2"],
+])
+def test_negative_counts_and_bad_intervals_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    r = sweepdae(*args, cwd=tmp_path)
+    option = next(a for a in args if a.startswith("--") and a not in ("--watch", "--dry-run", "--trials"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"Invalid value for '{option}'" in r.stderr, r.stderr
+
+
+def test_an_os_error_is_one_line_and_sweepdae_debug_shows_the_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The console entry point's last resort: an OSError, ValueError or OverflowError that no layer turned into a
+    SweepdaeError (a full disk, a number too large) is one line and exit 1; SWEEPDAE_DEBUG=1 adds the traceback."""
+    from sweepdae import cli
+    from sweepdae.runner import status as st
+
+    url, _, _ = done_store(tmp_path)
+    for exc in (OSError(28, "No space left on device"), ValueError("Exceeds the limit (4300 digits)"),
+                OverflowError("int too large to convert")):
+        def boom(*a: Any, exc: Exception = exc, **k: Any) -> None:
+            raise exc
+
+        monkeypatch.setattr(st, "show_status", boom)
+        for debug in ("", "1"):
+            monkeypatch.setenv("SWEEPDAE_DEBUG", debug)
+            monkeypatch.setattr(sys, "argv", ["sweepdae", "status", "--store", url])
+            with pytest.raises(SystemExit) as out:
+                cli.main()
+            err = capsys.readouterr().err
+            assert out.value.code == 1
+            assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+                ln for ln in err.splitlines() if type(exc).__name__ in ln and ln.startswith("error:")]
+            assert ("Traceback" in err) == (debug == "1"), err
+            if not debug:
+                assert err.count("\n") == 1 and str(exc) in err, err
+
+
+def test_a_runs_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "runs").write_text("not a folder")
+    r = sweepdae("run", "quickstart", "--profile", "ci", "--plain", "--runs-dir", str(tmp_path / "runs"),
+                 "--store", f"journal:{tmp_path / 's.journal'}", cwd=tmp_path)
+    one_line_error(r)
+
+
+# ------------------------------------------------------------------------------------ item 9: removal
+def test_forget_checks_every_cell_before_it_changes_anything(tmp_path: Path) -> None:
+    url, grid, keys = done_store(tmp_path)
+    runs = tmp_path / "runs"
+    for key in keys:
+        (runs / key).mkdir(parents=True)
+        (runs / key / "result.json").write_text("{}")
+    with open_store(url) as s:  # the last cell queued again: forget must refuse it before touching the others
+        s.forget([keys[2]])
+        s.enqueue([{"key": keys[2], "label": "x", "recipe": {}, "grid": "hostile"}])
+    line = one_line_error(sweepdae("forget", str(grid), "--store", url, "--runs-dir", str(runs), cwd=tmp_path))
+    assert keys[2][:12] in line and "queued" in line and "nothing was forgotten" in line, line
+    with open_store(url, create=False) as s:
+        assert s.status(keys) == {keys[0]: "done", keys[1]: "done", keys[2]: "queued"}
+    assert all((runs / k / "result.json").exists() for k in keys)
+    r = sweepdae("forget", str(grid), "--only", "latent_dim=[24] ", "--store", url, "--runs-dir", str(runs),
+                 cwd=tmp_path)
+    assert r.returncode == 0 and "forgot 2 of 2" in r.stderr, r.stderr
+    assert not (runs / keys[0]).exists() and not (runs / keys[1]).exists() and (runs / keys[2]).exists()
+
+
+def test_gc_never_removes_a_training_another_store_uses(tmp_path: Path) -> None:
+    from sweepdae.runner.coordinator import mark_training
+
+    url_a, _, _ = done_store(tmp_path, "a.journal")
+    url_b, _, _ = done_store(tmp_path, "b.journal")
+    with open_store(url_a) as a, open_store(url_b) as b:
+        id_a, id_b = a.identity(), b.identity()
+        assert id_a != id_b and a.identity() == id_a  # made once, then kept
+    with open_store(f"journal:{tmp_path}/./a.journal", create=False) as a:
+        assert a.identity(create=False) == id_a  # the same store by another URL
+    train = tmp_path / "runs" / "_train"
+    mine, theirs, shared, legacy, empty = (train / (c * 64) for c in "abcde")
+    for folder in (mine, theirs, shared, legacy):
+        folder.mkdir(parents=True)
+        (folder / "trained.json").write_text("{}")
+    empty.mkdir()
+    mark_training(mine, id_a)
+    mark_training(theirs, id_b)
+    mark_training(shared, id_a)
+    mark_training(shared, id_b)
+    r = sweepdae("gc", "--store", url_a, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not mine.exists() and not empty.exists()
+    assert theirs.exists() and legacy.exists() and shared.exists()
+    assert {p.name for p in (shared / "stores").iterdir()} == {id_b}  # only store a's mark went
+    assert "record no store" in r.stderr and "another store uses" in r.stderr, r.stderr
+    r = sweepdae("gc", "--store", url_a, "--runs-dir", str(tmp_path / "runs"), "--include-unmarked", cwd=tmp_path)
+    assert r.returncode == 0 and not legacy.exists() and theirs.exists() and shared.exists(), r.stderr
+
+
+# ------------------------------------------------------------------------------------ item 10: SLURM option strings
+@pytest.mark.parametrize(("option", "value"), [
+    ("--partition", "-x"), ("--partition", "gpu --wrap=id"), ("--account", "--uid=0"), ("--qos", "high prio"),
+    ("--constraint", "a100 ib"), ("--constraint", "-a100"),
+])
+def test_slurm_option_strings_from_the_command_line_are_validated(tmp_path: Path, option: str, value: str) -> None:
+    grid = tmp_path / "hostile.toml"
+    grid.write_text(GRID)
+    r = sweepdae("run", str(grid), "--executor", "slurm", "--dry-run", f"{option}={value}",
+                 "--store", f"journal:{tmp_path / 's.journal'}", cwd=tmp_path)
+    line = one_line_error(r)
+    assert line.startswith(f"error: {option}: expected "), line
+
+
+@pytest.mark.parametrize(("key", "value"), [("partition", "gpu x"), ("account", "-A"), ("constraint", "a100 &ib")])
+def test_slurm_option_strings_of_a_grid_are_validated(tmp_path: Path, key: str, value: str) -> None:
+    grid = tmp_path / "hostile.toml"
+    grid.write_text(GRID + f'\n[slurm]\n{key} = "{value}"\n')
+    r = sweepdae("run", str(grid), "--executor", "slurm", "--dry-run", "--store", f"journal:{tmp_path / 's.journal'}",
+                 cwd=tmp_path)
+    assert f"{grid}: slurm.{key}: expected " in one_line_error(r)
+    grid.write_text(GRID + f'\n[slurm.by.latent_dim."4"]\n{key} = "{value}"\n')
+    r = sweepdae("run", str(grid), "--executor", "slurm", "--dry-run", "--store", f"journal:{tmp_path / 's.journal'}",
+                 cwd=tmp_path)
+    assert f"{grid}: slurm.by.latent_dim.4.{key}: expected " in one_line_error(r)
+
+
+def test_valid_slurm_option_strings_pass_and_the_user_config_is_checked(tmp_path: Path) -> None:
+    from sweepdae.errors import SweepdaeError
+    from sweepdae.runner import slurm as sl
+
+    sl.check_option_strings({"partition": "gpu,gpu-long", "account": "proj_42.a", "qos": "normal",
+                             "constraint": "[rack1*2&rack2*4]|a100:2,(intel&ib)"}, lambda k, m: SweepdaeError(m))
+    config = tmp_path / "slurm.toml"
+    config.write_text('account = "proj42 --uid=0"\n')
+    with pytest.raises(SweepdaeError, match=r"slurm.toml: account: expected an account name"):
+        sl.user_config(config)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -180,12 +182,20 @@ def _read_store(url: str | None, read: Any) -> dict[str, str]:
         s.close()
 
 
+def _positive_seconds(value: float) -> float:
+    """A number of seconds to sleep: positive and finite (-1 or nan would make `--watch` spin or crash)."""
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"expected a positive, finite number of seconds, got {value!r}")
+    return value
+
+
 @app.command(cls=_Command)
 def status(grid: Annotated[str | None, typer.Argument(help="Grid file (default: every cell in the store)")] = None,
            profile: ProfileOpt = None, store: StoreOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout")] = False,
            watch: Annotated[bool, typer.Option("--watch", help="Refresh until every cell is done or failed")] = False,
-           interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch")] = 2.0) -> None:
+           interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch",
+                                                   callback=_positive_seconds)] = 2.0) -> None:
     """Cells of a grid (or of the whole store) with their status, attempts and probe accuracy."""
     from sweepdae.runner.status import show_status
 
@@ -201,9 +211,10 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         gpus_per_cell: Annotated[int | None, typer.Option(help="GPUs per cell (one process each); with --executor "
                                                    "slurm, the GPUs of each job, 0 for CPU jobs (default: 1)")
                                  ] = None,
-        cells_per_gpu: Annotated[int, typer.Option(help="Cells packed on one GPU")] = 1,
-        cpu_cells: Annotated[int, typer.Option(help="Concurrent cells without a GPU")] = 1,
-        max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure (oom, crash, killed)")] = 1,
+        cells_per_gpu: Annotated[int, typer.Option(min=1, help="Cells packed on one GPU")] = 1,
+        cpu_cells: Annotated[int, typer.Option(min=1, help="Concurrent cells without a GPU")] = 1,
+        max_retries: Annotated[int, typer.Option(min=0, help="Retries of a retryable failure (oom, crash, killed)")
+                               ] = 1,
         fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first cell that fails")] = False,
         only: Annotated[str | None, typer.Option(help="Only cells whose label matches this regex")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show what would run, with an "
@@ -255,14 +266,22 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         raise SweepdaeError(f"--{given[0].replace('_', '-')}: a SLURM option; add --executor slurm")
     if executor == "slurm":
         from sweepdae.grid.schema import check_slurm_options
+        from sweepdae.runner.slurm import check_option_strings
 
         check_slurm_options({k: v for k, v in slurm_cli.items() if v is not None}, "option",
                             lambda key, msg: SweepdaeError(f"--{key.split('.')[-1].replace('_', '-')}: {msg}"))
+        check_option_strings({k: v for k, v in slurm_cli.items() if v is not None},
+                             lambda key, msg: SweepdaeError(f"--{key}: {msg}"))
         slurm_cli["gpus"] = gpus_per_cell
     gpus_per_cell = 1 if gpus_per_cell is None else gpus_per_cell
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise SweepdaeError(f"--rate: expected a positive number of TFLOP/s, got {rate!r}")
     plans = [_plan(g, profile) for g in grids]  # every grid (and its profile) checked before anything runs
+    if executor == "slurm":
+        from sweepdae.runner.slurm import check_spec_strings
+
+        for p in plans:
+            check_spec_strings(p.grid.slurm, printable(str(p.grid.path)))
     from sweepdae.runner import make_slots, parse_gpus, run_plan, select
 
     ids = parse_gpus(gpus)
@@ -442,10 +461,10 @@ def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
          seed: Annotated[int | None, typer.Option("--seed", help="The sampler's seed (the cells' seeds are the "
                                                   "grid's)")] = None,
          gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
-         gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell (one process each)")] = 1,
-         cells_per_gpu: Annotated[int, typer.Option(help="Cells packed on one GPU")] = 1,
-         cpu_cells: Annotated[int, typer.Option(help="Concurrent cells without a GPU")] = 1,
-         max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure")] = 1,
+         gpus_per_cell: Annotated[int, typer.Option(min=1, help="GPUs per cell (one process each)")] = 1,
+         cells_per_gpu: Annotated[int, typer.Option(min=1, help="Cells packed on one GPU")] = 1,
+         cpu_cells: Annotated[int, typer.Option(min=1, help="Concurrent cells without a GPU")] = 1,
+         max_retries: Annotated[int, typer.Option(min=0, help="Retries of a retryable failure")] = 1,
          launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
          plain: Annotated[bool | None, typer.Option("--plain/--live", help="Line output / live view")] = None,
          runs_dir: RunsOpt = None, tracker: TrackerOpt = None) -> None:
@@ -499,10 +518,10 @@ def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
 @app.command(cls=_Command)
 def worker(store: StoreOpt = None,
            gpus: Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")] = "auto",
-           gpus_per_cell: Annotated[int, typer.Option(help="GPUs per cell")] = 1,
-           cells_per_gpu: Annotated[int, typer.Option(help="Cells packed on one GPU")] = 1,
-           cpu_cells: Annotated[int, typer.Option(help="Concurrent cells without a GPU")] = 1,
-           max_retries: Annotated[int, typer.Option(help="Retries of a retryable failure")] = 1,
+           gpus_per_cell: Annotated[int, typer.Option(min=1, help="GPUs per cell")] = 1,
+           cells_per_gpu: Annotated[int, typer.Option(min=1, help="Cells packed on one GPU")] = 1,
+           cpu_cells: Annotated[int, typer.Option(min=1, help="Concurrent cells without a GPU")] = 1,
+           max_retries: Annotated[int, typer.Option(min=0, help="Retries of a retryable failure")] = 1,
            forever: Annotated[bool, typer.Option("--forever", help="Keep waiting for new cells")] = False,
            launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
            plain: Annotated[bool | None, typer.Option("--plain/--live", help="Line output / live view")] = None,
@@ -593,11 +612,21 @@ def forget(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name
         return
     s = _store(store, create=False)
     try:
-        gone = s.forget([c.key for c in cells])
+        # All or nothing, in this order: every key is checked (none queued or running) before anything changes;
+        # then the folders go, because a folder left behind (its result.json) would be recorded again by the next
+        # run, undoing the forget; the store's marks come last.
+        keys = s.forgettable([c.key for c in cells])
+        for key in keys:
+            try:
+                shutil.rmtree(runs / key)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise SweepdaeError(f"forget: cannot remove {printable(str(runs / key))}: {printable(str(e))}; "
+                                    "the store still holds its result") from None
+        gone = s.forget(keys)
     finally:
         s.close()
-    for key in gone:
-        shutil.rmtree(runs / key, ignore_errors=True)
     err.print(f"forgot {len(gone)} of {len(cells)} cells of {printable(p.grid.name)} (their trainings are kept: "
               "`sweepdae gc` removes trainings no cell uses)")
 
@@ -623,25 +652,47 @@ def cancel(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name
 
 @app.command(cls=_Command)
 def gc(store: StoreOpt = None, runs_dir: RunsOpt = None,
-       dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed")] = False) -> None:
-    """Remove trainings (runs/_train/<train_key>) that no cell of the store uses any more."""
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed")] = False,
+       unmarked: Annotated[bool, typer.Option("--include-unmarked", help="Also remove unused trainings that record "
+                                             "no store (made before sweepdae recorded one); only when no other "
+                                             "store shares the runs folder")] = False) -> None:
+    """Remove this store's trainings (runs/_train/<train_key>) that no cell of it uses any more.
+
+    A training records the stores whose cells use it (runs/_train/<train_key>/stores/<store id>): one another
+    store uses is never removed, only this store's mark on it."""
     import shutil
 
     from sweepdae.cell import TRAIN_DIR
     from sweepdae.runner import runs_dir_for
+    from sweepdae.runner.coordinator import STORES_DIR, training_stores
 
     s = _store(store, create=False)
     try:
         used = s.used_train_keys()
+        me = s.identity(create=False)
     finally:
         s.close()
     folder = runs_dir_for(runs_dir) / TRAIN_DIR
     unused = sorted(d for d in folder.iterdir() if d.is_dir() and d.name not in used) if folder.is_dir() else []
+    removed, others, legacy = 0, 0, 0
     for d in unused:
-        out.print(f"{'would remove' if dry_run else 'removed'} {d}")
+        stores = training_stores(d)
+        if stores is None and not unmarked and any(d.iterdir()):  # an empty folder holds nothing to lose
+            legacy += 1
+            continue
+        if stores and (me is None or stores != {me}):  # another store uses it: drop only our mark
+            others += 1
+            if me in stores and not dry_run:
+                (d / STORES_DIR / me).unlink(missing_ok=True)
+            continue
+        out.print(Text(printable(f"{'would remove' if dry_run else 'removed'} {d}")))
+        removed += 1
         if not dry_run:
-            shutil.rmtree(d, ignore_errors=True)
-    err.print(f"{len(unused)} unused trainings{' (dry run)' if dry_run else ' removed'}; {len(used)} in use")
+            shutil.rmtree(d)
+    kept = "".join([f"; {others} kept: another store uses them" if others else "",
+                    f"; {legacy} kept: they record no store (--include-unmarked removes them)" if legacy else ""])
+    err.print(f"{removed} unused trainings{' (dry run)' if dry_run else ' removed'}; {len(used)} in use{kept}",
+              markup=False, highlight=False)
 
 
 def _grid_name(g: str) -> str:
@@ -693,5 +744,14 @@ def main() -> None:
         if isinstance(e, _click_exceptions()):  # usage errors (exit 2) and Click's other user-facing errors
             _show_usage_error(e)
             sys.exit(getattr(e, "exit_code", 2))
-        raise
+        if not isinstance(e, (OSError, ValueError, OverflowError)):  # a bug: its traceback is what gets it fixed
+            raise
+        # Last resort: a full disk, a file that vanished, a number too large for some library. The user gets one
+        # line; SWEEPDAE_DEBUG=1 shows the traceback for a bug report.
+        if os.environ.get("SWEEPDAE_DEBUG") == "1":
+            traceback.print_exc()
+        message = printable(f"{type(e).__name__}: {e}".replace("\n", " "))
+        hint = "" if os.environ.get("SWEEPDAE_DEBUG") == "1" else " (SWEEPDAE_DEBUG=1 shows the traceback)"
+        err.print(Text("error: ", style="red") + Text(message[:2000] + hint), highlight=False, soft_wrap=True)
+        sys.exit(1)
     sys.exit(rc if isinstance(rc, int) else 0)

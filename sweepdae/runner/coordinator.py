@@ -118,6 +118,24 @@ class Options:
     dead_owner: Callable[[str], bool] | None = None  # also certainly gone (beside this host's dead processes)
 
 
+STORES_DIR = "stores"  # runs/_train/<train_key>/stores/<store id>: the stores whose cells use the training
+
+
+def mark_training(folder: Path, store_id: str) -> None:
+    """Record that the store `store_id` uses the training in `folder` (one empty file per store: two stores
+    sharing runs/ never rewrite each other's mark)."""
+    marks = folder / STORES_DIR
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / store_id).touch()
+
+
+def training_stores(folder: Path) -> set[str] | None:
+    """The ids of the stores that use the training in `folder`; None when it records none (made before sweepdae
+    recorded them)."""
+    marks = folder / STORES_DIR
+    return {p.name for p in marks.iterdir() if p.is_file()} if marks.is_dir() else None
+
+
 class Coordinator:
     """Runs queued cells until none are left (or forever), with at most one cell per slot."""
 
@@ -131,6 +149,7 @@ class Coordinator:
         self.blocked: dict[str, float] = {}  # train_key -> until when its cells are not claimed (inf: for good)
         self.parked: dict[str, str] = {}  # cell key -> why it was given back (its training lives elsewhere)
         self._last_wait_poll = 0.0
+        self._identity: str | None = None  # the store's id, read once (`Store.identity`)
         self.stopping = 0  # 1 after the first Ctrl-C, 2 after the second
         self.preempt_deadline: float | None = None  # set by `preempt`: running cells are killed after it
         self._killed_late = False
@@ -272,6 +291,17 @@ class Coordinator:
 
     def _training_decision(self, claim: Claim, tk: str) -> tuple[str, Any]:
         """("start", training claim or None) | ("wait", why) | ("elsewhere", why)."""
+        decision = self._decide_training(claim, tk)
+        if decision[0] == "start":  # this store makes or uses the folder: `gc` of another store must keep it
+            mark_training(train_dir(self.opts.runs_dir / claim.key, tk), self._store_id())
+        return decision
+
+    def _store_id(self) -> str:
+        if self._identity is None:
+            self._identity = str(self.store.identity())
+        return self._identity
+
+    def _decide_training(self, claim: Claim, tk: str) -> tuple[str, Any]:
         folder = train_dir(self.opts.runs_dir / claim.key, tk)
         from sweepdae.cell.train import read_trained
 

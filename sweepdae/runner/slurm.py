@@ -30,6 +30,7 @@ SLURM whether the owning job is still alive (`dead_job_owner`).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepdae.errors import SweepdaeError
+from sweepdae.errors import SweepdaeError, printable
 
 # states in which a job still holds (or will hold) its cells; anything else, or a job SLURM no longer knows, has
 # ended (cancelling a pending array task on its own makes it vanish from squeue, scontrol and sacct alike)
@@ -71,8 +72,48 @@ def user_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     def error(key: str, message: str) -> SweepdaeError:
         return SweepdaeError(f"{p}: {key}: {message}")
 
-    return check_slurm_options(doc, "slurm", error) if "slurm" not in doc else check_slurm_options(
+    opts = check_slurm_options(doc, "slurm", error) if "slurm" not in doc else check_slurm_options(
         doc["slurm"], "slurm", error)
+    check_option_strings(opts, lambda k, m: error(f"slurm.{k}" if "slurm" in doc else k, m))
+    return opts
+
+
+# SLURM names (partitions, accounts, QOS) are letters, digits, '_', '.' and '-'; sbatch takes a comma-separated list of
+# partitions. A constraint is features joined by its operators: & | , * [ ] ( ) ! and a count after ':'
+# (sbatch(1), --constraint). None may start with '-' (sbatch would read an option) or hold a space.
+_NAME = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
+SLURM_STRINGS: dict[str, tuple[re.Pattern[str], str]] = {
+    "partition": (re.compile(rf"{_NAME}(,{_NAME})*"), "partition names (letters, digits, _ . -), comma-separated"),
+    "account": (re.compile(_NAME), "an account name (letters, digits, _ . -)"),
+    "qos": (re.compile(_NAME), "a QOS name (letters, digits, _ . -)"),
+    "constraint": (re.compile(r"[A-Za-z0-9_.\[(!][A-Za-z0-9_.&|,*:\[\]()!-]*"),
+                   "node features (letters, digits, _ . -) joined by & | , * : [ ] ( ) !"),
+}
+
+
+def check_option_strings(opts: dict[str, Any], error: Callable[[str, str], Exception]) -> None:
+    """Refuse a SLURM option string sbatch would misread (a space, a leading '-'); `error(key, message)` makes the
+    exception, naming where the option came from."""
+    for key, value in opts.items():
+        if key not in SLURM_STRINGS or not isinstance(value, str):
+            continue
+        pattern, what = SLURM_STRINGS[key]
+        if len(value) > 256 or not pattern.fullmatch(value):
+            raise error(key, f"expected {what}, not starting with '-'; got {printable(repr(value[:80]))}")
+
+
+def check_spec_strings(spec: Any, where: str) -> None:
+    """The option strings of a grid's `[slurm]` table and its `[slurm.by.AXIS."LABEL"]` tables (`where`: the grid
+    file)."""
+    check_option_strings(spec.options, lambda k, m: SweepdaeError(f"{where}: slurm.{k}: {m}"))
+    for axis, per_label in spec.by.items():
+        for label, opts in per_label.items():
+            table = f"slurm.by.{axis}.{printable(str(label))}"
+
+            def error(k: str, m: str, table: str = table) -> SweepdaeError:
+                return SweepdaeError(f"{where}: {table}.{k}: {m}")
+
+            check_option_strings(opts, error)
 
 
 def resources(cells: Iterable[Any], spec: Any, *, cli: dict[str, Any], config: dict[str, Any],

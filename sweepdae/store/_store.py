@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 TRAININGS_STUDY = "sweepdae-trainings"
+STORE_ID_ATTR = "store_id"  # study user attr of the cells' study: the store's identity (`Store.identity`)
 _ERROR_CHARS = 2_000  # `error` is one message; keep rows small
 _TRACEBACK_CHARS = 10_000  # the tail of a traceback is where the cause is
 
@@ -685,21 +687,50 @@ class Store:
         return True
 
     @guarded
-    def forget(self, keys: list[str]) -> list[str]:
-        """Drop the results (done or failed attempts) of these cells, so the next run computes them again;
-        returns the keys forgotten. A queued or running cell is refused (StoreError). The trials stay in the
-        storage (Optuna cannot delete one) but every query skips them. Trainings are untouched."""
-        out = []
+    def forgettable(self, keys: list[str]) -> list[str]:
+        """The keys among `keys` that have results to forget; StoreError, before anything is written, when one of
+        them is queued or running (naming it and how many are)."""
+        out, busy = [], []
         for key in keys:
             trials = self._key_trials(key)
             if not trials:
                 continue
-            if key_status(trials) in (CellStatus.QUEUED, CellStatus.RUNNING):
-                raise StoreError(f"cell {key[:12]} is {key_status(trials).value}: stop it before forgetting it")
+            status = key_status(trials)
+            if status in (CellStatus.QUEUED, CellStatus.RUNNING):
+                busy.append((key, status.value))
+            out.append(key)
+        if busy:
+            key, what = busy[0]
+            more = f" (and {len(busy) - 1} more queued or running)" if len(busy) > 1 else ""
+            raise StoreError(f"cell {key[:12]} is {what}{more}: stop it before forgetting it; nothing was forgotten")
+        return out
+
+    @guarded
+    def forget(self, keys: list[str]) -> list[str]:
+        """Drop the results (done or failed attempts) of these cells, so the next run computes them again;
+        returns the keys forgotten. A queued or running cell is refused (StoreError) before any key is
+        forgotten. The trials stay in the storage (Optuna cannot delete one) but every query skips them.
+        Trainings are untouched."""
+        out = self.forgettable(keys)  # all or nothing: a refusal half-way would leave some keys forgotten
+        for key in out:
+            trials = self._key_trials(key)
             self._storage.set_study_user_attr(self._study_id, f"forget:{key}",
                                               {"before": max(t.number for t in trials), "time": time.time()})
-            out.append(key)
         return out
+
+    @guarded
+    def identity(self, *, create: bool = True) -> str | None:
+        """This store's id: a random hex string kept in its own metadata (study user attr `store_id`), so it is the
+        same whichever URL reaches the store (a symlinked journal, a host alias). Made on first use (None when
+        `create` is false and there is none yet). Two first uses at once may both write one: each reads back the
+        stored one, and a folder marked with the losing id is only ever kept, never removed, by `gc`."""
+        sid = self._storage.get_study_user_attrs(self._study_id).get(STORE_ID_ATTR)
+        if isinstance(sid, str) and sid:
+            return sid
+        if not create:
+            return None
+        self._storage.set_study_user_attr(self._study_id, STORE_ID_ATTR, uuid.uuid4().hex)
+        return str(self._storage.get_study_user_attrs(self._study_id)[STORE_ID_ATTR])
 
     @guarded
     def used_train_keys(self) -> set[str]:
