@@ -393,7 +393,7 @@ def test_latex_is_escaped_and_well_formed(store: FakeStore, tmp_path: Path) -> N
     body = "\n".join(p.read_text() for p in tables)
     assert "<script>" not in body and "<script>" not in doc
     assert r"\textless{}script\textgreater{}alert(1)\textless{}/script\textgreater{} \&\_\%" in body
-    assert r"\textbf{63.5 $\pm$ 0.7}" in body and "99.9" not in body
+    assert r"\textbf{63.5} & \textbf{${}\pm{}$0.7}" in body and "99.9" not in body  # mean & ± std columns
     for tex in (doc, body):
         s = _strip_escaped(tex)
         assert s.count("{") == s.count("}")
@@ -406,11 +406,10 @@ def test_latex_is_escaped_and_well_formed(store: FakeStore, tmp_path: Path) -> N
         assert t.count(r"\toprule") == t.count(r"\midrule") == t.count(r"\bottomrule") == n
         for fig in re.findall(r"\\includegraphics\[[^]]*\]\{([^}]*)\}", t):
             assert (tmp_path / fig).is_file()
-    if shutil.which("pdflatex"):
-        run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stdout[-3000:]
-        assert (tmp_path / "report.pdf").is_file()
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],  # .ci/setup --dev
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert (tmp_path / "report.pdf").is_file()
 
 
 # -- write_reports -------------------------------------------------------------------------------------------------

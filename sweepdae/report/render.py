@@ -8,12 +8,14 @@ each `((( value )))` unless it is a `TexRaw` (file paths and column specs the co
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from sweepdae.metrics import metric_info
 from sweepdae.report.data import GridReport, ReportData
 from sweepdae.report.figures import FigureData, RenderedFigure
 from sweepdae.report.paper import PAPER_SCALE
@@ -23,7 +25,6 @@ __all__ = ["TexRaw", "latex_escape", "render_html", "render_tex_document", "rend
            "template_source"]
 
 Figures = Mapping[str, list[tuple[FigureData, RenderedFigure]]]  # section slug -> its rendered figures
-WIDE_TABLE = 7  # columns beyond which a LaTeX table is scaled to the line width
 
 _TEX_CHARS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
@@ -74,11 +75,19 @@ def _html_env() -> jinja2.Environment:
                               trim_blocks=True, lstrip_blocks=True)
 
 
+def oneline(value: Any) -> str:
+    """Every run of whitespace -> one space: a blank line inside a command's argument (\\section, \\caption, a
+    table cell) is a \\par, which ends the argument with "Paragraph ended before ... was complete"."""
+    return " ".join(("" if value is None else str(value)).split())
+
+
 def _tex_env() -> jinja2.Environment:
-    return jinja2.Environment(loader=_loader(), autoescape=False, undefined=jinja2.StrictUndefined,
-                              finalize=_finalize_tex, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-                              block_start_string="((*", block_end_string="*))", variable_start_string="(((",
-                              variable_end_string=")))", comment_start_string="((=", comment_end_string="=))")
+    env = jinja2.Environment(loader=_loader(), autoescape=False, undefined=jinja2.StrictUndefined,
+                             finalize=_finalize_tex, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             block_start_string="((*", block_end_string="*))", variable_start_string="(((",
+                             variable_end_string=")))", comment_start_string="((=", comment_end_string="=))")
+    env.filters["oneline"] = oneline
+    return env
 
 
 def table_rows(section: GridReport) -> list[dict[str, Any]]:
@@ -91,6 +100,78 @@ def table_rows(section: GridReport) -> list[dict[str, Any]]:
         cells = [{"text": x, "bold": bool(b), "state": s} for x, b, s in zip(text, bold, state, strict=True)]
         rows.append({"label": label or "ours", "kind": kind, "cells": cells})  # "" = a table without rows
     return rows
+
+
+# -- LaTeX tables ------------------------------------------------------------------------------------------------
+# A value column of the display frame becomes two LaTeX columns, `r@{}l`: the mean right-aligned, then "± std",
+# the trajectory delta and the partial-seed star left-aligned after it, so the means (and the ± signs) line up
+# down the column as siunitx's S columns would, with no package beyond booktabs.
+_SHOWN = re.compile(r"(?P<mean>[^ ±()*]+)(?: ± (?P<std>[^ ()*]+))?(?: (?P<delta>\([^)]*\)))?(?P<star>\*)?")
+_HEADER_CHARS = 10  # a header wraps onto lines of at least this many characters (a mean ± std is ~11)
+
+
+def _multicolumn(span: int, body: str) -> str:
+    return rf"\multicolumn{{{span}}}{{c}}{{{body}}}"
+
+
+def _tex_value(text: str, *, bold: bool, state: str) -> str:
+    """One display cell -> "mean & ± std (delta)*", already LaTeX (the two cells of its `r@{}l` pair)."""
+    m = _SHOWN.fullmatch(text) if state in ("done", "partial", "paper") else None
+    if m is None:  # empty, or a word (pending, failed, n/a): centred across the pair, in italics
+        return _multicolumn(2, r"\textit{" + latex_escape(text) + "}") if text else " & "
+    left = latex_escape(m["mean"])
+    right = (r"${}\pm{}$" + latex_escape(m["std"]) if m["std"] else "") + \
+        ("~" + latex_escape(m["delta"]) if m["delta"] else "") + ("*" if m["star"] else "")
+    wrap = r"\textit{%s}" if state == "paper" else r"\textbf{%s}" if bold else "%s"
+    return (wrap % left) + " & " + ((wrap % right) if right else "")
+
+
+def _tex_header(text: str, span: int, chars: int = _HEADER_CHARS) -> str:
+    """A header over `span` columns, wrapped onto lines of about `chars` characters (its column's widest value)
+    so that a long metric name does not widen the column past its numbers (\\sweepdaehead: bottom-aligned)."""
+    lines = textwrap.wrap(oneline(text), max(chars, _HEADER_CHARS), break_on_hyphens=False) or [""]
+    body = latex_escape(lines[0]) if len(lines) == 1 else \
+        r"\sweepdaehead{" + r"\\".join(latex_escape(x) for x in lines) + "}"
+    return _multicolumn(span, body)
+
+
+def tex_table(section: GridReport) -> dict[str, Any]:
+    """The section's display frame as LaTeX rows for tables.tex.j2: {colspec, head: [lines], rows: [lines]}.
+
+    Several metrics over a column axis get a two-level header (the metric over its columns, a \\cmidrule under
+    it, then the column labels), as the paper's tables do. A row label starts with {} so that one beginning
+    with [ or * is not read as the optional argument of the \\\\ before it."""
+    t = section.table
+    headers = [str(h) for h in t.display.columns]
+    head: list[str] = []
+    groups: list[tuple[str, list[str]]] = []
+    if t.col_dim and len(t.metrics) > 1 and headers and len(headers) % len(t.metrics) == 0:
+        per = len(headers) // len(t.metrics)
+        for i, metric in enumerate(t.metrics):
+            short = metric_info(metric).short
+            chunk = headers[i * per:(i + 1) * per]
+            if not all(h.startswith(short + " ") for h in chunk):
+                groups = []
+                break
+            groups.append((short, [h[len(short) + 1:] for h in chunk]))
+    row_dim = "{}" + latex_escape(oneline(t.row_dim or ""))
+    widths = [max((len(str(x)) for x in t.display.iloc[:, j]), default=0) for j in range(len(headers))]
+    if groups:
+        top = [_tex_header(short, 2 * len(subs)) for short, subs in groups]
+        rules = [rf"\cmidrule(lr){{{2 + 2 * i * len(subs)}-{1 + 2 * (i + 1) * len(subs)}}}"
+                 for i, (_, subs) in enumerate(groups)]
+        head.append(" & ".join(["", *top]) + r" \\ " + "".join(rules))
+        labels = [sub for _, subs in groups for sub in subs]
+    else:
+        labels = headers
+    head.append(" & ".join([row_dim, *(_tex_header(h, 2, w) for h, w in zip(labels, widths, strict=True))]) + r" \\")
+    rows = []
+    for r in table_rows(section):
+        label = r"{}\quad\textit{paper}" if r["kind"] == "paper" else "{}" + latex_escape(oneline(r["label"]))
+        cells = [_tex_value(str(c["text"]), bold=c["bold"], state="paper" if r["kind"] == "paper" else c["state"])
+                 for c in r["cells"]]
+        rows.append(TexRaw(" & ".join([label, *cells]) + r" \\"))
+    return {"colspec": TexRaw("l" + "r@{}l" * len(headers)), "head": [TexRaw(h) for h in head], "rows": rows}
 
 
 READOUT_NAMES = {"knn_top1": "kNN top-1", "probe_gain": "probe gain"}
@@ -124,7 +205,6 @@ def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]
             "description": s.description, "profile_description": s.spec.get("profile_description") or "",
             "citation": t.citation, "scale": t.scale, "notes": t.notes, "row_dim": t.row_dim or "",
             "headers": list(t.display.columns), "rows": table_rows(s), "n_cells": s.n_cells,
-            "colspec": TexRaw("l" + "r" * len(t.display.columns)), "wide": len(t.display.columns) > WIDE_TABLE,
             "findings": [_verdict_context(v) for v in s.findings], "figures": figures,
             "prov": p, "phases": [(k.removesuffix("_s"), v) for k, v in p.phases.items()]}
 
@@ -141,15 +221,47 @@ def render_html(report: ReportData, figures: Figures) -> str:
 
 def render_tex_section(section: GridReport, figures: list[tuple[FigureData, RenderedFigure]], out: Path) -> str:
     """One section's booktabs table, findings and figures (paths relative to `out`, where report.tex lives)."""
-    return _tex_env().get_template("tables.tex.j2").render(s=_section_context(section, figures, out))
+    return _tex_env().get_template("tables.tex.j2").render(s=_section_context(section, figures, out),
+                                                           table=tex_table(section))
 
 
 def render_tex_document(report: ReportData, table_files: list[Path], out: Path) -> str:
     """A minimal compilable document that \\input's every section's table file."""
     inputs = [TexRaw(p.relative_to(out).with_suffix("").as_posix()) for p in table_files]
     return _tex_env().get_template("report.tex.j2").render(report=report, inputs=inputs, paper_scale=PAPER_SCALE,
-                                                           headlines=_headline_context(report))
+                                                           findings=tex_headlines(report))
 
 
 def _headline_context(report: ReportData) -> list[dict[str, Any]]:
     return [{**h, "verdicts": [_verdict_context(v) for v in h["verdicts"]]} for h in report.headlines]
+
+
+def _signed(x: Any, digits: int) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return ""
+    return f"{v:+.{digits}f}" if v == v else ""  # NaN -> blank
+
+
+def tex_headlines(report: ReportData) -> dict[str, Any]:
+    """The headline findings as report.tex's compact table: one group per headline that some grid tests (its
+    claim, then one row per grid that tests it: finding, grid section, verdict, interval, seeds, the paper's value
+    of the same statistic), and the numbers of the headlines that no grid of this report tests."""
+    groups, untested, levels = [], [], set()
+    for h in report.headlines:
+        if not h["verdicts"]:
+            untested.append(str(h["number"]))
+            continue
+        rows = []
+        for v in h["verdicts"]:
+            digits = 2 if str(v.get("finding")) == "fid_vs_accuracy" else 1
+            ci = v.get("interval")
+            levels.add(int(round(100 * float(v.get("confidence") or 0.95))))
+            rows.append({"finding": str(v.get("finding", "")), "slug": TexRaw(str(v.get("section", ""))),
+                         "profile": v.get("profile") or "base", "word": v.get("verdict", "inconclusive"),
+                         "interval": f"[{_signed(ci[0], digits)}, {_signed(ci[1], digits)}]" if ci else "",
+                         "seeds": int(v.get("seeds") or 0), "paper": _signed(v.get("paper_value"), digits)})
+        groups.append({"number": h["number"], "text": h["text"], "rows": rows})
+    level = f"{levels.pop()}% interval" if len(levels) == 1 else "interval"
+    return {"groups": groups, "untested": untested, "total": len(report.headlines), "interval_header": level}
