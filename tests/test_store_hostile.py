@@ -390,3 +390,48 @@ def test_valid_slurm_option_strings_pass_and_the_user_config_is_checked(tmp_path
     config.write_text('account = "proj42 --uid=0"\n')
     with pytest.raises(SweepdaeError, match=r"slurm.toml: account: expected an account name"):
         sl.user_config(config)
+
+
+# ------------------------------------------------------------------------------------ item 10: no machine paths
+def test_the_shipped_store_holds_no_absolute_path() -> None:
+    text = (EXAMPLE / "store.journal").read_text()
+    assert "/tmp/" not in text and "/work/" not in text and "/home/" not in text
+    assert 'File \\"/' not in text and '":"/' not in text
+
+
+def test_relativize_journal_rewrites_paths_and_keeps_every_other_line(tmp_path: Path) -> None:
+    from sweepdae.store._paths import relativize_journal
+
+    url, _, keys = done_store(tmp_path)
+    path = tmp_path / "store.journal"
+    with open_store(url) as s:
+        s.enqueue([{"key": "k" * 64, "label": "x", "recipe": {}, "grid": "g"}])
+        claim = s.claim("test")
+        assert claim is not None
+        s.fail(claim, failure_class="crash", error="no /old/runs/_cache/t.pt", retry=False, info={
+            "run_dir": "/old/runs/kkk", "tokenizer": {"cache_path": "/old/runs/_cache/t.pt"}},
+            traceback_tail='File "/ckpt/.venv/lib/python3.11/site-packages/torch/x.py", line 1\n'
+                           'File "/other/checkout/sweepdae/cell/train.py", line 2\n')
+    before = path.read_bytes().splitlines(keepends=True)
+    assert relativize_journal(path, "/old/runs", runs_as="runs") >= 1
+    after = path.read_bytes().splitlines(keepends=True)
+    assert len(after) == len(before) and sum(a != b for a, b in zip(after, before, strict=True)) >= 1
+    assert b"/old/runs" not in path.read_bytes() and b'File \\"/' not in path.read_bytes()
+    with open_store(url, create=False) as s:
+        row = s.cells(["k" * 64]).iloc[0]
+        assert row["traceback_tail"].splitlines() == ['File "site-packages/torch/x.py", line 1',
+                                                       'File "sweepdae/cell/train.py", line 2']
+        assert row["info"]["tokenizer"]["cache_path"] == "_cache/t.pt" and row["error"] == "no _cache/t.pt"
+        assert s.status(keys) == {k: "done" for k in keys}
+
+
+def test_new_records_keep_paths_relative(tmp_path: Path) -> None:
+    from sweepdae.store._paths import portable, portable_text, resolve_runs_dir, stored_runs_dir
+
+    runs = tmp_path / "runs"
+    assert portable({"a": f"{runs}/_cache/x.pt", "b": [str(runs)], "c": f"{runs}_old"}, runs) == {
+        "a": "_cache/x.pt", "b": ["."], "c": f"{runs}_old"}
+    assert portable_text(f'File "/x/y/sweepdae/cell/train.py", line 1: {runs}/k in {runs} ({runs}_old)', runs) == \
+        f'File "sweepdae/cell/train.py", line 1: k in . ({runs}_old)'
+    assert stored_runs_dir(runs, tmp_path) == "runs" and resolve_runs_dir("runs", tmp_path) == str(runs.resolve())
+    assert stored_runs_dir(runs, None) == str(runs.absolute())  # a database server: where, on which host

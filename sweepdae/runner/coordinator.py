@@ -25,6 +25,7 @@ from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
 from sweepdae.store import Claim, Store
+from sweepdae.store._paths import portable, portable_text, resolve_runs_dir, stored_runs_dir
 from sweepdae.utils import atomic_write_json, read_events
 
 HEARTBEAT_S = float(os.environ.get("SWEEPDAE_HEARTBEAT_S", "10"))
@@ -316,12 +317,13 @@ class Coordinator:
             where = "here" if lease.owner == self.owner else lease.owner
             return "wait", f"training {tk[:10]} is being made ({where})"
         info = lease.info
-        if info.get("host") == socket.gethostname() and info.get("runs_dir") == str(self.opts.runs_dir):
+        where = resolve_runs_dir(str(info.get("runs_dir", "?")), self.store.folder)
+        if info.get("host") == socket.gethostname() and where == str(self.opts.runs_dir):
             # finished here, then its folder was removed: the cell trains it again
             self.view.message(f"{claim.label}: training {tk[:10]} was removed from {folder}; training it again")
             return "start", None
         return "elsewhere", (f"training {tk[:10]} lives on {info.get('host', '?')} "
-                             f"({info.get('runs_dir', '?')}/{info.get('train_dir', '')})")
+                             f"({where}/{info.get('train_dir', '')})")
 
     def _start_waiting(self, slot: Slot) -> bool:
         """Start the first waiting cell whose training is now finished here or free to take."""
@@ -360,7 +362,7 @@ class Coordinator:
         info = read_trained(folder, r.train_key)
         if info is not None:
             self.store.complete_training(r.train_claim, info={
-                "host": socket.gethostname(), "runs_dir": str(self.opts.runs_dir),
+                "host": socket.gethostname(), "runs_dir": stored_runs_dir(self.opts.runs_dir, self.store.folder),
                 "train_dir": str(folder.relative_to(self.opts.runs_dir)), "cell": r.claim.key,
                 "label": r.claim.label, "grid": r.claim.grid, "steps": info.get("steps"),
                 "seconds": info.get("seconds"), "curve_fields": info.get("curve_fields"),
@@ -463,7 +465,8 @@ class Coordinator:
                     "train_key": result.get("train_key"), "reused_training": result.get("reused_training"),
                     "trained_by": result.get("trained_by")}
             metrics = {k: float(v) for k, v in result["metrics"].items()}
-            recorded = self.store.complete(r.claim, metrics=metrics, info=jsonable(info))
+            # no machine paths in the store: tokenizer cache paths relative to the runs folder, and so on
+            recorded = self.store.complete(r.claim, metrics=metrics, info=jsonable(portable(info, self.opts.runs_dir)))
             self.done.append(key)
             self.view.cell_finished(key, "done" if recorded else "done (already recorded)", metrics)
             return
@@ -483,8 +486,9 @@ class Coordinator:
         info = {"exit_code": rc, "run_dir": _stored_run_dir(r.run_dir, self.opts.runs_dir), "wall_s": elapsed,
                 "slot": r.slot.label,
                 "recipe_overrides": overrides or {}, "last_event": r.last_event}
-        self.store.fail(r.claim, failure_class=cls, error=error,
-                        traceback_tail=tail, retry=retry, info=jsonable(info))
+        runs = self.opts.runs_dir  # tracebacks keep source paths relative to their package, and no runs folder
+        self.store.fail(r.claim, failure_class=cls, error=portable_text(error, runs),
+                        traceback_tail=portable_text(tail, runs), retry=retry, info=jsonable(portable(info, runs)))
         if not retry:
             self.failed_for_good.append(key)
         status = "interrupted (resumable)" if interrupted else ("failed, retrying" if retry else "failed")

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -105,6 +106,16 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder of a journal or SQLite store file (records keep the runs folder relative to it); None for
+        a database server."""
+        if self.kind == "journal":
+            return Path(self._parsed.target).expanduser().absolute().parent
+        if self.kind == "sqlite" and self._parsed.target != "sqlite:///:memory:":
+            return Path(self._parsed.target[len("sqlite:///"):]).expanduser().absolute().parent
+        return None
 
     def __enter__(self) -> Store:
         return self
