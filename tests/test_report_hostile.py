@@ -301,3 +301,18 @@ def test_a_store_that_only_tune_filled_shows_its_cells_and_curves(tmp_path: Path
     assert "tn: the cells of its tune trials" in page and "Training loss" in page
     assert list((tmp_path / "out" / "figures").glob("tn-*-curves.svg"))
     assert (tmp_path / "out" / "data" / "tune-tn-base-probe-top1.json").is_file()
+
+
+def test_the_shipped_store_re_renders_byte_identical_csvs(tmp_path: Path, sweepdae: Any) -> None:
+    """The quoting of formula-like text and the one-recipe rows change nothing in the shipped example's data: its
+    step labels ("- class conditioning") and numbers are written as they were."""
+    example = Path(__file__).resolve().parent.parent / "reports" / "examples" / "cpu"
+    store = tmp_path / "store.journal"
+    store.write_bytes((example / "store.journal").read_bytes())  # a copy: reading never touches the committed file
+    p = sweepdae(tmp_path, "report", "--csv", "--out", "out", "--store", f"journal:{store}", "--runs-dir",
+                 str(example / "runs"))
+    assert p.returncode == 0, p.stderr
+    shipped = sorted(example.glob("data/*.csv"))
+    assert shipped and [f.name for f in shipped] == sorted(f.name for f in (tmp_path / "out" / "data").glob("*.csv"))
+    for f in shipped:
+        assert (tmp_path / "out" / "data" / f.name).read_bytes() == f.read_bytes(), f.name
