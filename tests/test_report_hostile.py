@@ -203,15 +203,17 @@ def test_labels_are_text_in_figures_and_csv(tmp_path: Path, sweepdae: Any) -> No
     leading ' (OWASP), numbers and the paper's "- step" labels stay as they are."""
     labels = ["$a^$", '=HYPERLINK(""http://x"")', "@SUM(1)", "-1.5", "+x"]
     body = ('\n[axes]\ntokenizer.latent_dim = { values = [2, 3, 4, 5, 6], labels = ['
-            + ", ".join(_toml(x) for x in labels)
-            + '], name = "d" }\n\n[report]\ncols = "d"\n')
+            + ", ".join(_toml(x) for x in labels) + '], name = "d" }\n'
+            + 'tokenizer.name = { values = ["patch_pca", "patch_ae"], labels = ["_pca", "ae"], name = "tok" }\n'
+            + '\n[report]\nrows = "tok"\ncols = "d"\n')
     url = f"journal:{tmp_path / 's.journal'}"
     _fill(url, _grid(tmp_path, "lab", body))
     p = sweepdae(tmp_path, "report", "--csv", "--html", "--out", "out", "--store", url)
     assert p.returncode == 0, p.stderr
     assert "$a^$" in (tmp_path / "out" / "report.html").read_text()
-    assert list((tmp_path / "out" / "figures").glob("*.svg"))
-    cols = [r["col"] for r in _rows(tmp_path / "out" / "data" / "lab.csv")]
+    (lines,) = (tmp_path / "out" / "figures").glob("*-lines.svg")
+    assert "_pca" in lines.read_text()  # in the legend: matplotlib leaves out a label that starts with "_"
+    cols = [r["col"] for r in _rows(tmp_path / "out" / "data" / "lab.csv") if r["row"] == "ae"]
     assert cols == ["$a^$", "'=HYPERLINK(\"\"http://x\"\")", "'@SUM(1)", "-1.5", "'+x"]
 
 

@@ -157,6 +157,11 @@ def schedule_tables(name: str, num_steps: int = 1000) -> tuple[np.ndarray, np.nd
         return np.sqrt(gamma2), np.sqrt(1.0 - gamma2)
 
 
+def _legend(label: str) -> str:
+    """A label as a legend shows it: matplotlib leaves out of the legend any label that starts with "_"."""
+    return f" {label}" if label.startswith("_") else label
+
+
 def _plot_lines(fig: Any, d: dict[str, Any]) -> None:
     panels = [{"ylabel": d["ylabel"], "series": d["series"]}, *d.get("panels", [])]
     if len(panels) > 1:
@@ -176,7 +181,7 @@ def _lines_panel(ax: Any, d: dict[str, Any], series: list[dict[str, Any]], ylabe
         color = f"C{i % 10}"
         mean = np.array([np.nan if v is None else v for v in s["mean"]], dtype=float)
         std = np.array([0.0 if v is None else v for v in s["std"]], dtype=float)
-        label = s["label"] if i < MAX_LEGEND else None
+        label = _legend(s["label"]) if i < MAX_LEGEND else None
         # categorical x: points only, each series nudged sideways so series at one name do not hide each other
         at = xs + (0.3 * (i / max(1, n - 1) - 0.5) if categorical and n > 1 else 0.0)
         ax.errorbar(at, mean, yerr=std, color=color, marker="o", ms=4, capsize=2, label=label,
@@ -283,7 +288,7 @@ def curve_figure(curves: list[dict[str, Any]]) -> FigureData | None:
 def _plot_curves(fig: Any, d: dict[str, Any]) -> None:
     ax = fig.add_subplot(1, 1, 1)
     for line in d["lines"]:
-        ax.plot(line["steps"], line["loss"], lw=0.9, label=line["label"])
+        ax.plot(line["steps"], line["loss"], lw=0.9, label=_legend(line["label"]))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
