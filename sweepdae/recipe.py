@@ -145,45 +145,75 @@ class Sampler(str, Enum):
     euler = "euler"
 
 
+# -- bounds of the numeric knobs -----------------------------------------------------------------------------------
+# Every int and float knob has a range, checked where a value first enters (`coerce_knob`: grid files, tune ranges,
+# recipe.json), so that an absurd value (a 4,000-digit epoch count, 10^18 noise steps) is one error line at plan time,
+# not an OverflowError in a dry run or a job that never ends. The ranges are generous: far beyond the paper's scale
+# (ImageNet: 1.28M images, 400-800 epochs, T = 1000 noise steps, batch 2048-4096, probe batch 16384, 50k FID samples).
+class Bounds(typing.NamedTuple):
+    lo: float
+    hi: float
+    lo_open: bool = False  # lo itself is refused (a learning rate of 0 learns nothing)
+    hi_open: bool = False
+
+    def __contains__(self, v: object) -> bool:
+        x = typing.cast(float, v)
+        return (self.lo < x if self.lo_open else self.lo <= x) and (x < self.hi if self.hi_open else x <= self.hi)
+
+    def describe(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else repr(x)
+
+        return f"{'>' if self.lo_open else '>='} {num(self.lo)} and {'<' if self.hi_open else '<='} {num(self.hi)}"
+
+
+_T = typing.TypeVar("_T")
+
+
+def _in(default: _T, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> _T:
+    """A dataclass field whose value must lie in [lo, hi] (an open end excludes it)."""
+    return typing.cast(_T, field(default=default, metadata={"bounds": Bounds(lo, hi, lo_open, hi_open)}))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: DatasetName = DatasetName.fashion_mnist
     root: str = ""  # folder holding the files; "" = the registry's default locations
-    image_size: int = 32  # resized square side (paper: 256)
-    channels: int = 0  # 0 = keep the data's channels; 1 or 3 converts
-    train_size: int = 0  # 0 = the whole train split; else a deterministic subset
-    test_size: int = 0  # 0 = the whole test split
+    image_size: int = _in(32, 1, 4096)  # resized square side (paper: 256)
+    channels: int = _in(0, 0, 3)  # 0 = keep the data's channels; 1 or 3 converts
+    train_size: int = _in(0, 0, 100_000_000)  # 0 = the whole train split; else a deterministic subset
+    test_size: int = _in(0, 0, 100_000_000)  # 0 = the whole test split
     augment: Augment = Augment.center_crop  # training augmentation (paper: center crop; random crop +0.5)
-    num_workers: int = 4  # loader processes for streamed (imagefolder) data
+    num_workers: int = _in(4, 0, 1024)  # loader processes for streamed (imagefolder) data
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
     name: TokenizerName = TokenizerName.patch_pca
-    patch_size: int = 8  # pixels per token side for patch tokenizers (paper: 16 on 256 px -> 256 tokens)
-    latent_dim: int = 16  # d per token (paper Tab. 2: 8..128; pixel tokenizer ignores it, d = C*p*p)
+    patch_size: int = _in(8, 1, 1024)  # pixels per token side for patch tokenizers (paper: 16 on 256 px -> 256 tokens)
+    latent_dim: int = _in(16, 1, 65_536)  # d per token (paper Tab. 2: 8..128; pixel tokenizer ignores it, d = C*p*p)
     # PCA (paper: "eigen-basis of randomly sampled patches"; count and centering unspecified). Not whitened: the
     # paper maps through V and back through V^T (V V^T = I); `latent_scale = "per_dim"` is the whitening ablation.
-    pca_num_patches: int = 100_000
+    pca_num_patches: int = _in(100_000, 1, 100_000_000)
     pca_center: bool = True
     # patch AE / VAE and conv VAE training (unspecified in the paper; small-scale defaults)
-    fit_epochs: int = 5
-    fit_batch_size: int = 256
-    fit_lr: float = 1e-3
+    fit_epochs: int = _in(5, 0, 100_000)
+    fit_batch_size: int = _in(256, 1, 1_000_000)
+    fit_lr: float = _in(1e-3, 0, 10, lo_open=True)
     # VAE KL weight (unspecified; LDM's KL-f8 uses 1e-6 with a perceptual loss). Exactly: the fit loss adds
     # kl_weight x KL / D, where KL = KL(q(z|x) || N(0, I)) in nats summed over one token's d latent values and
     # averaged over tokens and images (the `kl_per_token_nats` a cell records), and D = C*H*W / N the pixel values
     # per token, to a reconstruction term averaged per pixel value in [-1, 1] (patch VAE: MSE; conv VAE: L1). That
     # is LDM's balance (per-image sums of reconstruction + kl_weight x KL) divided by C*H*W: 1e-4 at D = 64 costs
     # 1.6e-6 per nat per token, e.g. 20 nats/token cost 3.1e-5 of loss, beside a reconstruction error per value.
-    kl_weight: float = 1e-4
+    kl_weight: float = _in(1e-4, 0, 1e6)
     # conv VAE (paper Tab. 1: recon + KL, optionally + perceptual + adversarial, as VQGAN)
-    conv_downsample: int = 4  # stride of the conv encoder (paper: 8 on 256 px)
-    conv_group: int = 2  # DiT groups g x g latent pixels per token (paper: 2), tokens = (H/(down*g))^2
-    conv_channels: int = 64
-    perceptual_weight: float = 0.0  # VQGAN uses 1.0 (taming-transformers LPIPSWithDiscriminator)
+    conv_downsample: int = _in(4, 1, 1024)  # stride of the conv encoder (paper: 8 on 256 px)
+    conv_group: int = _in(2, 1, 1024)  # DiT groups g x g latent pixels per token (paper: 2), tokens = (H/(down*g))^2
+    conv_channels: int = _in(64, 1, 65_536)
+    perceptual_weight: float = _in(0.0, 0, 1e6)  # VQGAN uses 1.0 (taming-transformers LPIPSWithDiscriminator)
     perceptual_net: str = "efficientnet_lite0"  # VGG weights are not offline; any supervised ImageNet net
-    adversarial_weight: float = 0.0  # VQGAN's disc_weight; 0.5 in taming configs
+    adversarial_weight: float = _in(0.0, 0, 1e6)  # VQGAN's disc_weight; 0.5 in taming configs
     # One scalar for the whole latent, as LDM's `scale_factor` (paper: patch PCA is V alone, each component keeping
     # its own variance against one sigma; Tab. 2 compares tokenizers at one sigma). "per_dim" divides every
     # latent dim by its own RMS (for PCA: whitening, the same SNR for every component), an ablation; "none" off.
@@ -193,9 +223,10 @@ class TokenizerConfig:
 @dataclass(frozen=True)
 class NoiseConfig:
     schedule: ScheduleName = ScheduleName.ddpm_linear
-    num_steps: int = 1000  # paper / DDPM: T = 1000
+    num_steps: int = _in(1000, 1, 100_000)  # paper / DDPM: T = 1000
     levels: NoiseLevels = NoiseLevels.multi
-    single_sigma: float = math.sqrt(1.0 / 3.0)  # paper Sec. 5 single level (v1 text lost the radical)
+    # paper Sec. 5 single level (v1 text lost the radical)
+    single_sigma: float = _in(math.sqrt(1.0 / 3.0), 0, 1e4, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -204,11 +235,11 @@ class ModelConfig:
     class_cond: bool = False  # paper Tab. 1: DiT baseline is class-conditional; l-DAE is not
     # adaLN conditioning MLP hidden size / width: the paper's DiT shrinks it to 1/4 (PAPER.md, Architecture); one
     # value for every table, since Tab. 1's last row is a run of Tab. 2 and Tab. 2's PCA d=32 Tab. 3's first
-    cond_mlp_ratio: float = 0.25
+    cond_mlp_ratio: float = _in(0.25, 0, 64, lo_open=True)
     adaln_zero: bool = True  # DiT's zero-initialised adaLN gates (paper silent; DiT keeps them)
-    encoder_depth: int = 0  # 0 = first half of the blocks (paper: equal halves are best)
+    encoder_depth: int = _in(0, 0, 1024)  # 0 = first half of the blocks (paper: equal halves are best)
     fused_attn: bool = True  # scaled_dot_product_attention
-    class_dropout: float = 0.1  # label dropout for classifier-free guidance (DiT's class_dropout_prob)
+    class_dropout: float = _in(0.1, 0, 1)  # label dropout for classifier-free guidance (DiT's class_dropout_prob)
 
 
 @dataclass(frozen=True)
@@ -217,24 +248,24 @@ class ObjectiveConfig:
     input_space: Space = Space.latent
     output_space: Space = Space.latent
     loss_weight: LossWeight = LossWeight.auto
-    residual_weight: float = 0.1  # paper Tab. 3: w_i = 0.1 for PCA components beyond d
+    residual_weight: float = _in(0.1, 0, 1e6)  # paper Tab. 3: w_i = 0.1 for PCA components beyond d
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # paper: 400
-    batch_size: int = 256  # effective batch (paper: 2048)
-    micro_batch_size: int = 0  # 0 = batch_size; smaller means gradient accumulation
-    base_lr: float = 1e-4  # paper: lr = 1e-4 x batch / 256
-    warmup_epochs: float = 1.0  # paper: 100 of 400
-    weight_decay: float = 0.0  # paper
-    beta1: float = 0.9  # DiT's AdamW defaults (paper silent on the optimizer)
-    beta2: float = 0.999
-    ema_decay: float = 0.0  # 0 = off; DiT uses 0.9999 (paper silent)
-    grad_clip: float = 0.0  # 0 = off
+    epochs: int = _in(10, 1, 100_000)  # paper: 400
+    batch_size: int = _in(256, 1, 10_000_000)  # effective batch (paper: 2048)
+    micro_batch_size: int = _in(0, 0, 10_000_000)  # 0 = batch_size; smaller means gradient accumulation
+    base_lr: float = _in(1e-4, 0, 100, lo_open=True)  # paper: lr = 1e-4 x batch / 256
+    warmup_epochs: float = _in(1.0, 0, 100_000)  # paper: 100 of 400
+    weight_decay: float = _in(0.0, 0, 100)  # paper
+    beta1: float = _in(0.9, 0, 1, lo_open=True, hi_open=True)  # DiT's AdamW defaults (paper silent on the optimizer)
+    beta2: float = _in(0.999, 0, 1, lo_open=True, hi_open=True)
+    ema_decay: float = _in(0.0, 0, 1, hi_open=True)  # 0 = off; DiT uses 0.9999 (paper silent)
+    grad_clip: float = _in(0.0, 0, 1e6)  # 0 = off
     precision: Precision = Precision.auto
     compile: bool = False
-    checkpoint_every: int = 1  # epochs
+    checkpoint_every: int = _in(1, 1, 100_000)  # epochs
 
 
 @dataclass(frozen=True)
@@ -242,20 +273,20 @@ class ProbeConfig:
     # the time step the frozen encoder is conditioned on (paper Sec. 4: clean input at t = 10 of 1000). -1 = auto:
     # t = 10, except for a single-noise-level model, which has only ever seen its own t (then t = 10 is also
     # measured, as probe_top1_t10). An explicit t >= 0 is used as given.
-    t: int = -1
+    t: int = _in(-1, -1, 100_000)
     noisy_input: bool = False  # paper's fixed-t ablation, noisy column
-    depth: int = 0  # 0 = the encoder's last block (paper: block 12 of 24)
-    epochs: int = 90  # MAE protocol
-    batch_size: int = 256  # paper: 16384
+    depth: int = _in(0, 0, 1024)  # 0 = the encoder's last block (paper: block 12 of 24)
+    epochs: int = _in(90, 1, 100_000)  # MAE protocol
+    batch_size: int = _in(256, 1, 10_000_000)  # paper: 16384
     optimizer: ProbeOptimizer = ProbeOptimizer.lars  # MAE's linear-probe optimizer
     # lr = base_lr x batch / 256. MAE (and the paper profile) use base_lr 0.1 at batch 16384 (lr 6.4; the paper's text
     # says 6.4e-3). At small scale that many fewer steps underfit: measured on Fashion-MNIST raw pixels (10k/2k,
     # 30 epochs, batch 256) LARS reaches 73.3% at base_lr 0.1, 83.6% at 6.4, logistic regression ~83%; so 6.4 here.
-    base_lr: float = 6.4
-    lr: float = 0.0  # > 0 overrides base_lr scaling (set 6.4e-3 for the paper's stated value)
+    base_lr: float = _in(6.4, 0, 1e4, lo_open=True)
+    lr: float = _in(0.0, 0, 1e4)  # > 0 overrides base_lr scaling (set 6.4e-3 for the paper's stated value)
     augment: bool = False  # RandomResizedCrop + flip, recomputing features every epoch (MAE)
-    knn_k: int = 20  # kNN probe, cosine similarity
-    knn_temperature: float = 0.07  # InstDisc/DINO weighted vote
+    knn_k: int = _in(20, 1, 100_000)  # kNN probe, cosine similarity
+    knn_temperature: float = _in(0.07, 0, 100, lo_open=True)  # InstDisc/DINO weighted vote
     # also probe the same architecture at random init (as training starts it, and with adaLN-Zero off), the raw
     # pixels, and record probe_gain over the better random encoder (sweepdae/cell/baselines.py; cached across cells)
     baselines: bool = False
@@ -264,12 +295,13 @@ class ProbeConfig:
 @dataclass(frozen=True)
 class FIDConfig:
     enabled: bool = False
-    num_samples: int = 256  # paper scale: 50,000
+    num_samples: int = _in(256, 1, 10_000_000)  # paper scale: 50,000
     sampler: Sampler = Sampler.auto
-    steps: int = 50  # DiT: 250
-    guidance_scale: float = 1.0  # unconditional rows cannot use guidance
+    steps: int = _in(50, 1, 100_000)  # DiT: 250
+    guidance_scale: float = _in(1.0, 0, 100)  # unconditional rows cannot use guidance
     ref_split: str = "train"
-    ref_size: int = 0  # real images behind the reference statistics; 0 = fid.num_samples (ADM/DiT: whole train set)
+    # real images behind the reference statistics; 0 = fid.num_samples (ADM/DiT: whole train set)
+    ref_size: int = _in(0, 0, 100_000_000)
 
 
 @dataclass(frozen=True)
@@ -284,23 +316,29 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     fid: FIDConfig = field(default_factory=FIDConfig)
-    seed: int = 0
+    seed: int = _in(0, 0, 2**31 - 1)  # torch, numpy and every RNG here take it as is
 
     # -- identity ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _to_jsonable(self)
+        out: dict[str, Any] = {}
+        for (path, section, name), value in zip(_KNOB_FIELDS, self._flat().values(), strict=True):
+            if section:
+                out.setdefault(section, {})[name] = value
+            else:
+                out[path] = value
+        return out
 
     def train_identity(self) -> dict[str, Any]:
         """The resolved values of exactly what training reads (knob path -> JSON value): training knobs that
         the chosen components read. Runtime-only and evaluation knobs, and knobs of other components (e.g.
         `tokenizer.conv_downsample` for patch PCA), are left out."""
-        flat = self.flat()
-        return {p: flat[p] for p, role in KNOB_ROLES.items() if role == "train" and _reads(self, p)}
+        flat = self._flat()
+        return {p: flat[p] for p in _TRAIN_PATHS if _reads(self, p)}
 
     def eval_identity(self) -> dict[str, Any]:
         """The resolved values of what only evaluation reads (probe, FID, encoder depth, test-set size)."""
-        flat = self.flat()
-        out = {p: flat[p] for p, role in KNOB_ROLES.items() if role == "eval" and _reads(self, p)}
+        flat = self._flat()
+        out = {p: flat[p] for p in _EVAL_PATHS if _reads(self, p)}
         # model.encoder_depth and probe.depth resolve to one number: the block the probe reads after
         out.pop("model.encoder_depth", None)
         out["probe.depth"] = probe_depth(self)
@@ -309,20 +347,37 @@ class Recipe:
             out["fid.ref_size"] = self.fid.ref_size or self.fid.num_samples
         return out
 
+    # A recipe is frozen, so its flat form and keys are computed once and kept in the instance's __dict__ (not
+    # fields: equality, hashing, repr and dataclasses.replace ignore them). Planning 20,000 cells asks each cell's
+    # keys several times; recomputing them was 4 ms a cell.
     def train_key(self) -> str:
         """SHA-256 of the training identity: cells with the same train_key share one trained network."""
-        return _sha({"schema": RECIPE_SCHEMA_VERSION, "train": self.train_identity()})
+        cached = self.__dict__.get("_cached_train_key")
+        if cached is None:
+            cached = self.__dict__["_cached_train_key"] = _sha({"schema": RECIPE_SCHEMA_VERSION,
+                                                                "train": self.train_identity()})
+        return typing.cast(str, cached)
 
     def key(self) -> str:
         """The cell's identity: SHA-256 of its train_key and its evaluation identity."""
-        return _sha({"schema": RECIPE_SCHEMA_VERSION, "train_key": self.train_key(), "eval": self.eval_identity()})
+        cached = self.__dict__.get("_cached_key")
+        if cached is None:
+            cached = self.__dict__["_cached_key"] = _sha({"schema": RECIPE_SCHEMA_VERSION,
+                                                          "train_key": self.train_key(), "eval": self.eval_identity()})
+        return typing.cast(str, cached)
 
     def flat(self) -> dict[str, Any]:
-        """Dotted knob path -> JSON value (enums as their string)."""
-        out: dict[str, Any] = {}
-        for path, value in _flatten(self.to_dict()):
-            out[path] = value
-        return out
+        """Dotted knob path -> JSON value (enums as their string); the values `to_dict` nests."""
+        return dict(self._flat())  # a copy: callers may change theirs
+
+    def _flat(self) -> dict[str, Any]:
+        cached = self.__dict__.get("_cached_flat")
+        if cached is None:
+            cached = {}
+            for path, section, name in _KNOB_FIELDS:
+                cached[path] = _json_value(getattr(getattr(self, section), name) if section else getattr(self, name))
+            self.__dict__["_cached_flat"] = cached
+        return typing.cast(dict[str, Any], cached)
 
     # -- derived quantities --------------------------------------------------------------------------------
     @property
@@ -357,14 +412,13 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _to_jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, float):
-        return float(repr(obj)) if math.isfinite(obj) else repr(obj)
-    return obj
+def _json_value(v: Any) -> Any:
+    """One knob value as `to_dict` and the keys hold it: an enum as its name, a float exactly (non-finite as text)."""
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, float):
+        return float(repr(v)) if math.isfinite(v) else repr(v)
+    return v
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
@@ -384,6 +438,7 @@ class Knob:
     name: str
     type: Any
     default: Any
+    bounds: Bounds | None = None  # int and float knobs: the range a value must lie in
 
     def describe_type(self) -> str:
         if isinstance(self.type, type) and issubclass(self.type, Enum):
@@ -402,13 +457,18 @@ def _knobs() -> dict[str, Knob]:
             default_section = typing.cast(Any, ftype)()
             for sf in dataclasses.fields(ftype):
                 path = f"{f.name}.{sf.name}"
-                out[path] = Knob(path, f.name, sf.name, sub_hints[sf.name], getattr(default_section, sf.name))
+                out[path] = Knob(path, f.name, sf.name, sub_hints[sf.name], getattr(default_section, sf.name),
+                                 sf.metadata.get("bounds"))
         else:
-            out[f.name] = Knob(f.name, None, f.name, ftype, f.default)
+            out[f.name] = Knob(f.name, None, f.name, ftype, f.default, f.metadata.get("bounds"))
     return out
 
 
 KNOBS: dict[str, Knob] = _knobs()
+# (path, section or "", field name) of every knob in field order, and each section's class: read once here, not per
+# recipe (typing.get_type_hints per recipe was a third of planning a big grid)
+_KNOB_FIELDS: tuple[tuple[str, str, str], ...] = tuple((k.path, k.section or "", k.name) for k in KNOBS.values())
+_SECTION_TYPES: dict[str, Any] = typing.get_type_hints(Recipe)
 
 
 # -- what each knob is for: training identity, evaluation identity, or how a run executes --------------------------
@@ -442,6 +502,8 @@ _RUNTIME_KNOBS = ("data.num_workers", "model.fused_attn", "train.micro_batch_siz
                   "train.checkpoint_every")
 KNOB_ROLES: dict[str, str] = {**{p: "train" for p in _TRAIN_KNOBS}, **{p: "eval" for p in _EVAL_KNOBS},
                               **{p: "runtime" for p in _RUNTIME_KNOBS}}
+_TRAIN_PATHS = tuple(p for p, role in KNOB_ROLES.items() if role == "train")  # in KNOB_ROLES' order, as before
+_EVAL_PATHS = tuple(p for p, role in KNOB_ROLES.items() if role == "eval")
 
 _FIT = ("fit_epochs", "fit_batch_size", "fit_lr")
 # The TokenizerConfig knobs each tokenizer reads (the rest belong to other tokenizers); also keys the tokenizer cache.
@@ -500,19 +562,36 @@ def coerce_knob(path: str, value: Any) -> Any:
         return value
     if t is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{path} must be an integer, got {value!r}")
+            raise RecipeError(f"{path} must be an integer, got {_shown(value)}")
+        _check_bounds(knob, value, "an integer")
         return value
     if t is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{path} must be a number, got {value!r}")
-        if not math.isfinite(float(value)):
-            raise RecipeError(f"{path} must be finite, got {value!r}")
-        return float(value)
+            raise RecipeError(f"{path} must be a number, got {_shown(value)}")
+        try:
+            x = float(value)
+        except OverflowError:  # an int too large for a float
+            x = math.inf
+        if not math.isfinite(x):
+            raise RecipeError(f"{path} must be finite, got {_shown(value)}")
+        _check_bounds(knob, x, "a number")
+        return x
     if t is str:
         if not isinstance(value, str):
             raise RecipeError(f"{path} must be a string, got {value!r}")
         return value
     raise RecipeError(f"knob {path!r} has an unsupported type {t!r}")
+
+
+def _check_bounds(knob: Knob, value: float, kind: str) -> None:
+    if knob.bounds is not None and value not in knob.bounds:
+        raise RecipeError(f"{knob.path} must be {kind} {knob.bounds.describe()}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A value as an error line shows it: a 4,000-digit number is cut to its ends and its length."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
 
 
 def recipe_from_flat(flat: dict[str, Any]) -> Recipe:
@@ -526,10 +605,9 @@ def recipe_from_flat(flat: dict[str, Any]) -> Recipe:
             top[knob.name] = coerced
         else:
             sections.setdefault(knob.section, {})[knob.name] = coerced
-    hints = typing.get_type_hints(Recipe)
     kwargs: dict[str, Any] = dict(top)
     for name, values in sections.items():
-        kwargs[name] = hints[name](**values)
+        kwargs[name] = _SECTION_TYPES[name](**values)
     recipe = Recipe(**kwargs)
     validate(recipe)
     return recipe
@@ -572,18 +650,7 @@ def validate(r: Recipe) -> None:
             raise RecipeError(msg)
 
     tk, d = r.tokenizer, r.data
-    for path in ("data.image_size", "tokenizer.patch_size", "tokenizer.latent_dim", "train.epochs",
-                 "train.batch_size", "noise.num_steps", "probe.epochs", "probe.batch_size", "fid.num_samples",
-                 "fid.steps", "tokenizer.conv_downsample", "tokenizer.conv_group", "tokenizer.conv_channels",
-                 "tokenizer.fit_batch_size", "tokenizer.pca_num_patches", "probe.knn_k"):
-        need(_get(r, path) > 0, f"{path} must be positive, got {_get(r, path)}")
-    for path in ("data.train_size", "data.test_size", "train.micro_batch_size", "train.warmup_epochs",
-                 "train.weight_decay", "train.ema_decay", "train.grad_clip", "tokenizer.kl_weight",
-                 "tokenizer.perceptual_weight", "tokenizer.adversarial_weight", "tokenizer.fit_epochs",
-                 "model.encoder_depth", "model.class_dropout",
-                 "probe.depth", "probe.lr", "objective.residual_weight",
-                 "data.num_workers", "fid.ref_size", "seed"):
-        need(_get(r, path) >= 0, f"{path} must be >= 0, got {_get(r, path)}")
+    # each knob's own range (>= 0, > 0, ...) is checked as its value enters (`coerce_knob`, `Bounds`)
     need(d.channels in (0, 1, 3), f"data.channels must be 0 (keep), 1 or 3, got {d.channels}")
     need(tk.latent_scale in ("per_dim", "global", "none"),
          f"tokenizer.latent_scale must be one of 'per_dim', 'global', 'none', got {tk.latent_scale!r}")
@@ -636,13 +703,6 @@ def validate(r: Recipe) -> None:
     if r.fid.guidance_scale != 1.0:
         need(r.model.class_cond, "fid.guidance_scale != 1 needs model.class_cond = true "
              "(unconditional rows cannot use guidance)")
-
-
-def _get(r: Recipe, path: str) -> Any:
-    obj: Any = r
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def encoder_depth(r: Recipe) -> int:

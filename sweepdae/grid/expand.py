@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
-from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, _fmt, _jsonable
+from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, _Ctx, _fmt, _jsonable
 from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
 from sweepdae.resources import resource_dir
 
@@ -92,8 +93,8 @@ def expand(grid: Grid, profile: str | None = None) -> Plan:
     """Every cell of the grid under `profile` (None = the grid's default profile), in a stable order."""
     pname, base, axes, seeds = under_profile(grid, profile)
 
-    # (knobs, coords, step, include label, seeds)
-    points: list[tuple[dict[str, Any], dict[str, str], int | None, str | None, tuple[int, ...]]] = []
+    # (knobs, coords, step, include label, seeds, index of the [[include]] or None)
+    points: list[tuple[dict[str, Any], dict[str, str], int | None, str | None, tuple[int, ...], int | None]] = []
     steps = grid.trajectory or ()
     n_points = len(steps) or 1
     for a in axes:
@@ -111,19 +112,23 @@ def expand(grid: Grid, profile: str | None = None) -> Plan:
             acc: dict[str, Any] = {}
             for si, s in enumerate(steps):
                 acc = {**acc, **s.set}
-                points.append(({**knobs, **acc}, {**coords, "step": s.label}, si, None, seeds))
+                points.append(({**knobs, **acc}, {**coords, "step": s.label}, si, None, seeds, None))
         else:
-            points.append((knobs, coords, None, None, seeds))
+            points.append((knobs, coords, None, None, seeds, None))
     points = [p for p in points if not _excluded(grid, {**base, **p[0]}, p[1])]
-    for inc in grid.include:
+    for j, inc in enumerate(grid.include):
         inc = dict(inc)
         label = inc.pop("__label__", None)
         own_seeds = inc.pop("__seeds__", None)
-        points.append((inc, {"include": label or _auto_label(inc)}, None, label, own_seeds or seeds))
+        points.append((inc, {"include": label or _auto_label(inc)}, None, label, own_seeds or seeds, j))
 
     cells: list[Cell] = []
     seen: set[str] = set()
-    for knobs, coords, step, inc_label, point_seeds in points:
+    # A report row gathers the cells of one label (the seed apart) as seeds of one recipe, so two grid points
+    # whose recipes differ by more than the seed must not share a label: label -> (first point, its recipe)
+    rows: dict[str, tuple[int, Recipe]] = {}
+    for n, (knobs, coords, step, inc_label, point_seeds, _) in enumerate(points):
+        row = _label(axes, coords, step, grid, inc_label)
         for seed in point_seeds:
             flat = {**base, **knobs, "seed": seed}
             try:
@@ -132,11 +137,14 @@ def expand(grid: Grid, profile: str | None = None) -> Plan:
                 where = " ".join(f"{k}={v}" for k, v in coords.items())
                 raise GridError(f"{grid.path}: cell [{where}]{' (profile ' + pname + ')' if pname else ''}: {e}"
                                 ) from None
+            first = rows.setdefault(row, (n, recipe))
+            if first[0] != n and _seedless_key(first[1]) != _seedless_key(recipe):
+                raise _same_label(grid, pname, row, points[first[0]], points[n])
             key = recipe.key()
             if key in seen:  # two grid points that resolve to the same recipe are one cell
                 continue
             seen.add(key)
-            label = _label(axes, coords, step, grid, inc_label, seed)
+            label = f"{row} seed={seed}" if row else f"seed={seed}"
             cells.append(Cell(key=key, label=label, recipe=recipe, coords={**coords, "seed": str(seed)}, step=step,
                               seed=seed))
     if not cells:
@@ -174,8 +182,8 @@ def _auto_label(knobs: dict[str, Any]) -> str:
     return " ".join(f"{p.rsplit('.', 1)[-1]}={_fmt(v)}" for p, v in knobs.items()) or "base"
 
 
-def _label(axes: list[Axis], coords: dict[str, str], step: int | None, grid: Grid, inc_label: str | None,
-           seed: int) -> str:
+def _label(axes: list[Axis], coords: dict[str, str], step: int | None, grid: Grid, inc_label: str | None) -> str:
+    """A grid point's label, without the seed (a cell's label is this and `seed=N`)."""
     parts: list[str] = []
     if inc_label is not None or "include" in coords:
         parts.append(coords["include"])
@@ -185,5 +193,31 @@ def _label(axes: list[Axis], coords: dict[str, str], step: int | None, grid: Gri
             parts.append(a.label_at(i))
         if step is not None:
             parts.append(grid.trajectory[step].label)
-    parts.append(f"seed={seed}")
     return " ".join(parts)
+
+
+def _seedless_key(recipe: Recipe) -> str:
+    """The key of the recipe at seed 0: equal for two recipes that differ by the seed alone."""
+    return recipe.key() if recipe.seed == 0 else dataclasses.replace(recipe, seed=0).key()
+
+
+_Point = tuple[dict[str, Any], dict[str, str], int | None, str | None, tuple[int, ...], int | None]
+
+
+def _same_label(grid: Grid, pname: str | None, row: str, a: _Point, b: _Point) -> GridError:
+    """One line naming the grid key of the second of two points with one label and different recipes."""
+    def which(p: _Point) -> str:
+        if p[5] is not None:
+            return f"include[{p[5]}]"
+        return "[" + " ".join(f"{k}={v}" for k, v in p[1].items()) + "]"
+
+    inc = b[5] if b[5] is not None else a[5]
+    if inc is not None:  # an [[include]]: its label, given or made of its knobs
+        key = f"include[{inc}].label" if grid.include[inc].get("__label__") is not None else f"include[{inc}]"
+        fix = "give it a label = \"...\" of its own"
+    else:  # two axis points whose labels join to the same text
+        key, fix = "axes", "give the axes labels that tell the cells apart"
+    prof = f" (profile {pname})" if pname else ""
+    return _Ctx(grid.path, grid.source).error(
+        key, f"{which(a)} and {which(b)}{prof} are both labelled {row!r} but differ by more than the seed, so a "
+        f"report would average them as one row; {fix}")

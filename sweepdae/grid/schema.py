@@ -34,7 +34,7 @@ from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
 from sweepdae.metrics import FINDINGS, METRICS
-from sweepdae.recipe import KNOBS, coerce_knob, suggest
+from sweepdae.recipe import KNOBS, Bounds, coerce_knob, suggest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -185,65 +185,127 @@ class Grid:
     tune: TuneSpec = field(default_factory=TuneSpec)
 
 
+# Limits checked by a cheap linear scan before the text reaches tomllib, whose cost grows faster than the text in a
+# key of many dotted parts (a 40 KB dotted key: 21 s and 2.3 GB) and with the file's size (50 MB: 45 s). The largest
+# shipped grid is under 8 KB, with keys of at most 5 parts (profiles.cpu.axes.tokenizer.latent_dim) and 40 characters.
+MAX_GRID_BYTES = 1 << 20
+MAX_KEY_CHARS = 1000
+MAX_KEY_PARTS = 16
+_PART = r'(?:[A-Za-z0-9_\-]+|"[^"\n]*"|' + r"'[^'\n]*')"
+# a run of `.part` (the part before its first dot not included): starts only at a dot, and never backtracks far
+_DOT_RUN = re.compile(r"\.[ \t]*" + _PART + r"(?:[ \t]*\.[ \t]*" + _PART + ")*")
+_DOT_PART = re.compile(r"\.[ \t]*" + _PART)
+_KEY_SHAPE = re.compile(_PART + r"(?:[ \t]*\.[ \t]*" + _PART + ")*")
+# a key where it can stand: at a line's start (after [ or [[), or after { or , of an inline table; then = or ]
+_KEY_AT = re.compile(r"(?:^|[{,])[ \t]*\[*[ \t]*(" + _PART + r"(?:[ \t]*\.[ \t]*" + _PART + r")*)[ \t]*[=\]]")
+_PART_TEXT = re.compile(r'"([^"\n]*)"|' + r"'([^'\n]*)'|([A-Za-z0-9_\-]+)")
+_HEAD = re.compile(r"[ \t]*(\[\[?)([^\]\n]*)\]")
+
+
+def _check_size(text: str, path: str) -> None:
+    """Refuse, in one pass over the text, what would make tomllib (or the error-line lookup) slow: a file over
+    MAX_GRID_BYTES, a dotted key of more than MAX_KEY_PARTS parts, a key longer than MAX_KEY_CHARS."""
+    if len(text) > MAX_GRID_BYTES:  # characters; load_grid checks the bytes before decoding
+        raise GridError(f"{path}: the grid file is {len(text):,} characters, more than {MAX_GRID_BYTES:,} "
+                        f"({MAX_GRID_BYTES >> 20} MiB); a grid file is a few KB")
+    for m in _DOT_RUN.finditer(text):
+        if m.group().count(".") >= MAX_KEY_PARTS and len(_DOT_PART.findall(m.group())) >= MAX_KEY_PARTS:
+            line = text.count("\n", 0, m.start()) + 1
+            raise GridError(f"{path}:{line}: a dotted key of more than {MAX_KEY_PARTS} parts; grid keys have a few "
+                            "(profiles.NAME.axes.tokenizer.latent_dim)")
+    for i, ln in enumerate(text.splitlines()):
+        head = ln.strip()
+        head = head.lstrip("[").split("]", 1)[0] if head.startswith("[") else head.split("=", 1)[0]
+        head = head.strip()
+        if len(head) > MAX_KEY_CHARS and _KEY_SHAPE.fullmatch(head):
+            raise GridError(f"{path}:{i + 1}: a key of {len(head):,} characters, more than {MAX_KEY_CHARS}")
+
+
+def _parts(dotted: str) -> list[str]:
+    """The parts of a dotted key as written (`a."b.c"` -> a, b.c), quotes removed."""
+    return [q1 or q2 or bare for q1, q2, bare in _PART_TEXT.findall(dotted)]
+
+
+def _shorten(key: str) -> str:
+    """A key as an error line shows it: a hostile 900-character key is cut to its ends."""
+    return key if len(key) <= 120 else f"{key[:60]}...{key[-40:]} ({len(key)} characters)"
+
+
 class _Ctx:
     """Carries the file name and text so every error names the file, the key path and the line."""
 
     def __init__(self, path: str, text: str) -> None:
         self.path = path
         self.lines = text.splitlines()
+        self._heads: list[tuple[int, str, bool]] | None = None
 
     def error(self, key: str, message: str) -> GridError:
         line = self.line_of(key)
         where = f"{self.path}:{line}" if line else self.path
-        return GridError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        return GridError(f"{where}: {_shorten(key)}: {message}" if key else f"{where}: {message}")
 
     def line_of(self, key: str) -> int | None:
         """Best-effort line number of a dotted key path (tomllib reports lines only for syntax errors): searched
-        first inside the key's own table (`[profiles.demo]`, the i-th `[[include]]`), then in the whole file."""
+        first inside the key's own table (`[profiles.demo]`, the i-th `[[include]]`), then in the whole file.
+        Linear in the file and the key: each line's keys are read once and compared with the key's tails."""
         start, end, rest = self._section(key)
         found = self._search(rest, start, end) if start is not None and rest else None
         if found is None and (start is None or rest):
             found = self._search(key, 0, len(self.lines))
         return found if found is not None or start is None else start + 1
 
+    def _table_heads(self) -> list[tuple[int, str, bool]]:
+        """(line index, dotted name with quotes removed, is an array of tables) of every [table] header."""
+        if self._heads is None:
+            self._heads = []
+            for i, ln in enumerate(self.lines):
+                m = _HEAD.match(ln)
+                if m and "=" not in m.group(2):
+                    self._heads.append((i, ".".join(_parts(m.group(2))), m.group(1) == "[["))
+        return self._heads
+
     def _section(self, key: str) -> tuple[int | None, int, str]:
         """(index of the header line of the table holding `key`, end of that table, the key inside it)."""
-        heads = [i for i, ln in enumerate(self.lines) if re.match(r"\s*\[", ln) and "=" not in ln.split("]")[0]]
-        m = re.match(r"([\w\-]+)\[(\d+)\]\.?(.*)", key)
+        heads = self._table_heads()
+        m = re.match(r"([\w\-]+)\[(\d+)\]\.?", key)
         start: int | None = None
         rest = key
         if m:  # an array of tables: the key sits under its (i+1)-th [[name]] header
-            pat = re.compile(r"\s*\[\[\s*" + re.escape(m.group(1)) + r"\s*\]\]")
-            tables = [i for i in heads if pat.match(self.lines[i])]
+            tables = [i for i, name, array in heads if array and name == m.group(1)]
             if int(m.group(2)) < len(tables):
-                start, rest = tables[int(m.group(2))], m.group(3)
-        else:
-            parts = key.split(".")
-            for k in range(len(parts), 0, -1):
-                pat = re.compile(r"\s*\[\s*" + re.escape(".".join(parts[:k])) + r"\s*\]")
-                start = next((i for i in heads if pat.match(self.lines[i])), None)
-                if start is not None:
-                    rest = ".".join(parts[k:])
-                    break
-        end = next((i for i in heads if start is not None and i > start), len(self.lines))
+                start, rest = tables[int(m.group(2))], key[m.end():]
+        else:  # the table of the longest header that is a prefix of the key (first such line)
+            best = -1
+            for i, name, array in heads:
+                if not array and len(name) > best and (key == name or key.startswith(name + ".")):
+                    start, best = i, len(name)
+            if start is not None:
+                rest = key[best + 1:]
+        end = next((i for i, _, _ in heads if start is not None and i > start), len(self.lines))
         return start, end, rest
 
     def _search(self, key: str, start: int, end: int) -> int | None:
         parts = [p for p in re.split(r"\.|\[\d+\]", key) if p]
-        # the whole dotted key first (`model.size =`, `{ model.size =`), then ever shorter tails of it
-        for n in range(len(parts)):
-            dotted = r'\s*\.\s*'.join(r'"?' + re.escape(p) + r'"?' for p in parts[n:])
-            pat = re.compile(r'(^|[{,])\s*(\[+\s*)?' + dotted + r'\s*(=|\])')
-            for i in range(start, end):
-                if pat.search(self.lines[i]):
-                    return i + 1
-        for n in range(len(parts), 0, -1):
-            leaf = parts[n - 1]
-            pat = re.compile(r'^\s*(\[+\s*)?("?[\w.\-"]*' + re.escape(leaf) + r'"?)\s*(=|\]|\.)')
-            for i in range(start, end):
-                ln = self.lines[i]
-                if pat.search(ln) or re.search(r'[{\s,]"?' + re.escape(leaf) + r'"?\s*=', ln):
-                    return i + 1
+        if not parts:
+            return None
+        # the first line that sets the longest tail of the key (`model.size =`, `{ model.size =`, `[axes.d]`) ...
+        best: tuple[int, int] | None = None  # (-length of the tail, line)
+        words: dict[str, int] = {}  # ... else the first line whose keys hold the key's last part, or else an earlier
+        wanted = set(parts)
+        for i in range(start, end):
+            for m in _KEY_AT.finditer(self.lines[i]):
+                got = _parts(m.group(1))
+                if len(got) <= len(parts) and parts[len(parts) - len(got):] == got:
+                    if best is None or (-len(got), i) < best:
+                        best = (-len(got), i)
+                for w in got:
+                    if w in wanted:
+                        words.setdefault(w, i)
+        if best is not None:
+            return best[1] + 1
+        for leaf in reversed(parts):
+            if leaf in words:
+                return words[leaf] + 1
         return None
 
 
@@ -252,11 +314,15 @@ def load_grid(path: str | Path) -> Grid:
     p = Path(path)
     name = str(path)
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as f:
+            raw = f.read(MAX_GRID_BYTES + 1)  # no more: a 50 MB file is refused without reading it all
     except FileNotFoundError:
         raise GridError(f"{name}: no such grid file") from None
     except OSError as e:
         raise GridError(f"{name}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_GRID_BYTES:
+        raise GridError(f"{name}: the grid file is larger than {MAX_GRID_BYTES:,} bytes ({MAX_GRID_BYTES >> 20} "
+                        "MiB); a grid file is a few KB")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -265,6 +331,7 @@ def load_grid(path: str | Path) -> Grid:
 
 
 def parse_grid(text: str, path: str = "<grid>") -> Grid:
+    _check_size(text, path)
     ctx = _Ctx(path, text)
     try:
         doc = tomllib.loads(text)
@@ -275,6 +342,12 @@ def parse_grid(text: str, path: str = "<grid>") -> Grid:
         raise GridError(f"{where}: invalid TOML: {msg}") from None
     except RecursionError:
         raise GridError(f"{path}: invalid TOML: nesting too deep") from None
+    except ValueError:  # tomllib lets int() refuse an integer of more than sys.get_int_max_str_digits() digits
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        m = re.search(r"[0-9][0-9_]{" + str(max(limit - 1, 0)) + ",}", text)
+        where = f"{path}:{text.count(chr(10), 0, m.start()) + 1}" if m else path
+        raise GridError(f"{where}: invalid TOML: an integer of more than {limit} digits; no knob takes one"
+                        ) from None
     try:
         return _build(doc, ctx, text)
     except RecursionError:
@@ -294,7 +367,8 @@ def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
         raise ctx.error("grid.name", f"must be 1-64 letters, digits, '_' or '-', got {name!r}")
     seeds = _seeds(g.get("seeds", [0]), "grid.seeds", ctx)
     base = _knob_table(doc.get("base", {}), "base", ctx)
-    axes = list(_product_axes(doc.get("axes", {}), ctx)) + list(_zip_axes(doc.get("zip", []), ctx))
+    product = _product_axes(doc.get("axes", {}), ctx)
+    axes = list(product) + list(_zip_axes(doc.get("zip", []), ctx))
     names = [a.name for a in axes]
     for a in axes:
         if names.count(a.name) > 1:
@@ -316,6 +390,7 @@ def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
         if default_profile not in profiles:
             raise ctx.error("grid.default_profile", f"no profile {default_profile!r}; defined: "
                             + (", ".join(profiles) or "none"))
+    _check_dead(g, base, axes, len(product), profiles, default_profile, ctx)
     report = _report(doc.get("report", {}), axes, ctx)
     slurm = _slurm(doc.get("slurm", {}), axes, ctx)
     tune = _tune(doc.get("tune", {}), ctx)
@@ -355,8 +430,9 @@ def _seeds(v: Any, key: str, ctx: _Ctx) -> tuple[int, ...]:
         v = [v]
     if not isinstance(v, list) or not v or not all(isinstance(s, int) and not isinstance(s, bool) for s in v):
         raise ctx.error(key, f"must be a non-empty array of integers, got {v!r}"[:200])
-    if len(v) > MAX_AXIS_VALUES or len(set(v)) != len(v) or min(v) < 0:
-        raise ctx.error(key, f"must hold distinct non-negative integers (at most {MAX_AXIS_VALUES})")
+    bounds = KNOBS["seed"].bounds or Bounds(0, 2**31 - 1)
+    if len(v) > MAX_AXIS_VALUES or len(set(v)) != len(v) or any(s not in bounds for s in v):
+        raise ctx.error(key, f"must hold distinct integers {bounds.describe()} (at most {MAX_AXIS_VALUES})")
     return tuple(v)
 
 
@@ -420,17 +496,30 @@ def _values(v: Any, key: str, path: str, ctx: _Ctx) -> list[Any]:
 
 def _labels(v: Any, n: int, key: str, ctx: _Ctx, default: list[Any]) -> tuple[str, ...]:
     if v is None:
-        return tuple(_fmt(x) for x in default)
-    if not isinstance(v, list) or not all(isinstance(x, (str, int, float)) for x in v) or len(v) != n:
+        labels = tuple(_fmt(x) for x in default)
+    elif not isinstance(v, list) or not all(isinstance(x, (str, int, float)) for x in v) or len(v) != n:
         raise ctx.error(key, f"labels must be an array of {n} strings, one per value")
-    return tuple(str(x) for x in v)
+    else:
+        labels = tuple(str(x) for x in v)
+    # a report row gathers the cells of one label as seeds of one recipe: two values under one label would be
+    # averaged together
+    seen: set[str] = set()
+    for lab in labels:
+        if lab in seen:
+            raise ctx.error(key, f"two values of the axis have the label {_shorten(lab)!r}; each value needs its own "
+                            "label (a report would average them as seeds of one row)")
+        seen.add(lab)
+    return labels
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "on" if v else "off"
     if isinstance(v, float):
-        return f"{v:g}"
+        # six significant digits, as every shipped label reads (1e-04 -> 0.0001), unless that is another number:
+        # 1.00000001e-4 keeps its exact (shortest round-trip) form, so two values never share a label
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)
     return str(v)
 
 
@@ -630,6 +719,29 @@ def _check_overwrites(base: dict[str, Any], axes: list[Axis], trajectory: tuple[
                                     "pattern never matches (an exclude does not apply to [[include]] cells)")
 
 
+def _check_dead(g: dict[str, Any], base: dict[str, Any], axes: list[Axis], n_product: int,
+                profiles: dict[str, Profile], default_profile: str | None, ctx: _Ctx) -> None:
+    """Refuse a value that no plan uses: with a default profile every plan has a profile, so a base knob that every
+    profile overrides, the values of an axis that every profile re-values, and grid.seeds when every profile has
+    its own seeds are never read. (Every value is still checked against its knob's range when it is read, whichever
+    profile is planned.) A grid without profiles, or without a default profile, plans its base values as they are.
+    """
+    if not profiles or default_profile is None:
+        return
+    why = (f"every profile ({', '.join(profiles)}) replaces it and every plan has a profile (default_profile = "
+           f"{default_profile!r}), so this value is never used")
+    for j, a in enumerate(axes):
+        if all(a.name in p.axes for p in profiles.values()):
+            key = f"axes.{a.paths[0]}" if j < n_product else f"zip[{j - n_product}].{a.paths[0]}"
+            raise ctx.error(key, f"{why.replace('replaces it', f're-values axis {a.name!r}')}: give the axis one "
+                            f"profile's values here and drop that profile's axes.{a.name}")
+    for path in base:
+        if all(path in p.overrides for p in profiles.values()):
+            raise ctx.error(f"base.{path}", f"{why}; remove it here (or let one profile keep it)")
+    if "seeds" in g and all(p.seeds for p in profiles.values()):
+        raise ctx.error("grid.seeds", f"{why.replace('replaces it', 'sets its own seeds')}; remove it here")
+
+
 def _profiles(v: Any, axes: list[Axis], ctx: _Ctx) -> dict[str, Profile]:
     t = _table(v, "profiles", ctx)
     out = {}
@@ -759,7 +871,7 @@ def _tune_param(path: str, spec: Any, key: str, ctx: _Ctx) -> TuneParam:
     bounds = {}
     for b in ("low", "high"):
         x = spec.get(b)
-        if isinstance(x, bool) or not isinstance(x, typ) or not math.isfinite(x):
+        if isinstance(x, bool) or not isinstance(x, typ) or not _finite(x):
             raise ctx.error(f"{key}.{b}", f"must be {'an integer' if kind == 'int' else 'a number'}, got {x!r}"[:200])
         got = _check_knob(path, int(x) if kind == "int" else float(x), f"{key}.{b}", ctx)
         if isinstance(got, bool) or not isinstance(got, (int, float)):
@@ -779,6 +891,13 @@ def _tune_param(path: str, spec: Any, key: str, ctx: _Ctx) -> TuneParam:
     if log and not bounds["low"] > 0:
         raise ctx.error(f"{key}.low", "a log range needs low > 0")
     return TuneParam(kind=kind, low=bounds["low"], high=bounds["high"], step=step, log=log)
+
+
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _report(v: Any, axes: list[Axis], ctx: _Ctx) -> ReportSpec:
