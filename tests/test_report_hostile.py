@@ -136,19 +136,19 @@ def test_cells_of_one_label_with_different_recipes_are_never_averaged(tmp_path: 
 
 
 # -- item 4: nothing written outside --out -------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["../../../X", "<tmp>/abs-evil", "..", "a/../../b", "x" * 300])
-def test_report_never_writes_outside_out(tmp_path: Path, sweepdae: Any, name: str) -> None:
-    """A grid registered under a path-like name (a shared store holds any name): every file of the report, in
-    every format, lands under --out, the data under a safe name (`../../../X` was written there)."""
-    name = name.replace("<tmp>", str(tmp_path))
+def test_report_never_writes_outside_out(tmp_path: Path, sweepdae: Any) -> None:
+    """Grids registered under path-like names (a shared store holds any name): every file of the report, in every
+    format, lands under --out, each grid's data under a safe name of its own (`../../../X` was written there)."""
+    names = ["../../../X", f"{tmp_path}/abs-evil", "..", "a/../../b", "x" * 300, "A", "a", "ok_name-1.2"]
     url = f"journal:{tmp_path / 'work' / 's.journal'}"
     (tmp_path / "work").mkdir()
     plan = expand(load_grid(_grid(tmp_path, "evil", "")))
     with open_store(url) as s:
-        s.register_grid(name, profile="", spec={**plan.spec(), "name": name},
-                        cells=[{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step}
-                               for c in plan.cells])
-        enqueue_cells(s, list(plan.cells), grid=name, profile=None)
+        for name in names:
+            s.register_grid(name, profile="", spec={**plan.spec(), "name": name},
+                            cells=[{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step}
+                                   for c in plan.cells])
+        enqueue_cells(s, list(plan.cells), grid=names[0], profile=None)
         _finish(s, lambda i: 50.0)
     before = _files(tmp_path)
     out = tmp_path / "work" / "a" / "b" / "out"
@@ -156,8 +156,9 @@ def test_report_never_writes_outside_out(tmp_path: Path, sweepdae: Any, name: st
     assert p.returncode == 0, p.stderr
     new = _files(tmp_path) - before
     assert new and all(f.is_relative_to(out) for f in new), sorted(map(str, new))
-    (data,) = (out / "data").glob("*.csv")
-    assert _rows(data)[0]["grid"] == name
+    data = sorted((out / "data").glob("*.csv"))
+    assert sorted(_rows(f)[0]["grid"] for f in data) == sorted(names)  # one file each, "A" and "a" apart
+    assert (out / "data" / "ok_name-1.2.csv").is_file()  # a safe name is kept as it is
 
 
 # -- item 7: one line, and every file whole or not written ---------------------------------------------------------
