@@ -125,8 +125,8 @@ def write_reports(store: ReportStore, *, grids: list[str] | None, out: Path, htm
     try:
         return _write_all(report, out, html=html, latex=latex, csv=csv)
     except OSError as e:  # a full disk, no permission, --out naming a file: one line, and no file half-written
-        where = f" {e.filename}" if e.filename else ""
-        raise SweepdaeError(f"report: cannot write{where} under {out}: {e.strerror or e}") from None
+        where = f"{e.filename}" if e.filename else f"under {out}"
+        raise SweepdaeError(f"report: cannot write {where}: {e.strerror or e}") from None
 
 
 def _write_all(report: ReportData, out: Path, *, html: bool, latex: bool, csv: bool) -> list[Path]:

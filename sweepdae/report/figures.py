@@ -326,9 +326,11 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:  # a failed write names no file: name the one it was for
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
