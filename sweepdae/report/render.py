@@ -31,7 +31,9 @@ _TEX_CHARS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#"
               ">": r"\textgreater{}", "|": r"\textbar{}"}
 _TEX_RE = re.compile("|".join(re.escape(c) for c in _TEX_CHARS))
 _TEX_UNICODE = {"±": r"$\pm$", "–": "--", "—": "---", "−": "-", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
-                "…": r"\ldots{}", "°": r"\textdegree{}", "\u00a0": "~"}
+                "…": r"\ldots{}", "°": r"\textdegree{}", "\u00a0": "~", "→": r"$\rightarrow$", "←": r"$\leftarrow$",
+                "≈": r"$\approx$", "≠": r"$\neq$", "·": r"$\cdot$", "∞": r"$\infty$", "µ": r"$\mu$", "α": r"$\alpha$",
+                "β": r"$\beta$", "γ": r"$\gamma$", "σ": r"$\sigma$", "ε": r"$\epsilon$", "²": r"$^2$", "³": r"$^3$"}
 
 
 class TexRaw(str):
@@ -107,7 +109,7 @@ def table_rows(section: GridReport) -> list[dict[str, Any]]:
 # the trajectory delta and the partial-seed star left-aligned after it, so the means (and the ± signs) line up
 # down the column as siunitx's S columns would, with no package beyond booktabs.
 _SHOWN = re.compile(r"(?P<mean>[^ ±()*]+)(?: ± (?P<std>[^ ()*]+))?(?: (?P<delta>\([^)]*\)))?(?P<star>\*)?")
-_HEADER_CHARS = 10  # a header wraps onto lines of at least this many characters (a mean ± std is ~11)
+_HEADER_CHARS = 16  # a header's lines hold at least this many characters: at most ~4 lines for a metric's title
 
 
 def _multicolumn(span: int, body: str) -> str:
@@ -129,7 +131,8 @@ def _tex_value(text: str, *, bold: bool, state: str) -> str:
 def _tex_header(text: str, span: int, chars: int = _HEADER_CHARS) -> str:
     """A header over `span` columns, wrapped onto lines of about `chars` characters (its column's widest value)
     so that a long metric name does not widen the column past its numbers (\\sweepdaehead: bottom-aligned)."""
-    lines = textwrap.wrap(oneline(text), max(chars, _HEADER_CHARS), break_on_hyphens=False) or [""]
+    lines = textwrap.wrap(oneline(text), max(chars, _HEADER_CHARS), break_on_hyphens=False,
+                          break_long_words=False) or [""]
     body = latex_escape(lines[0]) if len(lines) == 1 else \
         r"\sweepdaehead{" + r"\\".join(latex_escape(x) for x in lines) + "}"
     return _multicolumn(span, body)
