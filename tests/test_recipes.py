@@ -11,7 +11,8 @@ from accelerate import Accelerator
 
 from sweepdae.cell.train import setup_training, train_step
 from sweepdae.data import InMemoryData, load_dataset
-from sweepdae.recipe import Recipe, recipe_from_flat
+from sweepdae.errors import RecipeError
+from sweepdae.recipe import KNOBS, Recipe, coerce_knob, recipe_from_dict, recipe_from_flat
 from sweepdae.tokenizers import get_tokenizer
 
 BASE = {"data.name": "digits", "data.image_size": 8, "tokenizer.patch_size": 4, "tokenizer.latent_dim": 4,
@@ -128,3 +129,38 @@ def test_cell_with_fid_and_class_conditional_sampling(tmp_path: Path) -> None:
     assert m["fid"] > 0 and m["fid_num_samples"] == 12 and "fid_s" in result["timings"]
     assert (run_dir / result["artifacts"]["samples"]).exists() and (run_dir / result["artifacts"]["denoising"]).exists()
     assert list((tmp_path / "runs" / "_cache" / "fid").glob("*.npz"))  # reference statistics cached
+
+
+# -- bounds and cached keys (issue 26) ---------------------------------------------------------------------------
+def test_every_numeric_knob_has_a_range_that_holds_its_default() -> None:
+    for knob in KNOBS.values():
+        if knob.type in (int, float):
+            assert knob.bounds is not None and knob.default in knob.bounds, knob.path
+        else:
+            assert knob.bounds is None, knob.path
+
+
+@pytest.mark.parametrize(("path", "value", "says"), [
+    ("noise.num_steps", 10**18, "noise.num_steps must be an integer >= 1 and <= 100000, got 1000000000000000000"),
+    ("train.epochs", 10**4000, "train.epochs must be an integer >= 1 and <= 100000, got 100000000000...000000 "
+                               "(4001 characters)"),
+    ("train.base_lr", 10**400, "train.base_lr must be finite"),
+    ("tokenizer.fit_epochs", -5, "tokenizer.fit_epochs must be an integer >= 0 and <= 100000, got -5"),
+    ("train.ema_decay", 1.0, "train.ema_decay must be a number >= 0 and < 1, got 1.0"),
+    ("seed", 2**31, "seed must be an integer >= 0 and <= 2147483647"),
+])
+def test_a_value_out_of_its_range_names_the_range(path: str, value: object, says: str) -> None:
+    with pytest.raises(RecipeError) as e:
+        coerce_knob(path, value)
+    assert str(e.value) == says or str(e.value).startswith(says), str(e.value)
+
+
+def test_cached_keys_match_a_fresh_recipe_and_copies_are_independent() -> None:
+    r = recipe_from_flat({**BASE, "train.epochs": 3, "seed": 2})
+    key, train_key = r.key(), r.train_key()
+    fresh = recipe_from_dict(r.to_dict())
+    assert fresh == r and (fresh.key(), fresh.train_key()) == (key, train_key)
+    flat = r.flat()
+    flat["train.epochs"] = 99  # a caller's copy: the recipe and its keys are unchanged
+    assert r.flat()["train.epochs"] == 3 and r.key() == key
+    assert r.with_updates({"train.epochs": 4}).key() != key
