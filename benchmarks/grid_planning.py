@@ -2,14 +2,19 @@
 
     .venv/bin/python benchmarks/grid_planning.py [--only NAME ...] [--timeout 120] [--scale 1.0]
 
+(To time another checkout's code with this script: PYTHONPATH=/path/to/that/checkout before the command.)
+
 Each case runs in a fresh `sweepdae plan` process (the installed command, as a user meets it) with a wall-clock
 timeout, and prints its wall time, peak memory (ru_maxrss of the child) and the exit status:
 - `profile_800_dots`: a 1.6 KB grid whose failing key is in a quoted profile name of 800 dotted parts (the
   error-line lookup);
+- `profile_450_dots`: the same with 450 parts (899 characters, under the key-length cap: it reaches the lookup);
 - `dotted_key_40kb`: a 40 KB dotted key (tomllib's cost grows with the number of parts);
 - `junk_50mb`: a 50 MB array of strings under an unknown key (no size cap: all of it is parsed first);
+- `junk_1mib`: the same just under 1 MiB (the size cap): the most text a grid file may hand to tomllib;
 - `big_int`: an integer of 5,000 digits (tomllib raises a ValueError of its own);
-- `cells_20000`: a valid grid of 20,000 cells (the cap), planned with `--json` so the table rendering is not timed.
+- `cells_20000`: a valid grid of 20,000 cells (the cap), planned with `--json`;
+- `cells_20000_table`: the same, printed as `plan`'s table (Rich renders 20,000 rows).
 `--scale` shrinks the hostile inputs (0.25 = a quarter of the dots, bytes and parts) for a quick look.
 """
 
@@ -30,14 +35,18 @@ def cases(scale: float) -> dict[str, bytes]:
     dots = max(2, int(800 * scale))
     parts = max(2, int(20_000 * scale))  # "a." x 20,000 = 40 KB
     junk = max(1, int(50 * scale))
+    cells = (HEAD + "\n[axes]\ntrain.epochs = " + str(list(range(1, 201)))
+             + '\nprobe.epochs = { name = "probe_epochs", values = ' + str(list(range(1, 101))) + " }\n").encode()
     return {
         "profile_800_dots": (HEAD + '\n[profiles."' + ".".join(["p"] * dots) + '"]\ntrain.epochz = 2\n').encode(),
+        "profile_450_dots": (HEAD + '\n[profiles."' + ".".join(["p"] * max(2, int(450 * scale)))
+                             + '"]\ntrain.epochz = 2\n').encode(),
         "dotted_key_40kb": (HEAD + ".".join(["a"] * parts) + " = 1\n").encode(),
         "junk_50mb": (HEAD + "junk = [" + '"xxxxxxxxxx", ' * (junk * 2**20 // 14) + "]\n").encode(),
+        "junk_1mib": (HEAD + "junk = [" + '"xxxxxxxxxx", ' * ((2**20 - 200) // 14) + "]\n").encode(),
         "big_int": (HEAD + "train.epochs = " + "9" * 5000 + "\n").encode(),
-        "cells_20000": (HEAD + "\n[axes]\ntrain.epochs = " + str(list(range(1, 201)))
-                        + '\nprobe.epochs = { name = "probe_epochs", values = ' + str(list(range(1, 101))) + " }\n"
-                        ).encode(),
+        "cells_20000": cells,
+        "cells_20000_table": cells,
     }
 
 
@@ -45,7 +54,8 @@ def run(name: str, text: bytes, tmp: Path, timeout: float) -> None:
     path = tmp / f"{name}.toml"
     path.write_bytes(text)
     sweepdae = Path(sys.executable).with_name("sweepdae")
-    cmd = [str(sweepdae), "plan", str(path), "--json", "--store", f"journal:{tmp / (name + '.journal')}"]
+    cmd = [str(sweepdae), "plan", str(path), "--store", f"journal:{tmp / (name + '.journal')}"]
+    cmd += [] if name.endswith("_table") else ["--json"]
     # a wrapper process per case, so that each case's peak memory is its own (ru_maxrss of its only child)
     # (the wrapper enforces the timeout, so that a case past it is killed, not orphaned)
     wrap = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[2:], capture_output=True, text=True, "

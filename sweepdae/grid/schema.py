@@ -873,6 +873,8 @@ def _tune_param(path: str, spec: Any, key: str, ctx: _Ctx) -> TuneParam:
         x = spec.get(b)
         if isinstance(x, bool) or not isinstance(x, typ) or not _finite(x):
             raise ctx.error(f"{key}.{b}", f"must be {'an integer' if kind == 'int' else 'a number'}, got {x!r}"[:200])
+        if b == "low" and spec.get("log") is True and not x > 0:  # said before the knob's own range would be
+            raise ctx.error(f"{key}.low", "a log range needs low > 0")
         got = _check_knob(path, int(x) if kind == "int" else float(x), f"{key}.{b}", ctx)
         if isinstance(got, bool) or not isinstance(got, (int, float)):
             raise ctx.error(key, f"knob {path!r} takes {type(got).__name__} values: give it a categorical")
