@@ -1,8 +1,8 @@
-"""Look at the LaTeX report as a reader would: render a report folder's report.tex (or the shipped example's) with
-pdflatex, then its pages to PNG with poppler's pdftoppm, and print the overfull boxes, the tables that had to be
-scaled, the page count and which page holds which table.
+"""Look at the LaTeX report as a reader would: `sweepdae report --latex` on a store (default: a copy of the shipped
+example's), report.tex through pdflatex, its pages to PNG with poppler's pdftoppm; prints the overfull boxes, where
+and at what size each table went (or that it had to be scaled), the page count and which page holds which table.
 
-    python benchmarks/latex_pages.py [--store journal:reports/examples/cpu/store.journal] [--out /tmp/latex_pages]
+    python benchmarks/latex_pages.py [--store URL --runs-dir DIR] [--out /tmp/latex_pages]
                                      [--pages 1,3] [--dpi 80] [--twocolumn]
 
 --twocolumn also compiles each tables/*.tex alone in a two-column page (3.25 in columns, as ICML or CVPR), the
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "reports" / "examples" / "cpu"
 ENV = {**os.environ, "max_print_line": "10000"}  # log lines unwrapped, so one table's line is one line
 TWOCOLUMN = r"""\documentclass[twocolumn]{article}
 \usepackage[T1]{fontenc}
@@ -69,7 +70,8 @@ def pages_png(pdf: Path, dest: Path, pages: list[int] | None, dpi: int) -> list[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", default=f"journal:{ROOT / 'reports/examples/cpu/store.journal'}")
+    ap.add_argument("--store", default="", help="default: a copy of the shipped example's store")
+    ap.add_argument("--runs-dir", default="", help="the cells' folders (default: the shipped example's)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/latex_pages"))
     ap.add_argument("--pages", default="", help="comma-separated page numbers of report.pdf (default: all)")
     ap.add_argument("--dpi", type=int, default=80)
@@ -82,8 +84,13 @@ def main() -> None:
         shutil.rmtree(a.out)
     sweepdae = shutil.which("sweepdae") or str(ROOT / ".venv/bin/sweepdae")
     t0 = time.perf_counter()
-    subprocess.run([sweepdae, "report", "--latex", "--store", a.store, "--out", str(a.out)], check=True,
-                   capture_output=True)
+    store, runs = a.store, a.runs_dir
+    if not store:  # a copy: reading never touches the committed store
+        a.out.mkdir(parents=True)
+        shutil.copy(EXAMPLE / "store.journal", a.out / "store.journal")
+        store, runs = f"journal:{a.out / 'store.journal'}", runs or str(EXAMPLE / "runs")
+    subprocess.run([sweepdae, "report", "--latex", "--store", store, "--out", str(a.out),
+                    *(["--runs-dir", runs] if runs else [])], check=True, capture_output=True)
     print(f"sweepdae report --latex: {time.perf_counter() - t0:.1f} s")
     png = a.out / "png"
     png.mkdir()
