@@ -21,8 +21,8 @@ from sweepdae.report.figures import FigureData, RenderedFigure
 from sweepdae.report.paper import PAPER_SCALE
 from sweepdae.resources import resource_dir
 
-__all__ = ["TexRaw", "latex_escape", "render_html", "render_tex_document", "render_tex_section", "table_rows",
-           "template_source"]
+__all__ = ["TexRaw", "latex_escape", "oneline", "render_html", "render_tex_document", "render_tex_section",
+           "table_rows", "template_source", "tex_headlines", "tex_table"]
 
 Figures = Mapping[str, list[tuple[FigureData, RenderedFigure]]]  # section slug -> its rendered figures
 
