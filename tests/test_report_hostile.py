@@ -319,3 +319,14 @@ def test_the_shipped_store_re_renders_byte_identical_csvs(tmp_path: Path, sweepd
     assert shipped and [f.name for f in shipped] == sorted(f.name for f in (tmp_path / "out" / "data").glob("*.csv"))
     for f in shipped:
         assert (tmp_path / "out" / "data" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_log_axis_ticks_are_plain_text_when_math_is_off(tmp_path: Path) -> None:
+    """With mathtext off for user labels, the training-loss figure's log axis must not print its default mathtext
+    tick labels as typed ("$\\mathdefault{10^{0}}$")."""
+    from sweepdae.report.figures import FigureData, save_figure
+
+    lines = [{"label": "$a^$ seed=0", "steps": [1, 2, 3, 4], "loss": [1.2, 0.8, 0.5, 0.3]}]
+    fd = FigureData("curves", "curves", "Training loss", "", {"lines": lines})
+    svg = save_figure(fd, tmp_path, "curves").svg.read_text()
+    assert "mathdefault" not in svg and "$a^$" in svg

@@ -292,6 +292,12 @@ def _plot_curves(fig: Any, d: dict[str, Any]) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
+    # The default log-axis labels are mathtext ("$\\mathdefault{10^{0}}$"), which figures render as typed since user
+    # labels must not be parsed as maths: plain-text tick labels instead
+    from matplotlib.ticker import LogFormatter  # matplotlib is imported lazily (an optional, heavy dependency)
+
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
     if len(d["lines"]) <= MAX_LEGEND:
         ax.legend(fontsize=6, frameon=False)
 
