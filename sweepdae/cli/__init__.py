@@ -85,6 +85,16 @@ def _set_tracker(tracker: str | None) -> None:
     os.environ["SWEEPDAE_TRACKER"] = tracker.lower()
 
 
+def _check_runs_dir(runs_dir: str | None) -> None:
+    """A runs folder that is a file would fail the first cell after it was claimed: refuse it before."""
+    from sweepdae.runner import runs_dir_for
+
+    path = runs_dir_for(runs_dir)
+    if path.exists() and not path.is_dir():
+        raise SweepdaeError(f"--runs-dir: {printable(str(path))} is not a folder"
+                            + ("" if runs_dir else " (from $SWEEPDAE_RUNS or ./runs)"))
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"sweepdae {__version__}")
@@ -254,6 +264,7 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
     if executor not in ("local", "slurm"):
         raise SweepdaeError(f"--executor: expected local or slurm, got {executor!r}")
     _set_tracker(tracker)
+    _check_runs_dir(runs_dir)
     if wait and executor != "slurm":
         raise SweepdaeError("--wait: only with --executor slurm (a local run always waits)")
     if gpus_per_cell is not None and gpus_per_cell < (0 if executor == "slurm" else 1):
@@ -483,6 +494,7 @@ def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
     if sampler not in tn.SAMPLERS:
         raise SweepdaeError(f"--sampler: expected one of {', '.join(tn.SAMPLERS)}, got {sampler!r}")
     _set_tracker(tracker)
+    _check_runs_dir(runs_dir)
     g = load_grid(grid_path(grid))
     space = tn.search_space(g, profile)
     metric = metric or g.tune.metric or "probe_top1"
@@ -530,6 +542,7 @@ def worker(store: StoreOpt = None,
     from sweepdae.runner import run_worker
 
     _set_tracker(tracker)
+    _check_runs_dir(runs_dir)
     s = _store(store, create=False)
     try:
         summary = run_worker(s, gpus=gpus, gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu,
