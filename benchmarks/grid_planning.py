@@ -14,7 +14,8 @@ timeout, and prints its wall time, peak memory (ru_maxrss of the child) and the 
 - `junk_1mib`: the same just under 1 MiB (the size cap): the most text a grid file may hand to tomllib;
 - `big_int`: an integer of 5,000 digits (tomllib raises a ValueError of its own);
 - `cells_20000`: a valid grid of 20,000 cells (the cap), planned with `--json`;
-- `cells_20000_table`: the same, printed as `plan`'s table (Rich renders 20,000 rows).
+- `cells_20000_table`: the same, printed as `plan`'s table (Rich renders 20,000 rows);
+- `expand (library)`: with `cells_20000`, `load_grid` + `expand` + every cell's keys in this process.
 `--scale` shrinks the hostile inputs (0.25 = a quarter of the dots, bytes and parts) for a quick look.
 """
 
@@ -88,6 +89,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for name in names:
             run(name, all_cases[name], Path(d), args.timeout)
+        if "cells_20000" in names:  # the library alone, in this process: parse, expand, every cell's two keys
+            from sweepdae.grid import expand, load_grid
+
+            path = Path(d) / "cells_20000.toml"
+            t0 = time.perf_counter()
+            cells = expand(load_grid(path)).cells
+            keys = {(c.key, c.train_key) for c in cells}
+            print(f"{'expand (library)':18s} {path.stat().st_size / 1024:10.1f} KB  {time.perf_counter() - t0:7.2f} s"
+                  f"  {len(cells)} cells, {len(keys)} keys", flush=True)
 
 
 if __name__ == "__main__":

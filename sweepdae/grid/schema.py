@@ -18,7 +18,15 @@ The grid language (README "Writing a grid" has a worked example):
 
 Nothing a grid sets is silently dropped: a knob that the expansion would overwrite in every cell that reads it
 (a base or profile knob that an axis varies, an axis knob that a trajectory step sets, `seed` outside
-[grid]/[profiles]/[[include]]) or an exclude value that no cell can have is refused with `file:line: key`.
+[grid]/[profiles]/[[include]]), an exclude value that no cell can have, or a value that no plan uses (with a
+default profile, a base knob or axis that every profile replaces) is refused with `file:line: key`. Every value is
+checked against its knob's type and range (recipe.Bounds) whichever profile is planned.
+
+One label, one recipe: a report row averages the cells of one label as seeds, so an axis' labels are distinct and
+two grid points whose recipes differ by more than the seed never share a label (`expand` refuses them).
+
+Hostile files: the text is capped (MAX_GRID_BYTES, MAX_KEY_CHARS, MAX_KEY_PARTS) by a linear scan before tomllib
+sees it, and the error-line lookup is linear in the file and the key.
 """
 
 from __future__ import annotations
