@@ -195,6 +195,9 @@ def test_a_tune_range_past_a_knob_range_is_refused(tmp_path: Path) -> None:
     text = HEAD + '\n[tune.params]\ntrain.epochs = { type = "int", low = 1, high = ' + "9" * 500 + " }\n"
     code, _, err, path = plan(tmp_path, text)
     assert_one_line(code, err, path, "tune.params.train.epochs.high: ")
+    text = HEAD + '\n[tune.params]\ntrain.epochs = { type = "int", low = 1, high = 9, step = ' + "9" * 500 + " }\n"
+    code, _, err, path = plan(tmp_path, text)
+    assert_one_line(code, err, path, "tune.params.train.epochs.step: must be a positive integer, at most high - low")
 
 
 # -- item 10: every value is checked whichever profile is planned; a value no plan uses is refused -----------------

@@ -894,8 +894,10 @@ def _tune_param(path: str, spec: Any, key: str, ctx: _Ctx) -> TuneParam:
         raise ctx.error(f"{key}.log", f"must be true or false, got {log!r}")
     step = spec.get("step")
     if step is not None:
-        if isinstance(step, bool) or not isinstance(step, typ) or not step > 0:
-            raise ctx.error(f"{key}.step", f"must be a positive {'integer' if kind == 'int' else 'number'}")
+        if isinstance(step, bool) or not isinstance(step, typ) or not step > 0 or not _finite(step) \
+                or step > bounds["high"] - bounds["low"]:
+            raise ctx.error(f"{key}.step", f"must be a positive {'integer' if kind == 'int' else 'number'}, at most "
+                            f"high - low ({bounds['high'] - bounds['low']:g}), got {_shorten(repr(step))}")
         if log:
             raise ctx.error(f"{key}.step", "a log range takes no step (Optuna samples it continuously)")
     if log and not bounds["low"] > 0:
