@@ -10,7 +10,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Public API kept for library users although the package itself does not call it (name: why).
-LIBRARY_API = {"with_updates": "Recipe.with_updates: a recipe with some knobs changed, for scripts and notebooks"}
+LIBRARY_API = {"with_updates": "Recipe.with_updates: a recipe with some knobs changed, for scripts and notebooks",
+               "relativize_journal": "store._paths.relativize_journal: rewrites a journal made before sweepdae kept "
+                                     "paths relative (the shipped example was converted with it)",
+               # overrides that Optuna calls: JournalFileBackend's interface
+               "append_logs": "SafeJournalFileBackend.append_logs, called by Optuna's journal storage",
+               "read_logs": "SafeJournalFileBackend.read_logs, called by Optuna's journal storage"}
 
 
 def _registered(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> bool:
