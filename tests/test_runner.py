@@ -99,10 +99,11 @@ def test_oom_retries_with_half_micro_batch_and_nonfinite_is_final(tmp_path: Path
     spec = json.loads((run_dir / "recipe.json").read_text())
     assert spec["recipe"]["train"]["micro_batch_size"] == 32 and spec["recipe"]["train"]["batch_size"] == 64
 
-    # a recipe that really diverges (AdamW steps of ~1e36 overflow the activations): non-finite, not retried
+    # a recipe that really diverges (base_lr 100, the largest the recipe allows: AdamW steps of ~25 blow the
+    # activations up to inf within 8 steps): non-finite, not retried
     diverging = write_grid(tmp_path, dims=[4], name="diverge", train_size=TRAIN_SIZE)
     diverging.write_text(diverging.read_text().replace("train.batch_size = 64", "train.batch_size = 64\n"
-                                                       "train.base_lr = 1e36").replace("train.warmup_epochs = 0.5",
+                                                       "train.base_lr = 100").replace("train.warmup_epochs = 0.5",
                                                                                      "train.warmup_epochs = 0"))
     p = sweepdae(tmp_path, "run", str(diverging), "--max-retries", "3")
     assert p.returncode == 1
