@@ -321,3 +321,24 @@ def test_report_hands_its_options_to_write_reports(tmp_path: Path, grid: Path, s
     r = CliRunner().invoke(app, ["report", "--store", store_url])
     assert r.exit_code == 0 and calls == [{"grids": None, "out": Path("reports"), "html": True, "latex": False,
                                            "csv": False, "runs_dir": None}]
+
+
+def test_a_large_plan_prints_plain_aligned_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over PLAIN_TABLE_ROWS cells, `plan` prints plain columns (Rich took ~10 s to lay out 20,000 rows): the same
+    columns and rows as the table, one line per cell, labels escaped."""
+    import sweepdae.cli as cli
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID)
+    store = f"journal:{tmp_path / 's.journal'}"
+    small = CliRunner().invoke(app, ["plan", str(grid), "--store", store], env={"COLUMNS": "200"})
+    monkeypatch.setattr(cli, "PLAIN_TABLE_ROWS", 1)
+    big = CliRunner().invoke(app, ["plan", str(grid), "--store", store], env={"COLUMNS": "200"})
+    assert small.exit_code == big.exit_code == 0, (small.output, big.output)
+    cells = expand(parse_grid(GRID, "g.toml")).cells
+    lines = big.output.splitlines()
+    assert lines[1].split() == ["#", "cell", "key", "training", "status"]
+    for i, c in enumerate(cells):
+        assert lines[2 + i].startswith(f"{i}  ") and c.label in lines[2 + i] and c.key[:12] in lines[2 + i]
+    assert lines[-1] == small.output.splitlines()[-1]  # the same summary line
+    assert "┃" in small.output and "┃" not in big.output
