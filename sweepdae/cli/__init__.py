@@ -244,6 +244,8 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         rate: Annotated[float | None, typer.Option("--rate", help="FLOP rate per device (TFLOP/s) for the --dry-run "
                                                    "estimate; default: measured from the store's finished cells, "
                                                    "else the device kind's default")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="--dry-run: the estimate as one JSON object on stdout "
+                                               "(per grid, per phase: seconds and bound)")] = False,
         launcher: Annotated[str, typer.Option(help="auto (fork on CPU, accelerate on GPU), accelerate or fork")
                             ] = "auto",
         plain: Annotated[bool | None, typer.Option("--plain/--live", help="Force line output / the live view")
@@ -299,6 +301,8 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
     gpus_per_cell = 1 if gpus_per_cell is None else gpus_per_cell
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise SweepdaeError(f"--rate: expected a positive number of TFLOP/s, got {rate!r}")
+    if json_out and not dry_run:
+        raise SweepdaeError("--json: only with --dry-run")
     plans = [_plan(g, profile) for g in grids]  # every grid (and its profile) checked before anything runs
     if executor == "slurm":
         from sweepdae.runner.slurm import check_spec_strings
@@ -314,7 +318,8 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
                             + ", ".join(p.grid.name for p in plans))
     if dry_run:
         slots = make_slots(ids, gpus_per_cell=max(1, gpus_per_cell), cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells)
-        _dry_run(store, list(zip(plans, chosen, strict=True)), slots, rate)
+        _dry_run(store, list(zip(plans, chosen, strict=True)), slots, rate, json_out=json_out, slurm_cli=slurm_cli,
+                 executor=executor, gpus_per_cell=gpus_per_cell)
         return
     if executor == "slurm":
         _run_slurm(store, plans, chosen, cli=slurm_cli, gpus_per_cell=gpus_per_cell, max_retries=max_retries,
@@ -419,11 +424,14 @@ def _run_slurm(url: str | None, plans: list[Any], chosen: list[list[Any]], *, cl
         raise typer.Exit(1)
 
 
-def _dry_run(url: str | None, chosen: list[tuple[Any, list[Any]]], slots: list[Any], rate_tflops: float | None
-             ) -> None:
-    """Each grid's cells, trainings, done and would-run counts and estimated time, then the total (several grids)
-    and what the estimate rests on (stderr, one line each); the cells that would run on stdout."""
-    from sweepdae.runner.estimate import Rate, calibrate, default_rate, estimate_grids, human_flops, human_seconds
+def _dry_run(url: str | None, chosen: list[tuple[Any, list[Any]]], slots: list[Any], rate_tflops: float | None,
+             *, json_out: bool = False, slurm_cli: dict[str, Any] | None = None, executor: str = "local",
+             gpus_per_cell: int = 1, procs: int | None = None) -> None:
+    """Each grid's cells, trainings, done and would-run counts and estimated time, phase by phase (compute or data
+    bound), the SLURM requeues its jobs need, then the total (several grids) and where every rate comes from
+    (stderr, one line each; the cells that would run on stdout). --json: one JSON object on stdout instead."""
+    from sweepdae.runner import estimate as est
+    from sweepdae.runner.slurm import resources, user_config
 
     gpus = sorted({g for slot in slots for g in slot.gpus})  # the GPUs the slots use (a leftover one stays idle)
     kind = "cuda" if gpus else "cpu"
@@ -431,7 +439,7 @@ def _dry_run(url: str | None, chosen: list[tuple[Any, list[Any]]], slots: list[A
     train_keys = list(dict.fromkeys(c.train_key for _, cells in chosen for c in cells))
     statuses: dict[str, str] = {}
     trained: set[str] = set()
-    measured: Rate | None = None
+    measured: est.Rate | None = None
     try:
         s = _store(url, create=False)
     except StoreNotFound:
@@ -441,35 +449,130 @@ def _dry_run(url: str | None, chosen: list[tuple[Any, list[Any]]], slots: list[A
             statuses = s.status(keys)
             trained = {k for k, v in s.training_status(train_keys).items() if v == "done"}
             if rate_tflops is None:
-                measured = calibrate(s.cells().to_dict("records"), kind)
+                measured = est.calibrate(s.cells().to_dict("records"), kind)
         finally:
             s.close()
-    base = default_rate(kind)
-    rate = (Rate(rate_tflops * 1e12, base.fixed_s, kind, "rate given with --rate", measured=False)
+    base = est.default_rate(kind, est.detect_gpu_name() if gpus else None)
+    rate = (est.Rate(rate_tflops * 1e12, base.fixed_s, kind, "rate given with --rate", measured=False)
             if rate_tflops is not None else measured or base)
     todo = [[c for c in cells if statuses.get(c.key, "new") != "done"] for _, cells in chosen]
     devices = max(1, len(gpus))
-    estimates = estimate_grids([(p.grid.name, p.profile, cells, t) for (p, cells), t in zip(chosen, todo,
-                                                                                            strict=True)],
-                               trained=trained, rate=rate, devices=devices, slots=len(slots))
-    for e, cells in zip(estimates, todo, strict=True):
+    procs = procs or max(1, len(slots[0].gpus) if slots else 1)
+    # each grid's SLURM job: the command line, the grid's [slurm] table, the user config, the defaults
+    config = user_config()
+    jobs = [resources(cells, p.grid.slurm, cli=slurm_cli or {}, config=config, gpus_per_cell=gpus_per_cell)
+            for p, cells in chosen]
+    cpus = [max(1, int(j["cpus"]) // max(1, int(j.get("gpus") or 1))) if executor == "slurm" else None
+            for j in jobs]
+    estimates = est.estimate_grids([(p.grid.name, p.profile, cells, t) for (p, cells), t in zip(chosen, todo,
+                                                                                               strict=True)],
+                                   trained=trained, rate=rate, devices=devices, slots=len(slots), procs_per_cell=procs,
+                                   cpus_per_process=cpus)
+    streamed = [c.recipe for t in todo for c in t if est.streamed(c.recipe)]
+    where = (f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(f'cuda:{i}' for i in gpus)})" if gpus
+             else "the CPU")
+    per = "per GPU" if gpus else "on the CPU"
+    here = _cpu_model()
+    same = here == est.DECODE_CPU
+    cores = sorted({est.decode_cores(r, c) for r, c in ((c.recipe, cpu) for t, cpu in zip(todo, cpus, strict=True)
+                                                        for c in t) if est.streamed(r)})
+    data_line = (f"data: streamed images decoded at {est.DECODE_RATES['center_crop']:g} images/s per core (center "
+                 f"crop) and {est.DECODE_RATES['random_resized_crop']:g} (random-resized crop + flip), measured with "
+                 f"`{est.DECODE_COMMAND}` on {est.DECODE_CPU} ("
+                 + ("this machine's CPU model" if same else f"not this machine's {here}") + "); "
+                 + f"{'/'.join(map(str, cores))} decoding cores per process ("
+                 + ("data.num_workers, at most the SLURM job's cpus per process less one" if executor == "slurm"
+                    else "data.num_workers, each assumed to have a core") + "); in-memory sets: free")
+    rate_line = (f"estimated for {where}: {est.human_flops(rate.flops_per_s)}/s {per} + {rate.fixed_s:.3g} s per "
+                 f"cell, {rate.source}")
+    procs_line = (f"{procs} process{'es' if procs > 1 else ''} per cell, {len(slots)} "
+                  f"cell{'s' if len(slots) > 1 else ''} side by side; sharded phases: "
+                  + (", ".join(k for k, v in est.PHASES.items() if v[0]) or "none")
+                  + "; the others run on one process")
+    if json_out:
+        doc = {"grids": [_estimate_json(e, j, cells) for e, j, cells in zip(estimates, jobs, todo, strict=True)],
+               "total_seconds": sum(e.seconds for e in estimates), "total_flops": sum(e.flops for e in estimates),
+               "devices": {"kind": kind, "gpus": gpus, "processes_per_cell": procs, "slots": len(slots)},
+               "rates": {"compute": rate_line, "compute_measured": rate.measured, "data": data_line if streamed
+                         else "no streamed sets: data time 0", "processes": procs_line}}
+        typer.echo(json.dumps(doc, indent=1))
+        return
+    for e, j, cells in zip(estimates, jobs, todo, strict=True):
         shared = f" ({e.shared} made by an earlier grid)" if e.shared else ""
         notes = "".join(f"; {n}" for n in e.notes)
         err.print(Text(printable(f"{e.name} ({e.profile or 'base'}): {e.cells} cells, {e.trainings} trainings"
-                                 f"{shared}, {e.done} done, {e.run} would run; {human_flops(e.flops)}, "
-                                 f"{human_seconds(e.seconds)}{notes}")), soft_wrap=True)
+                                 f"{shared}, {e.done} done, {e.run} would run; {est.human_flops(e.flops)}, "
+                                 f"{est.human_seconds(e.seconds)}{notes}")), soft_wrap=True)
+        for name, ph in e.phases.items():
+            if ph.seconds <= 0:
+                continue
+            decoded = f", {ph.decoded:,.0f} images decoded" if ph.decoded else ""
+            err.print(Text(printable(f"  {name:<14} {est.human_seconds(ph.seconds):<18} {ph.bound}-bound (compute "
+                                     f"{est.human_seconds(ph.compute_seconds)}, data "
+                                     f"{est.human_seconds(ph.data_seconds)}{decoded})")), soft_wrap=True)
+        err.print(Text(printable("  " + _requeue_line(e, j))), soft_wrap=True)
         for c in cells:
             out.print(Text(printable(f"  {c.key[:12]}  {c.label}")))
     if len(estimates) > 1:
         err.print(f"total: {len(estimates)} grids, {sum(e.cells for e in estimates)} cells, "
                   f"{sum(e.trainings - e.shared for e in estimates)} trainings, {sum(e.done for e in estimates)} "
-                  f"done, {sum(e.run for e in estimates)} would run; {human_flops(sum(e.flops for e in estimates))}, "
-                  f"{human_seconds(sum(e.seconds for e in estimates))}", soft_wrap=True)
-    where = (f"{len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({', '.join(f'cuda:{i}' for i in gpus)})" if gpus
-             else "the CPU")
-    per = "per GPU" if gpus else "on the CPU"
-    err.print(Text(printable(f"estimated for {where}: {human_flops(rate.flops_per_s)}/s {per} + "
-                             f"{rate.fixed_s:.3g} s per cell, {rate.source}")), soft_wrap=True)
+                  f"done, {sum(e.run for e in estimates)} would run; "
+                  f"{est.human_flops(sum(e.flops for e in estimates))}, "
+                  f"{est.human_seconds(sum(e.seconds for e in estimates))}", soft_wrap=True)
+    err.print(Text(printable(rate_line)), soft_wrap=True)
+    err.print(Text(printable(procs_line)), soft_wrap=True)
+    if streamed:
+        err.print(Text(printable(data_line)), soft_wrap=True)
+
+
+def _requeue_line(e: Any, job: dict[str, Any]) -> str:
+    """What a SLURM job of this grid needs at its time limit (--executor slurm: one job per training group)."""
+    from sweepdae.runner import estimate as est
+
+    if not e.jobs:
+        return "slurm: no job to run"
+    longest, limit, allowed = max(e.jobs), float(job["time"]), int(job["max_requeues"])
+    need = est.requeues(longest, limit)
+    line = (f"slurm: time = {limit:g} min, cpus = {job['cpus']}"
+            + (f", mem_gb = {job['mem_gb']:g}" if job.get("mem_gb") else "")
+            + f": the longest job (a training and its cells' evaluations) takes {est.human_seconds(longest)}, "
+            + (f"{need} requeue{'s' if need != 1 else ''}" if need else "no requeue"))
+    line += f" (max_requeues = {allowed}{': too few' if need > allowed else ''})"
+    if e.longest_eval_seconds > limit * 60:
+        line += (f"; one cell's evaluation takes {est.human_seconds(e.longest_eval_seconds)}, over the time limit: "
+                 "a requeue restarts it, so it never ends")
+    return line
+
+
+def _estimate_json(e: Any, job: dict[str, Any], cells: list[Any]) -> dict[str, Any]:
+    from sweepdae.runner import estimate as est
+
+    longest = max(e.jobs, default=0.0)
+    return {"name": e.name, "profile": e.profile, "cells": e.cells, "trainings": e.trainings, "shared": e.shared,
+            "done": e.done, "run": e.run, "flops": e.flops, "total_seconds": e.seconds,
+            "critical_seconds": e.critical_seconds, "notes": e.notes,
+            "phases": {k: {"seconds": p.seconds, "bound": p.bound, "compute_seconds": p.compute_seconds,
+                           "data_seconds": p.data_seconds, "flops": p.flops, "decoded": p.decoded}
+                       for k, p in e.phases.items()},
+            "slurm": {"time_min": job["time"], "cpus": job["cpus"], "mem_gb": job.get("mem_gb"),
+                      "max_requeues": job["max_requeues"], "longest_job_seconds": longest,
+                      "requeues": est.requeues(longest, float(job["time"])) if e.jobs else 0,
+                      "longest_eval_seconds": e.longest_eval_seconds},
+            "would_run": [c.key for c in cells]}
+
+
+def _cpu_model() -> str:
+    """This machine's CPU model name (/proc/cpuinfo), as benchmarks/bench_decode.py records it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @app.command(cls=_Command)

@@ -69,15 +69,69 @@ SPLIT_SIZES: dict[str, tuple[int, int]] = {
 # conv VAE fit and FID at 0.64-0.78 x (convolutions and Inception run slower per FLOP on a CPU).
 CPU_FLOPS_PER_S = 85e9
 CPU_FIXED_S = 2.0
-# GPU: nothing measured here (no GPU was lent to this project). Assumed: 10 TFLOP/s per GPU for bf16 training of
-# the small DiTs of the demo profiles (16 tokens, 96-192 wide, batch 256) in eager PyTorch, about 1% of an
-# H100/H200's dense bf16 peak (989 TFLOP/s): such steps are bound by kernel launches and Python, not by the
-# tensor cores. Paper-scale models (DiT-L, 256 tokens) reach far more, so a paper-profile estimate is an upper bound.
-# Fixed cost per cell: an `accelerate launch` process, 4.7 s measured on the CPU machine (BENCHMARKS.md section 2),
-# plus CUDA initialisation and data loading, assumed 15 s in all.
-CUDA_FLOPS_PER_S = 10e12
+# GPU: nothing measured here (no GPU was lent to this project). The rate of a phase is the GPU's peak for the
+# phase's precision (GPU_PEAKS) times a model FLOP utilisation (MFU) assumed until measured (ASSUMED_MFU;
+# benchmarks/bench_gpu.py measures it on a GPU). Fixed cost per cell: an `accelerate launch` process, 4.7 s measured
+# on the CPU machine (BENCHMARKS.md section 2), plus CUDA initialisation, assumed 15 s in all.
 CUDA_FIXED_S = 15.0
+
+
+@dataclass(frozen=True)
+class GpuPeak:
+    """Dense (no sparsity) peak TFLOP/s of one GPU: bf16 and TF32 tensor cores, plain fp32; and where they are from."""
+
+    name: str
+    bf16: float
+    tf32: float
+    fp32: float
+    source: str
+
+
+# Matched against the device name (nvidia-smi / torch.cuda.get_device_name), first match wins: PCIe before SXM.
+# The data sheets give the tensor-core figures with 2:4 sparsity; dense is half of those.
+GPU_PEAKS: dict[str, GpuPeak] = {
+    "H100 PCIe": GpuPeak("H100 PCIe", 756.5, 378.0, 51.2, "NVIDIA H100 Tensor Core GPU datasheet, PCIe column: "
+                         "BF16 1,513 / TF32 756 TFLOPS with sparsity, FP32 51 TFLOPS"),
+    "H100": GpuPeak("H100 SXM5", 989.4, 494.7, 66.9, "NVIDIA H100 Tensor Core GPU Architecture whitepaper, Table 1 "
+                    "(H100 SXM5): BF16 989.4 / TF32 494.7 dense, FP32 66.9 TFLOPS"),
+    "H200": GpuPeak("H200 SXM", 989.4, 494.7, 66.9, "NVIDIA H200 Tensor Core GPU datasheet (SXM): BF16 1,979 / TF32 "
+                    "989 TFLOPS with sparsity, FP32 67 TFLOPS (the H100 SXM's compute)"),
+    "A100": GpuPeak("A100 SXM4", 312.0, 156.0, 19.5, "NVIDIA A100 Tensor Core GPU datasheet: BF16 312 / TF32 156 "
+                    "dense, FP32 19.5 TFLOPS"),
+}
+DEFAULT_GPU = "H100"  # assumed when no GPU is visible to the dry run (planning for a cluster from a laptop)
+# MFU assumed until measured, against the peak of the phase's precision. Paper-size DiTs (ViT-B/L widths, 256
+# tokens) train at 25-40% MFU on H100s (the range of issue 30, from DiT-L steps in bf16); 30% here. The small DiTs of
+# the demo profiles (16 tokens, 96-192 wide) are bound by kernel launches and Python: 1% (~10 TFLOP/s on an H100).
+ASSUMED_MFU = {"paper": 0.30, "small": 0.01}
 PAPER_SIZES = ("base", "half_large", "large")
+
+# -- data: decode rates per CPU core (streamed sets) ------------------------------------------------------------------
+# `python benchmarks/bench_decode.py` (one core, one thread): ImageNet-shaped JPEGs (500 x 375, ~106 KB each) decoded
+# by `load_image` to 256 px, best of 5 passes, page cache warm (a shared file system adds its read time on top). The
+# JPEG decode is most of the cost, so the rate is used at every output size. In-memory sets (MNIST, CIFAR, digits,
+# synthetic) are decoded once when loaded: a pass indexes a tensor (3.5 million images/s on one core, same
+# benchmark), counted as free.
+DECODE_RATES = {"center_crop": 160.0, "random_resized_crop": 177.0}  # images/s per core
+DECODE_CPU = "Intel(R) Xeon(R) Processor"  # /proc/cpuinfo model name of the machine that measured them
+DECODE_COMMAND = "python benchmarks/bench_decode.py --repeats 5"
+
+# -- phases: what runs on every process of a cell, and in which precision ---------------------------------------------
+# (compute split over the cell's N processes, decoding split over them, precision). As the code is today: training
+# is data-parallel (DDP) but every rank decodes the whole global batch of a streamed set and keeps its share
+# (cell/train.py _batch_source); the tokenizer's sample is decoded by every rank; evaluation runs on rank 0 alone
+# while the other ranks exit (cell/__init__.py run_cell), in fp32 (TF32 matmuls: run_cell sets
+# torch.set_float32_matmul_precision("high")). Sharding of evaluation across ranks (DiT sample_ddp.py, MAE
+# main_linprobe.py) and per-rank decoding are being built: flip the flags here when they land.
+PHASES: dict[str, tuple[bool, bool, str]] = {
+    "tokenizer_fit": (False, False, "fp32"),
+    "train": (True, False, "train"),
+    "probe": (False, False, "fp32"),
+    "baselines": (False, False, "fp32"),
+    "knn": (False, False, "fp32"),
+    "fid_reference": (False, False, "fp32"),
+    "fid_sampling": (False, False, "fp32"),
+}
 
 
 # -- FLOPs ------------------------------------------------------------------------------------------------------------
@@ -216,31 +270,64 @@ def training_flops(r: Recipe) -> float:
     return 3 * recipe_forward_flops(r) * seen + encode_flops(r) * (n if once else seen)
 
 
-def evaluation_flops(r: Recipe, *, with_fid_reference: bool = True) -> float:
+def evaluation_flops(r: Recipe, *, with_fid_reference: bool = True, with_baselines: bool = True) -> float:
     """Evaluating a trained network: probe features (encoder blocks only) of the train and test images, kNN, the
-    random-init baselines, FID (sampling, decoding, Inception on the samples and, unless cached, the reference)."""
+    random-init baselines, FID (sampling, decoding, Inception on the samples and, unless cached, the reference).
+    The sum of `evaluation_phases`."""
+    parts = evaluation_phases(r)
+    skip = {"fid_reference"} if not with_fid_reference else set()
+    if not with_baselines:
+        skip.add("baselines")
+    return sum(w.flops for name, w in parts.items() if name not in skip)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one phase of one cell does: FLOPs, and images decoded from a streamed set (`random_crop` of them with
+    MAE's RandomResizedCrop + flip, the rest with the center crop)."""
+
+    flops: float = 0.0
+    decoded: float = 0.0
+    random_crop: float = 0.0
+
+
+def probe_passes(r: Recipe) -> tuple[int, int]:
+    """(images through the encoder, of which random-resized-cropped) of one probe under the cell's protocol: cached
+    features (train + test); the augmented probe re-encodes a crop of every train image each epoch, then the test set
+    and the un-augmented train set once more (eval/probe.py linear_probe_augmented_data)."""
+    n_tr, n_te = split_sizes(r)
+    pc = r.probe
+    if not pc.augment:
+        return n_tr + n_te, 0
+    return (pc.epochs + 1) * n_tr + n_te, pc.epochs * n_tr
+
+
+def evaluation_phases(r: Recipe) -> dict[str, Work]:
+    """The evaluation of one cell, phase by phase (cell/probing.py probe_cell, cell/baselines.py, cell/generate.py)."""
     n_tr, n_te = split_sizes(r)
     depth = probe_depth(r)
     per_image = recipe_forward_flops(r, blocks=depth) + encode_flops(r)
     pc = r.probe
-    # cached features (train + test); the augmented probe re-encodes a crop of every train image each epoch, then
-    # the test set and the un-augmented train set once more (eval/probe.py linear_probe_augmented_data)
-    probe = (n_tr + n_te) + ((pc.epochs + 1) * n_tr + n_te if pc.augment else 0)
-    images = probe
+    images, crops = probe_passes(r)
+    cached = n_tr + n_te  # the cached features of the cell's probe t (kNN and the un-augmented probe read them)
+    probe_images = cached + (images if pc.augment else 0)
+    probe_crops = crops if pc.augment else 0
     if pc.t < 0 and r.noise.levels == NoiseLevels.single:  # also probed at the paper's t = 10 (cell/probing.py)
-        images += n_tr + n_te
-    if pc.baselines:  # the random-init and random-network encoders, under the cell's probe protocol
-        images += 2 * (((pc.epochs + 1) * n_tr + n_te) if pc.augment else (n_tr + n_te))
+        probe_images += n_tr + n_te
+    out = {"probe": Work(per_image * probe_images, probe_images, probe_crops)}
+    # the random-init and random-network encoders under the cell's probe protocol, and the raw pixels (no FLOPs
+    # counted: a pooling), each reading the images once more
+    out["baselines"] = (Work(2 * per_image * images, 3 * images, 3 * crops) if pc.baselines else Work())
     width = MODEL_SIZES[r.model.size.value].width
-    total = per_image * images + 2 * n_tr * n_te * width  # + the kNN similarities
+    out["knn"] = Work(2 * n_tr * n_te * width)  # the similarities, on the cached features
     if r.fid.enabled:
         guided = 2 if r.model.class_cond and r.fid.guidance_scale != 1.0 else 1
         decode = conv_vae_flops(r)[1] if r.tokenizer.name == TokenizerName.conv_vae else 0.0
         n = r.fid.num_samples
-        total += n * (r.fid.steps * guided * recipe_forward_flops(r) + decode + INCEPTION_FLOPS)
-        if with_fid_reference:
-            total += fid_reference_images(r) * INCEPTION_FLOPS
-    return total
+        ref = fid_reference_images(r)
+        out["fid_reference"] = Work(ref * INCEPTION_FLOPS, ref)
+        out["fid_sampling"] = Work(n * (r.fid.steps * guided * recipe_forward_flops(r) + decode + INCEPTION_FLOPS))
+    return out
 
 
 def fid_reference_images(r: Recipe) -> int:
@@ -267,21 +354,66 @@ def tokenizer_identity(r: Recipe) -> str:
 # -- rates ------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rate:
-    """FLOP/s of one device of `kind` ("cpu": the whole machine; "cuda": one GPU) and a fixed cost per cell."""
+    """FLOP/s of one device of `kind` ("cpu": the whole machine; "cuda": one GPU) and a fixed cost per cell.
+
+    With `gpu` set (the default for "cuda"), a phase's rate is that GPU's peak for the phase's precision times the
+    assumed MFU (`phase_flops_per_s`), and `flops_per_s` is the bf16 rate of a paper-size model, for display."""
 
     flops_per_s: float
     fixed_s: float
     kind: str
     source: str  # how the numbers were obtained, printed with the estimate
     measured: bool
+    gpu: GpuPeak | None = None
 
 
-def default_rate(kind: str) -> Rate:
+def gpu_peak(name: str | None) -> tuple[GpuPeak, bool]:
+    """(peaks, known) for a device name; the DEFAULT_GPU's when the name is None or in no row of GPU_PEAKS."""
+    if name:
+        for k, peak in GPU_PEAKS.items():
+            if k.lower() in name.lower():
+                return peak, True
+    return GPU_PEAKS[DEFAULT_GPU], False
+
+
+def detect_gpu_name() -> str | None:
+    """The first visible GPU's name from nvidia-smi (no torch import: the dry run stays fast); None without one."""
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0].strip() if out.strip() else None
+
+
+def default_rate(kind: str, gpu_name: str | None = None) -> Rate:
     if kind == "cuda":
-        return Rate(CUDA_FLOPS_PER_S, CUDA_FIXED_S, kind, "assumed, not measured (small DiTs in bf16: ~1% of a "
-                    "datacenter GPU's peak; pass --rate TFLOPS to use a measured one)", measured=False)
+        peak, known = gpu_peak(gpu_name)
+        why = "no GPU visible here" if not gpu_name else f"{gpu_name} is in no row of GPU_PEAKS"
+        which = f"{gpu_name} (its peaks: {peak.name})" if known else f"{peak.name} assumed ({why})"
+        return Rate(peak.bf16 * 1e12 * ASSUMED_MFU["paper"], CUDA_FIXED_S, kind,
+                    f"{which}: peak bf16 {peak.bf16:g} / TF32 {peak.tf32:g} TFLOP/s ({peak.source}) x MFU assumed, "
+                    f"not measured: {ASSUMED_MFU['paper']:.0%} for paper-size DiTs, {ASSUMED_MFU['small']:.0%} for "
+                    "small ones (benchmarks/bench_gpu.py measures it; --rate TFLOPS to use a measured one)",
+                    measured=False, gpu=peak)
     return Rate(CPU_FLOPS_PER_S, CPU_FIXED_S, kind, "measured on one core of a 2-core x86_64 VM (BENCHMARKS.md "
                 "section 11), not on this machine", measured=True)
+
+
+def phase_flops_per_s(rate: Rate, r: Recipe, precision: str) -> float:
+    """FLOP/s of one device for a phase of `r` in `precision` ("train": the recipe's train.precision, bf16 under
+    `auto` on a GPU as cell/build.py mixed_precision; "fp32": TF32 tensor cores, as run_cell allows them)."""
+    if rate.gpu is None:
+        return rate.flops_per_s
+    mfu = ASSUMED_MFU["paper" if r.model.size.value in PAPER_SIZES else "small"]
+    half = precision == "train" and r.train.precision.value in ("auto", "bf16", "fp16")
+    return (rate.gpu.bf16 if half else rate.gpu.tf32) * 1e12 * mfu
 
 
 def calibrate(cells: Iterable[dict[str, Any]], kind: str) -> Rate | None:
@@ -342,7 +474,22 @@ def _finite(v: Any) -> float:
     return f if math.isfinite(f) and f > 0 else 0.0
 
 
-# -- estimates --------------------------------------------------------------------------------------------------------
+# -- estimates: the plan --------------------------------------------------------------------------------------------
+@dataclass
+class PhaseTime:
+    """One phase summed over a grid's cells, in wall seconds of the run (the slots working side by side)."""
+
+    seconds: float = 0.0  # sum over cells of max(compute, data)
+    compute_seconds: float = 0.0
+    data_seconds: float = 0.0
+    flops: float = 0.0
+    decoded: float = 0.0  # images decoded, summed over the cell's processes
+
+    @property
+    def bound(self) -> str:
+        return "data" if self.data_seconds > self.compute_seconds else "compute"
+
+
 @dataclass
 class GridEstimate:
     """One grid of a run: what it holds, what would run, and what that costs on the run's devices."""
@@ -355,53 +502,220 @@ class GridEstimate:
     trainings: int  # distinct train_keys among the cells that would run, not trained in the store
     shared: int  # of those, made by an earlier grid of the same run (not costed again)
     flops: float
-    seconds: float
+    seconds: float  # total: the phases + the fixed cost per cell, at least the longest chain (`critical_seconds`)
     notes: list[str] = field(default_factory=list)
+    phases: dict[str, PhaseTime] = field(default_factory=dict)
+    critical_seconds: float = 0.0  # the longest training + its slowest cell's evaluation: no slot can split it
+    jobs: list[float] = field(default_factory=list)  # wall s of each training group on one slot (a SLURM job)
+    longest_eval_seconds: float = 0.0  # one cell's evaluation, which a requeue restarts from the beginning
+
+
+def decode_cores(r: Recipe, cpus_per_process: int | None) -> int:
+    """Cores decoding for one process: its DataLoader workers (data.num_workers; 0: the process itself), at most
+    the CPUs it has less one for the process itself."""
+    workers = max(1, r.data.num_workers)
+    return workers if cpus_per_process is None else max(1, min(workers, cpus_per_process - 1))
+
+
+def streamed(r: Recipe) -> bool:
+    return r.data.name.value == "imagefolder"
+
+
+def phase_time(name: str, w: Work, r: Recipe, *, rate: Rate, capacity: float, procs: int,
+               cpus_per_process: int | None) -> tuple[float, float]:
+    """(compute s, data s) of one phase of one cell on a slot of `capacity` devices run by `procs` processes."""
+    compute_sharded, decode_sharded, precision = PHASES[name]
+    devices = capacity if compute_sharded else capacity / procs
+    compute = w.flops / (phase_flops_per_s(rate, r, precision) * devices) if w.flops else 0.0
+    if not streamed(r) or not w.decoded:
+        return compute, 0.0
+    per_core = ((w.decoded - w.random_crop) / DECODE_RATES["center_crop"]
+                + w.random_crop / DECODE_RATES["random_resized_crop"])
+    data = per_core / decode_cores(r, cpus_per_process) / (procs if decode_sharded else 1)
+    return compute, data
 
 
 def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequence[Any]]], *, trained: set[str],
-                   rate: Rate, devices: int, slots: int) -> list[GridEstimate]:
+                   rate: Rate, devices: int, slots: int, procs_per_cell: int | None = None,
+                   cpus_per_process: Sequence[int | None] | None = None) -> list[GridEstimate]:
     """Estimates of grids run one after the other: (name, profile, selected cells, cells that would run) each.
 
     A training is costed once, by the first cell that needs it, and not at all when `trained` (the store) has it;
-    a tokenizer fit and an FID reference likewise once (they are cached). Time: FLOPs over `devices` x the rate,
-    plus the fixed cost per cell spread over the `slots` that run cells side by side."""
+    a tokenizer fit, an FID reference and a baseline likewise once (they are cached). Each phase of each cell takes
+    the larger of its compute time (FLOPs over the devices that run it: the cell's `procs_per_cell` processes for a
+    sharded phase, one otherwise; see PHASES) and its data time (images decoded over DECODE_RATES x the decoding
+    cores of a process). The `slots` run cells side by side, each with `devices` / `slots` devices; a grid takes
+    its cells' time over the slots, but at least its longest chain (a training then its slowest cell's
+    evaluation), plus the fixed cost per cell spread over the slots. `cpus_per_process`: per grid, the CPUs of one
+    process (a SLURM job's CPUs over its processes), None where only data.num_workers bounds the decoding cores."""
+    slots = max(slots, 1)
+    procs = procs_per_cell or max(1, devices // slots)
+    capacity = max(devices, 1) / slots  # devices of one slot (a fraction when cells share a GPU)
     made: set[str] = set(trained)
     fitted: set[str] = set()
     refs: set[str] = set()
+    baselines: set[str] = set()
     out = []
-    for name, profile, cells, todo in grids:
+    for gi, (name, profile, cells, todo) in enumerate(grids):
+        cpus = cpus_per_process[gi] if cpus_per_process is not None else None
         flops = 0.0
         own: set[str] = set()
         shared: set[str] = set()
         notes: set[str] = set()
+        phases: dict[str, PhaseTime] = {}
+        chains: dict[str, float] = {}  # train_key -> its training's wall s (0 when made before)
+        evals: dict[str, list[float]] = {}  # train_key -> each cell's evaluation wall s
+
+        def add(phase: str, w: Work, r: Recipe, phases: dict[str, PhaseTime] = phases,
+                cpus: int | None = cpus) -> float:
+            c, d = phase_time(phase, w, r, rate=rate, capacity=capacity, procs=procs, cpus_per_process=cpus)
+            p = phases.setdefault(phase, PhaseTime())
+            p.seconds += max(c, d)
+            p.compute_seconds += c
+            p.data_seconds += d
+            p.flops += w.flops
+            p.decoded += w.decoded * (1 if PHASES[phase][1] else procs)
+            return max(c, d)
+
         for c in todo:
             r: Recipe = c.recipe
-            if r.data.name.value == "imagefolder" and not (r.data.train_size and r.data.test_size):
+            if streamed(r) and not (r.data.train_size and r.data.test_size):
                 notes.add("image folder assumed ImageNet-1k size (1,281,167 / 50,000 images)")
-            if not rate.measured and rate.kind == "cuda" and r.model.size.value in PAPER_SIZES:
-                notes.add("the assumed GPU rate is for small DiTs: paper-size models run faster per FLOP")
-            ref = fid_reference_key(r) if r.fid.enabled else ""
-            flops += evaluation_flops(r, with_fid_reference=bool(ref) and ref not in refs)
-            refs.add(ref)
             tk = c.train_key
-            if tk in trained:
-                continue
-            if tk in made:
-                if tk not in own:
-                    shared.add(tk)
-                continue
-            made.add(tk)
-            own.add(tk)
-            flops += training_flops(r)
+            chain = 0.0
+            # every cell decodes the tokenizer's sample (cell/__init__.py data phase), fitted or cached
+            sample = Work(decoded=min(split_sizes(r)[0], TOKENIZER_SAMPLE)) if streamed(r) else Work()
             tok = tokenizer_identity(r)
-            if tok not in fitted:
+            if tk not in made and tok not in fitted:
                 fitted.add(tok)
-                flops += tokenizer_fit_flops(r)
-        seconds = flops / (rate.flops_per_s * max(devices, 1)) + len(todo) * rate.fixed_s / max(slots, 1)
+                sample = Work(tokenizer_fit_flops(r), sample.decoded)
+            chain += add("tokenizer_fit", sample, r)
+            if tk not in made:
+                made.add(tk)
+                own.add(tk)
+                tw = Work(training_flops(r), training_images(r) if streamed(r) else 0.0)
+                flops += tw.flops + sample.flops
+                chain += add("train", tw, r)
+            elif tk not in trained and tk not in own:
+                shared.add(tk)
+            chains[tk] = max(chains.get(tk, 0.0), chain)
+            ev = 0.0
+            for phase, w in evaluation_phases(r).items():
+                if phase == "fid_reference":
+                    ref = fid_reference_key(r)
+                    if ref in refs:
+                        continue
+                    refs.add(ref)
+                if phase == "baselines" and w.flops:
+                    bkey = baseline_identity(r)
+                    if bkey in baselines:
+                        continue
+                    baselines.add(bkey)
+                flops += w.flops
+                ev += add(phase, w, r)
+            evals.setdefault(tk, []).append(ev)
+        busy = sum(p.seconds for p in phases.values())
+        critical = max((chains[k] + max(v) for k, v in evals.items()), default=0.0)
+        jobs = [chains[k] + sum(v) for k, v in evals.items()]
+        seconds = max(busy / slots, critical) + len(todo) * rate.fixed_s / slots
+        for p in phases.values():  # in wall seconds of the run: the slots share the work
+            p.seconds /= slots
+            p.compute_seconds /= slots
+            p.data_seconds /= slots
+        if critical > busy / slots:
+            notes.add("bound by its longest chain (one training and its slowest cell), not by the slots")
         out.append(GridEstimate(name, profile, len(cells), len(cells) - len(todo), len(todo),
-                                len(own) + len(shared), len(shared), flops, seconds, sorted(notes)))
+                                len(own) + len(shared), len(shared), flops, seconds, sorted(notes), phases,
+                                critical, jobs, max((x for v in evals.values() for x in v), default=0.0)))
     return out
+
+
+def training_images(r: Recipe) -> float:
+    """Images one process decodes to train (every rank reads the whole pass: cell/train.py _batch_source)."""
+    n = split_sizes(r)[0]
+    return float((n // r.train.batch_size) * r.train.batch_size * r.train.epochs)
+
+
+def baseline_identity(r: Recipe) -> str:
+    """What the baselines' cache reads, short of cell/baselines.py baseline_identity (which needs torch): the images,
+    the tokenizer, the model, the spaces, the noise, the probe and the seed; training knobs do not enter it."""
+    d = r.to_dict()
+    keep = [d["model"], d["noise"], d["probe"], d["objective"]["input_space"], d["objective"]["output_space"]]
+    return f"{tokenizer_identity(r)}|{probe_depth(r)}|{r.seed}|{keep}"
+
+
+def requeues(job_seconds: float, time_min: float) -> int:
+    """Requeues a job of `job_seconds` needs at a SLURM time limit of `time_min` minutes (0: it fits in one)."""
+    return max(0, math.ceil(job_seconds / (time_min * 60)) - 1)
+
+
+# -- SLURM sizing -----------------------------------------------------------------------------------------------------
+# A job is one training group on --gpus-per-cell GPUs (runner/slurm.py); sized here for one GPU per job, the default.
+# CPUs: at most a GPU's share of an 8-GPU node: NVIDIA DGX H100 (user guide: 2 x Xeon Platinum 8480C, 56 cores
+# each) has 112 cores, 14 per GPU.
+CPUS_PER_GPU_MAX = 14
+SLURM_TIME_MIN = 2880  # 48 h: a common cluster maximum per job; longer when one cell's evaluation needs it
+PREFETCH_FACTOR = 2  # torch DataLoader's default: batches each worker holds ready
+HOST_BASE_GB = 2.0  # a process's own: Python, torch, CUDA's host side (assumed, not measured)
+
+
+def slurm_sizing(recipes: Sequence[Recipe], *, rate: Rate | None = None) -> dict[str, Any]:
+    """`[slurm]` options for one-GPU jobs of these recipes (a grid's cells under one profile), by this module's plan:
+
+    * cpus: the decoding cores that keep every phase of every recipe compute-bound on its GPU (data time at one core
+      over compute time), at most CPUS_PER_GPU_MAX less one, plus one for the process itself;
+    * mem_gb: 1.25 x the largest host memory of one process: its own (HOST_BASE_GB), the DataLoader's prefetched
+      uint8 training batches (workers x PREFETCH_FACTOR), the probe's cached float32 features (train + test x width),
+      and a checkpoint's host copy (model, EMA and AdamW's two moments in float32);
+    * time: SLURM_TIME_MIN, or 1.25 x the longest evaluation of one cell when that is longer (an evaluation is not
+      checkpointed: a requeue restarts it), in whole hours;
+    * max_requeues: the requeues the longest training group needs at that time, plus one for a preemption."""
+    rate = rate or default_rate("cuda")
+    need = 1
+    jobs = evals = 0.0
+    for r in recipes:
+        work = {"tokenizer_fit": Work(tokenizer_fit_flops(r), min(split_sizes(r)[0], TOKENIZER_SAMPLE)),
+                "train": Work(training_flops(r), training_images(r)), **evaluation_phases(r)}
+        times = {k: phase_time(k, w, r, rate=rate, capacity=1, procs=1, cpus_per_process=2) for k, w in work.items()}
+        for c, d in times.values():
+            if streamed(r) and d > 0:
+                need = max(need, math.ceil(d / c)) if c > 0 else need  # a phase of no FLOPs: data-bound anyway
+        cores = min(need, CPUS_PER_GPU_MAX - 1)
+        wall = {k: max(c, d / cores) for k, (c, d) in times.items()}
+        ev = sum(v for k, v in wall.items() if k not in ("tokenizer_fit", "train"))
+        evals = max(evals, ev)
+        jobs = max(jobs, wall["tokenizer_fit"] + wall["train"] + ev)
+    cores = min(need, CPUS_PER_GPU_MAX - 1)
+    mem = max((host_memory_gb(r, cores) for r in recipes), default=HOST_BASE_GB)
+    time_min = max(SLURM_TIME_MIN, math.ceil(1.25 * evals / 3600) * 60)
+    return {"cpus": cores + 1, "mem_gb": float(math.ceil(1.25 * mem)), "time": time_min,
+            "max_requeues": requeues(jobs, time_min) + 1}
+
+
+def host_memory_gb(r: Recipe, workers: int) -> float:
+    """Host memory of one process of `r` with `workers` DataLoader workers (see slurm_sizing), GB."""
+    n_tr, n_te = split_sizes(r)
+    spec = MODEL_SIZES[r.model.size.value]
+    batch = (r.train.micro_batch_size or r.train.batch_size) * r.channels * r.data.image_size ** 2  # uint8
+    loader = workers * PREFETCH_FACTOR * batch if streamed(r) else 0
+    features = 4 * (n_tr + n_te) * spec.width
+    tokens, in_dim, out_dim = model_shape(r)
+    params = dit_parameters(r.model.size.value, tokens=tokens, in_dim=in_dim, out_dim=out_dim,
+                            cond_mlp_ratio=r.model.cond_mlp_ratio)
+    return HOST_BASE_GB + (loader + features + 4 * 4 * params) / 1e9
+
+
+def dit_parameters(size: str, *, tokens: int, in_dim: int, out_dim: int, cond_mlp_ratio: float = 0.25) -> int:
+    """Weights of the DiT (Linears and their biases; norms without affine weights, fixed position code): the
+    per-token FLOPs of `dit_forward_flops` without attention are 2 x these, less the per-image terms."""
+    spec = MODEL_SIZES[size]
+    c = spec.width
+    hidden = c if cond_mlp_ratio == 1.0 else max(1, round(cond_mlp_ratio * c))
+    modulation = c * 6 * c + 6 * c if cond_mlp_ratio == 1.0 else c * hidden + hidden + hidden * 6 * c + 6 * c
+    block = 3 * c * c + 3 * c + c * c + c + c * MLP_RATIO * c + MLP_RATIO * c + MLP_RATIO * c * c + c + modulation
+    embed = in_dim * c + c + FREQUENCY_EMBEDDING_SIZE * c + c + c * c + c
+    final = c * 2 * c + 2 * c + c * out_dim + out_dim
+    return embed + spec.depth * block + final
 
 
 def human_seconds(s: float) -> str:
