@@ -146,3 +146,58 @@ def test_batch_size_halves_down_to_one_then_stops() -> None:
     assert ok.run(lambda b: b * 2) == 16 and ok.record("fid_sample") == {
         "fid_sample_batch": 8, "fid_sample_batch_start": 8, "fid_sample_oom_halvings": 0}
 
+
+
+# -- FID statistics ----------------------------------------------------------------------------------------------
+def test_streamed_statistics_equal_all_at_once() -> None:
+    """Running float64 merges over uneven batches give numpy's mean and np.cov (float64) within 1e-6 relative,
+    also for features with a large common offset (where sum x x^T - n mu mu^T would cancel), and two 'ranks'
+    merged give the same as one."""
+    from sweepdae.eval.fid import RunningStats
+
+    rng = np.random.default_rng(0)
+    x = rng.gamma(2.0, 0.5, size=(1003, 64)) @ rng.standard_normal((64, 64)) + 1e3  # skewed, correlated, offset
+    mu_ref, cov_ref = x.mean(axis=0), np.cov(x, rowvar=False)
+    whole, parts = RunningStats(64), [RunningStats(64), RunningStats(64)]
+    bounds = [0, 1, 7, 100, 356, 357, 1003]
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        whole.update(x[a:b])
+        parts[i % 2].update(torch.from_numpy(x[a:b]))
+    parts[0].merge(parts[1])
+    for stats in (whole, parts[0]):
+        mu, cov = stats.stats()
+        assert stats.n == 1003
+        np.testing.assert_allclose(mu, mu_ref, rtol=1e-6)
+        assert np.abs(cov - cov_ref).max() <= 1e-6 * np.abs(cov_ref).max()
+
+
+class _Features:
+    """A stand-in Inception: 8 features of each image (float64), counting the images it saw."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += int(x.shape[0])
+        return x.double().flatten(1)[:, :8] * torch.linspace(1, 2, 8, dtype=torch.float64)
+
+
+def test_reference_stats_stream_and_cache_before_reading(tmp_path: Path) -> None:
+    """The reference statistics of the first n images, read batch by batch, equal numpy's on the concatenation;
+    the second call finds the cache without reading one image (its batch source raises if touched)."""
+    from sweepdae.eval.fid import reference_stats_streamed
+
+    images = torch.randint(0, 256, (50, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    feats = _Features()
+    mu, sigma = reference_stats_streamed(lambda: (images[s:s + 16] for s in range(0, 50, 16)), n=40,
+                                         cache_dir=tmp_path, key="k", features=feats)
+    assert feats.images == 40
+    ref = _Features()(images[:40]).numpy()
+    np.testing.assert_allclose(mu, ref.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(sigma, np.cov(ref, rowvar=False), rtol=1e-6, atol=1e-9)
+
+    def no_reading() -> Any:
+        raise AssertionError("images read although the statistics are cached")
+
+    mu2, sigma2 = reference_stats_streamed(no_reading, n=40, cache_dir=tmp_path, key="k", features=feats)
+    assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2) and feats.images == 40

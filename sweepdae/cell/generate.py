@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from sweepdae.data import ImageData, from_unit_range, sample_images, to_unit_range
+from sweepdae.cell.memory import BatchSize
+from sweepdae.data import ImageData, from_unit_range, to_unit_range
+from sweepdae.eval.fid import InceptionFeatures
 from sweepdae.models import Denoiser
 from sweepdae.noise import Schedule
 from sweepdae.recipe import Recipe, image_fit
@@ -15,6 +21,15 @@ from sweepdae.tokenizers import Tokenizer
 
 # Noise levels of the denoising figure, as fractions of the schedule (the paper's Fig. 8 shows several levels).
 FIGURE_LEVELS = (0.1, 0.3, 0.5, 0.7)
+
+# FID samples are drawn in chunks of this many, each from its own seed: the unit that ranks share out (and the
+# first sampling batch; out-of-memory halves the batch, not the chunk, so the samples stay the same).
+FID_CHUNK = 256
+# chunk c samples with seed + CHUNK_SEED_STRIDE * c (a prime far above any chunk count of one cell)
+CHUNK_SEED_STRIDE = 1_000_003
+INCEPTION_BATCH = 100  # Inception-v3 images per call (first try; halved on out-of-memory)
+REF_BATCH = 100  # reference images read per batch
+GRID_SAMPLES = 64  # samples.png: the first 64 samples, 8 x 8
 
 
 def denoise_fn_for(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, schedule: Schedule
@@ -35,48 +50,121 @@ def denoise_fn_for(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, schedu
     return fn
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of chunk `chunk` of FID_CHUNK samples (chunk 0: `seed` itself)."""
+    return seed + CHUNK_SEED_STRIDE * chunk
+
+
+def _autocast(recipe: Recipe, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Sample in the precision training used (bf16 / fp16 autocast on a GPU); fp32 on CPU."""
+    from sweepdae.cell.build import mixed_precision
+
+    mp = mixed_precision(recipe.train.precision, device)
+    if device.type == "cuda" and mp in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def generate(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, num: int, num_classes: int,
-             device: torch.device, seed: int, batch: int = 256) -> torch.Tensor:
-    """`num` samples decoded to images in [0, 1], [num, C, H, W] on the CPU."""
+def chunk_features(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, chunk: int, num: int, num_classes: int,
+                   device: torch.device, seed: int, extractor: InceptionFeatures, sample_batch: BatchSize,
+                   inception_batch: BatchSize, keep: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inception features [b, 2048] (float64) of chunk `chunk` of `num` samples (b = its FID_CHUNK share), and
+    its first `keep` images as uint8 (for the sample grid), or None.
+
+    The chunk's noise comes from one generator seeded with `chunk_seed(seed, chunk)` and is drawn for the whole
+    chunk, while the denoiser, the decoder and Inception run `sample_batch` / `inception_batch` samples at a
+    time (halved on out-of-memory): the samples do not depend on those batches, nor on which rank draws them.
+    """
     from sweepdae.eval import sample
     from sweepdae.noise import create_schedule
 
     schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
     fn = denoise_fn_for(recipe, model, tokenizer, schedule)
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for i in range(0, num, batch):
-        b = min(batch, num - i)
-        y = (torch.arange(i, i + b, device=device) % num_classes) if recipe.model.class_cond else None
-        z = sample(fn, schedule, shape=(b, tokenizer.num_tokens, tokenizer.latent_dim), steps=recipe.fid.steps,
-                   sampler=recipe.fid.sampler.value, generator=g, device=device, y=y)
-        out.append(tokenizer.decode(z).clamp(-1, 1).add(1).div(2).float().cpu())
-    return torch.cat(out)
+    start = chunk * FID_CHUNK
+    b = min(FID_CHUNK, num - start)
+    amp = functools.partial(_autocast, recipe, device)
+
+    def batched(xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        def run(m: int) -> torch.Tensor:
+            with amp():
+                return torch.cat([fn(xt[s:s + m], t[s:s + m], y[s:s + m] if y is not None else None).float()
+                                  for s in range(0, xt.shape[0], m)])
+        return sample_batch.run(run)
+
+    g = torch.Generator(device=device).manual_seed(chunk_seed(seed, chunk))
+    y = (torch.arange(start, start + b, device=device) % num_classes) if recipe.model.class_cond else None
+    z = sample(batched, schedule, shape=(b, tokenizer.num_tokens, tokenizer.latent_dim), steps=recipe.fid.steps,
+               sampler=recipe.fid.sampler.value, generator=g, device=device, y=y)
+
+    def decode(m: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats, kept = [], []
+        for s in range(0, b, m):
+            with amp():
+                images = tokenizer.decode(z[s:s + m])
+            images = images.float().clamp(-1, 1).add(1).div(2)  # [m, C, H, W] in [0, 1], dropped after its features
+            feats.append(inception_batch.run(functools.partial(extractor.features, images)))
+            if s < keep:
+                kept.append(from_unit_range(images[: keep - s] * 2 - 1).cpu())
+        return torch.cat(feats), (torch.cat(kept) if kept else None)
+
+    return sample_batch.run(decode)
 
 
 def fid_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, ref: ImageData, num_classes: int,
-             device: torch.device, cache: Path, run_dir: Path, artifacts: dict[str, str]) -> dict[str, float]:
+             device: torch.device, cache: Path, run_dir: Path, artifacts: dict[str, str],
+             accelerator: Any | None = None) -> dict[str, float]:
     """FID of fid.num_samples generated images against the reference split `ref` (statistics cached per split/n;
-    the reference images are a fixed sample of the split)."""
-    from sweepdae.eval import InceptionFeatures, fid_from_images, reference_key, reference_stats, sample_grid
+    the reference images are the split's first n, in order).
 
+    Memory is bounded by the batches, not by the sets: reference images and samples become Inception features
+    batch by batch, merged into running float64 statistics. With `accelerator` (None: one process) every rank
+    calls this; the samples are FID_CHUNK-sized chunks, chunk c drawn by rank c mod N with its own seed (DiT
+    sample_ddp.py seeds each rank apart; seeding by chunk keeps the sample set the same for any N), the reference
+    batches are split the same way, the statistics are merged across ranks and every rank returns the same
+    metrics. The sampling and Inception batches halve on out-of-memory; `artifacts` records the ones that worked.
+    """
+    from sweepdae.eval import frechet_distance, reference_key, sample_grid
+    from sweepdae.eval.fid import RunningStats, reference_stats_streamed
+
+    rank = int(accelerator.process_index) if accelerator is not None else 0
+    world = int(accelerator.num_processes) if accelerator is not None else 1
+    main = accelerator is None or bool(accelerator.is_main_process)
     n_ref = min(len(ref), recipe.fid.ref_size or recipe.fid.num_samples)
     d = recipe.data
     fit, px = image_fit(d.name.value, d.image_size)
     dataset = (f"{d.name.value}:{d.root}:{d.train_size if recipe.fid.ref_split == 'train' else d.test_size}:"
                f"{d.channels}:{fit}{px or ''}")
     key = reference_key(dataset=dataset, split=recipe.fid.ref_split, n=n_ref, image_size=d.image_size)
-    extractor = InceptionFeatures(device=device)
-    ref_images = sample_images(ref, n_ref, shuffle=False)[0]
-    mu, sigma = reference_stats(ref_images, cache_dir=cache, key=key, batch_size=100, device=device)
-    fake = generate(recipe, model=model, tokenizer=tokenizer, num=recipe.fid.num_samples, num_classes=num_classes,
-                    device=device, seed=recipe.seed + 12345)
-    fid = fid_from_images(fake, mu, sigma, batch_size=100, device=device, extractor=extractor)
+    extractor = InceptionFeatures(device=device, batch_size=INCEPTION_BATCH)
+    inception_batch = BatchSize(INCEPTION_BATCH, phase="fid", what="FID Inception features")
+    sample_batch = BatchSize(FID_CHUNK, phase="fid", what="FID sampling")
+
+    def ref_features(x: torch.Tensor) -> torch.Tensor:
+        return inception_batch.run(functools.partial(extractor.features, x.to(device).float() / 255.0))
+
+    mu, sigma = reference_stats_streamed(lambda: (x for x, _ in ref.batches(REF_BATCH, shuffle=False)), n=n_ref,
+                                         cache_dir=cache, key=key, features=ref_features, accelerator=accelerator,
+                                         device=device)
+    num = recipe.fid.num_samples
+    stats = RunningStats(device=device)
+    grid: torch.Tensor | None = None
+    for chunk in range(rank, math.ceil(num / FID_CHUNK), world):
+        feats, kept = chunk_features(recipe, model=model, tokenizer=tokenizer, chunk=chunk, num=num,
+                                     num_classes=num_classes, device=device, seed=recipe.seed + 12345,
+                                     extractor=extractor, sample_batch=sample_batch, inception_batch=inception_batch,
+                                     keep=GRID_SAMPLES if chunk == 0 else 0)
+        stats.update(feats)
+        grid = kept if kept is not None else grid
+    mu_f, sigma_f = stats.all_reduce(accelerator).stats()
+    fid = frechet_distance(mu_f, sigma_f, mu, sigma)
     path = run_dir / "samples.png"
-    sample_grid(fake[:64], path, nrow=8)
+    if main and grid is not None:
+        sample_grid(grid, path, nrow=8)
     artifacts["samples"] = path.name
-    return {"fid": float(fid), "fid_num_samples": float(recipe.fid.num_samples)}
+    artifacts["fid_sample_batch"] = str(sample_batch.value)
+    artifacts["fid_inception_batch"] = str(inception_batch.value)
+    return {"fid": float(fid), "fid_num_samples": float(num)}
 
 
 @torch.no_grad()

@@ -14,6 +14,11 @@ Preprocessing convention (stated because FID depends on it):
      convention (pytorch-fid `inception.py`, resize_input); no antialias (a no-op for upsampling);
   4. mapped to [-1, 127/128] by x * 255/128 - 1 for the TF-graph network.
 FID numbers are therefore comparable between sweepdae cells, not with published ImageNet FIDs.
+
+Memory: statistics are running float64 sums merged batch by batch (`RunningStats`), so neither the reference set
+nor the generated samples are ever held whole, only their [2048] mean and [2048, 2048] scatter; ranks merge theirs
+(`RunningStats.all_reduce`). Reference statistics are looked up in their cache before any image is read
+(`reference_stats_streamed`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import hashlib
 import importlib.util
 import threading
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -103,6 +110,15 @@ class InceptionFeatures:
         self.model = _load_inception(self.device)
 
     @torch.no_grad()
+    def features(self, images: Tensor, batch_size: int | None = None) -> Tensor:
+        """float64 [B, 2048] on the extractor's device, `batch_size` images (default its own) per network call."""
+        step = batch_size or self.batch_size
+        out = [self.model(x).reshape(x.shape[0], FEATURE_DIM).double()
+               for x in (preprocess_for_inception(images[s:s + step].to(self.device), quantize=self.quantize)
+                         for s in range(0, images.shape[0], step))]
+        return torch.cat(out) if out else torch.zeros((0, FEATURE_DIM), dtype=torch.float64, device=self.device)
+
+    @torch.no_grad()
     def __call__(self, images: Tensor) -> np.ndarray:
         out = []
         for start in range(0, images.shape[0], self.batch_size):
@@ -124,6 +140,78 @@ def feature_stats(feats: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim != 2 or x.shape[0] < 2:
         raise FIDError(f"feature statistics need at least 2 feature rows [N, F], got shape {x.shape}")
     return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+class RunningStats:
+    """Mean and covariance of feature rows that arrive batch by batch, in float64, without keeping the rows.
+
+    Each batch's mean and centred scatter sum (x - mean_b)^T (x - mean_b) are merged into the running ones with
+    Chan, Golub & LeVeque's pairwise update (1979): M2 = M2_a + M2_b + delta delta^T n_a n_b / n. That is the
+    two-pass computation within a batch, without the cancellation of sum x x^T - n mu mu^T over a whole data
+    set. The covariance is M2 / (n - 1), unbiased as np.cov. The sums live on `device` (a GPU's float64 matmul
+    keeps the 2048^2 scatter update off the host).
+    """
+
+    def __init__(self, dim: int | None = FEATURE_DIM, device: torch.device | str = "cpu") -> None:
+        """`dim` None: taken from the first batch (a rank that gets no batch assumes FEATURE_DIM)."""
+        self.device = torch.device(device)
+        self.n = 0
+        self.dim = dim
+        self.mean = torch.zeros(dim or 0, dtype=torch.float64, device=self.device)
+        self.m2 = torch.zeros((dim or 0, dim or 0), dtype=torch.float64, device=self.device)
+
+    def update(self, feats: Tensor | np.ndarray) -> None:
+        """Add rows [B, dim]."""
+        x = torch.as_tensor(feats).to(self.device, torch.float64)
+        if self.dim is None and x.ndim == 2:
+            self.dim = int(x.shape[1])  # mean and m2 are set by the first merge
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise FIDError(f"feature rows must be [B, {self.dim}], got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            return
+        mean_b = x.mean(dim=0)
+        c = x - mean_b
+        self._merge(int(x.shape[0]), mean_b, c.T @ c)
+
+    def _merge(self, n_b: int, mean_b: Tensor, m2_b: Tensor) -> None:
+        if n_b == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n_b, mean_b.clone(), m2_b.clone()
+            self.dim = int(mean_b.shape[0])
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * (n_b / n)
+        self.m2 += m2_b + torch.outer(delta, delta) * (self.n * n_b / n)
+        self.n = n
+
+    def merge(self, other: RunningStats) -> None:
+        """Add another set's statistics (e.g. another rank's)."""
+        self._merge(other.n, other.mean.to(self.device), other.m2.to(self.device))
+
+    def all_reduce(self, accelerator: Any | None) -> RunningStats:
+        """The statistics of every rank's rows: gathered and merged in rank order, so all ranks get the same
+        numbers (DiT sample_ddp.py gathers its samples instead; these are 2048 + 2048^2 numbers per rank)."""
+        if accelerator is None or int(accelerator.num_processes) == 1:
+            return self
+        dim = self.dim or FEATURE_DIM
+        mean = self.mean if self.n else torch.zeros(dim, dtype=torch.float64, device=self.device)
+        m2 = self.m2 if self.n else torch.zeros((dim, dim), dtype=torch.float64, device=self.device)
+        counts = accelerator.gather(torch.tensor([float(self.n)], dtype=torch.float64, device=self.device))
+        means = accelerator.gather(mean[None].contiguous())
+        m2s = accelerator.gather(m2[None].contiguous())
+        out = RunningStats(dim, self.device)
+        for n_r, mean_r, m2_r in zip(counts.tolist(), means, m2s, strict=True):
+            out._merge(int(n_r), mean_r, m2_r)
+        return out
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean [dim], unbiased covariance [dim, dim]) as float64 numpy, like `feature_stats`."""
+        if self.n < 2:
+            raise FIDError(f"feature statistics need at least 2 feature rows, got {self.n}")
+        sigma = self.m2 / (self.n - 1)
+        return self.mean.cpu().numpy(), ((sigma + sigma.T) / 2).cpu().numpy()
 
 
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -189,26 +277,78 @@ def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
+def cached_reference_stats(*, cache_dir: Path, key: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mu, sigma) from the cache when it holds `key` for `n` images, else None (reads no image)."""
+    path = _cache_file(Path(cache_dir), key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            if int(data["n"]) == n and str(data["key"]) == key:
+                return data["mu"], data["sigma"]
+    except (OSError, KeyError, ValueError):
+        pass  # unreadable or foreign file: recompute
+    return None
+
+
+def save_reference_stats(mu: np.ndarray, sigma: np.ndarray, *, cache_dir: Path, key: str, n: int) -> None:
+    """Write reference statistics to the cache (atomically: a reader sees the old file or the whole new one)."""
+    _atomic_save_npz(_cache_file(Path(cache_dir), key), mu=mu, sigma=sigma, n=np.array(n), key=np.array(key))
+
+
+def reference_stats_streamed(batches: Callable[[], Iterable[Tensor]], *, n: int, cache_dir: Path, key: str,
+                             features: Callable[[Tensor], Tensor | np.ndarray],
+                             accelerator: Any | None = None, device: torch.device | str = "cpu"
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the first `n` images of `batches()` (uint8 [B, C, H, W] each), cached under `key`.
+
+    The cache is looked up first: on a hit `batches` is never called, so no image is read. Otherwise the
+    features of each batch are merged into running float64 statistics; with an accelerator of N processes rank
+    r takes batches r, r + N, ... and the statistics are merged across ranks; the main process writes the cache.
+    """
+    hit = cached_reference_stats(cache_dir=cache_dir, key=key, n=n)
+    if accelerator is not None and int(accelerator.num_processes) > 1:
+        # every rank must take the same branch: the computation below has collectives
+        flags = accelerator.gather(torch.tensor([1.0 if hit is not None else 0.0], device=accelerator.device))
+        if hit is not None and bool((flags > 0).all()):
+            return hit
+        hit = None
+    if hit is not None:
+        return hit
+    rank = int(accelerator.process_index) if accelerator is not None else 0
+    world = int(accelerator.num_processes) if accelerator is not None else 1
+    stats = RunningStats(dim=None, device=device)
+    seen = 0
+    for i, x in enumerate(batches()):
+        x = x[: n - seen]
+        seen += int(x.shape[0])
+        if i % world == rank and x.shape[0]:
+            stats.update(features(x))
+        if seen >= n:
+            break
+    if seen < n:
+        raise FIDError(f"reference statistics for {key}: {n} images asked, the split has {seen}")
+    mu, sigma = stats.all_reduce(accelerator).stats()
+    if accelerator is None or accelerator.is_main_process:
+        save_reference_stats(mu, sigma, cache_dir=cache_dir, key=key, n=n)
+    return mu, sigma
+
+
 def reference_stats(images_uint8: Tensor, *, cache_dir: Path, key: str, batch_size: int = 64,
                     device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the real images' Inception features, cached in `cache_dir` as .npz under `key`.
 
     Build the key with `reference_key(dataset=..., split=..., n=..., image_size=...)`. A cached file is reused
-    only when it holds as many images as given; otherwise it is recomputed and replaced.
+    only when it holds as many images as given; otherwise it is recomputed (batch by batch, running float64
+    statistics) and replaced.
     """
-    path = _cache_file(Path(cache_dir), key)
     n = int(images_uint8.shape[0])
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                if int(data["n"]) == n and str(data["key"]) == key:
-                    return data["mu"], data["sigma"]
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable or foreign file: recompute below
-    feats = InceptionFeatures(device, batch_size=batch_size).from_uint8(images_uint8)
-    mu, sigma = feature_stats(feats)
-    _atomic_save_npz(path, mu=mu, sigma=sigma, n=np.array(n), key=np.array(key))
-    return mu, sigma
+    hit = cached_reference_stats(cache_dir=cache_dir, key=key, n=n)
+    if hit is not None:
+        return hit
+    ext = InceptionFeatures(device, batch_size=batch_size)
+    return reference_stats_streamed(lambda: (images_uint8[s:s + batch_size] for s in range(0, n, batch_size)),
+                                    n=n, cache_dir=cache_dir, key=key, features=ext.from_uint8)
 
 
 def fid_from_images(fake_images: Tensor, ref_mu: np.ndarray, ref_sigma: np.ndarray, *, batch_size: int = 64,
