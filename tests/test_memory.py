@@ -201,3 +201,14 @@ def test_reference_stats_stream_and_cache_before_reading(tmp_path: Path) -> None
 
     mu2, sigma2 = reference_stats_streamed(no_reading, n=40, cache_dir=tmp_path, key="k", features=feats)
     assert np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2) and feats.images == 40
+
+
+def test_coordinator_halves_the_training_micro_batch_only_for_training() -> None:
+    """A training OOM retries with train.micro_batch_size halved; an OOM the fit or FID could not fix by halving
+    their own batch (down to 1) is not retried with a knob they do not read."""
+    from sweepdae.runner.coordinator import _oom_overrides
+
+    recipe = {"train": {"batch_size": 64, "micro_batch_size": 0}}
+    assert _oom_overrides(recipe, "train") == {"train": {"micro_batch_size": 32}}
+    assert _oom_overrides(recipe, None) == {"train": {"micro_batch_size": 32}}  # died before its first event
+    assert _oom_overrides(recipe, "tokenizer") is None and _oom_overrides(recipe, "fid") is None

@@ -476,7 +476,7 @@ class Coordinator:
         attempt = int(getattr(r.claim, "attempt", 1))
         overrides: dict[str, Any] | None = {}
         if cls == "oom":
-            overrides = _halve_micro_batch(r.claim.recipe)
+            overrides = _oom_overrides(r.claim.recipe, r.last_event.get("phase"))
             retryable = retryable and overrides is not None
         # an interrupted cell (Ctrl-C, SIGKILL of the coordinator) is resumable and does not use up a retry
         retry = interrupted or (retryable and attempt <= self.opts.max_retries)
@@ -561,6 +561,17 @@ def _log_tail(run_dir: Path, n: int = 4000) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _oom_overrides(recipe: dict[str, Any], phase: Any) -> dict[str, Any] | None:
+    """The next attempt's overrides after out-of-memory in `phase` (the cell's last event), None for no retry.
+
+    Training (or a cell that died before saying its phase): the training micro-batch halved. Any other phase
+    does not depend on that knob, so a retry would fail the same way: the phases with a batch of their own (the
+    tokenizer fit, FID) already halved it in-process down to 1 (cell/memory.py) before failing."""
+    if phase not in (None, "train"):
+        return None
+    return _halve_micro_batch(recipe)
 
 
 def _halve_micro_batch(recipe: dict[str, Any]) -> dict[str, Any] | None:
