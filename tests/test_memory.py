@@ -212,3 +212,61 @@ def test_coordinator_halves_the_training_micro_batch_only_for_training() -> None
     assert _oom_overrides(recipe, "train") == {"train": {"micro_batch_size": 32}}
     assert _oom_overrides(recipe, None) == {"train": {"micro_batch_size": 32}}  # died before its first event
     assert _oom_overrides(recipe, "tokenizer") is None and _oom_overrides(recipe, "fid") is None
+
+
+@pytest.mark.slow
+def test_fid_sharded_over_two_processes_equals_one(tmp_path: Path) -> None:
+    """fid_cell in 2 CPU processes (accelerate launch --multi_gpu, gloo) equals 1 process on the same seeds.
+
+    Slow: three Python processes start torch and accelerate, ~30-60 s on 2 cores. 300 samples are chunks of 256
+    and 44 (one per rank) and 250 reference images batches of 100, 100 and 50 (two on rank 0, one on rank 1).
+    """
+    import json
+    import subprocess
+    import sys
+
+    from sweepdae.runner.slots import free_port
+
+    script = Path(__file__).with_name("_fid_ranks.py")
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    subprocess.run([sys.executable, str(script), str(one)], check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", str(free_port()), str(script), str(two), "sharded"],
+                   check=True, capture_output=True, timeout=600)
+    single = json.loads((one / "rank0.json").read_text())
+    ranks = [json.loads((two / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert single["world"] == 1 and [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]  # every rank returns the same FID
+    # the same samples and reference images, merged in another order: equal up to float64 rounding, which the
+    # square roots of the ~0 eigenvalues of these rank-deficient covariances (n < 2048) amplify to ~1e-8
+    assert ranks[0]["metrics"]["fid"] == pytest.approx(single["metrics"]["fid"], rel=1e-6)
+    assert (two / "samples.png").exists() and list((two / "cache").glob("*.npz"))
+
+
+def test_fid_sampling_halves_its_batch_on_oom_with_the_same_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An out-of-memory error at sampling batch 20 (fault injection) redoes that denoiser call at 10: the chunk's
+    features are the same (its noise is drawn per chunk, not per batch) and the batch that worked is 10."""
+    import _fid_ranks
+
+    from sweepdae.cell.generate import chunk_features
+
+    recipe, tok, model, _ = _fid_ranks.tiny_cell()
+    ext = _fid_ranks.LinearFeatures()
+
+    def features(fault: str) -> tuple[torch.Tensor, BatchSize]:
+        monkeypatch.setenv("SWEEPDAE_FAULT", fault)
+        sample_batch = BatchSize(20, phase="fid", what="FID sampling")
+        feats, kept = chunk_features(recipe, model=model, tokenizer=tok, chunk=0, num=20, num_classes=10,
+                                     device=torch.device("cpu"), seed=5, extractor=ext,  # type: ignore[arg-type]
+                                     sample_batch=sample_batch,
+                                     inception_batch=BatchSize(8, phase="inception", what="x"), keep=4)
+        assert kept is not None and kept.shape == (4, 1, 8, 8) and kept.dtype == torch.uint8
+        return feats, sample_batch
+
+    whole, ok = features("")
+    halved, bs = features("oom@fid_batch=20")
+    assert ok.value == 20 and bs.value == 10 and bs.halvings == 1
+    torch.testing.assert_close(halved, whole, rtol=1e-9, atol=1e-12)
