@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from sweepdae.errors import printable
 from sweepdae.report.tables import TableData, _numeric_label, metric_info
 
 __all__ = ["FigureData", "RenderedFigure", "figure_data", "save_figure", "schedule_tables", "write_atomic"]
@@ -157,8 +158,15 @@ def schedule_tables(name: str, num_steps: int = 1000) -> tuple[np.ndarray, np.nd
         return np.sqrt(gamma2), np.sqrt(1.0 - gamma2)
 
 
+def _text(label: str) -> str:
+    """A user's label as figure text: control characters escaped (fonts have no glyph for them), as the terminal
+    views do."""
+    return printable(str(label))
+
+
 def _legend(label: str) -> str:
     """A label as a legend shows it: matplotlib leaves out of the legend any label that starts with "_"."""
+    label = _text(label)
     return f" {label}" if label.startswith("_") else label
 
 
@@ -189,7 +197,7 @@ def _lines_panel(ax: Any, d: dict[str, Any], series: list[dict[str, Any]], ylabe
         paper = np.array([np.nan if v is None else v for v in s["paper"]], dtype=float)
         if np.isfinite(paper).any():
             ax.plot(at, paper, color=color, ls="none" if categorical else "--", marker="x", ms=4, alpha=0.7)
-    ax.set_xticks(xs, d["x"], rotation=0 if len(xs) <= 8 else 90)
+    ax.set_xticks(xs, [_text(x) for x in d["x"]], rotation=0 if len(xs) <= 8 else 90)
     ax.set_xlabel(d["xlabel"])
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -226,7 +234,7 @@ def _plot_trajectory(fig: Any, d: dict[str, Any]) -> None:
         axg.plot(xs, arr(p["series"][0]["mean"]), "o", color="C2")
         axg.set_ylabel(p["ylabel"], fontsize=7)
         axg.grid(alpha=0.3)
-    (below[-1] if below else ax).set_xticks(xs, d["steps"], rotation=25, ha="right", fontsize=7)
+    (below[-1] if below else ax).set_xticks(xs, [_text(x) for x in d["steps"]], rotation=25, ha="right", fontsize=7)
 
 
 def _plot_schedules(fig: Any, d: dict[str, Any]) -> None:
@@ -258,7 +266,7 @@ def _plot_denoising(fig: Any, d: dict[str, Any]) -> None:
             ax.imshow(mpimg.imread(path))
         except (OSError, ValueError, SyntaxError):
             ax.text(0.5, 0.5, "unreadable image", ha="center", va="center")
-        ax.set_title(label, fontsize=7)
+        ax.set_title(_text(label), fontsize=7)
         ax.axis("off")
 
 
