@@ -3,6 +3,8 @@ modules, trainings counted once, calibration from a store, and `sweepdae run --d
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import subprocess
 import sys
@@ -254,3 +256,232 @@ def test_human_formats() -> None:
     assert E.human_seconds(42 * 60) == "about 42 min" and E.human_seconds(2 * 3600 + 5 * 60) == "about 2 h 05 min"
     assert E.human_seconds(5 * 86400) == "about 5 days"
     assert E.human_flops(3.2e15) == "3.2 PFLOP" and E.human_flops(1.88e21) == "1,880 EFLOP"
+
+
+# ------------------------------------------------------------------------------------------------- the plan: phases
+FOLDER = """
+[grid]
+name = "f"
+[base]
+data.name = "imagefolder"
+data.root = "/nowhere"
+data.train_size = 5000
+data.test_size = 1000
+data.num_workers = {workers}
+tokenizer.name = "patch_pca"
+tokenizer.latent_dim = 4
+model.size = "micro"
+train.epochs = 2
+train.batch_size = 100
+[axes]
+probe.t = [10, 50]
+"""
+
+
+def folder_cells(workers: int = 4) -> list[Any]:
+    return list(expand(parse_grid(FOLDER.format(workers=workers), "f.toml")).cells)
+
+
+def test_each_phase_takes_the_larger_of_compute_and_data_time() -> None:
+    """Closed forms: compute = FLOPs / rate, data = images / (decode rate x cores), phase = max of the two."""
+    cells = folder_cells(workers=4)
+    r: Recipe = cells[0].recipe
+    slow = E.Rate(1e9, 0.0, "cpu", "test", measured=True)
+    [e] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=slow, devices=1, slots=1)
+    n_tr, n_te = 5000, 1000
+    train = e.phases["train"]
+    seen = (n_tr // 100) * 100 * 2
+    assert train.decoded == seen and train.compute_seconds == pytest.approx(E.training_flops(r) / 1e9)
+    assert train.data_seconds == pytest.approx(seen / (E.DECODE_RATES["center_crop"] * 4))
+    assert train.seconds == pytest.approx(max(train.compute_seconds, train.data_seconds))
+    probe = e.phases["probe"]  # cached features of train + test, one pass per cell (two cells)
+    assert probe.decoded == 2 * (n_tr + n_te)
+    assert probe.data_seconds == pytest.approx(2 * (n_tr + n_te) / (E.DECODE_RATES["center_crop"] * 4))
+    fit = e.phases["tokenizer_fit"]  # every cell decodes the tokenizer's sample; PCA's fit costs no FLOPs
+    assert fit.decoded == 2 * n_tr and fit.compute_seconds == 0 and fit.bound == "data"
+    assert e.phases["knn"].data_seconds == 0 and e.phases["knn"].bound == "compute"
+    busy = sum(p.seconds for p in e.phases.values())
+    assert e.seconds == pytest.approx(busy)
+    # a fast device makes the training data-bound; more decoding cores bring it back to compute
+    fast = E.Rate(1e15, 0.0, "cpu", "test", measured=True)
+    [e4] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=fast, devices=1, slots=1)
+    assert e4.phases["train"].bound == "data"
+    many = folder_cells(workers=64)
+    [e64] = E.estimate_grids([("f", None, many, many)], trained=set(), rate=fast, devices=1, slots=1,
+                             cpus_per_process=[9])  # 9 CPUs: 8 decoding workers and the process itself
+    assert e64.phases["train"].data_seconds == pytest.approx(e4.phases["train"].data_seconds / 2)
+
+
+def test_single_rank_phases_are_not_divided_by_the_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    cells = folder_cells()
+    r: Recipe = cells[0].recipe
+    [one] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=1, slots=1)
+    [eight] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=8, slots=1)
+    assert eight.phases["train"].compute_seconds == pytest.approx(E.training_flops(r) / 8e9)
+    # every rank decodes the whole pass today (cell/train.py _batch_source): 8x the images, the same data time
+    assert eight.phases["train"].decoded == 8 * one.phases["train"].decoded
+    assert eight.phases["train"].data_seconds == pytest.approx(one.phases["train"].data_seconds)
+    for name in ("probe", "knn"):  # rank 0 alone
+        assert eight.phases[name].compute_seconds == pytest.approx(one.phases[name].compute_seconds)
+        assert eight.phases[name].data_seconds == pytest.approx(one.phases[name].data_seconds)
+    # when evaluation is sharded (one flag per phase), it is divided
+    monkeypatch.setitem(E.PHASES, "probe", (True, True, "fp32"))
+    [sharded] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=8, slots=1)
+    assert sharded.phases["probe"].compute_seconds == pytest.approx(one.phases["probe"].compute_seconds / 8)
+    assert sharded.phases["probe"].data_seconds == pytest.approx(one.phases["probe"].data_seconds / 8)
+    assert sharded.phases["probe"].decoded == one.phases["probe"].decoded
+
+
+def test_slots_share_the_work_but_not_a_chain() -> None:
+    cells = cells_of(ts="[10, 50, 100]")  # in memory: data costs nothing
+    [one] = E.estimate_grids([("g", None, cells, cells)], trained=set(), rate=CPU, devices=1, slots=1)
+    [three] = E.estimate_grids([("g", None, cells, cells)], trained=set(), rate=CPU, devices=3, slots=3)
+    r: Recipe = cells[0].recipe
+    chain = (E.training_flops(r) + E.tokenizer_fit_flops(r) + max(E.evaluation_flops(c.recipe) for c in cells)) / 1e9
+    assert one.seconds == pytest.approx(one.flops / 1e9)
+    assert three.critical_seconds == pytest.approx(chain)  # the training cannot be split over the slots
+    assert three.seconds == pytest.approx(max(one.flops / 3e9, chain))
+    assert all(p.data_seconds == 0 for p in one.phases.values())
+    assert one.jobs == [pytest.approx(one.flops / 1e9)]  # one training group: one SLURM job
+
+
+@pytest.mark.parametrize(("name", "peak"), [("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+                                            ("NVIDIA H200", "H200"), ("NVIDIA A100-SXM4-80GB", "A100")])
+def test_gpu_rate_is_the_peak_of_the_phase_precision_times_the_assumed_mfu(name: str, peak: str) -> None:
+    rate = E.default_rate("cuda", name)
+    p = E.GPU_PEAKS[peak]
+    assert rate.gpu == p and not rate.measured and "MFU assumed, not measured" in rate.source
+    paper = recipe_from_flat({"model.size": "half_large"})
+    small = recipe_from_flat({"model.size": "micro"})
+    assert E.phase_flops_per_s(rate, paper, "train") == pytest.approx(p.bf16 * 1e12 * 0.30)
+    assert E.phase_flops_per_s(rate, paper, "fp32") == pytest.approx(p.tf32 * 1e12 * 0.30)
+    assert E.phase_flops_per_s(rate, small, "train") == pytest.approx(p.bf16 * 1e12 * 0.01)
+    fp32 = recipe_from_flat({"model.size": "half_large", "train.precision": "fp32"})
+    assert E.phase_flops_per_s(rate, fp32, "train") == pytest.approx(p.tf32 * 1e12 * 0.30)
+    # dense peaks are half the data sheets' 2:4-sparsity figures, and TF32 half of bf16
+    assert p.tf32 == pytest.approx(p.bf16 / 2, rel=0.01) and p.fp32 < p.tf32
+    unknown = E.default_rate("cuda", "Some GPU")
+    assert unknown.gpu == E.GPU_PEAKS[E.DEFAULT_GPU] and "is in no row of GPU_PEAKS" in unknown.source
+    assert "no GPU visible here" in E.default_rate("cuda").source
+    measured = E.Rate(5e12, 1.0, "cuda", "store", measured=True)  # a measured rate serves every phase
+    assert E.phase_flops_per_s(measured, paper, "fp32") == 5e12
+
+
+def test_gpu_benchmark_reads_the_same_peaks() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", Path(__file__).parents[1] / "benchmarks" /
+                                                  "bench_gpu.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.GPU_PEAKS is E.GPU_PEAKS
+
+
+@pytest.mark.parametrize(("size", "ratio"), [("micro", 0.25), ("tiny", 1.0), ("micro_l", 0.25)])
+def test_dit_parameters_match_the_module(size: str, ratio: float) -> None:
+    from sweepdae.models import create_model
+
+    model = create_model(size, in_dim=48, out_dim=48, num_tokens=16, cond_mlp_ratio=ratio, num_classes=0)
+    ours = E.dit_parameters(size, tokens=16, in_dim=48, out_dim=48, cond_mlp_ratio=ratio)
+    assert ours == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_requeues() -> None:
+    assert E.requeues(3600, 60) == 0 and E.requeues(3601, 60) == 1 and E.requeues(10 * 3600, 60) == 9
+    assert E.requeues(0.5, 60) == 0
+
+
+def test_shipped_paper_profiles_slurm_tables_are_sized_by_the_plan() -> None:
+    """Each grid's [slurm] table is slurm_sizing of its paper cells; its data.num_workers use those CPUs."""
+    from sweepdae.grid import load_grid
+
+    grids = sorted((Path(__file__).parents[1] / "grids").glob("*.toml"))
+    sized = 0
+    for path in grids:
+        g = load_grid(str(path))
+        if "paper" not in g.profiles:
+            continue
+        recipes = [c.recipe for c in expand(g, "paper").cells]
+        want = E.slurm_sizing(recipes)
+        assert g.slurm.options == want, (path.name, "regenerate the table:", want)
+        assert all(r.data.num_workers == want["cpus"] - 1 for r in recipes), path.name
+        assert want["cpus"] <= E.CPUS_PER_GPU_MAX and want["time"] >= E.SLURM_TIME_MIN
+        sized += 1
+    assert sized >= 2
+
+
+def test_slurm_sizing_closed_forms() -> None:
+    r = recipe_from_flat({"data.name": "imagefolder", "data.image_size": 256, "model.size": "half_large",
+                          "tokenizer.name": "patch_pca", "tokenizer.patch_size": 16, "tokenizer.latent_dim": 32,
+                          "train.batch_size": 2048, "train.epochs": 400, "probe.augment": True,
+                          "probe.baselines": True})
+    out = E.slurm_sizing([r])
+    workers = out["cpus"] - 1
+    n = 1_281_167 + 50_000
+    params = E.dit_parameters("half_large", tokens=256, in_dim=32, out_dim=32)
+    host = E.HOST_BASE_GB + (workers * 2 * 2048 * 3 * 256 * 256 + 4 * n * 1024 + 16 * params) / 1e9
+    assert out["mem_gb"] == math.ceil(1.25 * host)
+    assert out["time"] % 60 == 0 and out["max_requeues"] >= 1
+
+
+# ------------------------------------------------------------------------------------------- the dry run as JSON
+def test_paper_dry_run_json_per_grid_per_phase(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["run", "tokenizer_dims", "deconstruction", "--profile", "paper", "--gpus",
+                                 "0,1,2,3,4,5,6,7", "--dry-run", "--json", "--store",
+                                 f"journal:{tmp_path / 's.journal'}"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [g["name"] for g in doc["grids"]] == ["tokenizer_dims", "deconstruction"]
+    assert doc["total_seconds"] == pytest.approx(sum(g["total_seconds"] for g in doc["grids"]))
+    for g in doc["grids"]:
+        assert {"tokenizer_fit", "train", "probe", "baselines", "knn"} <= set(g["phases"])
+        for p in g["phases"].values():
+            assert p["bound"] in ("compute", "data")
+            # a sum over cells of max(compute, data): at least the larger sum, at most both
+            assert max(p["compute_seconds"], p["data_seconds"]) * (1 - 1e-9) <= p["seconds"]
+            assert p["seconds"] <= (p["compute_seconds"] + p["data_seconds"]) * (1 + 1e-9)
+        assert g["total_seconds"] >= sum(p["seconds"] for p in g["phases"].values())
+        assert g["slurm"]["time_min"] >= E.SLURM_TIME_MIN and g["slurm"]["requeues"] <= g["slurm"]["max_requeues"]
+    assert "fid_sampling" in doc["grids"][1]["phases"]
+    assert "MFU assumed, not measured" in doc["rates"]["compute"]
+    assert E.DECODE_COMMAND in doc["rates"]["data"] and "sharded phases: train" in doc["rates"]["processes"]
+    r = CliRunner().invoke(app, ["run", "tokenizer_dims", "--profile", "paper", "--json"])
+    assert r.exit_code != 0 and "--json: only with --dry-run" in str(r.exception)
+
+
+def test_paper_dry_run_says_the_bound_and_the_requeues(tmp_path: Path) -> None:
+    args = ["run", "tokenizer_dims", "--profile", "paper", "--gpus", "0,1", "--dry-run", "--store",
+            f"journal:{tmp_path / 's.journal'}"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert any(line.startswith("  train ") and "-bound (compute about" in line for line in lines), r.output
+    assert any("slurm: time = " in line and "requeue" in line for line in lines), r.output
+    assert any(line.startswith("data: streamed images decoded at ") for line in lines), r.output
+    r = CliRunner().invoke(app, [*args, "--executor", "slurm", "--time", "60", "--cpus", "5"])
+    assert r.exit_code == 0, r.output
+    assert "max_requeues = 3: too few" in r.output and "a requeue restarts it" in r.output
+    assert "4 decoding cores per process" in r.output  # 5 CPUs: 4 workers and the process
+
+
+def test_decode_benchmark_runs(tmp_path: Path) -> None:
+    out = tmp_path / "d.json"
+    p = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "bench_decode.py"), "--n",
+                        "3", "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(out.read_text())
+    assert d["center_crop_per_core"] > 0 and d["random_resized_crop_per_core"] > 0 and d["in_memory_per_core"] > 0
+    assert d["px"] == 256 and d["cpu"]
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_cell_cpu_smoke(tmp_path: Path) -> None:
+    """Slow: a whole cell through `sweepdae run` (store, coordinator, a process per cell): ~40 s on 2 cores."""
+    out = tmp_path / "gpu.json"
+    p = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "bench_gpu.py"), "--cpu-smoke",
+                        "--only", "cell", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    cell = json.loads(out.read_text())["cell"]
+    assert cell["train_seconds"] > 0 and cell["images_per_s"] > 0 and cell["mfu"] is None  # no peak on a CPU
+    assert "decoded / used by training: " in p.stdout and "images/s, MFU" in p.stdout
