@@ -485,3 +485,13 @@ def test_gpu_benchmark_cell_cpu_smoke(tmp_path: Path) -> None:
     cell = json.loads(out.read_text())["cell"]
     assert cell["train_seconds"] > 0 and cell["images_per_s"] > 0 and cell["mfu"] is None  # no peak on a CPU
     assert "decoded / used by training: " in p.stdout and "images/s, MFU" in p.stdout
+
+
+def test_stored_latents_decode_and_encode_a_streamed_set_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    cells = folder_cells()
+    r: Recipe = cells[0].recipe
+    per_epoch = E.training_flops(r)
+    assert E.training_images(r) == 5000 * 2  # decoded and encoded every epoch (2 epochs)
+    monkeypatch.setattr(E, "STREAMED_LATENTS_ONCE", True)
+    assert E.training_images(r) == 5000
+    assert per_epoch - E.training_flops(r) == pytest.approx(E.encode_flops(r) * 5000)

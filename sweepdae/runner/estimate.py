@@ -123,8 +123,12 @@ DECODE_COMMAND = "python benchmarks/bench_decode.py --repeats 5"
 # while the other ranks exit (cell/__init__.py run_cell), in fp32 (TF32 matmuls: run_cell sets
 # torch.set_float32_matmul_precision("high")). Sharding of evaluation across ranks (DiT sample_ddp.py, MAE
 # main_linprobe.py) and per-rank decoding are being built: flip the flags here when they land.
+# And a streamed set with a deterministic training input (center crop) is decoded and encoded every epoch today;
+# training from latents encoded once, stored on disk (fast-DiT's feature pre-extraction, as in-memory sets already
+# do) is being built: set STREAMED_LATENTS_ONCE when it lands.
+STREAMED_LATENTS_ONCE = False
 PHASES: dict[str, tuple[bool, bool, str]] = {
-    "tokenizer_fit": (False, False, "fp32"),
+    "tokenizer_fit": (False, False, "bf16"),  # the conv VAE fit autocasts to bf16 on a GPU (tokenizers/_conv_vae.py)
     "train": (True, False, "train"),
     "probe": (False, False, "fp32"),
     "baselines": (False, False, "fp32"),
@@ -266,8 +270,12 @@ def training_flops(r: Recipe) -> float:
     without augmentation, every epoch otherwise)."""
     n = split_sizes(r)[0]
     seen = (n // r.train.batch_size) * r.train.batch_size * r.train.epochs
-    once = r.data.name.value != "imagefolder" and r.data.augment.value == "center_crop"
-    return 3 * recipe_forward_flops(r) * seen + encode_flops(r) * (n if once else seen)
+    return 3 * recipe_forward_flops(r) * seen + encode_flops(r) * (n if encoded_once(r) else seen)
+
+
+def encoded_once(r: Recipe) -> bool:
+    """Does the training encode each image once (latents stored), rather than every epoch?"""
+    return r.data.augment.value == "center_crop" and (r.data.name.value != "imagefolder" or STREAMED_LATENTS_ONCE)
 
 
 def evaluation_flops(r: Recipe, *, with_fid_reference: bool = True, with_baselines: bool = True) -> float:
@@ -408,11 +416,11 @@ def default_rate(kind: str, gpu_name: str | None = None) -> Rate:
 
 def phase_flops_per_s(rate: Rate, r: Recipe, precision: str) -> float:
     """FLOP/s of one device for a phase of `r` in `precision` ("train": the recipe's train.precision, bf16 under
-    `auto` on a GPU as cell/build.py mixed_precision; "fp32": TF32 tensor cores, as run_cell allows them)."""
+    `auto` on a GPU as cell/build.py mixed_precision; "bf16"; "fp32": TF32 tensor cores, as run_cell allows them)."""
     if rate.gpu is None:
         return rate.flops_per_s
     mfu = ASSUMED_MFU["paper" if r.model.size.value in PAPER_SIZES else "small"]
-    half = precision == "train" and r.train.precision.value in ("auto", "bf16", "fp16")
+    half = precision == "bf16" or (precision == "train" and r.train.precision.value in ("auto", "bf16", "fp16"))
     return (rate.gpu.bf16 if half else rate.gpu.tf32) * 1e12 * mfu
 
 
@@ -631,9 +639,10 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
 
 
 def training_images(r: Recipe) -> float:
-    """Images one process decodes to train (every rank reads the whole pass: cell/train.py _batch_source)."""
+    """Images one process decodes to train (every rank reads the whole pass: cell/train.py _batch_source), or once
+    when the latents are stored (`encoded_once`)."""
     n = split_sizes(r)[0]
-    return float((n // r.train.batch_size) * r.train.batch_size * r.train.epochs)
+    return float(n if encoded_once(r) else (n // r.train.batch_size) * r.train.batch_size * r.train.epochs)
 
 
 def baseline_identity(r: Recipe) -> str:
