@@ -13,10 +13,16 @@ DiT-XL/2, 118.6 Gflops, is ~237 GFLOP here). tests/test_estimate.py checks the c
 `torch.utils.flop_counter.FlopCounterMode` on the real modules. This module imports no torch: `plan` and the dry
 run stay fast.
 
-Time = FLOPs / (rate x devices) + a fixed cost per cell (process start, data loading, the probe head's many small
-steps: what no FLOP count sees). The rate and the fixed cost come, in this order, from `--rate`, from the finished
-cells of the store on the same device kind (`calibrate`), or from the per-kind defaults below: measured on a CPU
-(benchmarks/bench_estimate.py, BENCHMARKS.md section 11), assumed for a GPU and printed as such.
+The plan (`estimate_grids`): per phase of each cell (tokenizer fit, training, probe, baselines, kNN, FID reference
+and sampling), the larger of its compute time (FLOPs over the devices that run it: all of a cell's processes for
+the phases PHASES marks sharded, one otherwise) and its data time (images decoded from a streamed image folder over
+DECODE_RATES, measured per CPU core by benchmarks/bench_decode.py, times the decoding cores of a process); a grid's
+cells share the slots, but a grid takes at least its longest chain (a training, then its slowest cell's
+evaluation), plus a fixed cost per cell (process start: what no FLOP count sees). The rate comes, in this order,
+from `--rate`, from the finished cells of the store on the same device kind (`calibrate`), or from the per-kind
+defaults below: measured on a CPU (benchmarks/bench_estimate.py, BENCHMARKS.md section 11); for a GPU its data
+sheet's peak in the phase's precision times an MFU assumed until measured, printed as such. `slurm_sizing` sizes a
+grid's `[slurm]` table from the same plan.
 """
 
 from __future__ import annotations
