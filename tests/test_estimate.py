@@ -443,6 +443,8 @@ def test_paper_dry_run_json_per_grid_per_phase(tmp_path: Path) -> None:
             assert p["seconds"] <= (p["compute_seconds"] + p["data_seconds"]) * (1 + 1e-9)
         assert g["total_seconds"] >= sum(p["seconds"] for p in g["phases"].values())
         assert g["slurm"]["time_min"] >= E.SLURM_TIME_MIN and g["slurm"]["requeues"] <= g["slurm"]["max_requeues"]
+        assert 0 < g["slurm"]["longest_training_seconds"] <= g["slurm"]["longest_job_seconds"]
+        assert g["slurm"]["training_requeues"] <= g["slurm"]["requeues"]
     assert "fid_sampling" in doc["grids"][1]["phases"]
     assert "MFU assumed, not measured" in doc["rates"]["compute"]
     assert E.DECODE_COMMAND in doc["rates"]["data"] and "sharded phases: train" in doc["rates"]["processes"]
@@ -457,7 +459,8 @@ def test_paper_dry_run_says_the_bound_and_the_requeues(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert any(line.startswith("  train ") and "-bound (compute about" in line for line in lines), r.output
-    assert any("slurm: time = " in line and "requeue" in line for line in lines), r.output
+    assert any("slurm: time = " in line and "the longest training takes about " in line and "requeue" in line
+               for line in lines), r.output
     assert any(line.startswith("data: streamed images decoded at ") for line in lines), r.output
     r = CliRunner().invoke(app, [*args, "--executor", "slurm", "--time", "60", "--cpus", "5"])
     assert r.exit_code == 0, r.output

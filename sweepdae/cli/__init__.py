@@ -533,10 +533,15 @@ def _requeue_line(e: Any, job: dict[str, Any]) -> str:
         return "slurm: no job to run"
     longest, limit, allowed = max(e.jobs), float(job["time"]), int(job["max_requeues"])
     need = est.requeues(longest, limit)
+
+    def times(n: int) -> str:
+        return f"{n} requeue{'s' if n != 1 else ''}" if n else "no requeue"
+
     line = (f"slurm: time = {limit:g} min, cpus = {job['cpus']}"
             + (f", mem_gb = {job['mem_gb']:g}" if job.get("mem_gb") else "")
-            + f": the longest job (a training and its cells' evaluations) takes {est.human_seconds(longest)}, "
-            + (f"{need} requeue{'s' if need != 1 else ''}" if need else "no requeue"))
+            + (f": the longest training takes {est.human_seconds(e.longest_training_seconds)}, "
+               f"{times(est.requeues(e.longest_training_seconds, limit))}" if e.longest_training_seconds else ":")
+            + f"; the longest job (a training and its cells' evaluations) {est.human_seconds(longest)}, {times(need)}")
     line += f" (max_requeues = {allowed}{': too few' if need > allowed else ''})"
     if e.longest_eval_seconds > limit * 60:
         line += (f"; one cell's evaluation takes {est.human_seconds(e.longest_eval_seconds)}, over the time limit: "
@@ -557,6 +562,8 @@ def _estimate_json(e: Any, job: dict[str, Any], cells: list[Any]) -> dict[str, A
             "slurm": {"time_min": job["time"], "cpus": job["cpus"], "mem_gb": job.get("mem_gb"),
                       "max_requeues": job["max_requeues"], "longest_job_seconds": longest,
                       "requeues": est.requeues(longest, float(job["time"])) if e.jobs else 0,
+                      "longest_training_seconds": e.longest_training_seconds,
+                      "training_requeues": est.requeues(e.longest_training_seconds, float(job["time"])),
                       "longest_eval_seconds": e.longest_eval_seconds},
             "would_run": [c.key for c in cells]}
 

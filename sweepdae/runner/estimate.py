@@ -522,6 +522,7 @@ class GridEstimate:
     critical_seconds: float = 0.0  # the longest training + its slowest cell's evaluation: no slot can split it
     jobs: list[float] = field(default_factory=list)  # wall s of each training group on one slot (a SLURM job)
     longest_eval_seconds: float = 0.0  # one cell's evaluation, which a requeue restarts from the beginning
+    longest_training_seconds: float = 0.0  # one training (and its tokenizer fit) on one slot
 
 
 def decode_cores(r: Recipe, cpus_per_process: int | None) -> int:
@@ -640,7 +641,8 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
             notes.add("bound by its longest chain (one training and its slowest cell), not by the slots")
         out.append(GridEstimate(name, profile, len(cells), len(cells) - len(todo), len(todo),
                                 len(own) + len(shared), len(shared), flops, seconds, sorted(notes), phases,
-                                critical, jobs, max((x for v in evals.values() for x in v), default=0.0)))
+                                critical, jobs, max((x for v in evals.values() for x in v), default=0.0),
+                                max(chains.values(), default=0.0)))
     return out
 
 
