@@ -72,6 +72,25 @@ def test_slurm_table_errors_name_the_file_line_and_key(table: str, message: str)
     assert "\n" not in str(e.value)
 
 
+def test_a_profile_slurm_table_applies_to_that_profile_only() -> None:
+    """`[profiles.NAME.slurm]` over the grid's `[slurm]`: the paper profile's jobs ask for a node's share of CPUs and
+    days, the other profiles' keep the grid's (or the defaults); keys are unchanged."""
+    text = GRID + SLURM + '\n[profiles.big]\ntrain.epochs = 3\n\n[profiles.big.slurm]\ncpus = 14\ntime = 600\n'
+    g = parse_grid(text, "g.toml")
+    base, big = expand(g), expand(g, "big")
+    assert base.slurm == g.slurm and base.slurm.options == {"partition": "gpu", "time": 30, "mem_gb": 16.5}
+    assert big.slurm.options == {"partition": "gpu", "time": 600, "mem_gb": 16.5, "cpus": 14}
+    assert big.slurm.by == g.slurm.by
+    d2 = [c for c in big.cells if c.coords["latent_dim"] == "2"]
+    got = sl.resources(d2, big.slurm, cli={}, config={}, gpus_per_cell=1)
+    assert (got["cpus"], got["time"]) == (14, 600)
+    assert sl.resources(d2, base.slurm, cli={}, config={}, gpus_per_cell=1)["time"] == 30
+    assert [c.key for c in expand(g, "big").cells] == [c.key for c in expand(parse_grid(
+        GRID + '\n[profiles.big]\ntrain.epochs = 3\n'), "big").cells]
+    with pytest.raises(GridError, match=r"g.toml:\d+: profiles.big.slurm.cpux: unknown key \(did you mean 'cpus'"):
+        parse_grid(text.replace("cpus = 14", "cpux = 14"), "g.toml")
+
+
 def _cells(text: str = GRID + SLURM) -> list[Any]:
     return list(expand(parse_grid(text)).cells)
 

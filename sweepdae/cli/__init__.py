@@ -308,7 +308,7 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         from sweepdae.runner.slurm import check_spec_strings
 
         for p in plans:
-            check_spec_strings(p.grid.slurm, printable(str(p.grid.path)))
+            check_spec_strings(p.slurm, printable(str(p.grid.path)))
     from sweepdae.runner import make_slots, parse_gpus, run_plan, select
 
     ids = parse_gpus(gpus)
@@ -390,7 +390,7 @@ def _run_slurm(url: str | None, plans: list[Any], chosen: list[list[Any]], *, cl
             all_keys += [c.key for c in cells]
             outcome = enqueue_plan(s, p, cells)
             cached = sum(1 for v in outcome.values() if v == "cached")
-            groups, held = sl.plan_groups(s, cells, spec=p.grid.slurm, cli=cli, config=config,
+            groups, held = sl.plan_groups(s, cells, spec=p.slurm, cli=cli, config=config,
                                           gpus_per_cell=gpus_per_cell)
             jobs = sl.submit(groups, store=s, store_url=store_url, plan=p, runs_dir=runs, launcher=launcher,
                              max_retries=max_retries) if groups else []
@@ -460,7 +460,7 @@ def _dry_run(url: str | None, chosen: list[tuple[Any, list[Any]]], slots: list[A
     procs = procs or max(1, len(slots[0].gpus) if slots else 1)
     # each grid's SLURM job: the command line, the grid's [slurm] table, the user config, the defaults
     config = user_config()
-    jobs = [resources(cells, p.grid.slurm, cli=slurm_cli or {}, config=config, gpus_per_cell=gpus_per_cell)
+    jobs = [resources(cells, p.slurm, cli=slurm_cli or {}, config=config, gpus_per_cell=gpus_per_cell)
             for p, cells in chosen]
     cpus = [max(1, int(j["cpus"]) // max(1, int(j.get("gpus") or 1))) if executor == "slurm" else None
             for j in jobs]

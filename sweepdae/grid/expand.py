@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
-from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, _Ctx, _fmt, _jsonable
+from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, SlurmSpec, _Ctx, _fmt, _jsonable
 from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
 from sweepdae.resources import resource_dir
 
@@ -40,6 +40,11 @@ class Plan:
     grid: Grid
     profile: str | None
     cells: tuple[Cell, ...]
+
+    @property
+    def slurm(self) -> SlurmSpec:
+        """The SLURM options of this plan's jobs: the grid's `[slurm]` with its profile's `slurm` table over it."""
+        return self.grid.slurm.with_profile(self.grid.profiles.get(self.profile) if self.profile else None)
 
     def spec(self) -> dict[str, Any]:
         """What the store keeps about the grid so reports can lay it out without the file."""

@@ -57,7 +57,7 @@ _TUNE_PARAM_KEYS = {"int": {"type", "low", "high", "step", "log"}, "float": {"ty
                     "categorical": {"type", "choices"}}
 _GRID_KEYS = {"name", "title", "description", "mirrors", "seeds", "default_profile"}
 _REPORT_KEYS = {"rows", "cols", "metrics", "findings"}
-_PROFILE_EXTRA = {"axes", "seeds", "description"}
+_PROFILE_EXTRA = {"axes", "seeds", "description", "slurm"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,9 @@ class Profile:
     axes: dict[str, tuple[Any, ...]]  # axis name -> new values (same labels by position, or those of `keep`)
     seeds: tuple[int, ...] | None
     keep: dict[str, tuple[str, ...]] = field(default_factory=dict)  # axis name -> the labels this profile keeps
+    # `[profiles.NAME.slurm]`: SLURM options of this profile's jobs, over the grid's `[slurm]` (a paper-scale
+    # profile asks for a node's share of CPUs and days; a CPU profile for minutes)
+    slurm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,12 @@ class SlurmSpec:
 
     options: dict[str, Any] = field(default_factory=dict)
     by: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # axis name -> label -> options
+
+    def with_profile(self, profile: Profile | None) -> SlurmSpec:
+        """The spec a profile's jobs get: the profile's `[profiles.NAME.slurm]` options over the grid's."""
+        if profile is None or not profile.slurm:
+            return self
+        return SlurmSpec(options={**self.options, **profile.slurm}, by=self.by)
 
 
 def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
@@ -789,8 +798,9 @@ def _profiles(v: Any, axes: list[Axis], ctx: _Ctx) -> dict[str, Profile]:
             prof_axes[axis.name] = rows
         seeds = _seeds(extra["seeds"], f"{key}.seeds", ctx) if "seeds" in extra else None
         desc = _str(extra.get("description", ""), f"{key}.description", ctx)
+        slurm = check_slurm_options(extra["slurm"], f"{key}.slurm", ctx.error) if "slurm" in extra else {}
         out[pname] = Profile(name=pname, description=desc, overrides=overrides, axes=prof_axes, seeds=seeds,
-                             keep=keep)
+                             keep=keep, slurm=slurm)
     return out
 
 
