@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -95,23 +96,77 @@ def classify_exit(rc: int | None, failure: dict[str, Any], *, interrupted: bool)
 
 
 class Phases:
-    """Times, announces and fault-points the phases of one cell: `with phases("train"): ...`."""
+    """Times, measures, announces and fault-points the phases of one cell: `with phases("train"): ...`.
 
-    def __init__(self, events: EventLog) -> None:
+    Per phase and process: wall seconds, images decoded from files (`sweepdae.data.decoded_images`: what a
+    streamed set's loaders delivered; an in-memory set is read from its files once, outside this count), the
+    process's peak host RSS by the phase's end (`resource.getrusage` ru_maxrss, itself or its largest finished
+    child such as a DataLoader worker) and, on a GPU, the phase's peak allocated GPU memory. `summary` gathers
+    them over the cell's processes (`phases` of result.json and of `status --json`)."""
+
+    def __init__(self, events: Any) -> None:
         self.events = events
         self.timings: dict[str, float] = {}
+        self.measured: dict[str, dict[str, float]] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str, **fields: Any) -> Iterator[None]:
+        import torch
+
         from sweepdae import faults
+        from sweepdae.data import decoded_images
 
         self.events(phase=name, **fields)
         faults.maybe_fault("phase", name)
-        t = time.perf_counter()
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t, decoded = time.perf_counter(), decoded_images()
         try:
             yield
         finally:
-            self.timings[f"{name}_s"] = self.timings.get(f"{name}_s", 0.0) + time.perf_counter() - t
+            seconds = time.perf_counter() - t
+            self.timings[f"{name}_s"] = self.timings.get(f"{name}_s", 0.0) + seconds
+            m = self.measured.setdefault(name, {"seconds": 0.0, "decoded": 0, "peak_rss_mb": 0.0,
+                                                "peak_gpu_mb": math.nan})
+            m["seconds"] += seconds
+            m["decoded"] += decoded_images() - decoded
+            m["peak_rss_mb"] = max(m["peak_rss_mb"], peak_rss_mb())
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                gpu = torch.cuda.max_memory_allocated() / 2**20
+                m["peak_gpu_mb"] = gpu if math.isnan(m["peak_gpu_mb"]) else max(m["peak_gpu_mb"], gpu)
+
+    def summary(self, accelerator: Any = None, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """{phase: {seconds, decoded, decoded_per_rank, peak_rss_mb, peak_gpu_mb}} over the cell's processes
+        (one all-gather when there are several: every process must call it): seconds the longest rank's,
+        decoded summed (and per rank), peaks the maximum over ranks (peak_gpu_mb None without a GPU)."""
+        mine = {k: v for k, v in self.measured.items() if names is None or k in names}
+        ranks = [mine]
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            ranks = gather_object([mine])
+        out: dict[str, dict[str, Any]] = {}
+        for name in mine:
+            per = [r.get(name, {}) for r in ranks]
+            gpus = [float(p["peak_gpu_mb"]) for p in per if not math.isnan(p.get("peak_gpu_mb", math.nan))]
+            out[name] = {"seconds": max(float(p.get("seconds", 0.0)) for p in per),
+                         "decoded": sum(int(p.get("decoded", 0)) for p in per),
+                         "decoded_per_rank": [int(p.get("decoded", 0)) for p in per],
+                         "peak_rss_mb": max(float(p.get("peak_rss_mb", 0.0)) for p in per),
+                         "peak_gpu_mb": max(gpus) if gpus else None}
+        return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process or its largest finished child, MiB (ru_maxrss: KiB on Linux, bytes
+    on macOS)."""
+    import resource
+
+    unit = 1.0 if sys.platform == "darwin" else 1024.0
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak * unit / 2**20
 
 
 def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> dict[str, Any]:
@@ -134,16 +189,18 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     key = spec.get("key") or recipe.key()
     train_key = recipe.train_key()  # runtime overrides (a halved micro-batch) leave it unchanged
     faults.set_cell(str(spec.get("label", "")))
-    events = EventLog(run_dir / EVENTS, echo)
-    phase = Phases(events)
     cpu = not torch.cuda.is_available()
     device = torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
     micro = recipe.train.micro_batch_size or recipe.train.batch_size
     tracking, why_not = tracker_options(os.environ.get("SWEEPDAE_TRACKER", "tensorboard"), run_dir.parent)
-    if why_not:
-        events(phase="train", warning=why_not)
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision(recipe.train.precision, device),
                               gradient_accumulation_steps=max(1, recipe.train.batch_size // micro), **tracking)
+    main = accelerator.is_main_process
+    # one events.jsonl per cell: the main process speaks for all of them
+    events: Any = EventLog(run_dir / EVENTS, echo) if main else (lambda **_: None)
+    phase = Phases(events)
+    if why_not:
+        events(phase="train", warning=why_not)
     device = accelerator.device
     torch.set_float32_matmul_precision("high")
 
@@ -178,42 +235,48 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
             _STOP.training = False
             if track is not None:
                 track.close()
-    if not accelerator.is_main_process:
-        return {}
     model = trained.model
     model.eval()
     metrics: dict[str, float] = dict(trained.metrics)
     artifacts: dict[str, str] = {}
 
-    with phase("probe"):
+    with phase("probe"):  # every process: sharded feature passes, gathered (cell/probing.py)
         metrics.update(probe_cell(recipe, model=model, tokenizer=tokenizer, train=train_set, test=test_set,
-                                  device=device, run_dir=run_dir, events=events))
-
+                                  device=device, run_dir=run_dir, events=events, accelerator=accelerator))
     if recipe.fid.enabled:
-        with phase("fid"):
+        with phase("fid"):  # every process: seeded sample chunks shared out, statistics merged (cell/generate.py)
             try:
                 metrics.update(fid_cell(recipe, model=model, tokenizer=tokenizer,
                                         ref=train_set if recipe.fid.ref_split == "train" else test_set,
                                         num_classes=train_set.num_classes, device=device,
-                                        cache=cache_dir(run_dir) / "fid", run_dir=run_dir, artifacts=artifacts))
+                                        cache=cache_dir(run_dir) / "fid", run_dir=run_dir, artifacts=artifacts,
+                                        accelerator=accelerator))
             except MissingWeightsError as e:  # the other metrics still count
                 events(phase="fid", warning=str(e))
                 metrics["fid_error"] = float("nan")
                 artifacts["fid_error"] = str(e)
+    # the phases every process ran, gathered (the last collective: the figures are the main process's alone)
+    phases = phase.summary(accelerator)
+    if not main:
+        return {}
 
     with phase("figures"):
         images, labels = sample_images(test_set, 8, shuffle=False)
         artifacts.update(figures_cell(recipe, model=model, tokenizer=tokenizer, images=images, labels=labels,
                                       device=device, run_dir=run_dir))
+    phases.update(phase.summary(None, ["figures"]))
 
+    world = accelerator.num_processes
     result = {"key": key, "train_key": train_key, "reused_training": trained.reused,
               "trained_by": trained.info.get("cell"), "metrics": metrics, "timings": phase.timings,
               "artifacts": artifacts, "tokenizer": tok_stats, "steps": trained.info.get("steps"),
-              "resumed_from_epoch": trained.resumed_from,
-              "provenance": {**provenance(), "seed": recipe.seed, "num_processes": accelerator.num_processes,
+              "resumed_from_epoch": trained.resumed_from, "world_size": world, "phases": phases,
+              "provenance": {**provenance(), "seed": recipe.seed, "num_processes": world,
                              "device_type": device.type, "in_process": in_process,
                              # CPU float results are bitwise repeatable at one thread count, not across counts
-                             "cpu_threads": torch.get_num_threads()},
+                             "cpu_threads": torch.get_num_threads(),
+                             # per phase: seconds, images decoded (total, per rank), peak host RSS / GPU memory
+                             "world_size": world, "phases": phases},
               "finished": time.time()}
     atomic_write_json(run_dir / RESULT, result)
     events(phase="done", metrics=metrics)
@@ -274,8 +337,9 @@ class _Track:
 
     def close(self) -> None:
         if self.started and not self.off:
-            try:
-                self.accelerator.end_training()
+            try:  # not Accelerator.end_training(): it also tears down the process group the evaluation uses
+                for tracker in self.accelerator.trackers:
+                    tracker.finish()
             except Exception as e:
                 if self.events is not None:
                     self.events(phase="train", warning=f"tracker: {type(e).__name__}: {e}"[:300])

@@ -35,6 +35,7 @@ it; an unreadable or mismatching file is computed again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -46,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from sweepdae.cell.build import build_model
-from sweepdae.cell.probing import FEATURE_BATCH, encoder_feature_fn, features_of
+from sweepdae.cell.probing import FEATURE_BATCH, agreed, amp, encoder_feature_fn, features_of
 from sweepdae.data import ImageData
 from sweepdae.models import Denoiser
 from sweepdae.recipe import Recipe, probe_depth, probe_t
@@ -131,49 +132,100 @@ def baseline_key(recipe: Recipe, name: str) -> str:
 
 
 def measure_baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
-                      device: torch.device, cache: Path | None, events: Callable[..., None] | None = None
-                      ) -> dict[str, float]:
+                      device: torch.device, cache: Path | None, events: Callable[..., None] | None = None,
+                      accelerator: Any = None, share_passes: bool = False) -> dict[str, float]:
     """{f"{name}_probe_top1"} of every baseline, from `cache` (a folder; None: no cache) or measured and stored
-    there. Events: phase "probe" with `baseline` = name and `cached`, and the baseline probe's epochs."""
+    there. Events: phase "probe" with `baseline` = name and `cached`, and the baseline probe's epochs.
+
+    Every process of the cell calls it (`accelerator`): feature passes are sharded and gathered, and the cache is
+    read, locked and written by the main process for all. With `share_passes` (what a cell does) and without probe
+    augmentation, the baselines of a streamed set that are not cached share one feature pass over each split (each
+    image decoded once for all of them, the same features: tests/test_multiprocess.py); an in-memory set has
+    nothing to decode, and one pass per baseline holds one baseline's features at a time."""
     say = events or (lambda **_: None)
     out: dict[str, float] = {}
+    shared: dict[str, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def missing() -> list[str]:
+        return [n for n in BASELINES if cache is None
+                or not agreed(accelerator, _read(cache / f"{baseline_key(recipe, n)}.json",
+                                                 baseline_identity(recipe, n)) is not None)]
+
     for name in BASELINES:
         identity = baseline_identity(recipe, name)
 
         def compute(name: str = name) -> dict[str, float]:
-            return _measure(recipe, name, tokenizer=tokenizer, train=train, test=test, device=device, events=say)
+            if share_passes and not recipe.probe.augment and not train.in_memory and name not in shared:
+                shared.update(_shared_features(recipe, [n for n in missing() if n not in shared] or [name],
+                                               tokenizer=tokenizer, train=train, test=test, device=device,
+                                               accelerator=accelerator))
+            return _measure(recipe, name, tokenizer=tokenizer, train=train, test=test, device=device, events=say,
+                            accelerator=accelerator, features=shared.pop(name, None))
 
         if cache is None:
             result, cached = compute(), False
         else:
-            result, cached = _cached(cache / f"{baseline_key(recipe, name)}.json", identity, compute)
+            result, cached = _cached(cache / f"{baseline_key(recipe, name)}.json", identity, compute, accelerator)
         say(phase="probe", baseline=name, cached=cached, probe_top1=result["probe_top1"])
         out[f"{name}_probe_top1"] = float(result["probe_top1"])
     return out
 
 
-def _measure(recipe: Recipe, name: str, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
-             device: torch.device, events: Callable[..., None]) -> dict[str, float]:
-    """Baseline `name`'s probe result (the keys of `linear_probe`) under the cell's probe protocol."""
-    from sweepdae.eval import linear_probe, linear_probe_augmented_data
-
+def _feature_fn(recipe: Recipe, name: str, *, tokenizer: Tokenizer, num_classes: int, device: torch.device,
+                accelerator: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Baseline `name`'s features of images in [-1, 1] (under the training's mixed precision)."""
     adaln_zero = _adaln_zero(recipe, name)
     if adaln_zero is None:
-        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = pixel_features
-    else:
-        model = random_encoder(recipe, tokenizer, train.num_classes, adaln_zero=adaln_zero).to(device)
-        fn = encoder_feature_fn(recipe, model, tokenizer, depth=probe_depth(recipe), t=probe_t(recipe),
-                                seed=recipe.seed)
+        return pixel_features
+    model = random_encoder(recipe, tokenizer, num_classes, adaln_zero=adaln_zero).to(device)
+    return amp(encoder_feature_fn(recipe, model, tokenizer, depth=probe_depth(recipe), t=probe_t(recipe),
+                                  seed=recipe.seed), accelerator)
+
+
+def _shared_features(recipe: Recipe, names: list[str], *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
+                     device: torch.device, accelerator: Any
+                     ) -> dict[str, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+    """Train and test features of the baselines `names`, from one pass over each split: every batch goes through
+    each baseline's feature function and their features are concatenated, then split by width."""
+    fns = [_feature_fn(recipe, n, tokenizer=tokenizer, num_classes=train.num_classes, device=device,
+                       accelerator=accelerator) for n in names]
+    widths: list[int] = []
+
+    def all_fns(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        parts = [f(x, y).float() for f in fns]
+        widths[:] = [p.shape[1] for p in parts]
+        return torch.cat(parts, dim=1)
+
+    tr_f, tr_y = features_of(all_fns, train, batch_size=FEATURE_BATCH, device=device, accelerator=accelerator)
+    te_f, te_y = features_of(all_fns, test, batch_size=FEATURE_BATCH, device=device, accelerator=accelerator)
+    out = {}
+    for name, a, b in zip(names, tr_f.split(widths, dim=1), te_f.split(widths, dim=1), strict=True):
+        out[name] = ((a, tr_y), (b, te_y))
+    return out
+
+
+def _measure(recipe: Recipe, name: str, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
+             device: torch.device, events: Callable[..., None], accelerator: Any = None,
+             features: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+             ) -> dict[str, float]:
+    """Baseline `name`'s probe result (the keys of `linear_probe`) under the cell's probe protocol (`features`:
+    its train and test features when a shared pass made them already)."""
+    from sweepdae.eval import linear_probe, linear_probe_augmented_data
 
     def progress(epoch: int, epochs: int, loss: float) -> None:
         events(phase="probe", baseline=name, probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)
 
     pc = recipe.probe
-    if pc.augment:  # as the cell's probe: fresh crops every epoch, features recomputed
-        return linear_probe_augmented_data(fn, train, test, cfg=pc, seed=recipe.seed,
-                                           feature_batch_size=FEATURE_BATCH, device=device, progress=progress)
-    tr_f, tr_y = features_of(fn, train, batch_size=FEATURE_BATCH, device=device)
-    te_f, te_y = features_of(fn, test, batch_size=FEATURE_BATCH, device=device)
+    if features is None:
+        fn = _feature_fn(recipe, name, tokenizer=tokenizer, num_classes=train.num_classes, device=device,
+                         accelerator=accelerator)
+        if pc.augment:  # as the cell's probe: fresh crops every epoch, features recomputed
+            return linear_probe_augmented_data(fn, train, test, cfg=pc, seed=recipe.seed,
+                                               feature_batch_size=FEATURE_BATCH, device=device, progress=progress,
+                                               accelerator=accelerator)
+        features = (features_of(fn, train, batch_size=FEATURE_BATCH, device=device, accelerator=accelerator),
+                    features_of(fn, test, batch_size=FEATURE_BATCH, device=device, accelerator=accelerator))
+    (tr_f, tr_y), (te_f, te_y) = features
     return linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=pc, seed=recipe.seed,
                         device=device, progress=progress)
 
@@ -190,17 +242,27 @@ def _read(path: Path, identity: dict[str, Any]) -> dict[str, float] | None:
     return result
 
 
-def _cached(path: Path, identity: dict[str, Any], compute: Callable[[], dict[str, float]]
+def _cached(path: Path, identity: dict[str, Any], compute: Callable[[], dict[str, float]], accelerator: Any = None
             ) -> tuple[dict[str, float], bool]:
-    """(result, from cache): the entry at `path`, or `compute()` under the entry's lock, written atomically."""
+    """(result, from cache): the entry at `path`, or `compute()` under the entry's lock, written atomically.
+
+    Several processes of one cell: every one computes (the feature passes are collective) and the main one holds
+    the lock, decides for all whether the entry is there, and writes it."""
     hit = _read(path, identity)  # fast path: atomic writes make an unlocked read safe
-    if hit is not None:
+    if agreed(accelerator, hit is not None):
+        assert hit is not None
         return hit, True
-    with file_lock(path.with_suffix(".lock")):
-        hit = _read(path, identity)  # another cell may have measured it while we waited
+    main = accelerator is None or accelerator.is_main_process
+    with file_lock(path.with_suffix(".lock")) if main else contextlib.nullcontext():
+        hit = _read(path, identity) if main else None  # another cell may have measured it while we waited
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            hit = broadcast_object_list([hit])[0]
         if hit is not None:
             return hit, True
         started = time.time()
         result = {k: float(v) for k, v in compute().items()}
-        atomic_write_json(path, {"identity": identity, "result": result, "seconds": time.time() - started})
+        if main:
+            atomic_write_json(path, {"identity": identity, "result": result, "seconds": time.time() - started})
         return result, False

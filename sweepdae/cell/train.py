@@ -34,13 +34,13 @@ from torch import nn
 
 from sweepdae import faults
 from sweepdae.cell.build import build_model
-from sweepdae.data import ImageData, to_unit_range
+from sweepdae.data import ImageData, StreamedImageData, to_unit_range
 from sweepdae.errors import TrainingError
 from sweepdae.models import Denoiser
 from sweepdae.noise import Schedule, create_schedule, single_level_t
 from sweepdae.objectives import compute_loss
 from sweepdae.recipe import Augment, Recipe, Space, Target
-from sweepdae.tokenizers import PatchTokenizer, Tokenizer, sample_posterior
+from sweepdae.tokenizers import PatchTokenizer, Tokenizer
 from sweepdae.utils import atomic_write, atomic_write_json, git_info
 
 CHECKPOINT, TRAINED = "checkpoint.pt", "trained.json"
@@ -159,15 +159,18 @@ def train_step(tr: Trainer, micros: list[Micro], step: int, gd: torch.Generator)
     """One optimizer step over this process's micro-batches (gradient accumulation); returns the summed
     micro-batch losses as a 0-dim tensor (no host sync)."""
     acc, tc, device = tr.accelerator, tr.recipe.train, tr.accelerator.device
+    world, rank = acc.num_processes, acc.process_index
     lr = lr_at(step, peak=tr.peak_lr, warmup_steps=tr.warmup_steps, total_steps=tr.total_steps)
     for group in tr.opt.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=device)
     for z0, xp, y in micros:
         b = z0.shape[0]
+        # this rank's rows of the global micro-batch's draws (the layout above `_global_draw`)
         t = (torch.full((b,), tr.fixed_t, device=device, dtype=torch.long) if tr.fixed_t is not None
-             else torch.randint(0, tr.schedule.num_steps, (b,), device=device, generator=gd))  # [B]
-        noise = torch.randn(z0.shape, device=device, generator=gd)  # [B, N, d]
+             else _global_draw(gd, b, (), world=world, rank=rank, device=device, kind="randint",
+                               high=tr.schedule.num_steps))  # [B]
+        noise = _global_draw(gd, b, tuple(z0.shape[1:]), world=world, rank=rank, device=device)  # [B, N, d]
         with acc.accumulate(tr.model), acc.autocast():
             terms = compute_loss(model=tr.model, tokenizer=tr.tokenizer, schedule=tr.schedule,
                                objective=tr.recipe.objective, z0=z0, x_patches=xp, t=t, noise=noise,
@@ -201,20 +204,20 @@ def train_one_epoch(tr: Trainer, epoch: int, step: int, events: Events, *, skip:
     """One epoch from optimizer step `step`; returns (steps done after it, mean loss of the epoch).
 
     `skip` batches of the epoch were done before a mid-epoch checkpoint whose step generator state is `gd_state`:
-    they are drawn again (the data order and a streamed set's crops replay) but not trained on. `stop()` is asked
+    the source starts after them (a streamed set's sampler at that sample position, reading none of them again;
+    an in-memory augmented set redraws their crops without encoding them). `stop()` is asked
     after every step but the epoch's last (all processes agree through one all-reduce); when true,
     `StopRequested` is raised."""
     tc, acc = tr.recipe.train, tr.accelerator
-    device, accum, rank = acc.device, acc.gradient_accumulation_steps, acc.process_index
+    device, accum = acc.device, acc.gradient_accumulation_steps
     tr.model.train()
-    # time steps and noise from a generator seeded by (seed, epoch, rank): a resumed epoch replays exactly
-    gd = torch.Generator(device=device).manual_seed(tr.recipe.seed * 100_003 + epoch + 7919 * (rank + 1))
+    # time steps and noise from a generator seeded by (seed, epoch), alike on every rank (each keeps its rows of
+    # the global draws): a resumed epoch replays exactly, at any world size
+    gd = torch.Generator(device=device).manual_seed(tr.recipe.seed * 100_003 + epoch + 7919)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     last_loss = float("nan")
-    batches = tr.source(epoch, gd)
-    for _ in range(skip):  # their draws from gd are undone by restoring the saved state below
-        next(batches)
+    batches = tr.source(epoch, gd, skip)  # starts at the resumed step: the skipped images are not read again
     if gd_state is not None:
         gd.set_state(gd_state)
     for i, micros in enumerate(batches, start=skip):
@@ -224,11 +227,11 @@ def train_one_epoch(tr: Trainer, epoch: int, step: int, events: Events, *, skip:
         step_loss = train_step(tr, micros, step, gd)
         loss_sum += step_loss
         step += 1
-        if point:
-            _curve_point(tr, step, step_loss.item() / accum)
+        if point:  # losses are the mean over the cell's processes (one all-reduce), as one process logs them
+            _curve_point(tr, step, _mean_over(acc, step_loss).item() / accum)
         # one host sync per logging window, not per step (measured: per-step .item() costs ~3% on CPU)
         if (i + 1) % max(1, tr.steps_per_epoch // 4) == 0 or i + 1 == tr.steps_per_epoch:
-            last_loss = loss_sum.item() / ((i + 1 - skip) * accum)
+            last_loss = _mean_over(acc, loss_sum).item() / ((i + 1 - skip) * accum)
             if not math.isfinite(last_loss):
                 raise TrainingError(f"non-finite loss ({last_loss}) at epoch {epoch} step {step}", "nonfinite")
             dt = time.perf_counter() - t0
@@ -251,6 +254,13 @@ def _curve_point(tr: Trainer, step: int, loss: float) -> None:
     if tr.track is not None:
         tr.track({f"train/{k}": v for k, v in zip(CURVE_FIELDS[1:], values[1:], strict=True) if math.isfinite(v)},
                  step)
+
+
+def _mean_over(acc: Accelerator, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a 0-dim tensor over the processes (itself when one): every rank's share of the global batch."""
+    if acc.num_processes == 1:
+        return value
+    return cast(torch.Tensor, acc.reduce(value.detach().clone(), reduction="mean"))
 
 
 def _agreed(acc: Accelerator, flag: bool) -> bool:
@@ -379,7 +389,39 @@ def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, tra
     return Trained(model=model, info=info, reused=False, resumed_from=state.resumed_from)
 
 
-Source = Callable[[int, torch.Generator], Iterator[list[Micro]]]  # (epoch, generator) -> this rank's micros/step
+# (epoch, step generator, steps already done in the epoch) -> this rank's micro-batches, step by step
+Source = Callable[..., Iterator[list[Micro]]]
+
+# The layout of a step over the cell's processes, the same for every source so that a step is the same whatever
+# the world size (tests/test_multiprocess.py): an epoch is one shuffled pass; step i takes its positions
+# [i B, (i+1) B) (B = world x accum x per_proc, the global batch); its micro-batch a is the global micro
+# [i B + a P W, i B + (a+1) P W) (P = per_proc, W = world), of which rank r holds every W-th sample from r:
+# position i B + a P W + j W + r for j < P. This is DistributedSampler's split (`indices[rank::num_replicas]`)
+# of the pass, and with W = 1 the layout of one process. Time steps, noise and a VAE's posterior draws are drawn
+# for the whole global micro from the step generator `gd` (seeded alike on every rank) and each rank keeps its
+# rows: sample k gets the same draws at any world size, and one process draws exactly what it drew before.
+
+
+def _global_draw(gd: torch.Generator, rows: int, rest: tuple[int, ...], *, world: int, rank: int,
+                 device: torch.device, kind: str = "randn", high: int = 0) -> torch.Tensor:
+    """This rank's rows of one draw for a global micro of `rows` x world samples: randn [rows, *rest], or
+    randint(0, high) [rows] (kind "randint")."""
+    n = rows * world
+    if kind == "randint":
+        full = torch.randint(0, high, (n,), device=device, generator=gd)
+    else:
+        full = torch.randn((n, *rest), device=device, generator=gd)
+    return full.view(rows, world, *full.shape[1:])[:, rank] if world > 1 else full
+
+
+def _posterior_draw(mean: torch.Tensor, std: torch.Tensor | None, gd: torch.Generator, *, world: int,
+                    rank: int) -> torch.Tensor:
+    """A VAE's posterior sample z = mean + std eps with eps this rank's rows of a global draw (`sample_posterior`
+    when one process); the mean of a deterministic tokenizer, drawing nothing."""
+    if std is None:
+        return mean
+    eps = _global_draw(gd, mean.shape[0], tuple(mean.shape[1:]), world=world, rank=rank, device=mean.device)
+    return mean + std * eps.to(mean.dtype)
 
 
 def _encoded_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_proc: int, rank: int, accum: int,
@@ -392,43 +434,64 @@ def _encoded_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, pe
     latents, stds, patches = encode_all(tokenizer, images, batch=512, device=device, want_patches=want_patches)
 
     def z0(idx: torch.Tensor, gd: torch.Generator) -> torch.Tensor:
-        return latents[idx] if stds is None else sample_posterior(latents[idx], stds[idx], gd)
+        return _posterior_draw(latents[idx], None if stds is None else stds[idx], gd, world=world, rank=rank)
 
-    def source(epoch: int, gd: torch.Generator) -> Iterator[list[Micro]]:
+    def source(epoch: int, gd: torch.Generator, skip: int = 0) -> Iterator[list[Micro]]:
         g = torch.Generator(device="cpu").manual_seed(recipe.seed * 100_003 + epoch)
         order = torch.randperm(len(images), generator=g)[: steps * per_proc * world * accum]
-        order = order.view(steps, world * accum, per_proc).to(device)
-        for i in range(steps):
-            yield [(z0(idx, gd), patches[idx] if patches is not None else None, labels[idx])
-                   for idx in (order[i, rank * accum + a] for a in range(accum))]
+        order = order.view(steps, accum, per_proc, world)[..., rank].to(device)  # the layout above
+        for i in range(skip, steps):
+            yield [(z0(idx, gd), patches[idx] if patches is not None else None, labels[idx]) for idx in order[i]]
 
     return source
 
 
 def _batch_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_proc: int, rank: int, accum: int,
                   world: int, steps: int, device: torch.device, want_patches: bool) -> Source:
-    """Augmented or streamed sets: each step takes world x accum consecutive micro-batches of one shuffled pass
-    (order and crops seeded by (seed, epoch)), this process its own accum of them, encoded per batch (a VAE's
-    posterior sampled with the step's generator `gd`). (Every process reads the whole pass: simple and exact, at
-    world x the decoding work of a streamed set.)"""
-    group = world * accum
+    """Augmented or streamed sets, encoded per micro-batch (a VAE's posterior sampled with the step's generator).
 
-    def source(epoch: int, gd: torch.Generator) -> Iterator[list[Micro]]:
-        g = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
-        mine: list[Micro] = []
-        for j, (xb, yb) in enumerate(data.batches(per_proc, shuffle=True, generator=g, device=device,
-                                                  augment=recipe.data.augment, drop_last=True)):
-            i, a = divmod(j, group)
-            if i >= steps:
-                return
-            if a // accum == rank:
-                x = to_unit_range(xb)
-                with torch.no_grad():
-                    mine.append((tokenizer.encode_sample(x, gd), _patches(tokenizer, x) if want_patches else None,
-                                 yb))
+    A streamed set (an image folder) gives each process only its own shard of the epoch (`shard_loader`: a
+    DistributedSampler over the epoch's shuffled pass, persistent DataLoader workers, starting at the resumed
+    sample position), so each image is decoded once per epoch across the cell's processes, as DiT's train.py.
+    An in-memory set with augmentation has nothing to decode: every process crops the global micro-batch
+    (seeded by (seed, epoch), the same on every rank) and keeps its rows."""
+    group = world * per_proc
+    seed = recipe.seed * 100_003
+
+    def encode(xb: torch.Tensor, yb: torch.Tensor, gd: torch.Generator) -> Micro:
+        x = to_unit_range(xb)
+        with torch.no_grad():
+            mean, std = tokenizer.posterior(x)
+            return (_posterior_draw(mean, std, gd, world=world, rank=rank),
+                    _patches(tokenizer, x) if want_patches else None, yb)
+
+    if isinstance(data, StreamedImageData):
+        loader = data.shard_loader(per_proc, world=world, rank=rank, seed=seed, augment=recipe.data.augment,
+                                   per_rank=steps * accum * per_proc, device=device)
+
+        def streamed(epoch: int, gd: torch.Generator, skip: int = 0) -> Iterator[list[Micro]]:
+            mine: list[Micro] = []
+            for xb, yb in loader.epoch(epoch, start=skip * accum * per_proc):
+                mine.append(encode(xb, yb, gd))
                 if len(mine) == accum:
                     yield mine
                     mine = []
+
+        return streamed
+
+    def source(epoch: int, gd: torch.Generator, skip: int = 0) -> Iterator[list[Micro]]:
+        g = torch.Generator().manual_seed(seed + epoch)
+        mine: list[Micro] = []
+        for j, (xb, yb) in enumerate(data.batches(group, shuffle=True, generator=g, device=device,
+                                                  augment=recipe.data.augment, drop_last=True)):
+            if j >= steps * accum:
+                return
+            if j < skip * accum:  # crops drawn (the generator replays), not encoded
+                continue
+            mine.append(encode(xb[rank::world], yb[rank::world], gd))
+            if len(mine) == accum:
+                yield mine
+                mine = []
 
     return source
 

@@ -85,6 +85,27 @@ def _set_tracker(tracker: str | None) -> None:
     os.environ["SWEEPDAE_TRACKER"] = tracker.lower()
 
 
+ProcsOpt = Annotated[int, typer.Option("--procs-per-cell", min=1, help="CPU cells: run each as N processes through "
+                                       "`accelerate launch --multi_gpu` (gloo), the code path of N GPUs")]
+
+
+def _set_procs(procs: int, gpus: str, executor: str = "local") -> None:
+    """The coordinator's cells read SWEEPDAE_PROCS_PER_CELL (`sweepdae.runner.slots.cell_procs`)."""
+    import os
+
+    from sweepdae.runner import parse_gpus
+    from sweepdae.runner.slots import PROCS_ENV
+
+    if procs == 1:
+        return
+    if executor != "local":
+        raise SweepdaeError("--procs-per-cell: local runs only (a SLURM job's processes are its --gpus-per-cell)")
+    if parse_gpus(gpus):
+        raise SweepdaeError("--procs-per-cell: for CPU cells (add --gpus cpu); a GPU cell runs one process per GPU "
+                            "(--gpus-per-cell)")
+    os.environ[PROCS_ENV] = str(procs)
+
+
 def _check_runs_dir(runs_dir: str | None) -> None:
     """A runs folder that is a file would fail the first cell after it was claimed: refuse it before."""
     from sweepdae.runner import runs_dir_for
@@ -235,6 +256,7 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
                                  ] = None,
         cells_per_gpu: Annotated[int, typer.Option(min=1, help="Cells packed on one GPU")] = 1,
         cpu_cells: Annotated[int, typer.Option(min=1, help="Concurrent cells without a GPU")] = 1,
+        procs_per_cell: ProcsOpt = 1,
         max_retries: Annotated[int, typer.Option(min=0, help="Retries of a retryable failure (oom, crash, killed)")
                                ] = 1,
         fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first cell that fails")] = False,
@@ -278,6 +300,8 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
     if executor not in ("local", "slurm"):
         raise SweepdaeError(f"--executor: expected local or slurm, got {executor!r}")
     _set_tracker(tracker)
+    if not dry_run:
+        _set_procs(procs_per_cell, gpus, executor)
     _check_runs_dir(runs_dir)
     if wait and executor != "slurm":
         raise SweepdaeError("--wait: only with --executor slurm (a local run always waits)")
@@ -597,6 +621,7 @@ def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
          gpus_per_cell: Annotated[int, typer.Option(min=1, help="GPUs per cell (one process each)")] = 1,
          cells_per_gpu: Annotated[int, typer.Option(min=1, help="Cells packed on one GPU")] = 1,
          cpu_cells: Annotated[int, typer.Option(min=1, help="Concurrent cells without a GPU")] = 1,
+         procs_per_cell: ProcsOpt = 1,
          max_retries: Annotated[int, typer.Option(min=0, help="Retries of a retryable failure")] = 1,
          launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
          plain: Annotated[bool | None, typer.Option("--plain/--live", help="Line output / live view")] = None,
@@ -616,6 +641,7 @@ def tune(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name o
     if sampler not in tn.SAMPLERS:
         raise SweepdaeError(f"--sampler: expected one of {', '.join(tn.SAMPLERS)}, got {sampler!r}")
     _set_tracker(tracker)
+    _set_procs(procs_per_cell, gpus)
     _check_runs_dir(runs_dir)
     g = load_grid(grid_path(grid))
     space = tn.search_space(g, profile)
@@ -655,6 +681,7 @@ def worker(store: StoreOpt = None,
            gpus_per_cell: Annotated[int, typer.Option(min=1, help="GPUs per cell")] = 1,
            cells_per_gpu: Annotated[int, typer.Option(min=1, help="Cells packed on one GPU")] = 1,
            cpu_cells: Annotated[int, typer.Option(min=1, help="Concurrent cells without a GPU")] = 1,
+           procs_per_cell: ProcsOpt = 1,
            max_retries: Annotated[int, typer.Option(min=0, help="Retries of a retryable failure")] = 1,
            forever: Annotated[bool, typer.Option("--forever", help="Keep waiting for new cells")] = False,
            launcher: Annotated[str, typer.Option(help="auto, accelerate or fork")] = "auto",
@@ -664,6 +691,7 @@ def worker(store: StoreOpt = None,
     from sweepdae.runner import run_worker
 
     _set_tracker(tracker)
+    _set_procs(procs_per_cell, gpus)
     _check_runs_dir(runs_dir)
     s = _store(store, create=False)
     try:

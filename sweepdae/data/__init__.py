@@ -26,7 +26,7 @@ from sweepdae.data._base import (
 from sweepdae.data._cifar import download_cifar
 from sweepdae.data._download import download_files
 from sweepdae.data._idx import download_idx, read_idx
-from sweepdae.data._imagefolder import StreamedImageData
+from sweepdae.data._imagefolder import StreamedImageData, decoded_images
 from sweepdae.data._memory import clear_cache
 from sweepdae.data._registry import dataset_names, get_builder, load_dataset
 
@@ -39,6 +39,7 @@ __all__ = [
     "clear_cache",
     "crop_resize_flip",
     "dataset_names",
+    "decoded_images",
     "download_cifar",
     "download_files",
     "download_idx",

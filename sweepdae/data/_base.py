@@ -119,8 +119,14 @@ class ImageData(abc.ABC):
     @abc.abstractmethod
     def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None, augment: Augment | str = "center_crop",
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass: (uint8 [B, C, H, W], int64 [B]) on `device` (None = where the set lives)."""
+                drop_last: bool = False, shard: tuple[int, int] | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass: (uint8 [B, C, H, W], int64 [B]) on `device` (None = where the set lives).
+
+        `shard` = (rank, world): only rank's share of the pass, DistributedSampler's split of it (positions rank,
+        rank + world, ... of the pass padded by its first positions to a multiple of world, so every rank gets
+        ceil(n / world) images): batch c of each rank then holds rows rank::world of the pass's positions
+        [c B world, (c+1) B world), which `sweepdae.eval.probe.gather_rows` puts back in order."""
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split as (uint8 [N, C, H, W], int64 [N]); streamed sets raise DatasetError."""
@@ -137,6 +143,19 @@ class ImageData(abc.ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"classes={self.num_classes}, shape=({self.channels}, {self.image_size}, {self.image_size}))")
+
+
+def shard_positions(n: int, shard: tuple[int, int] | None) -> list[int] | None:
+    """Positions of a pass of n that rank takes under `shard` = (rank, world) (DistributedSampler with
+    shuffle=False, drop_last=False: padded by wrapping, then every world-th from rank); None = all of them."""
+    if shard is None or shard[1] == 1:
+        return None
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard: rank {rank} not in [0, {world})")
+    total = -(-n // world) * world
+    padded = list(range(n)) + [k % max(n, 1) for k in range(n, total)]
+    return padded[rank:total:world]
 
 
 def sample_images(data: ImageData, n: int, *, shuffle: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,23 +201,29 @@ class InMemoryData(ImageData):
 
     def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None, augment: Augment | str = "center_crop",
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False, shard: tuple[int, int] | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         aug = as_augment(augment)
         random = shuffle or aug == Augment.random_resized_crop
         gen = self._pass_generator(generator) if random else None
         target = torch.device(device) if device is not None else self.images.device
-        return self._iterate(batch_size, shuffle, gen, target, aug, drop_last)
+        return self._iterate(batch_size, shuffle, gen, target, aug, drop_last, shard)
 
     def _iterate(self, batch_size: int, shuffle: bool, gen: torch.Generator | None, device: torch.device,
-                 aug: Augment, drop_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 aug: Augment, drop_last: bool, shard: tuple[int, int] | None = None
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self)
         if shuffle:
             assert gen is not None
             order = torch.randperm(n, generator=gen, device=gen.device).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
+        mine = shard_positions(n, shard)
+        if mine is not None:
+            order = order[torch.tensor(mine, dtype=torch.long, device=order.device)]
+            n = len(mine)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]

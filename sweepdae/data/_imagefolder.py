@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sweepdae.data._augment import sample_crop_boxes, sample_flips
 from sweepdae.data._base import ImageData, as_augment, data_env_dir, subset_indices
@@ -119,6 +119,79 @@ class _Pass(Dataset[tuple[torch.Tensor, int]]):
         return load_image(self.files[i], self.image_size, self.mode, seed), self.labels[i]
 
 
+# Images this process has decoded from files (delivered by a streamed set's loaders, its workers included): what a
+# cell's phases record as `decoded` (`sweepdae.cell.Phases`).
+_DECODED = [0]
+
+
+def decoded_images() -> int:
+    """Images decoded by this process's streamed-set loaders so far (a running count)."""
+    return _DECODED[0]
+
+
+class _Files(Dataset[tuple[torch.Tensor, int]]):
+    """The files of a split, item (file index, crop seed or None) (the sampler gives both; picklable)."""
+
+    def __init__(self, files: list[str], labels: list[int], image_size: int, mode: str) -> None:
+        self.files, self.labels, self.image_size, self.mode = files, labels, image_size, mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int | None]) -> tuple[torch.Tensor, int]:  # type: ignore[override]
+        i, seed = item
+        return load_image(self.files[i], self.image_size, self.mode, seed), self.labels[i]
+
+
+class EpochShard(DistributedSampler[tuple[int, "int | None"]]):
+    """This rank's share of one epoch's shuffled pass, from a sample position on: DistributedSampler's split
+    (positions rank, rank + W, ...: `indices[rank:total_size:num_replicas]`) of the pass `randperm(n)` seeded by
+    seed + epoch (as DistributedSampler with shuffle=True), with three additions: each item carries its crop seed
+    (drawn after the order from the same generator, one per position, so a pass is the same for any number of
+    workers and processes), the epoch can start at this rank's sample `start` (a mid-epoch resume reads nothing
+    twice: torchdata's StatefulDataLoader does the same with a saved sampler state), and it ends after
+    `per_rank` samples (the epoch's last full global batch: no decode is wasted on a dropped remainder)."""
+
+    def __init__(self, dataset: _Files, *, world: int, rank: int, seed: int, augment: bool, per_rank: int) -> None:
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.augment, self.per_rank, self.start = augment, min(per_rank, self.num_samples), 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int | None]]:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=g)
+        seeds = torch.randint(0, 2**62, (n,), generator=g).tolist() if self.augment else None
+        positions = range(self.rank + self.start * self.num_replicas, self.per_rank * self.num_replicas,
+                          self.num_replicas)
+        for k in positions:
+            yield int(order[k]), (None if seeds is None else seeds[k])
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+
+class ShardLoader:
+    """One DataLoader for the whole training (persistent workers), giving each epoch this rank's shard in
+    batches: `for x, y in loader.epoch(e, start=k): ...` (uint8 [B, C, S, S] and int64 [B] on `device`)."""
+
+    def __init__(self, data: StreamedImageData, batch_size: int, *, world: int, rank: int, seed: int,
+                 augment: Augment | str, per_rank: int, device: torch.device) -> None:
+        files = _Files(data.files, data.labels, data.image_size, "L" if data.channels == 1 else "RGB")
+        self.sampler = EpochShard(files, world=world, rank=rank, seed=seed, per_rank=per_rank,
+                                  augment=as_augment(augment) == Augment.random_resized_crop)
+        self.device = device
+        self.loader = DataLoader(files, batch_size=batch_size, sampler=self.sampler, num_workers=data.num_workers,
+                                 persistent_workers=data.num_workers > 0, pin_memory=device.type == "cuda")
+
+    def epoch(self, epoch: int, *, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch, start)
+        return StreamedImageData._iterate(self.loader, self.device)
+
+
 class StreamedImageData(ImageData):
     """An image folder decoded on the fly by `num_workers` DataLoader processes; never held in memory."""
 
@@ -137,7 +210,8 @@ class StreamedImageData(ImageData):
 
     def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None, augment: Augment | str = "center_crop",
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False, shard: tuple[int, int] | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         aug = as_augment(augment)
@@ -153,17 +227,28 @@ class StreamedImageData(ImageData):
             assert gen is not None  # one seed per item, drawn here: the pass is the same for any num_workers
             seeds = torch.randint(0, 2**62, (n,), generator=gen, device=gen.device).tolist()
         target = torch.device(device) if device is not None else self.device
-        loader = DataLoader(_Pass(self.files, self.labels, order, seeds, self.image_size,
-                                  "L" if self.channels == 1 else "RGB"),
-                            batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
-                            drop_last=drop_last, pin_memory=target.type == "cuda")
+        one_pass = _Pass(self.files, self.labels, order, seeds, self.image_size, "L" if self.channels == 1 else "RGB")
+        # a shard: DistributedSampler over the pass (its positions rank::world, padded), decoding only those
+        sampler: DistributedSampler[tuple[torch.Tensor, int]] | None = None
+        if shard is not None and shard[1] > 1:
+            sampler = DistributedSampler(one_pass, num_replicas=shard[1], rank=shard[0], shuffle=False,
+                                         drop_last=False)
+        loader = DataLoader(one_pass, batch_size=batch_size, shuffle=False, sampler=sampler,
+                            num_workers=self.num_workers, drop_last=drop_last, pin_memory=target.type == "cuda")
         return self._iterate(loader, target)
+
+    def shard_loader(self, batch_size: int, *, world: int, rank: int, seed: int, augment: Augment | str,
+                     per_rank: int, device: torch.device) -> ShardLoader:
+        """This process's loader of its shard of every epoch (`EpochShard`): the training's data."""
+        return ShardLoader(self, batch_size, world=world, rank=rank, seed=seed, augment=augment, per_rank=per_rank,
+                           device=device)
 
     @staticmethod
     def _iterate(loader: DataLoader[tuple[torch.Tensor, int]],
                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         try:
             for x, y in loader:  # x: [B, C, S, S] uint8, y: [B] int64
+                _DECODED[0] += int(x.shape[0])
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         except DatasetError as e:  # from a worker it carries the worker's traceback; keep the one-line message
             last = str(e).strip().splitlines()[-1]

@@ -7,6 +7,13 @@ cross-entropy, `drop_last=True` batches. `linear_probe` trains on cached feature
 features runs in seconds); `linear_probe_augmented_data` (in-memory or streamed sets; `linear_probe_augmented` on
 tensors) recomputes features on RandomResizedCrop + flip every epoch, which is MAE's actual train path (paper Sec. 4,
 "train aug RandomResizedCrop + flip").
+
+Several processes (an `accelerator` of more than one process, e.g. a cell launched with `--procs-per-cell 2` or
+on two GPUs): every feature pass is sharded as MAE main_linprobe.py shards its loaders, with a DistributedSampler
+split of each pass (`ImageData.batches(shard=)`), and each batch's features are gathered back in order
+(`gather_rows`, an all-gather): every process then holds the features of the whole split and trains the same
+(small) head on them, so the processes stay in step and agree on the result without a barrier that a long probe
+could time out.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +31,7 @@ from torch import Tensor
 
 from sweepdae.data import ImageData, InMemoryData, to_unit_range
 from sweepdae.errors import TrainingError
-from sweepdae.eval.crops import AugmentFn, random_resized_crop_flip
+from sweepdae.eval.crops import AugmentFn, _uniform, crop_boxes, random_resized_crop_flip, resized_crop
 from sweepdae.eval.lars import LARS, WARMUP_FRACTION, cosine_lr, probe_lr, set_lr
 from sweepdae.recipe import ProbeConfig, ProbeOptimizer
 
@@ -35,6 +43,33 @@ ProgressFn = Callable[[int, int, float], None]
 HEAD_INIT_STD = 0.01  # MAE main_linprobe.py: trunc_normal_(model.head.weight, std=0.01), following MoCo v3
 BN_EPS = 1e-6  # MAE main_linprobe.py: BatchNorm1d(affine=False, eps=1e-6)
 SGD_MOMENTUM = 0.9  # MAE's LARS default momentum, used for SGD as well
+
+
+def rank_world(accelerator: Any) -> tuple[int, int]:
+    """(this process's rank, number of processes) of an Accelerator; (0, 1) for None."""
+    if accelerator is None:
+        return 0, 1
+    return int(accelerator.process_index), int(accelerator.num_processes)
+
+
+def gather_rows(accelerator: Any, local: Tensor) -> Tensor:
+    """A global batch back in order from its shards: rank r holds rows r, r + W, ... (`ImageData.batches(shard=)`,
+    the same count on every rank); an all-gather (rank-major) then interleaved. One process: `local` as is."""
+    world = rank_world(accelerator)[1]
+    if world == 1:
+        return local
+    full = accelerator.gather(local.contiguous())  # [W * b, ...], rank-major
+    return full.view(world, -1, *local.shape[1:]).transpose(0, 1).reshape(-1, *local.shape[1:])
+
+
+def _crop_rows(x: Tensor, generator: torch.Generator, *, rank: int, world: int) -> Tensor:
+    """`random_resized_crop_flip` of a global chunk of which this rank holds rows rank::world (`x`): the crops
+    and flips are drawn for the whole chunk (the same draws as one process makes) and this rank's rows applied."""
+    b, _, height, width = x.shape
+    boxes = crop_boxes(b * world, height, width, generator=generator, device=x.device)
+    flip = _uniform(b * world, 0.0, 1.0, generator, x.device) < 0.5
+    out = resized_crop(x.float(), boxes[rank::world], flip[rank::world])
+    return to_unit_range(out.clamp(0.0, 255.0))
 
 
 def _as_device(device: torch.device | str) -> torch.device:
@@ -202,8 +237,8 @@ def linear_probe_augmented(feature_fn: FeatureFn, train_images: Tensor, train_la
 
 def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: ImageData, *, cfg: ProbeConfig,
                                 seed: int, augment_fn: AugmentFn | None = None, feature_batch_size: int = 0,
-                                device: torch.device | str = "cpu",
-                                progress: ProgressFn | None = None) -> dict[str, float]:
+                                device: torch.device | str = "cpu", progress: ProgressFn | None = None,
+                                accelerator: Any = None) -> dict[str, float]:
     """MAE's way: every epoch, features of a fresh RandomResizedCrop + flip of each train image.
 
     Works alike on in-memory and streamed (imagefolder) sets: both give their images as uint8 batches already at
@@ -213,6 +248,11 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
     of `feature_batch_size` images (0 = the probe batch) in shuffled order, so the same images give the same
     crops, features and result on either kind of set. Test images are used as given (center crop);
     probe_train_top1 is measured on un-augmented train images. Same keys as `linear_probe`.
+
+    With an `accelerator` of several processes each chunk is sharded (a process decodes and encodes its rows
+    only; the crops are drawn for the whole chunk, so they are those one process draws) and the features gathered:
+    the chunk is rounded up to a multiple of the processes. A custom `augment_fn` cannot be split by rows: each
+    process then crops and encodes every chunk, unsharded.
     """
     started = time.perf_counter()
     dev = _as_device(device)
@@ -222,6 +262,10 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
     batch, iters = _batching(len(train), cfg.batch_size)
     chunk = min(feature_batch_size or batch, batch)
     shuffle = torch.Generator().manual_seed(seed + 1)
+    rank, world = rank_world(accelerator)
+    shard = (rank, world) if world > 1 and augment_fn is None else None
+    if shard is not None:
+        chunk = -(-chunk // world)  # this process's rows of a global chunk of chunk x world
 
     @torch.no_grad()
     def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -230,11 +274,17 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
         fs: list[Tensor] = []  # features (and their labels) waiting for their probe batch
         ys: list[Tensor] = []
         held, left = 0, iters * batch  # how many wait; images still to crop this epoch
-        chunks = train.batches(chunk, shuffle=True, generator=shuffle, device=dev)
+        chunks = train.batches(chunk, shuffle=True, generator=shuffle, device=dev, shard=shard)
         for x, y in chunks:  # uint8 [<= chunk, C, S, S], int64 [<= chunk]
-            fs.append(feature_fn(aug(x, aug_gen), y).float())
-            ys.append(y.long())
-            held, left = held + x.shape[0], left - x.shape[0]
+            if shard is None:
+                fs.append(feature_fn(aug(x, aug_gen), y).float())
+                ys.append(y.long())
+            else:
+                fs.append(gather_rows(accelerator, feature_fn(_crop_rows(x, aug_gen, rank=rank, world=world),
+                                                              y).float()))
+                ys.append(gather_rows(accelerator, y.long()))
+            got = fs[-1].shape[0]
+            held, left = held + got, left - got
             while held >= batch:
                 f, lab = (fs[0], ys[0]) if len(fs) == 1 else (torch.cat(fs), torch.cat(ys))
                 yield f[:batch], lab[:batch]
@@ -261,8 +311,8 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
         if trainer is None:
             raise ValueError("linear_probe_augmented needs cfg.epochs >= 1")
         fbs = feature_batch_size or batch
-        te_feats, te_labels = _features(feature_fn, test, batch_size=fbs, device=dev)
-        tr_feats, tr_labels = _features(feature_fn, train, batch_size=fbs, device=dev)
+        te_feats, te_labels = split_features(feature_fn, test, batch_size=fbs, device=dev, accelerator=accelerator)
+        tr_feats, tr_labels = split_features(feature_fn, train, batch_size=fbs, device=dev, accelerator=accelerator)
     finally:
         if module is not None:
             module.train(was_training)
@@ -270,16 +320,27 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
 
 
 @torch.no_grad()
-def _features(feature_fn: FeatureFn, data: ImageData, *, batch_size: int,
-              device: torch.device) -> tuple[Tensor, Tensor]:
-    """Features of a whole split in order, its images as given (no crop): CPU float32 [N, F], int64 [N]."""
+def split_features(feature_fn: FeatureFn, data: ImageData, *, batch_size: int, device: torch.device | str,
+                   accelerator: Any = None) -> tuple[Tensor, Tensor]:
+    """Features of a whole split in order, its images as given (no crop): CPU float32 [N, F], int64 [N].
+
+    With an `accelerator` of several processes each process encodes its shard (batches of batch_size / W) and
+    every process gets the whole split's features, gathered batch by batch (MAE main_linprobe.py's
+    DistributedSampler loaders; the split's padding of the last shard is cut off)."""
+    rank, world = rank_world(accelerator)
+    shard = (rank, world) if world > 1 else None
+    per = -(-batch_size // world)
     feats, labels = [], []
-    for x, y in data.batches(batch_size, shuffle=False, device=device):
-        feats.append(feature_fn(to_unit_range(x), y).float().cpu())
-        labels.append(y.long().cpu())
+    for x, y in data.batches(per, shuffle=False, device=device, shard=shard):
+        f, lab = feature_fn(to_unit_range(x), y).float(), y.long()
+        if shard is not None:
+            f, lab = gather_rows(accelerator, f), gather_rows(accelerator, lab)
+        feats.append(f.cpu())
+        labels.append(lab.cpu())
     if not feats:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(labels)
+    n = len(data)
+    return torch.cat(feats)[:n], torch.cat(labels)[:n]
 
 
 @torch.no_grad()

@@ -1,6 +1,10 @@
 """Where a grid's numbers came from: sweepdae versions, git commits, devices, how many machines, and the time spent
 per cell (from each cell's `info.provenance` and `info.timings`). Host names stay in the store: a report names no
-machine."""
+machine.
+
+Cells that measured their phases (`sweepdae.cell.Phases`: `info.provenance.phases` and `world_size`) add, per
+phase, the mean wall seconds and images decoded per cell and the largest peak host RSS and GPU memory
+(`Provenance.measured`), and the world sizes the cells ran at (`world_sizes`)."""
 
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ class Provenance:
     max_s: float | None = None
     phases: dict[str, float] = field(default_factory=dict)  # phase -> mean seconds over timed cells
     slowest: list[tuple[str, float]] = field(default_factory=list)  # (cell label, wall seconds)
+    world_sizes: list[int] = field(default_factory=list)  # processes per cell, where the cells recorded it
+    # phase -> {"cells", "seconds" (mean), "decoded" (mean per cell), "peak_rss_mb" (max), "peak_gpu_mb" (max or
+    # None)} over the cells that measured it
+    measured: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -56,6 +64,8 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
     walls: list[float] = []
     labels: list[str] = []
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    worlds: dict[int, None] = {}
+    measured: dict[str, list[Mapping[str, Any]]] = {}
     names = cells["label"] if "label" in cells.columns else cells.get("key", pd.Series([""] * len(cells)))
     for label, info in zip(names, cells["info"], strict=True):
         if not isinstance(info, Mapping):
@@ -70,6 +80,12 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
             _add(hosts, prov.get("host"))
             _add(torch, prov.get("torch"))
             _add(threads, prov.get("cpu_threads"))
+            if isinstance(prov.get("world_size"), int):
+                worlds.setdefault(prov["world_size"], None)
+            if isinstance(prov.get("phases"), Mapping):
+                for name, m in prov["phases"].items():
+                    if isinstance(m, Mapping):
+                        measured.setdefault(str(name), []).append(m)
         timings = info.get("timings")
         if isinstance(timings, Mapping):
             wall = timings.get("wall_s")
@@ -92,4 +108,18 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
         order = np.argsort(-w, kind="stable")[:SLOWEST]
         out.slowest = [(labels[i], float(w[i])) for i in order]
     out.phases = {p: float(np.mean(v)) for p, v in phases.items() if v}
+    out.world_sizes = sorted(worlds)
+    out.measured = {name: _measured(ms) for name, ms in measured.items()}
     return out
+
+
+def _measured(ms: list[Mapping[str, Any]]) -> dict[str, float | None]:
+    """One phase over the cells that measured it: mean seconds and images decoded, largest peaks."""
+
+    def nums(k: str) -> list[float]:
+        return [float(v) for m in ms if isinstance(v := m.get(k), (int, float)) and np.isfinite(v)]
+
+    sec, dec, rss, gpu = nums("seconds"), nums("decoded"), nums("peak_rss_mb"), nums("peak_gpu_mb")
+    return {"cells": float(len(ms)), "seconds": float(np.mean(sec)) if sec else None,
+            "decoded": float(np.mean(dec)) if dec else None, "peak_rss_mb": max(rss) if rss else None,
+            "peak_gpu_mb": max(gpu) if gpu else None}

@@ -1,5 +1,11 @@
 """Launch one cell: `accelerate launch` in its own process group, or a fork of the coordinator on CPU.
 
+A cell runs as one process per GPU of its slot. On CPU it runs as one forked process, or, with
+`--procs-per-cell N` ($SWEEPDAE_PROCS_PER_CELL), as N processes through the same `accelerate launch --multi_gpu
+--num_processes N` as N GPUs: with no GPU visible (CUDA_VISIBLE_DEVICES empty) Accelerate's `MULTI_CPU` mode joins
+them with gloo, so a laptop runs the distributed code paths (per-rank data shards, gathers, all-rank evaluation)
+that a GPU node runs. (`--cpu` cannot be combined with `--multi_gpu`: Accelerate refuses it.)
+
 A fresh `accelerate launch` pays Python + torch + timm imports every time (~6-10 s on a 2-core CPU);
 the fork launcher reuses the coordinator's already-imported modules, so a CPU cell starts in well under a second
 (BENCHMARKS.md). Both write the cell's stdout/stderr to runs/<key>/cell.log and report through files.
@@ -16,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sweepdae.cell import LOG
-from sweepdae.runner.slots import Slot, cell_env, free_port
+from sweepdae.runner.slots import Slot, cell_env, cell_procs, free_port
 
 
 class Handle(Protocol):
@@ -47,27 +53,32 @@ class ProcHandle:
             pass
 
 
-def accelerate_command(run_dir: Path, slot: Slot, port: int) -> list[str]:
-    """The exact command line of a cell (unit-tested): one process per GPU, a free rendezvous port."""
-    n = max(1, len(slot.gpus))
+def accelerate_command(run_dir: Path, slot: Slot, port: int, procs: int | None = None) -> list[str]:
+    """The exact command line of a cell (unit-tested): one process per GPU (or `procs` CPU processes, default
+    `cell_procs(slot)`), a free rendezvous port."""
+    n = procs if procs is not None else cell_procs(slot)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
            "--main_process_port", str(port), "--dynamo_backend", "no", "--mixed_precision", "no"]
-    if not slot.gpus:
-        cmd.append("--cpu")
-    elif n > 1:
+    if n > 1:  # N GPUs, or N CPU processes joined by gloo (DistributedType.MULTI_CPU)
         cmd.append("--multi_gpu")
+    elif not slot.gpus:
+        cmd.append("--cpu")
     return cmd + ["-m", "sweepdae.cell", str(run_dir)]
 
 
 def launch_accelerate(run_dir: Path, slot: Slot, *, env: dict[str, str], ports_in_use: set[int]) -> ProcHandle:
     port = free_port(ports_in_use)
-    cmd = accelerate_command(run_dir, slot, port)
+    procs = cell_procs(slot, env)
+    cmd = accelerate_command(run_dir, slot, port, procs)
     log = open(run_dir / LOG, "ab")
     log.write(("$ " + " ".join(cmd) + "\n").encode())
     log.flush()
     full_env = cell_env(slot, env)
-    full_env.setdefault("OMP_NUM_THREADS", env.get("SWEEPDAE_CPU_THREADS") or str(os.cpu_count() or 1)
-                        if not slot.gpus else "4")
+    if slot.gpus:
+        full_env.setdefault("OMP_NUM_THREADS", "4")
+    else:  # the slot's cores shared by the cell's processes
+        threads = int(env.get("SWEEPDAE_CPU_THREADS") or 0) or (os.cpu_count() or 1)
+        full_env.setdefault("OMP_NUM_THREADS", str(max(1, threads // procs)))
     # the launcher ignores SIGTERM / SIGUSR2 (SLURM signals every process of a job): it waits for the cell, which
     # installs its own handlers, checkpoints and exits (the ignore is inherited through exec until replaced)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
@@ -105,8 +116,12 @@ class ForkHandle:
             pass
 
 
-def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle:
-    """Fork the coordinator and run the cell in the child (CPU only; torch must not have started threads)."""
+def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle | ProcHandle:
+    """Fork the coordinator and run the cell in the child (CPU only; torch must not have started threads).
+
+    A cell of several CPU processes (`--procs-per-cell`) cannot be one fork: it goes through `accelerate launch`."""
+    if cell_procs(slot, env) > 1:
+        return launch_accelerate(run_dir, slot, env=env, ports_in_use=set())
     log_fd = os.open(run_dir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     pid = os.fork()
     if pid == 0:  # child

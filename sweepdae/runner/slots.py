@@ -87,6 +87,25 @@ def free_port(taken: set[int] | None = None, start: int | None = None) -> int:
     raise SweepdaeError("no free TCP port found for --main_process_port")
 
 
+# `sweepdae run/worker/tune --procs-per-cell N` (the CLI sets it; the coordinator passes its environment to the cells):
+# each CPU cell runs as N processes through the same `accelerate launch --multi_gpu` as N GPUs (gloo on CPU)
+PROCS_ENV = "SWEEPDAE_PROCS_PER_CELL"
+
+
+def cell_procs(slot: Slot, env: dict[str, str] | None = None) -> int:
+    """Processes of a cell in `slot`: one per GPU; on CPU, $SWEEPDAE_PROCS_PER_CELL (default 1)."""
+    if slot.gpus:
+        return len(slot.gpus)
+    value = (os.environ if env is None else env).get(PROCS_ENV, "") or "1"
+    try:
+        n = int(value)
+    except ValueError:
+        raise SweepdaeError(f"{PROCS_ENV}={value!r}: expected a whole number >= 1") from None
+    if n < 1:
+        raise SweepdaeError(f"{PROCS_ENV}={value!r}: expected a whole number >= 1")
+    return n
+
+
 def cell_env(slot: Slot, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of a cell process: pinned CUDA_VISIBLE_DEVICES (or none for CPU cells)."""
     env = dict(os.environ if base is None else base)

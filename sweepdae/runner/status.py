@@ -67,6 +67,17 @@ def _num(v: Any) -> str:
     return "-" if f != f else f"{f:.2f}"
 
 
+def phases_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A done cell's `world_size` and `phases` ({name: {seconds, decoded, decoded_per_rank, peak_rss_mb,
+    peak_gpu_mb}}, as the cell measured them: `sweepdae.cell.Phases`); {} for other cells and for cells recorded
+    before phases were measured."""
+    info = row.get("info")
+    prov = info.get("provenance") if isinstance(info, dict) else None
+    if row.get("status") != "done" or not isinstance(prov, dict) or not isinstance(prov.get("phases"), dict):
+        return {}
+    return {"world_size": prov.get("world_size", prov.get("num_processes")), "phases": prov["phases"]}
+
+
 def show_status(store: Any, keys: list[str] | None, *, as_json: bool, watch: bool, interval: float,
                 console: Console) -> None:
     try:
@@ -75,6 +86,7 @@ def show_status(store: Any, keys: list[str] | None, *, as_json: bool, watch: boo
             rows = json.loads(df.drop(columns=[c for c in ("recipe",) if c in df.columns]).to_json(orient="records"))
             jobs = cell_jobs(store, keys)
             for row in rows:
+                row.update(phases_of(row))
                 job = jobs.get(row["key"])
                 if job:
                     row["slurm_job"] = {"job_id": job["job_id"], "state": job["state"], "log": job.get("log")}

@@ -1,0 +1,66 @@
+"""What tests/test_multiprocess.py compares between one process and two: run here under
+`accelerate launch --multi_gpu --num_processes 2 tests/_mp_step.py KNOBS_JSON OUT` (gloo on CPU), or called
+in-process as `measure(knobs, work)` with one process.
+
+`measure` takes the first optimizer step of a fresh training (its loss averaged over the processes, the weights
+after it) and the sharded, gathered evaluation passes: the test split's features under a random-init encoder and
+the augmented linear probe (per-epoch crops, sharded by rows)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def measure(knobs: dict[str, Any], work: Path) -> dict[str, Any]:
+    from accelerate import Accelerator
+
+    from sweepdae.cell.baselines import random_encoder
+    from sweepdae.cell.probing import encoder_feature_fn
+    from sweepdae.cell.train import setup_training, train_step
+    from sweepdae.data import load_dataset, sample_images
+    from sweepdae.eval import linear_probe_augmented_data
+    from sweepdae.eval.probe import split_features
+    from sweepdae.recipe import probe_depth, recipe_from_flat
+    from sweepdae.tokenizers import get_tokenizer
+
+    acc = Accelerator(cpu=True)
+    r = recipe_from_flat(knobs)
+    train, test = load_dataset(r.data, "train"), load_dataset(r.data, "test")
+    tok, _ = get_tokenizer(r.tokenizer, data_key=r.data_key(), images_uint8=sample_images(train, 64)[0],
+                           channels=train.channels, image_size=r.data.image_size,
+                           cache_dir=work / f"tok{acc.process_index}", seed=0)
+    tr = setup_training(r, tokenizer=tok, data=train, accelerator=acc)
+    tr.model, tr.opt = acc.prepare(tr.model, tr.opt)
+    tr.raw_model = acc.unwrap_model(tr.model)
+    before = {k: v.detach().cpu().clone() for k, v in tr.raw_model.state_dict().items()}
+    # the step generator train_one_epoch seeds for epoch 0 (the same on every rank)
+    gd = torch.Generator().manual_seed(r.seed * 100_003 + 7919)
+    micros = next(iter(tr.source(0, gd)))
+    loss = train_step(tr, micros, step=0, gd=gd)
+    if acc.num_processes > 1:
+        loss = acc.reduce(loss.detach().clone(), reduction="mean")
+    enc = random_encoder(r, tok, train.num_classes, adaln_zero=False)
+    fn = encoder_feature_fn(r, enc, tok, depth=probe_depth(r), t=10, seed=r.seed)
+    feats, labels = split_features(fn, test, batch_size=6, device=torch.device("cpu"), accelerator=acc)
+    probe = linear_probe_augmented_data(fn, train, test, cfg=r.probe, seed=r.seed, feature_batch_size=6,
+                                        accelerator=acc)
+    return {"loss": float(loss), "params": {k: v.detach().cpu().clone() for k, v in tr.raw_model.state_dict().items()},
+            "before": before,
+            "rows": sum(m[0].shape[0] for m in micros), "features": feats, "labels": labels, "probe": probe,
+            "world": acc.num_processes}
+
+
+if __name__ == "__main__":
+    knobs, out = json.loads(sys.argv[1]), Path(sys.argv[2])
+    got = measure(knobs, out.parent)
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        torch.save(got, out)
+    state.wait_for_everyone()
