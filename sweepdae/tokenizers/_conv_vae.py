@@ -385,7 +385,9 @@ def _saved_bytes_per_image(tok: ConvVAE, loss_fn: ConvVAELoss, x: Tensor, device
     try:
         x = x.to(device)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(device):
-            xrec, mean, logvar = tok.reconstruct_with(x, torch.zeros_like(tok.moments(x)[0]))
+            side = tok.image_size // tok.downsample
+            eps = torch.zeros((x.shape[0], tok.latent_channels, side, side), device=device)  # no random draw
+            xrec, mean, logvar = tok.reconstruct_with(x, eps)
             terms = loss_fn.generator_terms(x, xrec, mean, logvar, adversarial=False, last_layer=None)
             if disc is not None:
                 terms["loss"] = terms["loss"] - disc(xrec).mean()
