@@ -55,9 +55,50 @@ def measure(knobs: dict[str, Any], work: Path) -> dict[str, Any]:
             "world": acc.num_processes}
 
 
+def resume(knobs: dict[str, Any], work: Path) -> dict[str, Any]:
+    """A whole training, and the same training stopped on request mid-epoch (after the 8th step: epoch 1, batch
+    2 of 6) and resumed from its checkpoint: the final weights (EMA too) of both."""
+    from accelerate import Accelerator
+
+    from sweepdae.cell.train import train
+    from sweepdae.data import load_dataset, sample_images
+    from sweepdae.errors import TrainingError
+    from sweepdae.recipe import recipe_from_flat
+    from sweepdae.tokenizers import get_tokenizer
+
+    acc = Accelerator(cpu=True)
+    r = recipe_from_flat(knobs)
+    data = load_dataset(r.data, "train")
+    tok, _ = get_tokenizer(r.tokenizer, data_key=r.data_key(), images_uint8=sample_images(data, 64)[0],
+                           channels=data.channels, image_size=r.data.image_size,
+                           cache_dir=work / f"tok{acc.process_index}", seed=0)
+
+    def run(folder: str, stop: Any = None) -> Any:
+        return train(r, tokenizer=tok, data=data, train_dir=work / folder, accelerator=acc,
+                     events=lambda **_: None, stop=stop)
+
+    whole = run("whole")
+    asked = iter(range(100))  # asked after every step but an epoch's last: the 8th ask is epoch 1, batch 2
+    try:
+        run("stopped", stop=lambda: next(asked) == 7)
+        raise AssertionError("the training did not stop")
+    except TrainingError as e:
+        assert e.failure_class == "preempted", e
+    resumed = run("stopped")
+
+    def weights(state: Any) -> dict[str, torch.Tensor]:
+        out = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
+        if state.ema is not None:
+            out.update({f"ema.{k}": v.detach().cpu().clone() for k, v in state.ema.state_dict().items()})
+        return out
+
+    return {"whole": weights(whole), "resumed": weights(resumed), "steps": (whole.step, resumed.step),
+            "resumed_from": resumed.resumed_from, "world": acc.num_processes}
+
+
 if __name__ == "__main__":
     knobs, out = json.loads(sys.argv[1]), Path(sys.argv[2])
-    got = measure(knobs, out.parent)
+    got = (resume if sys.argv[3:] == ["resume"] else measure)(knobs, out.parent)
     from accelerate import PartialState
 
     state = PartialState()

@@ -93,10 +93,10 @@ def test_sharded_batches_interleave_back_to_the_pass() -> None:
 
 
 # ------------------------------------------------------------------------------------------- slow: processes
-def _launch(knobs: dict[str, Any], out: Path) -> dict[str, Any]:
+def _launch(knobs: dict[str, Any], out: Path, *mode: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--main_process_port", str(_port()), "--dynamo_backend", "no",
-           "--mixed_precision", "no", str(ROOT / "tests" / "_mp_step.py"), json.dumps(knobs), str(out)]
+           "--mixed_precision", "no", str(ROOT / "tests" / "_mp_step.py"), json.dumps(knobs), str(out), *mode]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                        env={**_env(), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
@@ -150,6 +150,28 @@ def test_first_step_of_two_processes_is_the_step_of_one(tmp_path: Path, kind: st
     torch.testing.assert_close(two["features"], one["features"], rtol=1e-5, atol=1e-5)
     assert two["probe"]["probe_top1"] == one["probe"]["probe_top1"]
     assert two["probe"]["probe_train_top1"] == one["probe"]["probe_train_top1"]
+
+
+@pytest.mark.slow
+def test_two_process_stop_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
+    """Needs a launched 2-process training (~30 s). tests/test_cell.py's exact mid-epoch resume at 2 processes on a
+    streamed, augmented set: stopped on request at epoch 1 batch 2 and resumed (each rank's sampler starting at
+    its sample position, the shared step generator restored) it ends bitwise where the uninterrupted 2-process
+    training ends, and within float tolerance of the 1-process training."""
+    from _mp_step import resume
+
+    write_jpegs(tmp_path / "imgs", {"train": 24, "val": 4})
+    knobs = {**MEMORY, "data.name": "imagefolder", "data.root": str(tmp_path / "imgs"), "data.train_size": 0,
+             "data.test_size": 0, "data.num_workers": 1, "data.augment": "random_resized_crop",
+             "train.ema_decay": 0.9, "train.epochs": 2}
+    two = _launch(knobs, tmp_path / "two.pt", "resume")
+    assert two["world"] == 2 and two["steps"] == (12, 12) and two["resumed_from"] == 1
+    for name, p in two["whole"].items():
+        assert torch.equal(p, two["resumed"][name]), name
+    one = resume(knobs, tmp_path / "one")
+    assert one["steps"] == (12, 12)
+    for name, p in one["whole"].items():
+        torch.testing.assert_close(two["whole"][name], p, rtol=1e-4, atol=1e-5, msg=name)
 
 
 GRID = """
