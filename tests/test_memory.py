@@ -276,3 +276,29 @@ def test_fid_sampling_halves_its_batch_on_oom_with_the_same_samples(monkeypatch:
     halved, bs = features("oom@fid_batch=20")
     assert ok.value == 20 and bs.value == 10 and bs.halvings == 1
     torch.testing.assert_close(halved, whole, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_fid_cell_reads_no_reference_image_when_its_statistics_are_cached(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """fid_cell's second call finds the reference statistics in the cache before it reads any image.
+
+    Slow: two FID computations, each two 2048 x 2048 eigendecompositions and 300 samples (~10-20 s on 2 cores).
+    """
+    import _fid_ranks
+
+    import sweepdae.cell.generate as generate
+
+    monkeypatch.setattr(generate, "InceptionFeatures", _fid_ranks.LinearFeatures)
+    recipe, tok, model, ref = _fid_ranks.tiny_cell()
+    kw: dict[str, Any] = dict(model=model, tokenizer=tok, num_classes=10, device=torch.device("cpu"),
+                              cache=tmp_path / "cache", run_dir=tmp_path)
+    first = generate.fid_cell(recipe, ref=ref, artifacts={}, **kw)
+
+    def no_reading(*a: Any, **k: Any) -> Any:
+        raise AssertionError("reference images read although their statistics are cached")
+
+    monkeypatch.setattr(ref, "batches", no_reading)
+    artifacts: dict[str, str] = {}
+    again = generate.fid_cell(recipe, ref=ref, artifacts=artifacts, **kw)
+    assert again == first and artifacts["fid_sample_batch"] == "256" and artifacts["fid_inception_batch"] == "100"
