@@ -226,3 +226,38 @@ def test_two_process_cell_on_a_streamed_folder_end_to_end(tmp_path: Path, sweepd
     assert all(p["seconds"] >= 0 and p["peak_rss_mb"] > 0 and p["peak_gpu_mb"] is None for p in phases.values())
     result = json.loads((run_dir / "result.json").read_text())
     assert result["world_size"] == 2 and result["provenance"]["num_processes"] == 2
+
+
+def test_streamed_center_crop_trains_from_latents_stored_once(tmp_path: Path) -> None:
+    """A streamed set with a deterministic input (center crop) is encoded once into stored latents: the training
+    decodes each image once in all (not once per epoch), takes the steps that decoding every epoch takes (within
+    float tolerance: the images are encoded in other batches), and a second training of the same data and
+    tokenizer reads the stored latents without decoding anything."""
+    from accelerate import Accelerator
+
+    from sweepdae.cell.train import train
+    from sweepdae.data import decoded_images, sample_images
+    from sweepdae.tokenizers import get_tokenizer
+
+    write_jpegs(tmp_path / "imgs", {"train": 24, "val": 4})
+    r = recipe_from_flat({**MEMORY, "data.name": "imagefolder", "data.root": str(tmp_path / "imgs"),
+                          "data.train_size": 0, "data.test_size": 0, "data.num_workers": 0, "train.epochs": 2})
+    data = load_dataset(r.data, "train")
+    tok, _ = get_tokenizer(r.tokenizer, data_key=r.data_key(), images_uint8=sample_images(data, 8)[0], channels=3,
+                           image_size=8, cache_dir=tmp_path / "tok")
+    acc = Accelerator(cpu=True)
+
+    def run(folder: str, cache: Path | None) -> tuple[dict[str, torch.Tensor], int]:
+        before = decoded_images()
+        state = train(r, tokenizer=tok, data=data, train_dir=tmp_path / folder, accelerator=acc,
+                      events=lambda **_: None, latent_cache=cache)
+        return state.model.state_dict(), decoded_images() - before
+
+    streamed, n_streamed = run("streamed", None)
+    stored, n_stored = run("stored", tmp_path / "latents")
+    again, n_again = run("again", tmp_path / "latents")
+    assert (n_streamed, n_stored, n_again) == (2 * 48, 48, 0)
+    assert len(list((tmp_path / "latents").glob("*/done.json"))) == 1
+    for name, p in streamed.items():
+        torch.testing.assert_close(stored[name], p, rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.equal(again[name], stored[name]), name

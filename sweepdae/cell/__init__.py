@@ -230,7 +230,7 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
             trained = ensure_trained(recipe, tokenizer=tokenizer, data=train_set,
                                      train_dir=train_dir(run_dir, train_key), accelerator=accelerator, events=events,
                                      cell_key=key, stop=lambda: _STOP.signalled or (run_dir / STOP).exists(),
-                                     track=track)
+                                     track=track, latent_cache=cache_dir(run_dir) / "latents")
         finally:
             _STOP.training = False
             if track is not None:

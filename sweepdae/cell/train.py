@@ -116,8 +116,13 @@ class Trainer:
     last_point: tuple[int, float] = (0, 0.0)  # (step, time) of the previous point: images/s over the window
 
 
-def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, accelerator: Accelerator) -> Trainer:
-    """Model, EMA, optimizer and this process's data source for the recipe (nothing loaded or trained yet)."""
+def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, accelerator: Accelerator,
+                   latent_cache: Path | None = None) -> Trainer:
+    """Model, EMA, optimizer and this process's data source for the recipe (nothing loaded or trained yet).
+
+    With `latent_cache` (a folder: a cell passes runs/_cache/latents/) a streamed set whose training input is
+    deterministic (center crop, no objective reading image patches) is encoded once and trained from its stored
+    latents (`sweepdae.cell.latents`), as an in-memory set is; else it is decoded and encoded every epoch."""
     tc = recipe.train
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -139,6 +144,12 @@ def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, acc
                   want_patches=want_patches)
     if data.in_memory and recipe.data.augment == Augment.center_crop:
         source = _encoded_source(data, tokenizer, recipe, **layout)
+    elif (latent_cache is not None and isinstance(data, StreamedImageData) and not want_patches
+          and recipe.data.augment == Augment.center_crop):
+        from sweepdae.cell.latents import stored_latents
+
+        stored = stored_latents(recipe, data, tokenizer, cache=latent_cache, device=device, accelerator=accelerator)
+        source = _stored_source(stored, recipe, n=len(data), **layout)
     else:
         source = _batch_source(data, tokenizer, recipe, **layout)
 
@@ -286,7 +297,7 @@ class TrainState:
 
 def train(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path, accelerator: Accelerator,
           events: Events, identity: str | None = None, stop: Callable[[], bool] | None = None,
-          track: Tracker | None = None) -> TrainState:
+          track: Tracker | None = None, latent_cache: Path | None = None) -> TrainState:
     """Train the recipe's denoiser; resumes from train_dir/checkpoint.pt when it belongs to this training.
 
     `identity` is the training's key (default: the recipe's train_key); runtime overrides (a halved micro-batch
@@ -295,7 +306,7 @@ def train(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: P
     """
     identity = identity or recipe.train_key()
     tc = recipe.train
-    tr = setup_training(recipe, tokenizer=tokenizer, data=data, accelerator=accelerator)
+    tr = setup_training(recipe, tokenizer=tokenizer, data=data, accelerator=accelerator, latent_cache=latent_cache)
     ckpt_path = train_dir / CHECKPOINT
     start_epoch, step, resumed, skip, gd_state = 0, 0, None, 0, None
     if ckpt_path.exists():
@@ -362,7 +373,8 @@ def read_trained(train_dir: Path, train_key: str) -> dict[str, Any] | None:
 
 def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path,
                    accelerator: Accelerator, events: Events, cell_key: str,
-                   stop: Callable[[], bool] | None = None, track: Tracker | None = None) -> Trained:
+                   stop: Callable[[], bool] | None = None, track: Tracker | None = None,
+                   latent_cache: Path | None = None) -> Trained:
     """The trained network of the recipe: loaded from train_dir when that training finished, else trained there
     (resuming its checkpoint) and marked finished with trained.json. Emits a `trained` event once it exists."""
     train_key = recipe.train_key()
@@ -375,7 +387,7 @@ def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, tra
         return Trained(model=model, info=info, reused=info.get("cell") != cell_key, resumed_from=None)
     train_dir.mkdir(parents=True, exist_ok=True)
     state = train(recipe, tokenizer=tokenizer, data=data, train_dir=train_dir, accelerator=accelerator,
-                  events=events, identity=train_key, stop=stop, track=track)
+                  events=events, identity=train_key, stop=stop, track=track, latent_cache=latent_cache)
     info = {"train_key": train_key, "cell": cell_key, "epochs": state.epoch, "steps": state.step,
             "train_loss": state.last_loss, "images_per_s": state.images_per_s, "seconds": state.seconds,
             "resumed_from_epoch": state.resumed_from, "git_commit": git_info().get("commit"),
@@ -442,6 +454,29 @@ def _encoded_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, pe
         order = order.view(steps, accum, per_proc, world)[..., rank].to(device)  # the layout above
         for i in range(skip, steps):
             yield [(z0(idx, gd), patches[idx] if patches is not None else None, labels[idx]) for idx in order[i]]
+
+    return source
+
+
+def _stored_source(stored: Any, recipe: Recipe, *, n: int, per_proc: int, rank: int, accum: int, world: int,
+                   steps: int, device: torch.device, want_patches: bool) -> Source:
+    """A streamed set's stored latents (`sweepdae.cell.latents`), read a micro-batch's rows at a time in the
+    layout above (the same order as the streamed sampler's, so the same steps as decoding every epoch)."""
+    from sweepdae.cell.latents import stored_order
+
+    assert not want_patches
+
+    def source(epoch: int, gd: torch.Generator, skip: int = 0) -> Iterator[list[Micro]]:
+        for i, idx in enumerate(stored_order(recipe, n, epoch, steps=steps, accum=accum, per_proc=per_proc,
+                                             world=world, rank=rank)):
+            if i < skip:
+                continue
+            micros: list[Micro] = []
+            for m in idx:  # [per_proc] image indices of one micro-batch
+                mean, std = stored.rows(m, device)
+                micros.append((_posterior_draw(mean, std, gd, world=world, rank=rank), None,
+                               stored.labels[m].to(device)))
+            yield micros
 
     return source
 
