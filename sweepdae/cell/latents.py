@@ -2,10 +2,10 @@
 
 Where a training's input is deterministic (the paper's center crop, no flip) each image's latent is the same every
 epoch, so the cell's processes encode the set once with the frozen tokenizer, each its DistributedSampler shard
-(each image decoded once in all), writing their rows into one memory-mapped file, and every epoch then reads
+(each image decoded once in all), writing their rows into one file, and every epoch then reads
 latents instead of decoding JPEGs. A VAE stores its posterior mean and std (a fresh sample is drawn per use, as
-from in-memory latents). Memory stays bounded by the batch: the files are read through `numpy.memmap`, a batch's
-rows at a time.
+from in-memory latents). Memory stays bounded by the batch: a batch's rows are read (and written) with pread /
+pwrite, not through a memory map, whose touched pages would count in the process's resident memory.
 
 Cache: `runs/_cache/latents/<key>/` (`cache_dir(run_dir)`), shared by every cell and training that reads the same:
 key = SHA-256 of the data (data key, image size, channels, the split's files and labels), the tokenizer's own
@@ -38,19 +38,50 @@ LATENTS_VERSION = 1
 ENCODE_BATCH = 256  # images per encoding batch and process
 
 
+class _Rows:
+    """Rows of a float32 .npy file [N, ...] read and written with pread / pwrite: no memory map, so the pages
+    of a large file stay in the page cache and out of the process's resident memory (a cell's peak RSS is
+    bounded by the batch, not the set)."""
+
+    def __init__(self, path: Path, *, write: bool = False) -> None:
+        header = np.load(path, mmap_mode="r")  # the header only: its offset, shape and dtype
+        if header.dtype != np.float32:
+            raise ValueError(f"{path}: {header.dtype}, expected float32")
+        self.offset, self.shape = int(header.offset), tuple(header.shape)
+        del header
+        self.row_bytes = int(np.prod(self.shape[1:])) * 4
+        self.fd = os.open(path, os.O_RDWR if write else os.O_RDONLY)
+
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), *self.shape[1:]), dtype=np.float32)
+        flat = out.reshape(len(idx), -1)
+        for j, i in enumerate(idx.tolist()):
+            flat[j] = np.frombuffer(os.pread(self.fd, self.row_bytes, self.offset + i * self.row_bytes),
+                                    dtype=np.float32)
+        return out
+
+    def write(self, idx: np.ndarray, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(len(idx), -1)
+        for j, i in enumerate(idx.tolist()):
+            os.pwrite(self.fd, rows[j].tobytes(), self.offset + i * self.row_bytes)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 @dataclass
 class StoredLatents:
-    """The latents of a split (memory-mapped [N, tokens, d] float32), their posterior std (a VAE) and labels."""
+    """The latents of a split (float32 [N, tokens, d] on disk), their posterior std (a VAE) and labels."""
 
-    mean: np.ndarray
-    std: np.ndarray | None
+    mean: _Rows
+    std: _Rows | None
     labels: torch.Tensor  # int64 [N]
 
     def rows(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean, std) of the images `idx` (CPU int64), on `device`."""
         i = idx.numpy()
-        mean = torch.from_numpy(np.ascontiguousarray(self.mean[i])).to(device)
-        std = None if self.std is None else torch.from_numpy(np.ascontiguousarray(self.std[i])).to(device)
+        mean = torch.from_numpy(self.mean.read(i)).to(device)
+        std = None if self.std is None else torch.from_numpy(self.std.read(i)).to(device)
         return mean, std
 
 
@@ -100,8 +131,7 @@ def stored_latents(recipe: Recipe, data: StreamedImageData, tokenizer: Tokenizer
                 _build(folder, data, tokenizer, shape=shape, vae=vae, device=device, rank=rank, world=world,
                        sync=sync)
             sync()
-    return StoredLatents(mean=np.load(folder / "mean.npy", mmap_mode="r"),
-                         std=np.load(folder / "std.npy", mmap_mode="r") if vae else None,
+    return StoredLatents(mean=_Rows(folder / "mean.npy"), std=_Rows(folder / "std.npy") if vae else None,
                          labels=torch.tensor(data.labels, dtype=torch.int64))
 
 
@@ -117,7 +147,7 @@ def _build(folder: Path, data: StreamedImageData, tokenizer: Tokenizer, *, shape
         for name in names:
             np.lib.format.open_memmap(partial / name, mode="w+", dtype=np.float32, shape=shape).flush()
     sync()
-    arrays = [np.load(partial / name, mmap_mode="r+") for name in names]
+    arrays = [_Rows(partial / name, write=True) for name in names]
     shard = (rank, world) if world > 1 else None
     positions = shard_positions(len(data), shard) or list(range(len(data)))
     tokenizer.eval()
@@ -126,12 +156,12 @@ def _build(folder: Path, data: StreamedImageData, tokenizer: Tokenizer, *, shape
         mean, std = tokenizer.posterior(to_unit_range(x))
         rows = np.asarray(positions[at:at + x.shape[0]])
         at += x.shape[0]
-        arrays[0][rows] = mean.float().cpu().numpy()
+        arrays[0].write(rows, mean.float().cpu().numpy())
         if vae and std is not None:
-            arrays[1][rows] = std.float().cpu().numpy()
+            arrays[1].write(rows, std.float().cpu().numpy())
     for a in arrays:
-        a.flush()
-    del arrays
+        os.fsync(a.fd)
+        a.close()
     sync()
     if rank == 0:
         shutil.rmtree(folder, ignore_errors=True)
