@@ -330,3 +330,13 @@ def test_log_axis_ticks_are_plain_text_when_math_is_off(tmp_path: Path) -> None:
     fd = FigureData("curves", "curves", "Training loss", "", {"lines": lines})
     svg = save_figure(fd, tmp_path, "curves").svg.read_text()
     assert "mathdefault" not in svg and "$a^$" in svg
+
+
+def test_out_may_be_any_folder_even_through_dotdot(tmp_path: Path, sweepdae: Any) -> None:
+    """The guard keeps each file under --out; --out itself is the user's choice, `../out` included."""
+    url = f"journal:{tmp_path / 's.journal'}"
+    _fill(url, _grid(tmp_path, "g", '\n[axes]\ntokenizer.latent_dim = [2, 4]\n'))
+    (tmp_path / "sub").mkdir()
+    p = sweepdae(tmp_path / "sub", "report", "--csv", "--html", "--out", "../out2", "--store", url)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "out2" / "data" / "g.csv").is_file() and (tmp_path / "out2" / "report.html").is_file()

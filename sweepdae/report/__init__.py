@@ -58,9 +58,10 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: _jsonable(v) for k, v in rec.items()} for rec in frame[cols].to_dict("records")]
 
 
-def _write(path: Path, text: str, written: list[Path]) -> None:
-    if path.name in ("", ".", "..") or any(part == ".." for part in path.parts):  # names are slugs or file_stem
-        raise SweepdaeError(f"report: refusing to write {path}: not a plain file name")
+def _write(path: Path, text: str, written: list[Path], out: Path) -> None:
+    # names are slugs or file_stem; this guards the rule: every file lands under --out (which may itself be "../x")
+    if path.name in ("", ".", "..") or not path.resolve().is_relative_to(out.resolve()):
+        raise SweepdaeError(f"report: refusing to write {path}: not a plain file name under {out}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text)
     written.append(path)
@@ -92,12 +93,13 @@ def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
         tidy = pd.concat([s.table.tidy for s in sections], ignore_index=True)
         cols = [c for c in DATA_COLUMNS if c in tidy.columns]
         text = tidy[cols].map(_csv_text) if hasattr(tidy, "map") else tidy[cols].applymap(_csv_text)
-        _write(out / "data" / f"{stem}.csv", text.to_csv(index=False), written)
+        _write(out / "data" / f"{stem}.csv", text.to_csv(index=False), written, out)
         doc = {"grid": name, "sweepdae": report.version, "created": report.created,
                "sections": [{"profile": s.profile, "spec": s.spec, "scale": s.table.scale, "citation": s.table.citation,
                              "findings": s.findings, "provenance": s.provenance.to_json(),
                              "rows": _records(s.table.tidy)} for s in sections]}
-        _write(out / "data" / f"{stem}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written)
+        _write(out / "data" / f"{stem}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written,
+               out)
 
 
 def default_runs_dir(store: Any) -> Path:
@@ -143,14 +145,14 @@ def _write_all(report: ReportData, out: Path, *, html: bool, latex: bool, csv: b
         for t in report.tunes:
             rendered[t.slug] = [(fd, save_figure(fd, out / "figures", f"{t.slug}-{fd.name}")) for fd in t.figures]
     if html:
-        _write(out / "report.html", render_html(report, rendered), written)
+        _write(out / "report.html", render_html(report, rendered), written, out)
     if latex:
         tables = []
         for s in report.sections:
             path = out / "tables" / f"{s.slug}.tex"
-            _write(path, render_tex_section(s, rendered.get(s.slug, []), out), written)
+            _write(path, render_tex_section(s, rendered.get(s.slug, []), out), written, out)
             tables.append(path)
-        _write(out / "report.tex", render_tex_document(report, tables, out), written)
+        _write(out / "report.tex", render_tex_document(report, tables, out), written, out)
     if csv:
         _write_data(report, out, written)
         for t in report.tunes:
@@ -158,7 +160,7 @@ def _write_all(report: ReportData, out: Path, *, html: bool, latex: bool, csv: b
                    "direction": t.direction, "counts": t.counts, "best": t.best, "trials": t.trials,
                    "importances": t.importances, "importance_note": t.importance_note}
             _write(out / "data" / f"{t.slug}.json", json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n",
-                   written)
+                   written, out)
     for figs in rendered.values():
         for _, rf in figs:
             written.extend([rf.svg, rf.pdf])
