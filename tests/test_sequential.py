@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sweepdae.report.sequential import (ALPHA, Design, DesignError, fixed_design, group_sequential, obf_spending,
-                                        z_boundaries)
+from sweepdae.report.sequential import (
+    ALPHA,
+    Design,
+    DesignError,
+    fixed_design,
+    group_sequential,
+    obf_spending,
+    z_boundaries,
+)
 
 SWEEPS = 4000  # simulated sweeps per case (the issue asks for >= 2,000)
 

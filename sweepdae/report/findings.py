@@ -7,15 +7,22 @@ interval lies on one side of the finding's decision point; one seed, or an inter
 "inconclusive".
 
 Each check returns a Verdict: {finding, claim, readout, statistic, rule, value, interval, confidence, seeds,
-per_seed, verdict, ours, paper, paper_value, readouts}. `readouts` holds the same statistic and verdict on kNN top-1
-and probe_gain, shown beside the linear probe's but never deciding. The paper side (`paper`, `paper_value`) is the
-same statistic on the paper's numbers (`paper.py`) wherever the paper prints them.
+per_seed, verdict, ours, paper, paper_value, readouts}; `compute_findings` adds `gate`, `design` and
+`seeds_at_decision` (REPRODUCTION.md, "The regime gate and seeds until decided"): the regime gate against the
+untrained nonlinear baseline turns a verdict whose cells do not beat it into `out_of_regime` (the rule's verdict
+kept as `rule_verdict`), and a grid run with `--until-decided` reads its verdicts at the looks of its group-
+sequential design (`sequential.py`), whose intervals replace the fixed 95 % one. `readouts` holds the same statistic
+and verdict on kNN top-1 and probe_gain, shown beside the linear probe's but never deciding. The paper side
+(`paper`, `paper_value`) is the same statistic on the paper's numbers (`paper.py`) wherever the paper prints them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +31,11 @@ import pandas as pd
 from scipy import stats
 
 from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, canonical_label, get_reference
+from sweepdae.report.sequential import Design, DesignError, fixed_design
 from sweepdae.report.tables import TableData
 
-__all__ = ["CONFIDENCE", "FINDING_CHECKS", "READOUTS", "Rule", "Verdict", "compute_findings", "interval",
-           "spearman", "verdict_of"]
+__all__ = ["CONFIDENCE", "FINDING_CHECKS", "GATE_BASELINE", "READOUTS", "Rule", "Verdict", "compute_findings",
+           "decided", "design_of", "interval", "regime_gate", "spearman", "verdict_of"]
 
 Verdict = dict[str, Any]
 CONFIDENCE = 0.95  # two-sided, Student t over seeds (REPRODUCTION.md)
@@ -40,6 +48,20 @@ DIP_MARGIN = 1.0  # finding 2b: no dip of a point or more
 _TAB2 = PAPER["tab2"]
 _LEVELS = PAPER["noise_levels"]
 _FREE, _KL = ("patch_ae", "patch_pca"), ("patch_vae", "conv_vae")
+# The regime gate's baseline (REPRODUCTION.md): an untrained per-token ReLU layer on the cell's tokens, probed the
+# cell's way (sweepdae/cell/random_features.py).
+GATE_BASELINE = "random_features_probe_top1"
+# The confidence of the look being read: 95 % (the fixed rule), or a sequential design's look (compute_findings).
+_LOOK_CONFIDENCE: ContextVar[float] = ContextVar("look_confidence", default=CONFIDENCE)
+
+
+@contextlib.contextmanager
+def _at_confidence(confidence: float) -> Iterator[None]:
+    token = _LOOK_CONFIDENCE.set(confidence)
+    try:
+        yield
+    finally:
+        _LOOK_CONFIDENCE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -55,12 +77,14 @@ class Rule:
                 f"if it lies {other} {self.point:g}, else inconclusive")
 
 
-def interval(values: list[float]) -> tuple[float, float] | None:
-    """mean ± t(0.975, n-1) · s / √n over seeds; None for fewer than 2 values."""
+def interval(values: list[float], confidence: float | None = None) -> tuple[float, float] | None:
+    """mean ± t((1 + confidence) / 2, n-1) · s / √n over seeds; None for fewer than 2 values. `confidence`: 95 %
+    (the fixed rule), or the look's under a sequential design (the look being read, when not given)."""
     x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
     if len(x) < 2:
         return None
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    conf = _LOOK_CONFIDENCE.get() if confidence is None else confidence
+    half = float(stats.t.ppf(0.5 + conf / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return float(x.mean() - half), float(x.mean() + half)
 
 
@@ -559,14 +583,113 @@ FINDING_CHECKS: dict[str, Callable[[TableData], Verdict]] = {
 }
 
 
+# -- the regime gate and the design (REPRODUCTION.md, "The regime gate and seeds until decided") ------------------
+def regime_gate(table: TableData) -> dict[str, Any]:
+    """Do the cells the finding compares beat the untrained nonlinear baseline? Per seed, the smallest
+    probe_top1 − random_features_probe_top1 over the table's positions that recorded both on every seed; passed
+    when its interval (the look's) lies above 0, failed otherwise, None when not measured (no such position, or
+    fewer than 2 seeds)."""
+    out: dict[str, Any] = {"baseline": GATE_BASELINE, "statistic": f"smallest {PRIMARY} − {GATE_BASELINE} over the "
+                           "table's positions", "value": None, "interval": None, "seeds": 0, "per_seed": {},
+                           "passed": None}
+    acc, rf = seed_matrices(table, PRIMARY), seed_matrices(table, GATE_BASELINE)
+    seeds = [s for s in acc if s in rf]
+    both: pd.DataFrame | None = None
+    for s in seeds:
+        ok = acc[s].notna() & rf[s].reindex_like(acc[s]).notna()
+        both = ok if both is None else both & ok
+    if both is None or not both.to_numpy().any():
+        return {**out, "note": f"not measured: no cell recorded {GATE_BASELINE} on every seed"}
+    per_seed = {s: float(np.nanmin((acc[s] - rf[s].reindex_like(acc[s])).where(both).to_numpy())) for s in seeds}
+    vals = list(per_seed.values())
+    ci = interval(vals)
+    out.update(value=float(np.mean(vals)), interval=list(ci) if ci else None, seeds=len(vals), per_seed=per_seed,
+               passed=None if ci is None else bool(ci[0] > 0))
+    if ci is None:
+        out["note"] = "not measured: fewer than 2 seeds"
+    return out
+
+
+def decided(v: Verdict) -> bool:
+    """A finding more seeds cannot change: agrees or disagrees, or out of regime with the gate's interval wholly
+    below 0 (REPRODUCTION.md, Decided)."""
+    if v.get("verdict") in ("agrees", "disagrees"):
+        return True
+    gate = v.get("gate") or {}
+    return v.get("verdict") == "out_of_regime" and bool(gate.get("interval")) and gate["interval"][1] < 0
+
+
+def _seed_order(table: TableData) -> list[str]:
+    """The seeds the table holds, in the order they were added (numeric seeds by value)."""
+    seeds = [str(x) for x in table.seeds["seed"].unique()] if len(table.seeds) else []
+    return sorted(seeds, key=lambda x: (0, int(x), x) if x.lstrip("-").isdigit() else (1, 0, x))
+
+
+def design_of(spec: Mapping[str, Any], n_seeds: int) -> Design:
+    """The grid's design: the one `run --until-decided` registered in its spec, else one fixed look at the seeds
+    there are (the committed rule)."""
+    d = spec.get("design")
+    if isinstance(d, Mapping):
+        with contextlib.suppress(DesignError):
+            return Design.from_json(d)
+    return fixed_design(n_seeds)
+
+
+def _gate_text(gate: Mapping[str, Any], rule_verdict: str | None) -> str:
+    if gate.get("passed") is None:
+        return f"regime gate {gate.get('note', 'not measured')}"
+    lo, hi = gate["interval"]
+    word = "passed" if gate["passed"] else f"failed, out of regime (the rule alone: {rule_verdict})"
+    return f"regime gate {word}: smallest gain over random features {gate['value']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def _judge(check: Callable[[TableData], Verdict], table: TableData, design: Design, n: int,
+           history: tuple[int, ...]) -> Verdict:
+    conf = design.confidence(n, history) if design.sequential and n >= 2 else CONFIDENCE
+    with _at_confidence(conf):
+        v = check(table)
+        gate = regime_gate(table)
+    v["confidence"] = conf
+    v["gate"] = gate
+    if gate["passed"] is False:
+        v["rule_verdict"] = v["verdict"]
+        v["verdict"] = "out_of_regime"
+    return v
+
+
 def compute_findings(spec: Mapping[str, Any], table: TableData) -> list[Verdict]:
-    """One verdict per finding named in the grid's `[report] findings`, in that order."""
+    """One verdict per finding named in the grid's `[report] findings`, in that order, each with its regime gate
+    and design. Under a group-sequential design a finding is read at each look the store has had (the first
+    seeds up to it) and keeps the verdict of the first look that decides it."""
+    seeds = _seed_order(table)
+    design = design_of(spec, len(seeds))
+    looks = design.looks_at(len(seeds)) if design.sequential and len(seeds) >= 2 else (len(seeds),)
     out = []
     for name in (spec.get("report") or {}).get("findings") or []:
         check = FINDING_CHECKS.get(str(name))
         if check is None:
             out.append({"finding": str(name), "claim": str(name), "ours": "unknown finding", "paper": "",
-                        "verdict": "inconclusive", "seeds": 0, "interval": None, "readouts": {}})
-        else:
-            out.append(check(table))
+                        "verdict": "inconclusive", "seeds": 0, "interval": None, "readouts": {}, "gate": None,
+                        "design": design.to_json(), "seeds_at_decision": None})
+            continue
+        v: Verdict = {}
+        for n in looks:
+            sub = table if n == len(seeds) else dataclasses.replace(
+                table, seeds=table.seeds[table.seeds["seed"].astype(str).isin(seeds[:n])])
+            v = _judge(check, sub, design, n, looks)
+            if decided(v):
+                break
+        at = int(v.get("seeds") or 0) if decided(v) else None
+        v["design"] = design.to_json()
+        v["seeds_at_decision"] = at
+        extra = [_gate_text(v["gate"], v.get("rule_verdict"))]
+        if at is not None:
+            extra.append(f"decided at {at} seeds")
+        elif design.sequential:
+            extra.append(f"undecided at {max(looks)} of at most {design.max_seeds} seeds")
+        if design.sequential:
+            extra.append(f"group-sequential design, looks at {', '.join(map(str, design.looks))} seeds, "
+                         f"this look's interval {v['confidence'] * 100:.2f}%")
+        v["ours"] = f"{v.get('ours', '')}; {'; '.join(extra)}"
+        out.append(v)
     return out

@@ -35,8 +35,8 @@ from scipy import optimize, stats
 
 from sweepdae.errors import SweepdaeError
 
-__all__ = ["ALPHA", "calibrated_alpha", "DEFAULT_MAX_SEEDS", "MAX_LOOKS", "Design", "fixed_design", "group_sequential", "nominal_levels",
-           "obf_spending", "z_boundaries"]
+__all__ = ["ALPHA", "DEFAULT_MAX_SEEDS", "MAX_LOOKS", "Design", "calibrated_alpha", "fixed_design", "group_sequential",
+           "nominal_levels", "obf_spending", "z_boundaries"]
 
 ALPHA = 0.05  # two-sided, as the fixed rule's 95 % interval (REPRODUCTION.md, Interval)
 DEFAULT_MAX_SEEDS = 10  # `--max-seeds`: the audit estimated 6, 8 and 10 seeds for findings 3, 4 and 6
@@ -96,7 +96,7 @@ def z_boundaries(taus: tuple[float, ...], alpha: float = ALPHA) -> tuple[float, 
             if target <= 0:
                 c = math.inf
             else:
-                c = float(optimize.brentq(lambda c: cross(c) - target, 1e-6, 40.0, xtol=1e-10))
+                c = float(optimize.brentq(lambda c, t=target: cross(c) - t, 1e-6, 40.0, xtol=1e-10))
         out.append(c)
         spent += target
         if k + 1 < len(taus):  # the continuation region's sub-density at this look, for the next

@@ -26,8 +26,9 @@ from sweepdae.report.paper import PAPER_SCALE, get_reference, paper_value
 __all__ = ["METRICS", "MetricInfo", "TableData", "build_table", "metric_info", "scale_line"]
 
 PENDING = ("new", "queued", "running")
-# What the findings read per seed, whether or not the grid's [report] lists them (REPRODUCTION.md: readouts).
-FINDING_METRICS = ("probe_top1", "knn_top1", "probe_gain", "fid")
+# What the findings read per seed, whether or not the grid's [report] lists them (REPRODUCTION.md: readouts; the
+# last, the regime gate's baseline).
+FINDING_METRICS = ("probe_top1", "knn_top1", "probe_gain", "fid", "random_features_probe_top1")
 
 
 @dataclass

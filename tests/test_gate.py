@@ -1,0 +1,84 @@
+"""The regime gate and the design a finding's verdict is read under (REPRODUCTION.md, "The regime gate and seeds
+until decided"), on synthetic multi-seed stores: the gate passes, fails (out_of_regime, the statistic still shown)
+or is not measured (the verdict unchanged); a group-sequential design reads the verdict at its looks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sweepdae.report.findings import GATE_BASELINE, compute_findings
+from sweepdae.report.sequential import group_sequential
+from sweepdae.report.tables import build_table
+from tests.test_findings import list_table
+
+CLEAR = {"single": [60.0, 61.0, 59.5], "multi": [63.0, 64.2, 62.4]}  # agrees by the rule: +3.0 [+2.7, +3.3]
+
+
+def _finding(values: dict[str, list[float]], rf: dict[str, list[float]] | None,
+             design: dict[str, Any] | None = None) -> dict[str, Any]:
+    g, rows = list_table("noise_levels", values, extra={GATE_BASELINE: rf} if rf else None,
+                         findings=["multi_level_helps"])
+    spec = {**g["spec"], **({"design": design} if design else {})}
+    (v,) = compute_findings(spec, build_table(spec, pd.DataFrame(rows), g["cells"]))
+    return v
+
+
+def test_gate_passes_when_every_compared_cell_beats_the_baseline() -> None:
+    rf = {"single": [55.0, 56.0, 55.5], "multi": [57.0, 58.0, 56.0]}
+    v = _finding(CLEAR, rf)
+    gate = v["gate"]
+    # per seed: min(60 - 55, 63 - 57) = 5, min(61 - 56, 64.2 - 58) = 5, min(59.5 - 55.5, 62.4 - 56) = 4
+    assert gate["per_seed"] == pytest.approx({"0": 5.0, "1": 5.0, "2": 4.0})
+    m, s = 14 / 3, math.sqrt(((5 - 14 / 3) ** 2 * 2 + (4 - 14 / 3) ** 2) / 2)
+    half = stats.t.ppf(0.975, 2) * s / math.sqrt(3)
+    assert gate["value"] == pytest.approx(m) and gate["interval"] == pytest.approx([m - half, m + half])
+    assert gate["passed"] is True and gate["baseline"] == GATE_BASELINE
+    assert v["verdict"] == "agrees" and "rule_verdict" not in v and "regime gate passed" in v["ours"]
+    assert v["design"] == {"kind": "fixed", "looks": [3], "alpha": 0.05, "max_seeds": 3, "spending": None}
+    assert v["seeds_at_decision"] == 3 and "decided at 3 seeds" in v["ours"]
+
+
+def test_gate_fails_and_the_verdict_is_out_of_regime_with_its_statistic_shown() -> None:
+    rf = {"single": [62.0, 63.0, 61.0], "multi": [62.0, 63.0, 61.0]}  # single never beats its random reading
+    v = _finding(CLEAR, rf)
+    assert v["gate"]["passed"] is False and v["gate"]["interval"][1] < 0
+    assert v["verdict"] == "out_of_regime" and v["rule_verdict"] == "agrees"
+    assert v["value"] == pytest.approx(3.0333333) and v["interval"][0] > 0  # the statistic is still there
+    assert "out of regime (the rule alone: agrees)" in v["ours"]
+    assert v["seeds_at_decision"] == 3  # wholly below 0: more seeds cannot pass it
+
+
+def test_a_gate_interval_holding_zero_fails_but_is_not_settled() -> None:
+    rf = {"single": [59.0, 62.0, 58.0], "multi": [60.0, 60.0, 60.0]}  # gains +1, -1, +1.5 (min per seed)
+    v = _finding(CLEAR, rf)
+    lo, hi = v["gate"]["interval"]
+    assert lo < 0 < hi and v["gate"]["passed"] is False and v["verdict"] == "out_of_regime"
+    assert v["seeds_at_decision"] is None
+
+
+def test_gate_not_measured_keeps_the_verdict_and_says_so() -> None:
+    v = _finding(CLEAR, None)
+    assert v["gate"]["passed"] is None and v["gate"]["value"] is None and v["gate"]["interval"] is None
+    assert v["verdict"] == "agrees" and "regime gate not measured" in v["ours"]
+
+
+def test_a_sequential_design_reads_its_looks_and_keeps_the_first_decision() -> None:
+    """Looks at 3, 5, 8, 10 seeds: 3 seeds of a clear effect do not decide at the first look (its interval is at
+    the nominal level of the O'Brien-Fleming-type boundary, about 99.97 %), 5 do; the verdict stays the one of the
+    look at 5 when 8 seeds are there."""
+    design = group_sequential(3, 10)
+    three = _finding(CLEAR, None, design.to_json())
+    assert three["verdict"] == "inconclusive" and three["seeds_at_decision"] is None
+    assert three["confidence"] == pytest.approx(design.confidence(3)) and three["confidence"] > 0.999
+    assert "undecided at 3 of at most 10 seeds" in three["ours"]
+    more = {"single": [60.0, 61.0, 59.5, 60.2, 60.8, 60.0, 60.0, 60.0],
+            "multi": [63.0, 64.2, 62.4, 63.1, 63.9, 57.0, 57.0, 57.0]}  # seeds 6-8 reverse the effect
+    v = _finding(more, None, design.to_json())
+    assert v["verdict"] == "agrees" and v["seeds_at_decision"] == 5 and v["seeds"] == 5
+    assert v["design"]["kind"] == "group_sequential" and v["design"]["looks"] == [3, 5, 8, 10]
+    assert v["confidence"] == pytest.approx(design.confidence(5))
