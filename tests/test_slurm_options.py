@@ -4,6 +4,7 @@ submitit parameters, job owners, which groups a run submits, the store refusals 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,14 @@ def test_slurm_refuses_an_sqlite_store_and_warns_on_a_journal(grid: Path, tmp_pa
                                  f"journal:{tmp_path / 's.journal'}"])
     assert r.exit_code == 0, (r.output, r.exception)
     assert "journal store: every node must see the same file" in r.output and submitted == [2]
+
+
+@pytest.mark.parametrize(("table", "key"), [('[slurm]\npartition = "-a b"', "slurm.partition"),
+                                            ('[slurm.by.latent_dim."2"]\nqos = "x y"', "slurm.by.latent_dim.2.qos"),
+                                            ('[profiles.p.slurm]\naccount = "--wrap=x"', "profiles.p.slurm.account")])
+def test_slurm_option_strings_are_checked_when_the_grid_is_read(table: str, key: str) -> None:
+    """Every value a grid sets is validated at plan time, whichever executor later runs it: a SLURM string sbatch
+    would misread (a space, a leading '-') is refused by `plan`, not only by `run --executor slurm`."""
+    with pytest.raises(GridError, match=rf"g.toml:\d+: {re.escape(key)}: expected .*not starting with '-'") as e:
+        parse_grid(GRID + table, "g.toml")
+    assert "\n" not in str(e.value)

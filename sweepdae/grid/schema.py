@@ -40,7 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sweepdae.errors import GridError, RecipeError
+from sweepdae.errors import GridError, RecipeError, printable
 from sweepdae.metrics import FINDINGS, METRICS
 from sweepdae.recipe import KNOBS, Bounds, coerce_knob, suggest
 
@@ -133,6 +133,20 @@ class SlurmSpec:
         return SlurmSpec(options={**self.options, **profile.slurm}, by=self.by)
 
 
+# SLURM names (partitions, accounts, QOS) are letters, digits, '_', '.' and '-'; sbatch takes a comma-separated list of
+# partitions. A constraint is features joined by its operators: & | , * [ ] ( ) ! and a count after ':'
+# (sbatch(1), --constraint). None may start with '-' (sbatch would read an option) or hold a space. Checked
+# wherever an option comes from: a grid's tables, the command line, the user's config.
+_NAME = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
+SLURM_STRINGS: dict[str, tuple[re.Pattern[str], str]] = {
+    "partition": (re.compile(rf"{_NAME}(,{_NAME})*"), "partition names (letters, digits, _ . -), comma-separated"),
+    "account": (re.compile(_NAME), "an account name (letters, digits, _ . -)"),
+    "qos": (re.compile(_NAME), "a QOS name (letters, digits, _ . -)"),
+    "constraint": (re.compile(r"[A-Za-z0-9_.\[(!][A-Za-z0-9_.&|,*:\[\]()!-]*"),
+                   "node features (letters, digits, _ . -) joined by & | , * : [ ] ( ) !"),
+}
+
+
 def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
     """Validated SLURM options of a table (`error(key, message)` makes the exception to raise)."""
     if not isinstance(t, dict):
@@ -145,6 +159,9 @@ def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
         if typ is str:
             if not isinstance(v, str) or not v.strip() or any(c in v for c in "\n\r\0"):
                 raise error(f"{key}.{k}", f"must be a non-empty one-line string: the {what}")
+            if k in SLURM_STRINGS and (len(v) > 256 or not SLURM_STRINGS[k][0].fullmatch(v)):
+                raise error(f"{key}.{k}", f"expected {SLURM_STRINGS[k][1]}, not starting with '-'; got "
+                                          f"{printable(repr(v[:80]))}")
         else:
             number = isinstance(v, int) or (typ is float and isinstance(v, float))
             if isinstance(v, bool) or not number or not v >= (0 if k in ("gpus", "max_requeues") else 1) \

@@ -30,7 +30,6 @@ SLURM whether the owning job is still alive (`dead_job_owner`).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sweepdae.errors import SweepdaeError, printable
+from sweepdae.grid.schema import SLURM_STRINGS, check_slurm_options, tomllib
 
 # states in which a job still holds (or will hold) its cells; anything else, or a job SLURM no longer knows, has
 # ended (cancelling a pending array task on its own makes it vanish from squeue, scontrol and sacct alike)
@@ -57,8 +57,6 @@ USER_CONFIG = "~/.config/sweepdae/slurm.toml"
 def user_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The user's SLURM defaults: $SWEEPDAE_SLURM_CONFIG, else ~/.config/sweepdae/slurm.toml (a flat table of
     the `[slurm]` keys, e.g. `account = "proj42"`); {} when there is none."""
-    from sweepdae.grid.schema import check_slurm_options, tomllib
-
     p = Path(path or os.environ.get("SWEEPDAE_SLURM_CONFIG") or USER_CONFIG).expanduser()
     if not p.exists():
         if path or os.environ.get("SWEEPDAE_SLURM_CONFIG"):
@@ -69,26 +67,12 @@ def user_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise SweepdaeError(f"{p}: not a readable TOML file: {str(e).splitlines()[0] if str(e) else e}") from None
 
-    def error(key: str, message: str) -> SweepdaeError:
-        return SweepdaeError(f"{p}: {key}: {message}")
+    def error(key: str, message: str) -> SweepdaeError:  # a flat file's keys are named as written there
+        return SweepdaeError(f"{p}: {key if 'slurm' in doc else key.removeprefix('slurm.')}: {message}")
 
     opts = check_slurm_options(doc, "slurm", error) if "slurm" not in doc else check_slurm_options(
         doc["slurm"], "slurm", error)
-    check_option_strings(opts, lambda k, m: error(f"slurm.{k}" if "slurm" in doc else k, m))
     return opts
-
-
-# SLURM names (partitions, accounts, QOS) are letters, digits, '_', '.' and '-'; sbatch takes a comma-separated list of
-# partitions. A constraint is features joined by its operators: & | , * [ ] ( ) ! and a count after ':'
-# (sbatch(1), --constraint). None may start with '-' (sbatch would read an option) or hold a space.
-_NAME = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
-SLURM_STRINGS: dict[str, tuple[re.Pattern[str], str]] = {
-    "partition": (re.compile(rf"{_NAME}(,{_NAME})*"), "partition names (letters, digits, _ . -), comma-separated"),
-    "account": (re.compile(_NAME), "an account name (letters, digits, _ . -)"),
-    "qos": (re.compile(_NAME), "a QOS name (letters, digits, _ . -)"),
-    "constraint": (re.compile(r"[A-Za-z0-9_.\[(!][A-Za-z0-9_.&|,*:\[\]()!-]*"),
-                   "node features (letters, digits, _ . -) joined by & | , * : [ ] ( ) !"),
-}
 
 
 def check_option_strings(opts: dict[str, Any], error: Callable[[str, str], Exception]) -> None:
