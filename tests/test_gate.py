@@ -82,3 +82,31 @@ def test_a_sequential_design_reads_its_looks_and_keeps_the_first_decision() -> N
     assert v["verdict"] == "agrees" and v["seeds_at_decision"] == 5 and v["seeds"] == 5
     assert v["design"]["kind"] == "group_sequential" and v["design"]["looks"] == [3, 5, 8, 10]
     assert v["confidence"] == pytest.approx(design.confidence(5))
+
+
+# -- the gate's baseline: the untrained nonlinear reading of the tokens (sweepdae/cell/random_features.py) --------
+def test_random_features_against_numpy_float64() -> None:
+    import numpy as np
+    import torch
+
+    from sweepdae.cell.random_features import RandomFeaturesError, draw_random_features, random_features
+
+    draws = draw_random_features(16, 64, 128, torch.Generator().manual_seed(7))
+    x = torch.randn(5, 16, 64, generator=torch.Generator().manual_seed(1)) * 0.6
+    got = random_features(x, draws)
+    w, p, xs = (t.double().numpy() for t in (draws.weight, draws.position, x))
+    want = np.maximum((xs + p[None]) @ w, 0.0).mean(axis=1)  # [B, width]
+    assert got.shape == (5, 128) and got.dtype == torch.float32
+    assert np.allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    # the draws: W ~ N(0, 1/D), the position code ~ N(0, 1), the same for the same seed, others for another
+    assert float(draws.weight.std()) == pytest.approx(1 / 8, rel=0.05)
+    assert float(draws.position.std()) == pytest.approx(1.0, rel=0.1)
+    again = draw_random_features(16, 64, 128, torch.Generator().manual_seed(7))
+    other = draw_random_features(16, 64, 128, torch.Generator().manual_seed(8))
+    assert torch.equal(again.weight, draws.weight) and torch.equal(again.position, draws.position)
+    assert not torch.equal(other.weight, draws.weight)
+    # a batch of one image reads the same as it does in a batch; bf16 tokens are read in float32
+    assert torch.allclose(random_features(x[2:3], draws), got[2:3])
+    assert random_features(x.bfloat16(), draws).dtype == torch.float32
+    with pytest.raises(RandomFeaturesError):
+        random_features(x[:, :8], draws)
