@@ -5,6 +5,7 @@ simulation, and its average seeds against the fixed design of the same power."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,3 +99,112 @@ def test_error_rate_and_seeds_by_simulation(max_seeds: int) -> None:
     decided, seeds = _simulate(design, 1.2, rng)
     fixed_n = _fixed_n_for_power(float(decided.mean()), 1.2)
     assert seeds.mean() < fixed_n, (seeds.mean(), fixed_n, decided.mean())
+
+
+# -- the loop: `run --until-decided` with a fake cell runner through the real store (nothing trains) -------------
+GRID = """
+[grid]
+name = "levels"
+mirrors = "noise_levels"
+seeds = [0, 1, 2]
+
+[base]
+data.name = "digits"
+data.image_size = 8
+tokenizer.name = "patch_pca"
+tokenizer.patch_size = 4
+tokenizer.latent_dim = 2
+model.size = "micro"
+noise.schedule = "sigma_linear"
+objective.target = "image"
+objective.input_space = "image"
+objective.output_space = "image"
+
+[axes]
+noise.levels = { values = ["multi", "single"], name = "noise" }
+
+[report]
+cols = "noise"
+metrics = ["probe_top1"]
+findings = ["multi_level_helps"]
+"""
+
+
+class FakeCells:
+    """Records each cell with made-up metrics drawn from a known distribution: probe_top1 = 60 (+ `effect` for the
+    multi-level cell) + N(0, 1) seed noise, random_features_probe_top1 = probe_top1 - `above` (the gate's
+    baseline); the draws are seeded by the cell's seed and level, so a rerun draws the same."""
+
+    def __init__(self, effect: float, above: float = 5.0) -> None:
+        self.effect, self.above = effect, above
+        self.ran: list[str] = []
+
+    def __call__(self, store: Any, plan: Any, cells: list[Any]) -> bool:
+        from sweepdae.runner import enqueue_cells
+
+        outcome = enqueue_cells(store, cells, grid=plan.grid.name, profile=plan.profile)
+        todo = {k for k, v in outcome.items() if v != "cached"}
+        while True:
+            claim = store.claim("fake:1", keys=todo)
+            if claim is None:
+                break
+            cell = next(c for c in cells if c.key == claim.key)
+            multi = cell.coords["noise"] == "multi"
+            rng = np.random.default_rng([cell.seed, int(multi)])
+            probe = 60.0 + (self.effect if multi else 0.0) + float(rng.standard_normal())
+            store.complete(claim, metrics={"probe_top1": probe, "random_features_probe_top1": probe - self.above},
+                           info={})
+            self.ran.append(cell.label)
+        return all(v == "done" for v in store.status([c.key for c in cells]).values())
+
+
+def _loop(tmp_path: Any, fake: FakeCells, max_seeds: int) -> tuple[Any, list[Any]]:
+    from sweepdae.grid import expand
+    from sweepdae.grid.schema import parse_grid
+    from sweepdae.runner.until_decided import run_until_decided
+    from sweepdae.store import open_store
+
+    plan = expand(parse_grid(GRID))
+    with open_store(f"journal:{tmp_path / 'store.journal'}") as store:
+        outcomes = run_until_decided(store, [plan], max_seeds=max_seeds, run_cells=fake, runs_dir=tmp_path)
+        from sweepdae.report import build_report
+
+        (section,) = build_report(store, ["levels"], runs_dir=tmp_path).sections
+        return section, outcomes
+
+
+def test_until_decided_adds_seeds_until_the_finding_is_decided(tmp_path: Any) -> None:
+    fake = FakeCells(effect=2.0)
+    section, (out,) = _loop(tmp_path, fake, max_seeds=10)
+    (v,) = section.findings
+    # 3 seeds do not decide at the first look's ~99.97 % interval; these draws decide at the look at 8 seeds
+    assert v["verdict"] == "agrees" and v["seeds_at_decision"] == 8 and "decided at 8 seeds" in v["ours"]
+    assert v["design"] == {"kind": "group_sequential", "looks": [3, 5, 8, 10], "alpha": 0.05, "max_seeds": 10,
+                           "spending": "lan_demets_obf"}
+    assert v["gate"]["passed"] is True
+    assert out.seeds == tuple(range(8)) and out.findings == {"multi_level_helps": ("agrees", 8)}
+    assert sorted(fake.ran) == sorted(f"{n} seed={s}" for n in ("multi", "single") for s in range(8))
+    # resumed: the registered look is 8 and the finding decided, so nothing more runs
+    fake.ran.clear()
+    _loop(tmp_path, fake, max_seeds=10)
+    assert fake.ran == []
+
+
+def test_until_decided_stops_at_max_seeds_without_an_effect(tmp_path: Any) -> None:
+    fake = FakeCells(effect=0.0)
+    section, (out,) = _loop(tmp_path, fake, max_seeds=5)
+    (v,) = section.findings
+    assert v["verdict"] == "inconclusive" and v["seeds_at_decision"] is None and v["seeds"] == 5
+    assert "undecided at 5 of at most 5 seeds" in v["ours"] and out.undecided == ["multi_level_helps"]
+    assert len(fake.ran) == 10  # 2 cells x seeds 0-4, looks 3, 4, 5
+
+
+def test_dry_run_rounds_list_the_seeds_each_look_adds() -> None:
+    from sweepdae.grid import expand
+    from sweepdae.grid.schema import parse_grid
+    from sweepdae.runner.until_decided import plan_rounds
+
+    rounds = plan_rounds([expand(parse_grid(GRID))], 10)
+    assert [[(r.look, r.seeds, len(r.cells)) for r in rs] for rs in rounds] == [
+        [(5, (3, 4), 4)], [(8, (5, 6, 7), 6)], [(10, (8, 9), 4)]]
+    assert {c.seed for c in rounds[0][0].cells} == {3, 4}
