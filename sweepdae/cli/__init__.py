@@ -268,6 +268,11 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
                                                    "else the device kind's default")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="--dry-run: the estimate as one JSON object on stdout "
                                                "(per grid, per phase: seconds and bound)")] = False,
+        until_decided: Annotated[bool, typer.Option("--until-decided", help="Add seeds in rounds to the grids whose "
+                                                    "findings are undecided, under a group-sequential design fixed "
+                                                    "before the first look (REPRODUCTION.md)")] = False,
+        max_seeds: Annotated[int | None, typer.Option("--max-seeds", help="--until-decided: the seeds of the last "
+                                                      "look (default 10)")] = None,
         launcher: Annotated[str, typer.Option(help="auto (fork on CPU, accelerate on GPU), accelerate or fork")
                             ] = "auto",
         plain: Annotated[bool | None, typer.Option("--plain/--live", help="Force line output / the live view")
@@ -327,6 +332,11 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         raise SweepdaeError(f"--rate: expected a positive number of TFLOP/s, got {rate!r}")
     if json_out and not dry_run:
         raise SweepdaeError("--json: only with --dry-run")
+    if max_seeds is not None and not until_decided:
+        raise SweepdaeError("--max-seeds: only with --until-decided")
+    if until_decided and (only or executor != "local" or json_out):
+        raise SweepdaeError("--until-decided: every cell of the grids, on this machine (no --only, --executor slurm "
+                            "or --json)")
     plans = [_plan(g, profile) for g in grids]  # every grid (and its profile) checked before anything runs
     if executor == "slurm":
         from sweepdae.runner.slurm import check_spec_strings
@@ -344,10 +354,25 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         slots = make_slots(ids, gpus_per_cell=max(1, gpus_per_cell), cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells)
         _dry_run(store, list(zip(plans, chosen, strict=True)), slots, rate, json_out=json_out, slurm_cli=slurm_cli,
                  executor=executor, gpus_per_cell=gpus_per_cell)
+        if until_decided:
+            from sweepdae.runner.until_decided import dry_run_from_cli
+
+            dry_run_from_cli(store, plans, max_seeds=max_seeds or 10, rate_tflops=rate, slots=len(slots),
+                             gpus=sorted({g for slot in slots for g in slot.gpus}), say=lambda m: err.print(
+                                 Text(printable(m)), soft_wrap=True))
         return
     if executor == "slurm":
         _run_slurm(store, plans, chosen, cli=slurm_cli, gpus_per_cell=gpus_per_cell, max_retries=max_retries,
                    runs_dir=runs_dir, launcher=launcher, wait=wait, plain=plain)
+        return
+    if until_decided:
+        from sweepdae.runner.until_decided import run_from_cli
+
+        if not run_from_cli(store, plans, max_seeds=max_seeds or 10, runs_dir=runs_dir, gpus=gpus,
+                            gpus_per_cell=gpus_per_cell, cells_per_gpu=cells_per_gpu, cpu_cells=cpu_cells,
+                            max_retries=max_retries, fail_fast=fail_fast, launcher=launcher, plain=plain,
+                            say=lambda m: err.print(Text(printable(m)), soft_wrap=True)):
+            raise typer.Exit(1)
         return
     s = _store(store)
     statuses: dict[str, str] = {}  # every selected cell: as its grid's run left it, or as the store has it

@@ -173,3 +173,69 @@ def run_until_decided(store: Any, plans: Sequence[Plan], *, max_seeds: int, run_
             break
         active = still
     return [outcomes[i] for i in sorted(outcomes)]
+
+
+# -- what `sweepdae run --until-decided` calls ----------------------------------------------------------------------
+def run_from_cli(url: str | None, plans: Sequence[Plan], *, max_seeds: int, runs_dir: str | None,
+                 say: Callable[[str], None], **run_options: Any) -> bool:
+    """`run --until-decided` on this machine's slots (`run_options`: those of `runner.run_cells`); prints each
+    finding's verdict and the seeds at its decision; whether every cell of every round ended done."""
+    from sweepdae.runner import cell_params, run_cells, runs_dir_for
+    from sweepdae.store import open_store
+
+    def run(store: Any, plan: Plan, cells: list[Any]) -> bool:
+        return run_cells(store, cells, grid=plan.grid.name, profile=plan.profile, params=cell_params(plan),
+                         title=f"{plan.grid.name} ({plan.profile or 'base'}, {len({c.seed for c in cells})} seeds)",
+                         runs_dir=runs_dir, **run_options).ok
+
+    with open_store(url) as store:
+        outcomes = run_until_decided(store, plans, max_seeds=max_seeds, run_cells=run,
+                                     runs_dir=runs_dir_for(runs_dir), say=say)
+    for out in outcomes:
+        for name, (verdict, at) in out.findings.items():
+            where = f"decided at {at} seeds" if at is not None else f"undecided at {len(out.seeds)} seeds"
+            say(f"{out.grid} ({out.profile or 'base'}) {name}: {verdict}, {where} (looks {list(out.design.looks)})")
+    return all(o.ok for o in outcomes)
+
+
+def dry_run_from_cli(url: str | None, plans: Sequence[Plan], *, max_seeds: int, rate_tflops: float | None,
+                     gpus: list[int], slots: int, say: Callable[[str], None]) -> None:
+    """`run --until-decided --dry-run`: after the grids' own dry run (the first look), the seeds each later round
+    would add and its estimated cost, as if every finding stayed undecided to the last look."""
+    from sweepdae.errors import StoreNotFound
+    from sweepdae.runner import estimate as est
+    from sweepdae.store import open_store
+
+    kind = "cuda" if gpus else "cpu"
+    measured = None
+    store: Any = None
+    try:
+        store = open_store(url, create=False)
+    except StoreNotFound:
+        store = None
+    try:
+        rounds = plan_rounds(plans, max_seeds, store)
+        if store is not None and rate_tflops is None:
+            measured = est.calibrate(store.cells().to_dict("records"), kind)
+    finally:
+        if store is not None:
+            store.close()
+    base = est.default_rate(kind, est.detect_gpu_name() if gpus else None)
+    rate = (est.Rate(rate_tflops * 1e12, base.fixed_s, kind, "rate given with --rate", measured=False)
+            if rate_tflops is not None else measured or base)
+    for p in plans:
+        d = design_for(p, max_seeds)
+        say(f"--until-decided {p.grid.name} ({p.profile or 'base'}): group-sequential, looks at "
+            f"{', '.join(map(str, d.looks))} seeds, alpha {d.alpha:g} (REPRODUCTION.md); a later round runs only "
+            "for grids with an undecided finding")
+    total = 0.0
+    for i, rs in enumerate(rounds, 1):
+        ests = est.estimate_grids([(r.grid, r.profile, r.cells, r.cells) for r in rs], trained=set(), rate=rate,
+                                  devices=max(1, len(gpus)), slots=slots)
+        for r, e in zip(rs, ests, strict=True):
+            total += e.seconds
+            say(f"round {i}: {r.grid} ({r.profile or 'base'}) to {r.look} seeds, adds seeds "
+                f"{', '.join(map(str, r.seeds))}: {len(r.cells)} cells, {e.trainings} trainings, "
+                f"{est.human_seconds(e.seconds)}")
+    if rounds:
+        say(f"every round, if no finding is decided before the last look: {est.human_seconds(total)} ({rate.source})")
