@@ -778,11 +778,11 @@ def forget(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name
     """Remove cells' results (store and cell folders) so the next run evaluates them again; their trainings stay."""
     import shutil
 
+    from sweepdae.report import default_runs_dir
     from sweepdae.runner import runs_dir_for, select
 
     p = _plan(grid, profile)
     cells = select(p, only)
-    runs = runs_dir_for(runs_dir)
     if missing_trainings:
         from sweepdae.cell import TRAIN_DIR
         from sweepdae.cell.train import TRAINED
@@ -790,6 +790,7 @@ def forget(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name
         tks = sorted({c.train_key for c in cells})
         s = _store(store, create=False)
         try:
+            runs = runs_dir_for(runs_dir or default_runs_dir(s))  # as `report` finds it: also runs/ beside the store
             status = s.training_status(tks)
             lost = [tk for tk in tks if status.get(tk) == "done" and not (runs / TRAIN_DIR / tk / TRAINED).exists()]
             gone = s.forget_trainings(lost)
@@ -800,21 +801,29 @@ def forget(grid: Annotated[str, typer.Argument(help="Grid TOML file (or the name
         return
     s = _store(store, create=False)
     try:
+        runs = runs_dir_for(runs_dir or default_runs_dir(s))  # as `report` finds it: also runs/ beside the store
         # All or nothing, in this order: every key is checked (none queued or running) before anything changes;
-        # then the folders go, because a folder left behind (its result.json) would be recorded again by the next
-        # run, undoing the forget; the store's marks come last.
+        # then the folders go; the store's marks come last. A folder not found here (another runs folder, another
+        # machine) keeps its result.json, which the next run does not record again: the store keeps when each key
+        # was forgotten and the coordinator sets an older result aside.
         keys = s.forgettable([c.key for c in cells])
+        missing: list[str] = []
         for key in keys:
             try:
                 shutil.rmtree(runs / key)
             except FileNotFoundError:
-                pass
+                missing.append(key)
             except OSError as e:
                 raise SweepdaeError(f"forget: cannot remove {printable(str(runs / key))}: {printable(str(e))}; "
                                     "the store still holds its result") from None
         gone = s.forget(keys)
     finally:
         s.close()
+    if missing:
+        err.print(Text(printable(
+            f"warning: {len(missing)} of {len(keys)} cell folders not found under {runs} (e.g. {missing[0][:12]}): "
+            "forgotten in the store all the same, and a run records none of their old results; --runs-dir names "
+            "where they are")), soft_wrap=True)
     err.print(f"forgot {len(gone)} of {len(cells)} cells of {printable(p.grid.name)} (their trainings are kept: "
               "`sweepdae gc` removes trainings no cell uses)")
 
@@ -852,7 +861,7 @@ def gc(store: StoreOpt = None, runs_dir: RunsOpt = None,
 
     from sweepdae.cell import TRAIN_DIR
     from sweepdae.runner import runs_dir_for
-    from sweepdae.runner.coordinator import STORES_DIR, training_stores
+    from sweepdae.runner.coordinator import LEGACY_MARK, STORES_DIR, training_stores
 
     s = _store(store, create=False)
     try:
@@ -865,13 +874,20 @@ def gc(store: StoreOpt = None, runs_dir: RunsOpt = None,
     removed, others, legacy = 0, 0, 0
     for d in unused:
         stores = training_stores(d)
-        if stores is None and not unmarked and any(d.iterdir()):  # an empty folder holds nothing to lose
-            legacy += 1
-            continue
-        if stores and (me is None or stores != {me}):  # another store uses it: drop only our mark
+        ours = stores is not None and me is not None and me in stores
+        if (stores or set()) - {me, LEGACY_MARK}:  # another store uses it: drop only our mark
             others += 1
-            if me in stores and not dry_run:
-                (d / STORES_DIR / me).unlink(missing_ok=True)
+            if ours and not dry_run:
+                (d / STORES_DIR / str(me)).unlink(missing_ok=True)
+            continue
+        # No store or only the `legacy` mark (made before sweepdae recorded stores, maybe by another store that
+        # shares runs/, and reused by this one since): kept unless --include-unmarked; an empty folder holds
+        # nothing to lose.
+        if (stores is None or LEGACY_MARK in stores) and not unmarked and any(
+                p.name != STORES_DIR for p in d.iterdir()):
+            legacy += 1
+            if ours and not dry_run:
+                (d / STORES_DIR / str(me)).unlink(missing_ok=True)
             continue
         out.print(Text(printable(f"{'would remove' if dry_run else 'removed'} {d}")))
         removed += 1
