@@ -147,6 +147,25 @@ def test_a_size_limited_append_leaves_the_journal_whole(tmp_path: Path) -> None:
     assert r.returncode == 0 and '"counts": {}' in r.stdout, (r.stdout, r.stderr)  # all three forgotten
 
 
+def test_a_torn_journal_under_a_stale_lock_warns_and_under_a_fresh_lock_is_silent(tmp_path: Path) -> None:
+    """A writer killed mid-append leaves its torn line and its lock: once the lock is older than Optuna's grace
+    period (30 s) it is a crash's, and `status` says the line is torn; a fresh lock is a write in progress."""
+    url, grid, keys = done_store(tmp_path)
+    path = tmp_path / "store.journal"
+    path.write_bytes(path.read_bytes()[:-40])
+    lock = Path(f"{path}.lock")
+    os.symlink(str(path), str(lock))  # as Optuna's JournalFileSymlinkLock takes it
+    r = sweepdae("status", "--store", url, "--json", cwd=tmp_path)
+    assert r.returncode == 0 and "torn" not in r.stderr, r.stderr
+    old = os.stat(path).st_mtime - 60
+    os.utime(lock, (old, old), follow_symlinks=False)  # the lock, and the journal it points at, a minute old
+    os.utime(path, (old, old))
+    r = sweepdae("status", "--store", url, "--json", cwd=tmp_path)
+    assert r.returncode == 0 and '"running": 1' in r.stdout, (r.stdout, r.stderr)
+    assert [ln for ln in r.stderr.splitlines() if "torn" in ln] == r.stderr.splitlines(), r.stderr
+    assert r.stderr.count("is torn") == 1, r.stderr
+
+
 def test_a_journal_damaged_inside_is_one_line_naming_the_line_for_readers_and_writers(tmp_path: Path) -> None:
     url, grid, keys = done_store(tmp_path)
     path = tmp_path / "store.journal"
@@ -164,6 +183,9 @@ def _args(**kw: Any) -> list[str]:
 
 # ------------------------------------------------------------------------------------ item 5: passwords
 SECRET_URLS = [
+    # a space in the password and in a query value (SQLAlchemy reads both so), then the same unparsable
+    "postgresql://alice:ab cd3f@127.0.0.1:1/db?sslpassword=ab cd3f&sslmode=disable",
+    "postgresql://alice:ab cd3f@127.0.0.1:notaport/db?sslpassword=ab cd3f",
     "postgresql://alice:ab/cd3f@127.0.0.1:1/db",  # a '/' in the password (SQLAlchemy reads it so)
     "postgresql://alice:ab/cd3f@127.0.0.1:1/db?sslpassword=ab/cd3f&sslmode=disable",
     "postgresql://alice:ab%2Fcd3f@127.0.0.1:1/db?PASSWORD=ab/cd3f",
@@ -336,14 +358,14 @@ def test_gc_never_removes_a_training_another_store_uses(tmp_path: Path) -> None:
         assert a.identity(create=False) == id_a  # the same store by another URL
     train = tmp_path / "runs" / "_train"
     mine, theirs, shared, legacy, empty = (train / (c * 64) for c in "abcde")
-    for folder in (mine, theirs, shared, legacy):
-        folder.mkdir(parents=True)
-        (folder / "trained.json").write_text("{}")
-    empty.mkdir()
-    mark_training(mine, id_a)
+    mark_training(mine, id_a)  # as the coordinator does: marked before the cell trains into the folder
     mark_training(theirs, id_b)
     mark_training(shared, id_a)
     mark_training(shared, id_b)
+    for folder in (mine, theirs, shared, legacy):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trained.json").write_text("{}")
+    empty.mkdir()
     r = sweepdae("gc", "--store", url_a, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert not mine.exists() and not empty.exists()
@@ -352,6 +374,88 @@ def test_gc_never_removes_a_training_another_store_uses(tmp_path: Path) -> None:
     assert "record no store" in r.stderr and "another store uses" in r.stderr, r.stderr
     r = sweepdae("gc", "--store", url_a, "--runs-dir", str(tmp_path / "runs"), "--include-unmarked", cwd=tmp_path)
     assert r.returncode == 0 and not legacy.exists() and theirs.exists() and shared.exists(), r.stderr
+
+
+def test_forget_finds_the_runs_folder_beside_the_store_and_warns_of_a_folder_it_cannot_find(tmp_path: Path) -> None:
+    url, grid, keys = done_store(tmp_path)
+    runs = tmp_path / "runs"  # beside the store, as `report` looks for it
+    for key in keys[:2]:
+        (runs / key).mkdir(parents=True)
+        (runs / key / "result.json").write_text(f'{{"key": "{key}", "metrics": {{}}}}')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = sweepdae("forget", str(grid), "--store", url, cwd=elsewhere)
+    assert r.returncode == 0 and "forgot 3 of 3" in r.stderr, r.stderr
+    assert not (runs / keys[0]).exists() and not (runs / keys[1]).exists()
+    (warning,) = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert "1 of 3" in warning and str(runs) in warning and keys[2][:12] in warning, r.stderr
+
+
+def test_the_coordinator_sets_aside_only_a_result_older_than_the_forget_of_its_key(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from sweepdae.runner.coordinator import Coordinator
+
+    url, grid, keys = done_store(tmp_path)
+    messages: list[str] = []
+    with open_store(url) as s:
+        s.forget(keys[:2])
+        coord = Coordinator.__new__(Coordinator)  # only what `_set_aside_forgotten` uses: the store and the view
+        coord.store, coord.view = s, SimpleNamespace(message=messages.append)  # type: ignore[assignment]
+        forgot = s.forgotten_at(keys[0])
+        assert forgot is not None and s.forgotten_at(keys[2]) is None
+        cases = {keys[0]: (forgot - 5, None),  # made before the forget: the forgotten result
+                 keys[1]: (forgot + 5, forgot + 5),  # made after it (the cell ran again): recorded
+                 keys[2]: (1.0, 1.0)}  # never forgotten: recorded, however old
+        for key, (mtime, finished) in cases.items():
+            (tmp_path / key).mkdir()
+            (tmp_path / key / "result.json").write_text(
+                f'{{"key": "{key}", "metrics": {{}}, "finished": {finished or "null"}}}')
+            os.utime(tmp_path / key / "result.json", (mtime, mtime))
+            coord._set_aside_forgotten(SimpleNamespace(key=key, label=key[:6]), tmp_path / key)  # type: ignore[arg-type]
+    assert [(tmp_path / k / "result.json").exists() for k in keys] == [False, True, True]
+    assert (tmp_path / keys[0] / "result.json.forgotten").exists() and len(messages) == 1, messages
+
+
+@pytest.mark.slow
+def test_a_run_never_records_again_a_result_that_forget_dropped(tmp_path: Path) -> None:
+    """`forget` looked in another runs folder than the run uses: the old result.json stays, and the run must not
+    record it again (it is older than the forget); the cell runs instead (here it crashes on purpose at once).
+    Slow tier: the cell is a real process (torch import), about 9 s."""
+    url, grid, keys = done_store(tmp_path)
+    runs = tmp_path / "other-runs"
+    (runs / keys[0]).mkdir(parents=True)
+    (runs / keys[0] / "result.json").write_text(f'{{"key": "{keys[0]}", "metrics": {{"probe_top1": 50.0}}}}')
+    os.utime(runs / keys[0] / "result.json", (1, 1))  # made long before the forget below
+    r = sweepdae("forget", str(grid), "--only", "latent_dim=2 ", "--store", url, cwd=tmp_path)
+    assert r.returncode == 0 and "forgot 1 of 1" in r.stderr and "not found" in r.stderr, r.stderr
+    r = sweepdae("run", str(grid), "--only", "latent_dim=2 ", "--store", url, "--runs-dir", str(runs),
+                 "--plain", "--max-retries", "0", "--gpus", "cpu", cwd=tmp_path,
+                 env={"SWEEPDAE_FAULT": "crash@phase=data"})
+    assert r.returncode != 0 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    with open_store(url, create=False) as s:
+        assert s.status([keys[0]]) == {keys[0]: "failed"}  # not "done" with the forgotten result
+    assert not (runs / keys[0] / "result.json").exists() and (runs / keys[0] / "result.json.forgotten").exists()
+
+
+def test_gc_keeps_a_training_made_before_marks_that_this_store_reused(tmp_path: Path) -> None:
+    """A training folder with no marks (made by another store before sweepdae recorded stores) that this store
+    reuses gets a `legacy` mark beside its own, so this store's `gc` keeps it unless --include-unmarked."""
+    from sweepdae.runner.coordinator import mark_training
+
+    url_a, _, _ = done_store(tmp_path, "a.journal")
+    with open_store(url_a) as a:
+        id_a = a.identity()
+    theirs = tmp_path / "runs" / "_train" / ("e" * 64)
+    theirs.mkdir(parents=True)
+    (theirs / "trained.json").write_text("{}")
+    mark_training(theirs, id_a)  # what the coordinator does when a cell of store a reuses it
+    assert {p.name for p in (theirs / "stores").iterdir()} == {id_a, "legacy"}
+    r = sweepdae("gc", "--store", url_a, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0 and theirs.exists() and "1 kept" in r.stderr, r.stderr
+    assert {p.name for p in (theirs / "stores").iterdir()} == {"legacy"}  # store a's own mark went
+    r = sweepdae("gc", "--store", url_a, "--runs-dir", str(tmp_path / "runs"), "--include-unmarked", cwd=tmp_path)
+    assert r.returncode == 0 and not theirs.exists(), r.stderr
 
 
 # ------------------------------------------------------------------------------------ item 10: SLURM option strings

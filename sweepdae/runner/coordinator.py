@@ -120,12 +120,21 @@ class Options:
 
 
 STORES_DIR = "stores"  # runs/_train/<train_key>/stores/<store id>: the stores whose cells use the training
+LEGACY_MARK = "legacy"  # a mark of an unknown store: the training was there before sweepdae recorded its stores
 
 
 def mark_training(folder: Path, store_id: str) -> None:
     """Record that the store `store_id` uses the training in `folder` (one empty file per store: two stores
-    sharing runs/ never rewrite each other's mark)."""
+    sharing runs/ never rewrite each other's mark).
+
+    A folder that already holds something but records no store was made before sweepdae recorded them, maybe by
+    another store sharing runs/: it also gets the `legacy` mark (an unknown owner), so that once this store no
+    longer uses it, `gc` keeps it as it keeps any unmarked training (unless --include-unmarked). A training this
+    store makes is marked before it starts, so its folder is empty (or absent) then and gets no legacy mark."""
     marks = folder / STORES_DIR
+    if not marks.is_dir() and folder.is_dir() and any(p.name != STORES_DIR for p in folder.iterdir()):
+        marks.mkdir(exist_ok=True)
+        (marks / LEGACY_MARK).touch()
     marks.mkdir(parents=True, exist_ok=True)
     (marks / store_id).touch()
 
@@ -407,7 +416,8 @@ class Coordinator:
             env.setdefault("SWEEPDAE_CPU_THREADS", os.environ.get("OMP_NUM_THREADS")
                            or str(max(1, (os.cpu_count() or 1) // cpu_slots)))
         # a finished result of this key already on disk (e.g. its first coordinator was reaped while the cell
-        # ended): record it instead of training again
+        # ended): record it instead of training again -- unless it is the result `forget` dropped
+        self._set_aside_forgotten(claim, run_dir)
         if _valid_result(run_dir, claim.key):
             rc_handle: Handle = _DoneHandle()
         elif self._launcher(slot) == "fork":
@@ -422,6 +432,31 @@ class Coordinator:
                     train_key=train_key or self._train_key(claim), train_claim=train_claim)
         self.running[slot.index] = r
         self.view.cell_started(claim.key, claim.label, slot.label, claim.attempt)
+
+    def _set_aside_forgotten(self, claim: Claim, run_dir: Path) -> None:
+        """A result.json made before `forget` last dropped the key's results is that forgotten result (its folder
+        was not where `forget` looked, e.g. another runs folder): recording it would undo the forget. It is renamed
+        result.json.forgotten, so neither this start nor `_finish` reads it, and the cell runs again. Made = the
+        earlier of the cell's own `finished` time and the file's mtime (a clock off between machines sets a result
+        aside rather than record a forgotten one: that costs a re-run, never a wrong result)."""
+        result = _valid_result(run_dir, claim.key)
+        if result is None:
+            return
+        forgot = self.store.forgotten_at(claim.key)
+        if forgot is None:
+            return
+        try:
+            made = (run_dir / RESULT).stat().st_mtime
+        except OSError:
+            return
+        finished = result.get("finished")
+        if isinstance(finished, (int, float)) and not isinstance(finished, bool):
+            made = min(made, float(finished))
+        if made >= forgot:
+            return
+        os.replace(run_dir / RESULT, run_dir / (RESULT + ".forgotten"))
+        self.view.message(f"{claim.label}: its result.json predates `sweepdae forget`; set aside as "
+                          f"{RESULT}.forgotten, the cell runs again")
 
     def _launcher(self, slot: Slot) -> str:
         if self.opts.launcher != "auto":

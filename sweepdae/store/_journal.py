@@ -23,6 +23,9 @@ from optuna.storages.journal._file import get_lock_file
 from sweepdae.errors import StoreError, printable
 
 _TAIL_CHUNK = 1 << 16
+# Seconds after which Optuna's journal writers take a lock over whose target has not changed: the default
+# `grace_period=30` of JournalFileSymlinkLock / JournalFileOpenLock (optuna/storages/journal/_file.py, optuna 5.0).
+LOCK_GRACE_S = 30.0
 
 
 class JournalDamaged(StoreError):
@@ -133,13 +136,30 @@ class SafeJournalFileBackend(JournalFileBackend):
                 yield record
 
     def _warn_torn(self, line: int) -> None:
-        if self._warned_torn or os.path.lexists(self._lock._lock_file):  # type: ignore[attr-defined]
+        if self._warned_torn or self._lock_is_fresh():
             return  # said once; or a writer holds the lock, and the line is its write in progress
         self._warned_torn = True
         sys.stderr.write(printable(
             f"sweepdae: warning: store {self._shown}: line {line} (the last) is torn (a write cut short by a crash "
             "or a full disk) and is not read; the next write to the store sets it aside") + "\n")
         sys.stderr.flush()
+
+    def _lock_is_fresh(self) -> bool:
+        """A writer may hold the lock right now: the lock exists and it, or the journal it points at, changed less
+        than Optuna's grace period ago. A writer killed mid-append leaves its lock behind; Optuna's next writer
+        breaks a lock whose target has not changed for that long, so an older lock is a crash's, not a write in
+        progress, and its torn line is reported."""
+        lock = self._lock._lock_file  # type: ignore[attr-defined]
+        try:
+            changed = os.lstat(lock).st_mtime  # when the lock was taken (a symlink's own time)
+        except OSError:
+            return False  # no lock: nobody is writing
+        try:
+            changed = max(changed, os.stat(lock).st_mtime)  # the journal's last write (JournalFileSymlinkLock)
+        except OSError:
+            pass  # a dangling link
+        grace = getattr(self._lock, "grace_period", None) or LOCK_GRACE_S
+        return time.time() - changed < grace
 
     def _damaged(self, line: int) -> JournalDamaged:
         return JournalDamaged(

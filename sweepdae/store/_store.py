@@ -136,6 +136,14 @@ class Store:
         return {k[len("forget:"):]: int(v["before"]) for k, v in attrs.items()
                 if k.startswith("forget:") and isinstance(v, dict) and isinstance(v.get("before"), int)}
 
+    @guarded
+    def forgotten_at(self, key: str) -> float | None:
+        """When `forget` last dropped the results of `key` (a Unix time), None when it never did. A `result.json`
+        of the key made before then is the forgotten result: the coordinator must not record it again."""
+        mark = self._storage.get_study_user_attrs(self._study_id).get(f"forget:{key}")
+        when = mark.get("time") if isinstance(mark, dict) else None
+        return float(when) if isinstance(when, (int, float)) and not isinstance(when, bool) else None
+
     def _remembered(self, trials: list[FrozenTrial]) -> list[FrozenTrial]:
         """Trials minus those of forgotten cells (Optuna cannot delete a trial: `forget` hides them)."""
         forgotten = self._forgotten()

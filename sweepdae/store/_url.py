@@ -35,11 +35,12 @@ class StoreURL:
 
 def mask_password(url: str) -> str:
     """`url` with every password replaced by `***`: SQLAlchemy's own rendering of the URL (the password wherever its
-    parser finds it, e.g. one holding `/`) plus every query key that contains `password` (`sslpassword=`, any
-    case); then, and for any text that is no URL (a driver's message quoting one), a conservative pass that masks
-    everything between `scheme://user:` and the last `@` of the word, and every `...password...=` value."""
+    parser finds it, e.g. one holding `/` or a space) plus every query key that contains `password` (`sslpassword=`,
+    any case); then, and for any text that is no URL (a driver's message quoting one), a conservative pass that masks
+    everything between `scheme://user:` and the last `@` of the line, and every `...password...=` query value whole
+    (to the next `&`)."""
     text = url
-    if url.count("@") < 2 and re.match(r"^[A-Za-z][\w+.-]*://\S*$", url):
+    if "\n" not in url and re.match(r"^[A-Za-z][\w+.-]*://", url):
         try:
             from sqlalchemy.engine import make_url
 
@@ -52,8 +53,11 @@ def mask_password(url: str) -> str:
 
 
 def _mask_conservatively(text: str) -> str:
-    # userinfo: up to the LAST '@' of the word, since a password may hold '@', '/', ':' or '?'
-    text = re.sub(r"(\b[A-Za-z][\w+.-]*://[^\s:/@]*:)[^\s]*@", r"\1***@", text)
+    # userinfo: up to the LAST '@' of the line, since a password may hold '@', '/', ':', '?' or a space (SQLAlchemy
+    # reads `alice:pa ss@host`); masking too much of a driver's message is the safe side
+    text = re.sub(r"(\b[A-Za-z][\w+.-]*://[^\s:/@]*:)[^\n]*@", r"\1***@", text)
+    # a query value is whole up to the next '&' (`?sslpassword=a b&x=1`: `a b`)
+    text = re.sub(r"(?i)([?&][^\s=&?]*password[^=&]*=)[^&\n]*", r"\1***", text)
     return re.sub(r"(?i)(\b\w*password\w*\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^&\s'\"]+)",
                   r"\1***", text)
 
