@@ -267,7 +267,8 @@ def test_cached_probe_features_are_loaded_without_unpickling_code(tmp_path: Path
         return torch.zeros(len(x), 2)
 
     class _Data:
-        def batches(self, n: int, *, shuffle: bool, device: torch.device) -> Any:
+        def batches(self, n: int, *, shuffle: bool, device: torch.device,
+                    shard: tuple[int, int] | None = None) -> Any:
             yield torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
 
     (train_f, _), _ = probing._cached_features(path, fn, _Data(), _Data(),  # type: ignore[arg-type]
