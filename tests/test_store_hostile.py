@@ -271,6 +271,9 @@ def test_cached_probe_features_are_loaded_without_unpickling_code(tmp_path: Path
                     shard: tuple[int, int] | None = None) -> Any:
             yield torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long)
 
+        def __len__(self) -> int:
+            return 4
+
     (train_f, _), _ = probing._cached_features(path, fn, _Data(), _Data(),  # type: ignore[arg-type]
                                                depth=1, t=1, device=torch.device("cpu"))
     assert not marker.exists() and calls and train_f.shape == (4, 2)  # refused, so extracted again
