@@ -208,3 +208,21 @@ def test_dry_run_rounds_list_the_seeds_each_look_adds() -> None:
     assert [[(r.look, r.seeds, len(r.cells)) for r in rs] for rs in rounds] == [
         [(5, (3, 4), 4)], [(8, (5, 6, 7), 6)], [(10, (8, 9), 4)]]
     assert {c.seed for c in rounds[0][0].cells} == {3, 4}
+
+
+def test_cli_until_decided_dry_run_shows_each_round_and_its_cost(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from sweepdae.cli import app
+
+    grid = tmp_path / "levels.toml"
+    grid.write_text(GRID)
+    store = f"journal:{tmp_path / 'none.journal'}"
+    r = CliRunner().invoke(app, ["run", str(grid), "--until-decided", "--max-seeds", "8", "--dry-run", "--store",
+                                 store, "--gpus", "cpu"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "looks at 3, 5, 6, 8 seeds" in r.output
+    assert "round 1: levels (base) to 5 seeds, adds seeds 3, 4: 4 cells, 4 trainings, about" in r.output
+    assert "round 3: levels (base) to 8 seeds, adds seeds 6, 7: 4 cells" in r.output
+    r = CliRunner().invoke(app, ["run", str(grid), "--max-seeds", "8", "--dry-run", "--store", store])
+    assert r.exit_code == 1 and "--max-seeds: only with --until-decided" in str(r.exception)
