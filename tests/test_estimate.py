@@ -100,6 +100,29 @@ probe.t = {ts}
 """
 CPU = E.Rate(1e9, 0.0, "cpu", "test", measured=True)
 
+# The two states of the phase model the tests run under (`set_flags`): "rank0", the code before multi-process cells
+# (every rank decoding the whole training batch, evaluation on rank 0 alone in fp32, a streamed set decoded every
+# epoch), and "sharded", the one cells run now (what estimate.py ships; tests/test_estimate.py
+# test_shipped_flags_are_the_sharded_state checks it).
+FLAGS: dict[str, tuple[dict[str, tuple[bool, bool, str]], bool]] = {
+    "rank0": ({"tokenizer_fit": (False, False, "bf16"), "train": (True, False, "train"),
+               "probe": (False, False, "fp32"), "baselines": (False, False, "fp32"), "knn": (False, False, "fp32"),
+               "fid_reference": (False, False, "fp32"), "fid_sampling": (False, False, "fp32")}, False),
+    "sharded": ({"tokenizer_fit": (False, False, "bf16"), "train": (True, True, "train"),
+                 "probe": (True, True, "train"), "baselines": (True, True, "train"), "knn": (False, False, "fp32"),
+                 "fid_reference": (True, False, "fp32"), "fid_sampling": (True, True, "train")}, True),
+}
+
+
+def set_flags(monkeypatch: pytest.MonkeyPatch, state: str) -> None:
+    phases, latents_once = FLAGS[state]
+    monkeypatch.setattr(E, "PHASES", dict(phases))
+    monkeypatch.setattr(E, "STREAMED_LATENTS_ONCE", latents_once)
+
+
+def test_shipped_flags_are_the_sharded_state() -> None:
+    assert (E.PHASES, E.STREAMED_LATENTS_ONCE) == FLAGS["sharded"]
+
 
 def cells_of(name: str = "g", ts: str = "[10, 50, 100]") -> list[Any]:
     return list(expand(parse_grid(GRID.format(name=name, ts=ts), f"{name}.toml")).cells)
@@ -125,15 +148,25 @@ def test_an_already_trained_training_costs_only_evaluation() -> None:
     assert e.flops == pytest.approx(sum(E.evaluation_flops(c.recipe) for c in cells[1:]))
 
 
-def test_a_training_made_by_an_earlier_grid_of_the_run_is_not_costed_again() -> None:
+@pytest.mark.parametrize("state", list(FLAGS))
+def test_a_training_made_by_an_earlier_grid_of_the_run_is_not_costed_again(state: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    set_flags(monkeypatch, state)
     a, b = cells_of("a", "[10]"), cells_of("b", "[10, 50]")
     assert a[0].train_key == b[0].train_key
     ea, eb = E.estimate_grids([("a", None, a, a), ("b", None, b, b)], trained=set(), rate=CPU, devices=2, slots=1)
     assert (ea.trainings, ea.shared, eb.trainings, eb.shared) == (1, 0, 1, 1)
     assert eb.flops == pytest.approx(sum(E.evaluation_flops(c.recipe) for c in b))
-    # one cell on two devices: the training is data-parallel, evaluation runs on rank 0 alone (PHASES)
+    # one cell on two devices: the training is data-parallel; evaluation on rank 0 alone ("rank0"), or its sharded
+    # phases over both ranks, kNN whole on each ("sharded")
     r = a[0].recipe
-    assert ea.seconds == pytest.approx(E.training_flops(r) / 2e9 + E.evaluation_flops(r) / 1e9)
+    parts = E.evaluation_phases(r)
+    assert set(parts) == {"probe", "baselines", "knn"} and parts["probe"].flops > 0 and parts["knn"].flops > 0
+    if state == "rank0":
+        assert ea.seconds == pytest.approx(E.training_flops(r) / 2e9 + E.evaluation_flops(r) / 1e9)
+    else:
+        assert ea.seconds == pytest.approx((E.training_flops(r) + parts["probe"].flops + parts["baselines"].flops)
+                                           / 2e9 + parts["knn"].flops / 1e9)
 
 
 # ----------------------------------------------------------------------------------------- calibration from a store
@@ -282,15 +315,18 @@ def folder_cells(workers: int = 4) -> list[Any]:
     return list(expand(parse_grid(FOLDER.format(workers=workers), "f.toml")).cells)
 
 
-def test_each_phase_takes_the_larger_of_compute_and_data_time() -> None:
+@pytest.mark.parametrize("state", list(FLAGS))
+def test_each_phase_takes_the_larger_of_compute_and_data_time(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Closed forms: compute = FLOPs / rate, data = images / (decode rate x cores), phase = max of the two."""
+    set_flags(monkeypatch, state)
     cells = folder_cells(workers=4)
     r: Recipe = cells[0].recipe
     slow = E.Rate(1e9, 0.0, "cpu", "test", measured=True)
     [e] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=slow, devices=1, slots=1)
     n_tr, n_te = 5000, 1000
     train = e.phases["train"]
-    seen = (n_tr // 100) * 100 * 2
+    # decoded every epoch (2 epochs), or once into stored latents
+    seen = (n_tr // 100) * 100 * 2 if state == "rank0" else n_tr
     assert train.decoded == seen and train.compute_seconds == pytest.approx(E.training_flops(r) / 1e9)
     assert train.data_seconds == pytest.approx(seen / (E.DECODE_RATES["center_crop"] * 4))
     assert train.seconds == pytest.approx(max(train.compute_seconds, train.data_seconds))
@@ -312,24 +348,39 @@ def test_each_phase_takes_the_larger_of_compute_and_data_time() -> None:
     assert e64.phases["train"].data_seconds == pytest.approx(e4.phases["train"].data_seconds / 2)
 
 
-def test_single_rank_phases_are_not_divided_by_the_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("state", list(FLAGS))
+def test_single_rank_phases_are_not_divided_by_the_processes(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_flags(monkeypatch, state)
     cells = folder_cells()
     r: Recipe = cells[0].recipe
     [one] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=1, slots=1)
     [eight] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=8, slots=1)
     assert eight.phases["train"].compute_seconds == pytest.approx(E.training_flops(r) / 8e9)
-    # every rank decodes the whole pass today (cell/train.py _batch_source): 8x the images, the same data time
-    assert eight.phases["train"].decoded == 8 * one.phases["train"].decoded
-    assert eight.phases["train"].data_seconds == pytest.approx(one.phases["train"].data_seconds)
-    for name in ("probe", "knn"):  # rank 0 alone
-        assert eight.phases[name].compute_seconds == pytest.approx(one.phases[name].compute_seconds)
-        assert eight.phases[name].data_seconds == pytest.approx(one.phases[name].data_seconds)
-    # when evaluation is sharded (one flag per phase), it is divided
-    monkeypatch.setitem(E.PHASES, "probe", (True, True, "fp32"))
-    [sharded] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=8, slots=1)
-    assert sharded.phases["probe"].compute_seconds == pytest.approx(one.phases["probe"].compute_seconds / 8)
-    assert sharded.phases["probe"].data_seconds == pytest.approx(one.phases["probe"].data_seconds / 8)
-    assert sharded.phases["probe"].decoded == one.phases["probe"].decoded
+    assert one.phases["train"].data_seconds > 0 and one.phases["probe"].data_seconds > 0
+    if state == "rank0":
+        # every rank decodes the whole pass (cell/train.py _batch_source then): 8x the images, the same data time
+        assert eight.phases["train"].decoded == 8 * one.phases["train"].decoded
+        assert eight.phases["train"].data_seconds == pytest.approx(one.phases["train"].data_seconds)
+        for name in ("probe", "knn"):  # rank 0 alone
+            assert eight.phases[name].compute_seconds == pytest.approx(one.phases[name].compute_seconds)
+            assert eight.phases[name].data_seconds == pytest.approx(one.phases[name].data_seconds)
+    else:
+        # per-rank shards (a DistributedSampler): the same images, an eighth of the data time each
+        assert eight.phases["train"].decoded == one.phases["train"].decoded
+        assert eight.phases["train"].data_seconds == pytest.approx(one.phases["train"].data_seconds / 8)
+        assert eight.phases["probe"].compute_seconds == pytest.approx(one.phases["probe"].compute_seconds / 8)
+        assert eight.phases["probe"].data_seconds == pytest.approx(one.phases["probe"].data_seconds / 8)
+        assert eight.phases["probe"].decoded == one.phases["probe"].decoded
+        # kNN: every rank computes it whole on the gathered features
+        assert eight.phases["knn"].compute_seconds == pytest.approx(one.phases["knn"].compute_seconds)
+    # one flag per phase: flipping the probe's divides it, or stops dividing it
+    on = not E.PHASES["probe"][0]
+    monkeypatch.setitem(E.PHASES, "probe", (on, on, "fp32"))
+    [flipped] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=8, slots=1)
+    div = 8 if on else 1
+    assert flipped.phases["probe"].compute_seconds == pytest.approx(one.phases["probe"].compute_seconds / div)
+    assert flipped.phases["probe"].data_seconds == pytest.approx(one.phases["probe"].data_seconds / div)
+    assert flipped.phases["probe"].decoded == one.phases["probe"].decoded * (8 // div)
 
 
 def test_slots_share_the_work_but_not_a_chain() -> None:
@@ -465,7 +516,10 @@ def test_paper_dry_run_says_the_bound_and_the_requeues(tmp_path: Path) -> None:
     assert any(line.startswith("data: streamed images decoded at ") for line in lines), r.output
     r = CliRunner().invoke(app, [*args, "--executor", "slurm", "--time", "60", "--cpus", "5"])
     assert r.exit_code == 0, r.output
-    assert "max_requeues = 3: too few" in r.output and "a requeue restarts it" in r.output
+    from sweepdae.grid import load_grid
+
+    allowed = load_grid(str(Path(__file__).parents[1] / "grids" / "tokenizer_dims.toml")).profiles["paper"].slurm
+    assert f"max_requeues = {allowed['max_requeues']}: too few" in r.output and "a requeue restarts it" in r.output
     assert "4 decoding cores per process" in r.output  # 5 CPUs: 4 workers and the process
 
 
@@ -494,8 +548,27 @@ def test_gpu_benchmark_cell_cpu_smoke(tmp_path: Path) -> None:
 def test_stored_latents_decode_and_encode_a_streamed_set_once(monkeypatch: pytest.MonkeyPatch) -> None:
     cells = folder_cells()
     r: Recipe = cells[0].recipe
+    monkeypatch.setattr(E, "STREAMED_LATENTS_ONCE", False)
     per_epoch = E.training_flops(r)
     assert E.training_images(r) == 5000 * 2  # decoded and encoded every epoch (2 epochs)
     monkeypatch.setattr(E, "STREAMED_LATENTS_ONCE", True)
     assert E.training_images(r) == 5000
     assert per_epoch - E.training_flops(r) == pytest.approx(E.encode_flops(r) * 5000)
+    # an objective that reads the images' patches trains from decoded images every epoch (cell/train.py)
+    patches = r.with_updates({"objective.input_space": "image"})
+    assert E.reads_patches(patches) and not E.encoded_once(patches) and E.training_images(patches) == 5000 * 2
+
+
+def test_stored_latents_are_shared_by_the_trainings_of_one_set_and_tokenizer(monkeypatch: pytest.MonkeyPatch
+                                                                             ) -> None:
+    """cell/latents.py keys them by the images and the tokenizer: a second training of the same set decodes none."""
+    monkeypatch.setattr(E, "STREAMED_LATENTS_ONCE", True)
+    grid = FOLDER.format(workers=4).replace("probe.t = [10, 50]", "train.batch_size = [100, 200]").replace(
+        "train.batch_size = 100\n", "")
+    cells = list(expand(parse_grid(grid, "f.toml")).cells)
+    assert len({c.train_key for c in cells}) == 2
+    [e] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=1, slots=1)
+    a, b = (c.recipe for c in cells)
+    assert e.phases["train"].decoded == 5000
+    assert e.phases["train"].flops == pytest.approx(E.training_flops(a) + E.training_flops(b)
+                                                    - E.encode_flops(b) * 5000)

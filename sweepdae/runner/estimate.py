@@ -38,6 +38,7 @@ from sweepdae.recipe import (
     NoiseLevels,
     Recipe,
     Space,
+    Target,
     TokenizerName,
     image_fit,
     probe_depth,
@@ -123,24 +124,32 @@ DECODE_CPU = "Intel(R) Xeon(R) Processor"  # /proc/cpuinfo model name of the mac
 DECODE_COMMAND = "python benchmarks/bench_decode.py --repeats 5"
 
 # -- phases: what runs on every process of a cell, and in which precision ---------------------------------------------
-# (compute split over the cell's N processes, decoding split over them, precision). As the code is today: training
-# is data-parallel (DDP) but every rank decodes the whole global batch of a streamed set and keeps its share
-# (cell/train.py _batch_source); the tokenizer's sample is decoded by every rank; evaluation runs on rank 0 alone
-# while the other ranks exit (cell/__init__.py run_cell), in fp32 (TF32 matmuls: run_cell sets
-# torch.set_float32_matmul_precision("high")). Sharding of evaluation across ranks (DiT sample_ddp.py, MAE
-# main_linprobe.py) and per-rank decoding are being built: flip the flags here when they land.
-# And a streamed set with a deterministic training input (center crop) is decoded and encoded every epoch today;
-# training from latents encoded once, stored on disk (fast-DiT's feature pre-extraction, as in-memory sets already
-# do) is being built: set STREAMED_LATENTS_ONCE when it lands.
-STREAMED_LATENTS_ONCE = False
+# (compute split over the cell's N processes, decoding split over them, precision), as the code runs them:
+# * training is data-parallel with per-rank shards (cell/train.py: a DistributedSampler over the seeded pass, each
+#   image decoded once per epoch across the ranks);
+# * evaluation runs on every rank (cell/__init__.py run_cell): the probe's feature passes and the augmented probe's
+#   crops, and the random-init baselines', are sharded and gathered (cell/probing.py, cell/baselines.py,
+#   eval/probe.py split_features; MAE main_linprobe.py's DistributedSampler loaders) under the training's mixed
+#   precision (Accelerator.autocast: bf16 where training used it);
+# * kNN is not sharded: every rank computes it whole, in float32, on the gathered features (eval/probe.py
+#   knn_probe), which live on the host, so its compute time here (the GPU's TF32 rate) is a lower bound;
+# * FID sampling shares its seeded chunks out over the ranks (cell/generate.py, as DiT sample_ddp.py) and runs the
+#   denoiser and the decoder under the training's autocast (Inception, a small part of its FLOPs, in fp32); the
+#   FID reference pass computes only its share of the Inception features, but every rank reads and decodes the
+#   whole reference set (eval/fid.py reference_stats_streamed takes batch i when i % N == rank);
+# * the tokenizer's fit sample is decoded by every rank, and the fit is not split.
+# A streamed set with a deterministic training input (center crop, no objective reading image patches) is encoded
+# once into latents on disk, shared by every training of the same images and tokenizer (cell/latents.py, fast-DiT's
+# feature pre-extraction): its later epochs, and later trainings, decode nothing (STREAMED_LATENTS_ONCE).
+STREAMED_LATENTS_ONCE = True
 PHASES: dict[str, tuple[bool, bool, str]] = {
     "tokenizer_fit": (False, False, "bf16"),  # the conv VAE fit autocasts to bf16 on a GPU (tokenizers/_conv_vae.py)
-    "train": (True, False, "train"),
-    "probe": (False, False, "fp32"),
-    "baselines": (False, False, "fp32"),
-    "knn": (False, False, "fp32"),
-    "fid_reference": (False, False, "fp32"),
-    "fid_sampling": (False, False, "fp32"),
+    "train": (True, True, "train"),
+    "probe": (True, True, "train"),
+    "baselines": (True, True, "train"),
+    "knn": (False, False, "fp32"),  # decodes nothing: it reads the cached features
+    "fid_reference": (True, False, "fp32"),
+    "fid_sampling": (True, True, "train"),  # decodes no image from disk
 }
 
 
@@ -280,8 +289,17 @@ def training_flops(r: Recipe) -> float:
 
 
 def encoded_once(r: Recipe) -> bool:
-    """Does the training encode each image once (latents stored), rather than every epoch?"""
-    return r.data.augment.value == "center_crop" and (r.data.name.value != "imagefolder" or STREAMED_LATENTS_ONCE)
+    """Does the training encode each image once (latents stored), rather than every epoch? In-memory sets under
+    the center crop always; a streamed one also needs STREAMED_LATENTS_ONCE and an objective that reads no image
+    patches (cell/train.py setup_training: the stored latents hold no patches)."""
+    if r.data.augment.value != "center_crop":
+        return False
+    return not streamed(r) or (STREAMED_LATENTS_ONCE and not reads_patches(r))
+
+
+def reads_patches(r: Recipe) -> bool:
+    """Does the training read the images' patches besides their latents (cell/train.py want_patches)?"""
+    return r.objective.target == Target.image or r.objective.input_space == Space.image
 
 
 def evaluation_flops(r: Recipe, *, with_fid_reference: bool = True, with_baselines: bool = True) -> float:
@@ -330,8 +348,10 @@ def evaluation_phases(r: Recipe) -> dict[str, Work]:
         probe_images += n_tr + n_te
     out = {"probe": Work(per_image * probe_images, probe_images, probe_crops)}
     # the random-init and random-network encoders under the cell's probe protocol, and the raw pixels (no FLOPs
-    # counted: a pooling), each reading the images once more
-    out["baselines"] = (Work(2 * per_image * images, 3 * images, 3 * crops) if pc.baselines else Work())
+    # counted: a pooling): each reads the images once more under the augmented probe (fresh crops per baseline),
+    # all three from one shared pass over each split without it (cell/baselines.py share_passes)
+    decoded = 3 * images if pc.augment else images
+    out["baselines"] = (Work(2 * per_image * images, decoded, 3 * crops) if pc.baselines else Work())
     width = MODEL_SIZES[r.model.size.value].width
     out["knn"] = Work(2 * n_tr * n_te * width)  # the similarities, on the cached features
     if r.fid.enabled:
@@ -570,6 +590,7 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
     fitted: set[str] = set()
     refs: set[str] = set()
     baselines: set[str] = set()
+    stored: set[str] = set()  # streamed sets' latents stored by an earlier training (cell/latents.py)
     out = []
     for gi, (name, profile, cells, todo) in enumerate(grids):
         cpus = cpus_per_process[gi] if cpus_per_process is not None else None
@@ -609,6 +630,10 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
                 made.add(tk)
                 own.add(tk)
                 tw = Work(training_flops(r), training_images(r) if streamed(r) else 0.0)
+                if streamed(r) and encoded_once(r):  # latents keyed by the images and the tokenizer
+                    if tokenizer_identity(r) in stored:  # read from disk: nothing decoded or encoded
+                        tw = Work(tw.flops - encode_flops(r) * split_sizes(r)[0], 0.0)
+                    stored.add(tokenizer_identity(r))
                 flops += tw.flops + sample.flops
                 chain += add("train", tw, r)
             elif tk not in trained and tk not in own:
@@ -647,8 +672,8 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
 
 
 def training_images(r: Recipe) -> float:
-    """Images one process decodes to train (every rank reads the whole pass: cell/train.py _batch_source), or once
-    when the latents are stored (`encoded_once`)."""
+    """Images a training decodes: every epoch's pass, or the set once when its latents are stored (`encoded_once`).
+    Split over the cell's processes when PHASES shards training's decoding, else decoded by each of them."""
     n = split_sizes(r)[0]
     return float(n if encoded_once(r) else (n // r.train.batch_size) * r.train.batch_size * r.train.epochs)
 
