@@ -206,7 +206,35 @@ def test_streamed_set_gives_the_in_memory_numbers(tmp_path: Path, monkeypatch: p
            for kind, (tr, te) in (("streamed", streamed), ("memory", memory))]
     assert got[0] == got[1]
     assert sorted(got[0]) == ["random_init_probe_top1", "random_net_probe_top1", "raw_pixel_probe_top1"]
-    assert calls == ({"features": 0, "probes": 6} if augment else {"features": 12, "probes": 6})
+    # Without augmentation the streamed set's three baselines share one feature pass per split (2 passes, each image
+    # decoded once for all three: measure_baselines shares by default) and the in-memory set runs one per baseline
+    # and split (6): 8 in all, down from 12 when the streamed baselines ran a pass each. The augmented probe
+    # recomputes its features per epoch inside linear_probe_augmented_data, so no features_of pass is counted.
+    assert calls == ({"features": 0, "probes": 6} if augment else {"features": 8, "probes": 6})
+
+
+def test_shared_feature_passes_give_the_numbers_of_a_pass_per_baseline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_folder: Any) -> None:
+    """A streamed set's baselines from one shared pass per split (the default) and from a pass per baseline: the same
+    three probe numbers (float tolerance: the shared pass concatenates the three feature maps and splits them again),
+    in 2 feature passes instead of 6."""
+    arrays = image_folder(tmp_path / "folder", {"train": 24, "val": 8}, num_classes=3, size=16, brightness_step=40)
+    r = recipe_from_flat({"data.name": "imagefolder", "data.root": str(tmp_path / "folder"), "data.image_size": 16,
+                          "data.num_workers": 0, "tokenizer.patch_size": 4, "tokenizer.latent_dim": 4,
+                          "tokenizer.pca_num_patches": 200, "probe.epochs": 5, "probe.batch_size": 16,
+                          "probe.optimizer": "sgd", "probe.base_lr": 0.5})
+    train, test = load_dataset(r.data, "train"), load_dataset(r.data, "test")
+    assert isinstance(train, StreamedImageData) and isinstance(test, StreamedImageData)
+    tok, _ = get_tokenizer(r.tokenizer, data_key=r.data_key(), images_uint8=arrays["train"][0], channels=3,
+                           image_size=16, cache_dir=tmp_path / "tok")
+    calls = _count_calls(monkeypatch)
+    shared = measure_baselines(r, tokenizer=tok, train=train, test=test, device=CPU, cache=None)
+    assert calls == {"features": 2, "probes": 3}
+    alone = measure_baselines(r, tokenizer=tok, train=train, test=test, device=CPU, cache=None, share_passes=False)
+    assert calls == {"features": 2 + 6, "probes": 6}
+    assert sorted(shared) == sorted(alone) == sorted(f"{n}_probe_top1" for n in BASELINES)
+    for name, value in alone.items():
+        assert shared[name] == pytest.approx(value, abs=1e-6), name
 
 
 def test_cell_records_probe_gain_over_the_better_random_encoder(tmp_path: Path) -> None:

@@ -133,15 +133,16 @@ def baseline_key(recipe: Recipe, name: str) -> str:
 
 def measure_baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
                       device: torch.device, cache: Path | None, events: Callable[..., None] | None = None,
-                      accelerator: Any = None, share_passes: bool = False) -> dict[str, float]:
+                      accelerator: Any = None, share_passes: bool = True) -> dict[str, float]:
     """{f"{name}_probe_top1"} of every baseline, from `cache` (a folder; None: no cache) or measured and stored
     there. Events: phase "probe" with `baseline` = name and `cached`, and the baseline probe's epochs.
 
     Every process of the cell calls it (`accelerator`): feature passes are sharded and gathered, and the cache is
-    read, locked and written by the main process for all. With `share_passes` (what a cell does) and without probe
+    read, locked and written by the main process for all. With `share_passes` (the default) and without probe
     augmentation, the baselines of a streamed set that are not cached share one feature pass over each split (each
-    image decoded once for all of them, the same features: tests/test_multiprocess.py); an in-memory set has
-    nothing to decode, and one pass per baseline holds one baseline's features at a time."""
+    image decoded once for all of them, and the same numbers as a pass per baseline: tests/test_baselines.py); an
+    in-memory set has nothing to decode, and one pass per baseline holds one baseline's features at a time.
+    `share_passes=False` runs a pass per baseline (to compare against)."""
     say = events or (lambda **_: None)
     out: dict[str, float] = {}
     shared: dict[str, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {}
