@@ -508,3 +508,36 @@ def test_upsampled_cells_are_flagged_in_the_table() -> None:
     t = build_table(spec, pd.DataFrame(rows), cells)
     assert dict(zip(t.tidy["col"], t.tidy["upsampled"], strict=True)) == {"768": True, "192": False}
     assert any(n.startswith("upsampled: 768") for n in t.notes), t.notes
+
+
+def test_html_provenance_shows_the_measured_phases(tmp_path: Path) -> None:
+    """The provenance of the HTML report gives the processes per cell and, per phase, the cells that measured it,
+    the mean seconds and images decoded per cell and the largest peak RSS and GPU memory over the cells; cells that
+    predate the measurements (here the whole Tab. 2 section, and two of the five trajectory cells) are "not
+    recorded"."""
+    (g1, r1), (g2, r2) = tab2_grid(), traj_grid()
+    measured = [  # (train seconds, decoded, peak RSS, peak GPU), probe seconds
+        ((10.0, 96, 500.0, None), 1.0), ((20.0, 96, 700.0, 1500.0), 2.0), ((30.0, 99, 600.0, 2500.0), 3.0)]
+    for row, ((sec, dec, rss, gpu), probe_s) in zip(r2, measured, strict=False):
+        phases = {"train": {"seconds": sec, "decoded": dec, "decoded_per_rank": [dec // 2] * 2, "peak_rss_mb": rss,
+                            "peak_gpu_mb": gpu},
+                  "probe": {"seconds": probe_s, "decoded": 10, "decoded_per_rank": [5, 5], "peak_rss_mb": 400.0,
+                            "peak_gpu_mb": None}}
+        row["info"] = {**row["info"], "provenance": {**row["info"]["provenance"], "world_size": 2,
+                                                     "phases": phases}}
+    write_reports(FakeStore([g1, g2], r1 + r2), grids=None, out=tmp_path, html=True, latex=False, csv=False)
+    html = (tmp_path / "report.html").read_text()
+    sections = {m.group(1): text for m, text in zip(re.finditer(r'<section id="([^"]+)"', html),
+                                                    re.split(r'<section id="[^"]+"', html)[1:], strict=True)}
+    tab2, traj = sections["tokenizer-dims-smoke"], sections["dit-to-dae-smoke"]
+    assert "<dt>processes per cell</dt><dd>not recorded</dd>" in tab2
+    assert "<dt>measured per phase</dt><dd>not recorded (" in tab2 and "<table class=\"measured\">" not in tab2
+    assert "<dt>processes per cell</dt><dd>2</dd>" in traj
+    assert "3 of 5 timed cells recorded their phases (the others predate the measurements: not recorded)" in traj
+    assert "the mean per cell" in traj and "the maximum over the cells" in traj
+    rows = re.findall(r"<tr><td>(\w+)</td>((?:<td>[^<]*</td>)+)</tr>", traj.split('<table class="measured">')[1])
+    cols = {name: re.findall(r"<td>([^<]*)</td>", rest) for name, rest in rows}
+    # cells, mean seconds, mean decoded (97 = (96 + 96 + 99) / 3), max RSS MiB, max GPU MiB
+    assert cols == {"train": ["3", "20.0", "97", "700", "2,500"],
+                    "probe": ["3", "2.0", "10", "400", "not recorded"]}
+    assert list(cols) == ["train", "probe"]  # the order the phases run in

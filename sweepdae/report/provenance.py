@@ -4,7 +4,8 @@ machine.
 
 Cells that measured their phases (`sweepdae.cell.Phases`: `info.provenance.phases` and `world_size`) add, per
 phase, the mean wall seconds and images decoded per cell and the largest peak host RSS and GPU memory
-(`Provenance.measured`), and the world sizes the cells ran at (`world_sizes`)."""
+(`Provenance.measured`, in the order the phases run), the world sizes the cells ran at (`world_sizes`) and how many
+cells recorded their phases (`cells_measured`; older cells did not, and the HTML report says "not recorded")."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Provenance:
     # phase -> {"cells", "seconds" (mean), "decoded" (mean per cell), "peak_rss_mb" (max), "peak_gpu_mb" (max or
     # None)} over the cells that measured it
     measured: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    cells_measured: int = 0  # cells that recorded their phases (older cells did not)
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -66,6 +68,7 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
     phases: dict[str, list[float]] = {p: [] for p in PHASES}
     worlds: dict[int, None] = {}
     measured: dict[str, list[Mapping[str, Any]]] = {}
+    n_measured = 0
     names = cells["label"] if "label" in cells.columns else cells.get("key", pd.Series([""] * len(cells)))
     for label, info in zip(names, cells["info"], strict=True):
         if not isinstance(info, Mapping):
@@ -82,7 +85,8 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
             _add(threads, prov.get("cpu_threads"))
             if isinstance(prov.get("world_size"), int):
                 worlds.setdefault(prov["world_size"], None)
-            if isinstance(prov.get("phases"), Mapping):
+            if isinstance(prov.get("phases"), Mapping) and prov["phases"]:
+                n_measured += 1
                 for name, m in prov["phases"].items():
                     if isinstance(m, Mapping):
                         measured.setdefault(str(name), []).append(m)
@@ -109,7 +113,10 @@ def summarize_provenance(cells: pd.DataFrame) -> Provenance:
         out.slowest = [(labels[i], float(w[i])) for i in order]
     out.phases = {p: float(np.mean(v)) for p, v in phases.items() if v}
     out.world_sizes = sorted(worlds)
-    out.measured = {name: _measured(ms) for name, ms in measured.items()}
+    ran = [p.removesuffix("_s") for p in PHASES]  # the phases in the order they run, then any others by name
+    out.measured = {name: _measured(measured[name])
+                    for name in sorted(measured, key=lambda n: (ran.index(n) if n in ran else len(ran), n))}
+    out.cells_measured = n_measured
     return out
 
 

@@ -19,6 +19,7 @@ from sweepdae.metrics import metric_info
 from sweepdae.report.data import GridReport, ReportData
 from sweepdae.report.figures import FigureData, RenderedFigure
 from sweepdae.report.paper import PAPER_SCALE
+from sweepdae.report.provenance import Provenance
 from sweepdae.resources import resource_dir
 
 __all__ = ["TexRaw", "latex_escape", "oneline", "render_html", "render_tex_document", "render_tex_section",
@@ -209,7 +210,21 @@ def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]
             "citation": t.citation, "scale": t.scale, "notes": t.notes, "row_dim": t.row_dim or "",
             "headers": list(t.display.columns), "rows": table_rows(s), "n_cells": s.n_cells,
             "findings": [_verdict_context(v) for v in s.findings], "figures": figures,
-            "prov": p, "phases": [(k.removesuffix("_s"), v) for k, v in p.phases.items()]}
+            "prov": p, "phases": [(k.removesuffix("_s"), v) for k, v in p.phases.items()],
+            "measured": _measured_rows(p)}
+
+
+def _measured_rows(p: Provenance) -> list[dict[str, str]]:
+    """The per-phase measurements as the HTML provenance shows them: per phase, the cells that measured it, mean
+    seconds and mean images decoded per cell, largest peak host RSS and GPU memory (MiB), "not recorded" where no
+    cell recorded the number (a CPU cell has no GPU peak)."""
+
+    def num(v: float | None, fmt: str) -> str:
+        return "not recorded" if v is None else fmt.format(v)
+
+    return [{"phase": name, "cells": f"{int(m.get('cells') or 0)}", "seconds": num(m.get("seconds"), "{:.1f}"),
+             "decoded": num(m.get("decoded"), "{:,.0f}"), "peak_rss_mb": num(m.get("peak_rss_mb"), "{:,.0f}"),
+             "peak_gpu_mb": num(m.get("peak_gpu_mb"), "{:,.0f}")} for name, m in p.measured.items()]
 
 
 def render_html(report: ReportData, figures: Figures) -> str:
