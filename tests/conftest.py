@@ -26,6 +26,15 @@ from hypothesis import settings
 
 from sweepdae.store import open_store
 
+# Under pytest-xdist (the README's test command runs 2 workers) each worker shares the CPU with the other: one torch
+# thread per worker, inherited by the sweeps it launches: with 2 threads a micro DiT step ran 15x slower than with 1
+# while another job held a core (BENCHMARKS.md, section 11).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("random", derandomize=False, database=None, print_blob=True)
 settings.load_profile(os.environ.get("SWEEPDAE_HYPOTHESIS", "ci"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import gzip
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -360,7 +361,8 @@ def test_reference_stats_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def _real_vs_noise(n: int) -> dict[str, float]:
-    torch.set_num_threads(max(torch.get_num_threads(), 2))
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) == 1:  # alone on the machine: use both cores
+        torch.set_num_threads(max(torch.get_num_threads(), 2))
     train, _ = _fashion("train", n, seed=1)
     test, _ = _fashion("test", n, seed=2)
     noise = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
