@@ -4,14 +4,13 @@ benchmarks/grid_planning.py, not here."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _console import run_main as cli
 
 from sweepdae.grid import expand, load_grid, parse_grid
 from sweepdae.grid.schema import MAX_GRID_BYTES, MAX_KEY_CHARS, MAX_KEY_PARTS, _Ctx, _fmt
@@ -22,23 +21,6 @@ HEAD = '[grid]\nname = "h"\n\n[base]\ndata.name = "digits"\ndata.image_size = 8\
 TOKENIZER_DIMS = (ROOT / "grids" / "tokenizer_dims.toml").read_text()
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    """`sweepdae ARGS` in this process (the console script's own main): exit status, stdout, stderr."""
-    from sweepdae.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["sweepdae", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 def plan(tmp_path: Path, text: str | bytes, *extra: str) -> tuple[int, str, str, Path]:

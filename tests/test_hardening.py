@@ -7,9 +7,7 @@ pytest with -s to see them).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import random
@@ -24,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from _console import run_main as cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
@@ -115,23 +114,6 @@ def mutated_grid(draw: st.DrawFn) -> bytes:
     return data
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    """`sweepdae ARGS` in this process (the console script's own main): exit status, stdout, stderr."""
-    from sweepdae.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["sweepdae", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,15 @@ this file is the quick sweep over all of them together."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import shutil
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _console import run_main as main
 
 from sweepdae.grid import expand, load_grid
 from sweepdae.runner import enqueue_plan
@@ -28,22 +27,6 @@ GOOD = HEAD.format(name="good") + "\n[axes]\ntokenizer.latent_dim = [2, 4]\n"
 SECRET = "s3cr/et"  # a password with a "/", which the old masking missed
 
 
-def main(*args: str) -> tuple[int, str, str]:
-    """`sweepdae ARGS` through the console script's entry point, in this process: exit status, stdout, stderr."""
-    from sweepdae.cli import main as entry
-
-    out, err = io.StringIO(), io.StringIO()
-    argv, sys.argv = sys.argv, ["sweepdae", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                entry()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 def _filled_store(folder: Path, grid_text: str, name: str) -> Path:
