@@ -34,6 +34,10 @@ METRICS: dict[str, MetricInfo] = {
                                         True, 1),
     # the images in [-1, 1]; over 32 px a side, average-pooled to 32 x 32 per channel first
     "raw_pixel_probe_top1": MetricInfo("probe top-1 on raw pixels, pooled to <= 32 px (%)", "raw pixels", True, 1),
+    # the regime gate's baseline (REPRODUCTION.md): one untrained per-token ReLU layer of the model's width on the
+    # cell's tokens, with a random position code, mean-pooled (sweepdae/cell/random_features.py)
+    "random_features_probe_top1": MetricInfo("probe top-1 of an untrained ReLU layer on the tokens (%)",
+                                             "random features", True, 1),
     # probe_top1 - max(random_init_probe_top1, random_net_probe_top1): over the better random-init encoder
     "probe_gain": MetricInfo("gain over the better random-init encoder (pts)", "gain", True, 1),
     # a single-level model probed at the paper's t = 10 instead of its own t (probe_top1)

@@ -110,3 +110,49 @@ def test_random_features_against_numpy_float64() -> None:
     assert random_features(x.bfloat16(), draws).dtype == torch.float32
     with pytest.raises(RandomFeaturesError):
         random_features(x[:, :8], draws)
+
+
+def test_random_features_baseline_reads_the_cells_tokens_and_is_cached(tmp_path: Any) -> None:
+    """measure_random_features: the features are the feature map on the cell's clean input tokens (drawn under
+    seed + 2, at the model's width), probed the cell's way; a second call reads the cache; the identity leaves out
+    the encoder's depth and t and the training knobs."""
+    import torch
+
+    from sweepdae.cell.baselines import (
+        RANDOM_FEATURES,
+        baseline_identity,
+        baseline_key,
+        measure_random_features,
+        random_features_fn,
+    )
+    from sweepdae.cell.random_features import draw_random_features, random_features
+    from sweepdae.data import to_unit_range
+    from sweepdae.eval import linear_probe
+    from sweepdae.objectives import make_model_input
+    from tests.test_baselines import CPU, _digits
+
+    r, tok, train, test = _digits(tmp_path, **{"objective.input_space": "image"})
+    x, _ = train.tensors()
+    x = to_unit_range(x[:16])
+    tokens = make_model_input(tok.encode(x), tokenizer=tok, objective=r.objective)  # [16, 4, 16]: 4 px patches
+    want = random_features(tokens, draw_random_features(4, 16, 128, torch.Generator().manual_seed(r.seed + 2)))
+    torch.testing.assert_close(random_features_fn(r, tok)(x, torch.zeros(16)), want)
+    events: list[dict[str, Any]] = []
+    cache = tmp_path / "rf"
+    got = measure_random_features(r, tokenizer=tok, train=train, test=test, device=CPU, cache=cache,
+                                  events=lambda **e: events.append(e))
+    fn = random_features_fn(r, tok)
+    (tr, te) = [(fn(to_unit_range(d.tensors()[0]), d.tensors()[1]), d.tensors()[1]) for d in (train, test)]
+    ref = linear_probe(tr[0], tr[1], te[0], te[1], num_classes=train.num_classes, cfg=r.probe, seed=r.seed,
+                       device=CPU)["probe_top1"]
+    assert got == {"random_features_probe_top1": pytest.approx(ref, abs=1e-6)}
+    assert [e["cached"] for e in events if "cached" in e] == [False]
+    assert [p.name for p in cache.glob("*.json")] == [f"{baseline_key(r, RANDOM_FEATURES)}.json"]
+    other = r.with_updates({"train.epochs": 5, "probe.t": 100, "probe.depth": 1})
+    assert baseline_identity(other, RANDOM_FEATURES) == baseline_identity(r, RANDOM_FEATURES)
+    events.clear()
+    again = measure_random_features(other, tokenizer=tok, train=train, test=test, device=CPU, cache=cache,
+                                    events=lambda **e: events.append(e))
+    assert again == got and [e["cached"] for e in events if "cached" in e] == [True]
+    wider = r.with_updates({"model.size": "tiny"})
+    assert baseline_key(wider, RANDOM_FEATURES) != baseline_key(r, RANDOM_FEATURES)

@@ -15,6 +15,12 @@ Measured whenever `probe.baselines` is on (result.json metrics, `sweepdae.metric
   sets alike.
 - `probe_gain` = probe_top1 - max(random_init_probe_top1, random_net_probe_top1): what training added over the
   better random encoder of the same architecture (the conservative one of the two).
+- `random_features_probe_top1` (`measure_random_features`, the regime gate's baseline, REPRODUCTION.md): the cell's
+  clean input tokens (its tokenizer, then what the model's input layer reads), one untrained per-token ReLU layer
+  of the model's width with a random position code, mean-pooled (`sweepdae/cell/random_features.py`; draws from
+  `torch.Generator().manual_seed(recipe.seed + 2)`). Not one of BASELINES and not in `probe_gain` (its definition
+  was committed before it existed); cached apart, in `<cache>/random_features/`, keyed the same way (without the
+  encoder's depth, t, blocks and output layer, which it does not read).
 
 Protocol: the cell's own. The random weights are drawn under `torch.manual_seed(recipe.seed + 1)` (without
 touching the caller's random state); features at the cell's resolved probe depth and probe t; `probe.augment` runs
@@ -48,14 +54,16 @@ import torch.nn.functional as F
 
 from sweepdae.cell.build import build_model
 from sweepdae.cell.probing import FEATURE_BATCH, agreed, amp, encoder_feature_fn, features_of
+from sweepdae.cell.random_features import draw_random_features, random_features
 from sweepdae.data import ImageData
 from sweepdae.models import Denoiser
-from sweepdae.recipe import Recipe, probe_depth, probe_t
+from sweepdae.recipe import MODEL_SIZES, Recipe, probe_depth, probe_t
 from sweepdae.tokenizers import Tokenizer, tokenizer_key
 from sweepdae.utils import atomic_write_json, file_lock
 
-__all__ = ["BASELINES", "BASELINE_VERSION", "RAW_PIXEL_SIDE", "baseline_identity", "baseline_key",
-           "measure_baselines", "pixel_features", "probe_gain", "random_encoder"]
+__all__ = ["BASELINES", "BASELINE_VERSION", "RANDOM_FEATURES", "RAW_PIXEL_SIDE", "baseline_identity", "baseline_key",
+           "measure_baselines", "measure_random_features", "pixel_features", "probe_gain", "random_encoder",
+           "random_features_fn"]
 
 # Bump when what a baseline computes changes for the same identity (old cache entries are then ignored).
 BASELINE_VERSION = 1
@@ -64,6 +72,8 @@ BASELINE_VERSION = 1
 RAW_PIXEL_SIDE = 32
 # The baselines, in the order measured; each records the metric f"{name}_probe_top1".
 BASELINES = ("random_init", "random_net", "raw_pixel")
+# The regime gate's baseline (measure_random_features): metric f"{RANDOM_FEATURES}_probe_top1", apart from BASELINES.
+RANDOM_FEATURES = "random_features"
 # Probe knobs no baseline reads (the baselines run a linear probe only, never kNN).
 _PROBE_UNREAD = ("probe.knn_k", "probe.knn_temperature", "probe.baselines")
 # What the raw pixels do not read either: no encoder, so no t, depth or noise.
@@ -98,7 +108,7 @@ def _adaln_zero(recipe: Recipe, name: str) -> bool | None:
         return recipe.model.adaln_zero
     if name == "random_net":
         return False
-    if name == "raw_pixel":
+    if name in ("raw_pixel", RANDOM_FEATURES):
         return None
     raise ValueError(f"unknown baseline {name!r}; valid: " + ", ".join(BASELINES))
 
@@ -114,6 +124,12 @@ def baseline_identity(recipe: Recipe, name: str) -> dict[str, Any]:
     if adaln_zero is None:
         for k in _ENCODER_PROBE:
             probe.pop(k, None)
+        if name == RANDOM_FEATURES:  # the tokens, the model's width and the input layer's space; no encoder
+            return {**ident, "kind": RANDOM_FEATURES,
+                    "tokenizer": tokenizer_key(recipe.tokenizer, data_key=recipe.data_key(), channels=recipe.channels,
+                                               image_size=recipe.data.image_size, seed=recipe.seed),
+                    "width": MODEL_SIZES[recipe.model.size.value].width,
+                    "input_space": recipe.objective.input_space.value}
         return {**ident, "kind": "raw_pixels", "side": RAW_PIXEL_SIDE}
     trains = recipe.train_identity()  # model knobs the recipe reads (class_dropout only when class-conditional)
     return {**ident, "kind": "random_network", "adaln_zero": adaln_zero,
@@ -172,9 +188,51 @@ def measure_baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData,
     return out
 
 
+def measure_random_features(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
+                            device: torch.device, cache: Path | None, events: Callable[..., None] | None = None,
+                            accelerator: Any = None) -> dict[str, float]:
+    """{"random_features_probe_top1"}: the untrained nonlinear reading of the cell's tokens, probed the cell's way,
+    from `cache` (a folder; None: no cache) or measured and stored there (as `measure_baselines`, one entry)."""
+    say = events or (lambda **_: None)
+
+    def compute() -> dict[str, float]:
+        return _measure(recipe, RANDOM_FEATURES, tokenizer=tokenizer, train=train, test=test, device=device,
+                        events=say, accelerator=accelerator)
+
+    if cache is None:
+        result, cached = compute(), False
+    else:
+        result, cached = _cached(cache / f"{baseline_key(recipe, RANDOM_FEATURES)}.json",
+                                 baseline_identity(recipe, RANDOM_FEATURES), compute, accelerator)
+    say(phase="probe", baseline=RANDOM_FEATURES, cached=cached, probe_top1=result["probe_top1"])
+    return {f"{RANDOM_FEATURES}_probe_top1": float(result["probe_top1"])}
+
+
+def random_features_fn(recipe: Recipe, tokenizer: Tokenizer) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """x in [-1, 1] -> the untrained per-token ReLU layer's mean-pooled features [B, width] of the clean input
+    tokens; the layer is drawn at the first batch (its token count and dimension), under
+    `manual_seed(recipe.seed + 2)` (the random encoders use seed + 1), on a CPU generator: the same on every
+    device and process."""
+    from sweepdae.objectives import make_model_input
+
+    width = MODEL_SIZES[recipe.model.size.value].width
+    drawn: list[Any] = []
+
+    def fn(x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+        tokens = make_model_input(tokenizer.encode(x), tokenizer=tokenizer, objective=recipe.objective)  # [B, N, D]
+        if not drawn:
+            drawn.append(draw_random_features(tokens.shape[1], tokens.shape[2], width,
+                                              torch.Generator().manual_seed(recipe.seed + 2)))
+        return random_features(tokens, drawn[0])  # [B, width]
+
+    return fn
+
+
 def _feature_fn(recipe: Recipe, name: str, *, tokenizer: Tokenizer, num_classes: int, device: torch.device,
                 accelerator: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Baseline `name`'s features of images in [-1, 1] (under the training's mixed precision)."""
+    if name == RANDOM_FEATURES:
+        return amp(random_features_fn(recipe, tokenizer), accelerator)
     adaln_zero = _adaln_zero(recipe, name)
     if adaln_zero is None:
         return pixel_features

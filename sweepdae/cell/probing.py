@@ -74,12 +74,14 @@ def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: 
                device: torch.device, run_dir: Path, events: Callable[..., None],
                accelerator: Any = None) -> dict[str, float]:
     """Linear probe (MAE protocol) and kNN on the cell's encoder; with probe.baselines also the reference baselines
-    (cached in `cache_dir(run_dir) / "baselines"`) and `probe_gain` (`sweepdae.cell.baselines`).
+    (cached in `cache_dir(run_dir) / "baselines"`), `probe_gain` and the regime gate's untrained nonlinear reading
+    of the tokens (`random_features_probe_top1`, cached in `cache_dir(run_dir) / "random_features"`; all in
+    `sweepdae.cell.baselines`).
 
     Every process of the cell calls it (`accelerator`): the feature passes are sharded and gathered
     (`sweepdae.eval.probe.split_features`); every process gets the same metrics; only the main one writes files."""
     from sweepdae.cell import cache_dir
-    from sweepdae.cell.baselines import measure_baselines, probe_gain
+    from sweepdae.cell.baselines import measure_baselines, measure_random_features, probe_gain
     from sweepdae.eval import knn_probe, linear_probe, linear_probe_augmented_data
 
     depth, at = probe_depth(recipe), probe_t(recipe)
@@ -117,6 +119,10 @@ def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: 
                                      cache=cache_dir(run_dir) / "baselines", events=events, accelerator=accelerator,
                                      share_passes=True))
         out["probe_gain"] = probe_gain(out)
+        # the regime gate's baseline (REPRODUCTION.md), cached apart from the baselines above
+        out.update(measure_random_features(recipe, tokenizer=tokenizer, train=train, test=test, device=device,
+                                           cache=cache_dir(run_dir) / "random_features", events=events,
+                                           accelerator=accelerator))
     return out
 
 
