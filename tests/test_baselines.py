@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _digits import BASE, CPU, _digits
 
 import sweepdae.cell.baselines as baselines_module
 import sweepdae.eval as eval_module
@@ -23,28 +24,14 @@ from sweepdae.cell.baselines import (
     random_encoder,
 )
 from sweepdae.cell.probing import encoder_feature_fn
-from sweepdae.data import ImageData, InMemoryData, StreamedImageData, load_dataset, to_unit_range
-from sweepdae.recipe import Recipe, probe_depth, probe_t, recipe_from_flat
-from sweepdae.tokenizers import Tokenizer, get_tokenizer
+from sweepdae.data import InMemoryData, StreamedImageData, load_dataset, to_unit_range
+from sweepdae.recipe import probe_depth, probe_t, recipe_from_flat
+from sweepdae.tokenizers import get_tokenizer
 from sweepdae.utils import atomic_write_json
+
 
 # digits at 8 px, 4 px patches (4 tokens), micro DiT: a probe of 256 images in well under a second. SGD at lr 0.5:
 # LARS at the default base_lr 6.4 leaves all of these at chance (9.4%) in 40 steps; this gives distinct numbers.
-BASE: dict[str, Any] = {"data.name": "digits", "data.image_size": 8, "tokenizer.patch_size": 4,
-                        "tokenizer.latent_dim": 4, "tokenizer.pca_num_patches": 500, "data.train_size": 256,
-                        "data.test_size": 64, "train.epochs": 1, "train.batch_size": 64, "probe.epochs": 10,
-                        "probe.batch_size": 64, "probe.optimizer": "sgd", "probe.base_lr": 0.5}
-CPU = torch.device("cpu")
-
-
-def _digits(tmp_path: Path, **knobs: Any) -> tuple[Recipe, Tokenizer, ImageData, ImageData]:
-    r = recipe_from_flat({**BASE, **knobs})
-    train, test = load_dataset(r.data, "train"), load_dataset(r.data, "test")
-    tok, _ = get_tokenizer(r.tokenizer, data_key=r.data_key(), images_uint8=train.tensors()[0], channels=1,
-                           image_size=8, cache_dir=tmp_path / "tok", seed=r.seed)
-    return r, tok, train, test
-
-
 def test_random_init_is_a_mean_pooled_random_linear_embedding(tmp_path: Path) -> None:
     """With adaLN-Zero every block starts as the identity, so the random-init features are, in closed form,
     mean_n(W gamma_t z0_n + b + pos_n) with W, b, pos the network's own embedding; the adaLN-Zero-off network has the

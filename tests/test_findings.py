@@ -14,46 +14,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from _tables import _recipe, _row, list_table
 
 from sweepdae.report import build_report, write_reports
 from sweepdae.report.findings import FINDING_CHECKS, dip_depth, interval, spearman
 from sweepdae.report.tables import build_table
 
 SEEDS = ("0", "1", "2")
-
-
-def _recipe(target: str = "eps", output_space: str = "latent") -> dict[str, Any]:
-    return {"data": {"name": "fashion-mnist", "image_size": 32}, "tokenizer": {"name": "patch_pca", "patch_size": 8},
-            "model": {"size": "micro"}, "train": {"epochs": 2}, "seed": 0,
-            "objective": {"target": target, "output_space": output_space}}
-
-
-def _row(key: str, metrics: dict[str, float], status: str = "done", recipe: dict[str, Any] | None = None
-         ) -> dict[str, Any]:
-    return {"key": key, "label": key, "status": status, "attempts": 1, "recipe": recipe or _recipe(),
-            "info": {"artifacts": {}, "run_dir": key}, **{f"metric.{k}": v for k, v in metrics.items()}}
-
-
-def list_table(mirrors: str, values: dict[str, list[float]], *, metric: str = "probe_top1",
-               extra: dict[str, dict[str, list[float]]] | None = None, missing: set[tuple[str, str]] = frozenset(),
-               findings: list[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One axis "x" with the given labels; values[label][i] is seed i's value; extra[metric][label] likewise."""
-    labels = list(values)
-    n = len(next(iter(values.values())))
-    spec = {"name": mirrors, "mirrors": mirrors, "axes": [{"name": "x", "paths": ["a.b"], "labels": labels}],
-            "steps": [], "seeds": list(range(n)),
-            "report": {"rows": "x", "cols": None, "metrics": [metric], "findings": findings or []}}
-    cells, rows = [], []
-    for lab in labels:
-        for s in range(n):
-            key = f"{lab}-{s}"
-            cells.append({"key": key, "label": f"x={lab} seed={s}", "coords": {"x": lab, "seed": str(s)},
-                          "step": None, "seed": s})
-            if (lab, str(s)) in missing:
-                continue
-            m = {metric: values[lab][s], **{k: v[lab][s] for k, v in (extra or {}).items()}}
-            rows.append(_row(key, m))
-    return {"name": mirrors, "profile": "test", "spec": spec, "cells": cells}, rows
 
 
 def check(mirrors: str, finding: str, values: dict[str, list[float]], **kw: Any) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from _tables import list_table
 from scipy import stats
 
 from sweepdae.report.findings import GATE_BASELINE, compute_findings
 from sweepdae.report.sequential import group_sequential
 from sweepdae.report.tables import build_table
-from tests.test_findings import list_table
 
 CLEAR = {"single": [60.0, 61.0, 59.5], "multi": [63.0, 64.2, 62.4]}  # agrees by the rule: +3.0 [+2.7, +3.3]
 
@@ -117,6 +117,7 @@ def test_random_features_baseline_reads_the_cells_tokens_and_is_cached(tmp_path:
     seed + 2, at the model's width), probed the cell's way; a second call reads the cache; the identity leaves out
     the encoder's depth and t and the training knobs."""
     import torch
+    from _digits import CPU, _digits
 
     from sweepdae.cell.baselines import (
         RANDOM_FEATURES,
@@ -129,7 +130,6 @@ def test_random_features_baseline_reads_the_cells_tokens_and_is_cached(tmp_path:
     from sweepdae.data import to_unit_range
     from sweepdae.eval import linear_probe
     from sweepdae.objectives import make_model_input
-    from tests.test_baselines import CPU, _digits
 
     r, tok, train, test = _digits(tmp_path, **{"objective.input_space": "image"})
     x, _ = train.tensors()
