@@ -1,8 +1,11 @@
-"""Synthetic report tables for the findings tests: one axis "x", values per label and seed, as store rows."""
+"""Synthetic report tables for the report tests: an in-memory store, and one axis "x" with values per label and
+seed as store rows."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pandas as pd
 
 
 def _recipe(target: str = "eps", output_space: str = "latent") -> dict[str, Any]:
@@ -37,3 +40,22 @@ def list_table(mirrors: str, values: dict[str, list[float]], *, metric: str = "p
             m = {metric: values[lab][s], **{k: v[lab][s] for k, v in (extra or {}).items()}}
             rows.append(_row(key, m))
     return {"name": mirrors, "profile": "test", "spec": spec, "cells": cells}, rows
+
+
+class FakeStore:
+    """`grids()` and `cells(keys)` over in-memory records, as `sweepdae.store.Store` returns them; keys without a
+    record are "new" (absent). `cells_calls` lists the keys each `cells` call asked for."""
+
+    def __init__(self, grids: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        self._grids = grids
+        self._frame = pd.DataFrame(rows)
+        self.cells_calls: list[list[str] | None] = []
+
+    def grids(self) -> list[dict[str, Any]]:
+        return self._grids
+
+    def cells(self, keys: list[str] | None = None) -> pd.DataFrame:
+        self.cells_calls.append(keys)
+        if keys is None or self._frame.empty:
+            return self._frame
+        return self._frame[self._frame["key"].isin(keys)].reset_index(drop=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from _tables import _recipe, _row, list_table
+from _tables import FakeStore, _recipe, _row, list_table
 
 from sweepdae.report import build_report, write_reports
 from sweepdae.report.findings import FINDING_CHECKS, dip_depth, interval, spearman
@@ -152,20 +152,9 @@ def _curve(*ys: float, noise: tuple[float, ...] = (0.0, 0.3, -0.2)) -> dict[str,
 
 def _tab2_findings(values: Any, **kw: Any) -> dict[str, dict[str, Any]]:
     g, rows = tab2(values, **kw)
-    return {v["finding"]: v for v in build_report(_Store([g], rows)).sections[0].findings}
+    return {v["finding"]: v for v in build_report(FakeStore([g], rows)).sections[0].findings}
 
 
-class _Store:
-    def __init__(self, grids: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-        self._grids, self._frame = grids, pd.DataFrame(rows)
-
-    def grids(self) -> list[dict[str, Any]]:
-        return self._grids
-
-    def cells(self, keys: list[str] | None = None) -> pd.DataFrame:
-        if keys is None or self._frame.empty:
-            return self._frame
-        return self._frame[self._frame["key"].isin(keys)].reset_index(drop=True)
 
 
 def test_tab2_findings_agree_on_a_clear_low_d_optimum() -> None:
@@ -225,7 +214,7 @@ def test_a_row_without_paper_numbers_stays_out_of_the_tokenizer_checks() -> None
               "patch_ae": _curve(57, 62, 61, 54), "patch_pca": _curve(56, 60, 62, 55),
               "patch_pca per-dim": _curve(90, 10, 80, 95)}  # zigzag, high-d optimum
     g, rows = tab2(values)
-    section = build_report(_Store([g], rows)).sections[0]
+    section = build_report(FakeStore([g], rows)).sections[0]
     assert "patch_pca per-dim" in set(section.table.tidy["row"])
     f = {v["finding"]: v for v in section.findings}
     assert f["unimodal_in_d"]["verdict"] == "agrees" and f["optimal_latent_dim"]["verdict"] == "agrees"
@@ -271,7 +260,7 @@ def test_trajectory_steps_carry_their_own_intervals() -> None:
 
 def test_findings_need_data() -> None:
     g, _ = tab2({"conv_vae": _curve(55, 60, 59, 52)})
-    f = build_report(_Store([g], [])).sections[0].findings
+    f = build_report(FakeStore([g], [])).sections[0].findings
     assert [v["verdict"] for v in f] == ["inconclusive"] * 3 and all(v["seeds"] == 0 for v in f)
 
 
@@ -279,7 +268,7 @@ def test_report_files_carry_verdict_interval_and_seeds(tmp_path: Path) -> None:
     values = {"conv_vae": _curve(55, 60, 59, 52), "patch_vae": _curve(56, 61, 60, 53),
               "patch_ae": _curve(57, 62, 61, 54), "patch_pca": _curve(56, 60, 62, 55)}
     g, rows = tab2(values, readouts={"knn_top1": {t: _curve(50, 45, 46, 60) for t in values}})
-    write_reports(_Store([g], rows), grids=None, out=tmp_path, html=True, latex=True, csv=True, runs_dir=tmp_path)
+    write_reports(FakeStore([g], rows), grids=None, out=tmp_path, html=True, latex=True, csv=True, runs_dir=tmp_path)
     doc = json.loads((tmp_path / "data" / "tokenizer_dims.json").read_text())
     f = {v["finding"]: v for v in doc["sections"][0]["findings"]}
     o = f["optimal_latent_dim"]

@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
+from _tables import FakeStore
 
 from sweepdae.report import write_reports
 
@@ -35,19 +35,6 @@ WRAPPERS = {  # a paper that \input's a table file as it is
 }
 
 
-class FakeStore:
-    """`grids()` and `cells(keys)` over in-memory records, as `sweepdae.store.Store` returns them."""
-
-    def __init__(self, grids: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-        self._grids, self._frame = grids, pd.DataFrame(rows)
-
-    def grids(self) -> list[dict[str, Any]]:
-        return self._grids
-
-    def cells(self, keys: list[str] | None = None) -> pd.DataFrame:
-        if keys is None or self._frame.empty:
-            return self._frame
-        return self._frame[self._frame["key"].isin(keys)].reset_index(drop=True)
 
 
 def _recipe(seed: int) -> dict[str, Any]:

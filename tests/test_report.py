@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from _tables import FakeStore
 
 from sweepdae.errors import SweepdaeError
 from sweepdae.report import build_report, paper_value, write_reports
@@ -43,22 +44,6 @@ def synthetic_recipe(seed: int) -> dict[str, Any]:
             "objective": {"target": "eps", "output_space": "latent"}, "seed": seed}
 
 
-class FakeStore:
-    """`grids()` and `cells(keys)` over in-memory records; keys without a record are "new" (absent)."""
-
-    def __init__(self, grids: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-        self._grids = grids
-        self._frame = pd.DataFrame(rows)
-        self.cells_calls: list[list[str] | None] = []
-
-    def grids(self) -> list[dict[str, Any]]:
-        return self._grids
-
-    def cells(self, keys: list[str] | None = None) -> pd.DataFrame:
-        self.cells_calls.append(keys)
-        if keys is None or self._frame.empty:
-            return self._frame
-        return self._frame[self._frame["key"].isin(keys)].reset_index(drop=True)
 
 
 def _row(key: str, label: str, status: str, metrics: dict[str, float], **extra: Any) -> dict[str, Any]:
