@@ -492,10 +492,11 @@ def test_slurm_option_strings_of_a_grid_are_validated(tmp_path: Path, key: str, 
 
 def test_valid_slurm_option_strings_pass_and_the_user_config_is_checked(tmp_path: Path) -> None:
     from sweepdae.errors import SweepdaeError
+    from sweepdae.grid.schema import check_option_strings
     from sweepdae.runner import slurm as sl
 
-    sl.check_option_strings({"partition": "gpu,gpu-long", "account": "proj_42.a", "qos": "normal",
-                             "constraint": "[rack1*2&rack2*4]|a100:2,(intel&ib)"}, lambda k, m: SweepdaeError(m))
+    check_option_strings({"partition": "gpu,gpu-long", "account": "proj_42.a", "qos": "normal",
+                          "constraint": "[rack1*2&rack2*4]|a100:2,(intel&ib)"}, lambda k, m: SweepdaeError(m))
     config = tmp_path / "slurm.toml"
     config.write_text('account = "proj42 --uid=0"\n')
     with pytest.raises(SweepdaeError, match=r"slurm.toml: account: expected an account name"):

@@ -319,13 +319,10 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
     if given and executor != "slurm":
         raise SweepdaeError(f"--{given[0].replace('_', '-')}: a SLURM option; add --executor slurm")
     if executor == "slurm":
-        from sweepdae.grid.schema import check_slurm_options
-        from sweepdae.runner.slurm import check_option_strings
+        from sweepdae.grid.schema import check_slurm_options  # types, ranges and the strings sbatch would misread
 
         check_slurm_options({k: v for k, v in slurm_cli.items() if v is not None}, "option",
                             lambda key, msg: SweepdaeError(f"--{key.split('.')[-1].replace('_', '-')}: {msg}"))
-        check_option_strings({k: v for k, v in slurm_cli.items() if v is not None},
-                             lambda key, msg: SweepdaeError(f"--{key}: {msg}"))
         slurm_cli["gpus"] = gpus_per_cell
     gpus_per_cell = 1 if gpus_per_cell is None else gpus_per_cell
     if rate is not None and not (math.isfinite(rate) and rate > 0):
@@ -338,11 +335,6 @@ def run(grids: Annotated[list[str], typer.Argument(help="Grid TOML files (or nam
         raise SweepdaeError("--until-decided: every cell of the grids, on this machine (no --only, --executor slurm "
                             "or --json)")
     plans = [_plan(g, profile) for g in grids]  # every grid (and its profile) checked before anything runs
-    if executor == "slurm":
-        from sweepdae.runner.slurm import check_spec_strings
-
-        for p in plans:
-            check_spec_strings(p.slurm, printable(str(p.grid.path)))
     from sweepdae.runner import make_slots, parse_gpus, run_plan, select
 
     ids = parse_gpus(gpus)

@@ -147,6 +147,17 @@ SLURM_STRINGS: dict[str, tuple[re.Pattern[str], str]] = {
 }
 
 
+def check_option_strings(opts: dict[str, Any], error: Any) -> None:
+    """Refuse a SLURM option string sbatch would misread (a space, a leading '-'); `error(key, message)` makes the
+    exception, naming where the option came from (a grid's table, the command line, the user's config)."""
+    for key, value in opts.items():
+        if key not in SLURM_STRINGS or not isinstance(value, str):
+            continue
+        pattern, what = SLURM_STRINGS[key]
+        if len(value) > 256 or not pattern.fullmatch(value):
+            raise error(key, f"expected {what}, not starting with '-'; got {printable(repr(value[:80]))}")
+
+
 def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
     """Validated SLURM options of a table (`error(key, message)` makes the exception to raise)."""
     if not isinstance(t, dict):
@@ -159,9 +170,7 @@ def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
         if typ is str:
             if not isinstance(v, str) or not v.strip() or any(c in v for c in "\n\r\0"):
                 raise error(f"{key}.{k}", f"must be a non-empty one-line string: the {what}")
-            if k in SLURM_STRINGS and (len(v) > 256 or not SLURM_STRINGS[k][0].fullmatch(v)):
-                raise error(f"{key}.{k}", f"expected {SLURM_STRINGS[k][1]}, not starting with '-'; got "
-                                          f"{printable(repr(v[:80]))}")
+            check_option_strings({k: v}, lambda k, m: error(f"{key}.{k}", m))
         else:
             number = isinstance(v, int) or (typ is float and isinstance(v, float))
             if isinstance(v, bool) or not number or not v >= (0 if k in ("gpus", "max_requeues") else 1) \

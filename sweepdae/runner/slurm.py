@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepdae.errors import SweepdaeError, printable
-from sweepdae.grid.schema import SLURM_STRINGS, check_slurm_options, tomllib
+from sweepdae.errors import SweepdaeError
+from sweepdae.grid.schema import check_slurm_options, tomllib
 
 # states in which a job still holds (or will hold) its cells; anything else, or a job SLURM no longer knows, has
 # ended (cancelling a pending array task on its own makes it vanish from squeue, scontrol and sacct alike)
@@ -73,31 +73,6 @@ def user_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     opts = check_slurm_options(doc, "slurm", error) if "slurm" not in doc else check_slurm_options(
         doc["slurm"], "slurm", error)
     return opts
-
-
-def check_option_strings(opts: dict[str, Any], error: Callable[[str, str], Exception]) -> None:
-    """Refuse a SLURM option string sbatch would misread (a space, a leading '-'); `error(key, message)` makes the
-    exception, naming where the option came from."""
-    for key, value in opts.items():
-        if key not in SLURM_STRINGS or not isinstance(value, str):
-            continue
-        pattern, what = SLURM_STRINGS[key]
-        if len(value) > 256 or not pattern.fullmatch(value):
-            raise error(key, f"expected {what}, not starting with '-'; got {printable(repr(value[:80]))}")
-
-
-def check_spec_strings(spec: Any, where: str) -> None:
-    """The option strings of a grid's `[slurm]` table and its `[slurm.by.AXIS."LABEL"]` tables (`where`: the grid
-    file)."""
-    check_option_strings(spec.options, lambda k, m: SweepdaeError(f"{where}: slurm.{k}: {m}"))
-    for axis, per_label in spec.by.items():
-        for label, opts in per_label.items():
-            table = f"slurm.by.{axis}.{printable(str(label))}"
-
-            def error(k: str, m: str, table: str = table) -> SweepdaeError:
-                return SweepdaeError(f"{where}: {table}.{k}: {m}")
-
-            check_option_strings(opts, error)
 
 
 def resources(cells: Iterable[Any], spec: Any, *, cli: dict[str, Any], config: dict[str, Any],
