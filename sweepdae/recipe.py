@@ -233,7 +233,7 @@ class NoiseConfig:
 class ModelConfig:
     size: ModelSize = ModelSize.micro
     class_cond: bool = False  # paper Tab. 1: DiT baseline is class-conditional; l-DAE is not
-    # adaLN conditioning MLP hidden size / width: the paper's DiT shrinks it to 1/4 (PAPER.md, Architecture); one
+    # adaLN conditioning MLP hidden size / width: the paper's DiT shrinks it to 1/4 (docs/paper.md#architecture); one
     # value for every table, since Tab. 1's last row is a run of Tab. 2 and Tab. 2's PCA d=32 Tab. 3's first
     cond_mlp_ratio: float = _in(0.25, 0, 64, lo_open=True)
     adaln_zero: bool = True  # DiT's zero-initialised adaLN gates (paper silent; DiT keeps them)

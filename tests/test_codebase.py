@@ -1,12 +1,19 @@
-"""Rules of the codebase itself: no dead code in the package, no test machinery in the package, and test modules
-that import nothing from each other (shared helpers are fixtures of tests/conftest.py)."""
+"""Rules of the codebase itself: no dead code in the package, no test machinery in the package, test modules
+that import nothing from each other (shared helpers are fixtures of tests/conftest.py), and a repository that stands
+on its own: every document a tracked file cites exists in it, every anchor a citation names exists in that document,
+and docs/paper.md's reference numbers are those the reports print (sweepdae/report/paper.py)."""
 
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from collections import Counter
 from pathlib import Path
+
+import pytest
+
+from sweepdae.report.paper import PAPER
 
 ROOT = Path(__file__).resolve().parent.parent
 # Public API kept for library users although the package itself does not call it (name: why).
@@ -56,3 +63,110 @@ def test_test_modules_import_no_other_test_module() -> None:
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not [n for n in names if n.split(".")[0] in tests | {"tests"}], (path.name, names)
+
+
+# -- the repository stands on its own --------------------------------------------------------------------------------
+# A document named alone, as benchmarks/codebase.py counts them: README.md, REPRODUCTION.md, BENCHMARKS.md, ...
+BARE_NAME = re.compile(r"\b([A-Z][A-Z_]+\.md)(#[\w-]+)?\b")
+# A document named by its path: docs/paper.md, ../REPRODUCTION.md, reports/examples/README.md, with an optional anchor
+PATH = re.compile(r"(?<![\w/.-])((?:\.{1,2}/|[\w-][\w.-]*/)+[\w.-]+\.md)(#[\w-]+)?")
+SKIP_SUFFIXES = {".journal", ".png", ".pdf", ".pt", ".npz", ".svg", ".csv", ".json"}
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(doc: Path) -> set[str]:
+    text = doc.read_text()
+    out = {slug(m.group(1)) for m in re.finditer(r"^#{1,6} +(.+?) *#*$", text, re.M)}
+    return out | set(re.findall(r"""<a\s+(?:id|name)=["']([^"']+)["']""", text))
+
+
+def citations() -> list[tuple[str, int, str, str, str]]:
+    """(citing file, line, cited name as written, resolved document path or "", anchor or "") of every citation."""
+    files = tracked_files()
+    md = {f for f in files if f.endswith(".md")}
+    by_name = {Path(f).name: f for f in md}
+    out = []
+    for f in files:
+        p = ROOT / f
+        if Path(f).suffix in SKIP_SUFFIXES or not p.is_file():
+            continue
+        try:
+            text = p.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        for i, line in enumerate(text.splitlines(), 1):
+            spans = []
+            for m in PATH.finditer(line):
+                spans.append(m.span(1))
+                name, anchor = m.group(1), (m.group(2) or "")[1:]
+                found = ""
+                for base in (ROOT, p.parent):  # from the repository root, or relative to the citing file
+                    target = (base / name).resolve()
+                    if target.is_relative_to(ROOT) and str(target.relative_to(ROOT)) in md:
+                        found = str(target.relative_to(ROOT))
+                        break
+                out.append((f, i, name, found, anchor))
+            for m in BARE_NAME.finditer(line):
+                if any(a <= m.start(1) < b for a, b in spans):
+                    continue  # the tail of a path already checked
+                out.append((f, i, m.group(1), by_name.get(m.group(1), ""), (m.group(2) or "")[1:]))
+    return out
+
+
+def test_every_cited_document_is_in_the_repository() -> None:
+    missing = [f"{f}:{i}: {name}" for f, i, name, found, _ in citations() if not found]
+    assert not missing, "documents cited but not in the repository:\n" + "\n".join(missing)
+
+
+def test_every_cited_anchor_exists() -> None:
+    bad = [f"{f}:{i}: {name}#{anchor}" for f, i, name, found, anchor in citations()
+           if found and anchor and anchor not in anchors(ROOT / found)]
+    assert not bad, "anchors cited but not in their document:\n" + "\n".join(bad)
+
+
+def test_the_rules_find_every_form_of_citation() -> None:
+    notes, paper = "NOTES" + ".md", "PAPER" + ".md"  # split, so that this file cites neither
+    line = f"see ../shared/{notes} and {paper}, docs/paper.md#table-2 and [x](../REPRODUCTION.md#the-six-findings)"
+    assert [(m.group(1), m.group(2)) for m in PATH.finditer(line)] == [
+        (f"../shared/{notes}", None), ("docs/paper.md", "#table-2"), ("../REPRODUCTION.md", "#the-six-findings")]
+    assert [m.group(1) for m in BARE_NAME.finditer(line)] == [notes, paper, "REPRODUCTION.md"]
+    assert slug("Table 2") == "table-2" and slug("Knobs and their sources") == "knobs-and-their-sources"
+    assert slug("`sweepdae tune`: the study") == "sweepdae-tune-the-study"
+
+
+# docs/paper.md's section of each table or figure a grid mirrors (`[grid] mirrors` -> anchor)
+PAPER_SECTIONS = {"tab1": "table-1", "tab2": "table-2", "fig5": "figure-5", "tab3": "table-3",
+                  "noise_levels": "noise-levels", "augmentation": "augmentation", "epochs": "epochs",
+                  "model_size": "model-size", "encoder_depth": "encoder-depth", "probe_t": "probe-t"}
+
+
+def paper_section(anchor: str) -> str:
+    """The text of docs/paper.md's heading whose anchor is `anchor`, up to the next heading."""
+    parts = re.split(r"^(#{1,6} +.+)$", (ROOT / "docs" / "paper.md").read_text(), flags=re.M)
+    for head, body in zip(parts[1::2], parts[2::2], strict=True):
+        if slug(head.lstrip("#")) == anchor:
+            return body
+    raise AssertionError(f"docs/paper.md has no section #{anchor}")
+
+
+def test_every_mirrored_reference_has_a_section() -> None:
+    assert set(PAPER_SECTIONS) == set(PAPER)
+
+
+@pytest.mark.parametrize("ref_id", sorted(PAPER_SECTIONS))
+def test_docs_paper_numbers_are_the_reports(ref_id: str) -> None:
+    """Every number a section of docs/paper.md gives is one the reports print for that table, and the reverse."""
+    ref = PAPER[ref_id]
+    printed = {f"{v:.1f}" for values in ref.values.values() for v in values.values() if v is not None}
+    written = set(re.findall(r"(?<![\w.])\d+\.\d(?!\d)", paper_section(PAPER_SECTIONS[ref_id])))
+    assert written == printed, (ref_id, sorted(written ^ printed))

@@ -162,8 +162,8 @@ def test_cell_with_augmented_probe_on_imagefolder(tmp_path: Path, monkeypatch: p
 
 
 def test_every_paper_profile_uses_the_augmented_probe() -> None:
-    """PAPER.md's probe is MAE's: RandomResizedCrop + flip on train, center crop on test; so every shipped paper
-    profile (ImageNet, streamed) sets probe.augment."""
+    """The paper's probe (docs/paper.md#linear-probe) is MAE's: RandomResizedCrop + flip on train, center crop on
+    test; so every shipped paper profile (ImageNet, streamed) sets probe.augment."""
     from sweepdae.grid import expand, load_grid
 
     grids = [load_grid(p) for p in sorted((Path(__file__).resolve().parent.parent / "grids").glob("*.toml"))]

@@ -339,7 +339,7 @@ def test_schedule_closed_forms_match_sweepdae_noise(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "sweepdae.noise", None)  # the import fails -> closed forms
     for name, (gamma, sigma) in real.items():
         g2, s2 = schedule_tables(name)
-        # PAPER.md's closed forms differ from sweepdae.noise only at the grid ends (open vs closed at t = T)
+        # docs/paper.md's closed forms differ from sweepdae.noise only at the grid ends (open vs closed at t = T)
         assert np.allclose(g2**2, gamma**2, atol=2e-3) and np.allclose(s2**2, sigma**2, atol=2e-3), name
     assert schedule_tables("sigma_linear")[1][-1] == pytest.approx(math.sqrt(2))
 

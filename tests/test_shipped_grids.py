@@ -105,7 +105,7 @@ def test_smoke_profiles_keep_tokens_comparable(name: str) -> None:
     assert tokens == {16}, (name, tokens)
 
 
-# -- the paper's recipe facts, per grid and profile (PAPER.md; each grid's comments quote the paper) ------------------
+# -- the paper's recipe facts, per grid and profile (docs/paper.md; each grid's comments quote the paper) -------------
 SCHEDULES = {  # the schedule of every cell, in plan order ("*": every cell)
     "quickstart": "linear_gamma2", "tokenizer_dims": "linear_gamma2", "pixel_tokenizer": "linear_gamma2",
     "deconstruction": ["ddpm_linear"] * 4 + ["linear_gamma2"],
@@ -135,7 +135,7 @@ def test_recipe_facts_of_every_profile(name: str) -> None:
             r = c.recipe
             per_dim = name == "tokenizer_dims" and c.coords.get("tokenizer") == "patch_pca per-dim"
             assert r.tokenizer.latent_scale == ("per_dim" if per_dim else "global"), (name, c.label)
-            assert r.model.cond_mlp_ratio == 0.25  # PAPER.md, Architecture
+            assert r.model.cond_mlp_ratio == 0.25  # docs/paper.md#architecture
             single = r.noise.levels.value == "single"
             assert probe_t(r) == (int(c.coords["t"]) if name == "probe_t" else 407 if single else 10)
             if name == "noise_levels":
@@ -155,7 +155,7 @@ def _one(name: str, profile: str, **coords: str) -> Cell:
     return found[0]
 
 
-# "Runs the paper shares across tables" (PAPER.md): each group is one training in every profile.
+# The runs the paper shares across tables (docs/paper.md#shared-runs): each group is one training in every profile.
 SHARED = {
     "Tab. 1 last row = Tab. 2 conv VAE d=16": [
         ("deconstruction", {"step": "replace noise schedule"}),

@@ -20,7 +20,7 @@ from sweepdae.store import open_store
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
 
-# CPU jobs of 1 CPU, 2 GB; time >= 5 min: submitit's USR2 may come up to 60 s early (SLURM_NOTES.md)
+# CPU jobs of 1 CPU, 2 GB; time >= 5 min: submitit's USR2 may come up to 60 s early (docs/slurm.md#time-limit)
 JOB = ["--executor", "slurm", "--cpus", "1", "--mem-gb", "2", "--time", "10"]
 
 

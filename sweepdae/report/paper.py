@@ -1,7 +1,7 @@
 """The paper's reference numbers as data, keyed by a grid's `mirrors` id, and the lookup that matches them.
 
 Source: Chen, Liu, Xie, He, "Deconstructing Denoising Diffusion Models for Self-Supervised Learning"
-(arXiv 2401.14404 v1), restated in PAPER.md. Numbers are ImageNet linear-probe top-1 (%) of ViT-1/2L at
+(arXiv 2401.14404 v1), restated in docs/paper.md. Numbers are ImageNet linear-probe top-1 (%) of ViT-1/2L at
 400 epochs unless the table says otherwise, and FID-50K for Tab. 1. Only numbers the paper prints are here:
 Fig. 5 gives two (d = 768 -> 23.6 and "best at d = 48"), so the other pixel-tokenizer points stay unknown.
 
@@ -20,7 +20,7 @@ __all__ = ["HEADLINE_FINDINGS", "PAPER", "PAPER_SCALE", "Headline", "PaperRef", 
            "normalize", "paper_value"]
 
 CITE = "Chen et al. 2024"
-# The scale every reference number was measured at (PAPER.md "Reference numbers"), shown beside ours.
+# The scale every reference number was measured at (docs/paper.md#reference-numbers), shown beside ours.
 PAPER_SCALE = "ImageNet 256 px, 16 px patches (256 tokens), ViT-1/2L (DiT-L, 12+12 blocks), 400 epochs, batch 2048"
 
 Key = tuple[str, "str | None"]
