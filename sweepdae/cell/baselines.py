@@ -18,9 +18,9 @@ Measured whenever `probe.baselines` is on (result.json metrics, `sweepdae.metric
 - `random_features_probe_top1` (`measure_random_features`, the regime gate's baseline, REPRODUCTION.md): the cell's
   clean input tokens (its tokenizer, then what the model's input layer reads), one untrained per-token ReLU layer
   of the model's width with a random position code, mean-pooled (`sweepdae/cell/random_features.py`; draws from
-  `torch.Generator().manual_seed(recipe.seed + 2)`). Not one of BASELINES and not in `probe_gain` (its definition
-  was committed before it existed); cached apart, in `<cache>/random_features/`, keyed the same way (without the
-  encoder's depth, t, blocks and output layer, which it does not read).
+  `torch.Generator().manual_seed(recipe.seed + 2)`). Not one of BASELINES and not in `probe_gain` (REPRODUCTION.md
+  defines that over the two random encoders only); cached apart, in `<cache>/random_features/`, keyed the same way
+  (without the encoder's depth, t, blocks and output layer, which it does not read).
 
 Protocol: the cell's own. The random weights are drawn under `torch.manual_seed(recipe.seed + 1)` (without
 touching the caller's random state); features at the cell's resolved probe depth and probe t; `probe.augment` runs

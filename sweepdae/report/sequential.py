@@ -39,7 +39,7 @@ __all__ = ["ALPHA", "DEFAULT_MAX_SEEDS", "MAX_LOOKS", "Design", "calibrated_alph
            "nominal_levels", "obf_spending", "z_boundaries"]
 
 ALPHA = 0.05  # two-sided, as the fixed rule's 95 % interval (REPRODUCTION.md, Interval)
-DEFAULT_MAX_SEEDS = 10  # `--max-seeds`: the audit estimated 6, 8 and 10 seeds for findings 3, 4 and 6
+DEFAULT_MAX_SEEDS = 10  # `--max-seeds`: findings 3, 4 and 6 were estimated to need 6, 8 and 10 seeds
 MAX_LOOKS = 4  # looks per design (REPRODUCTION.md): few looks, as rounds of seeds are costly
 MAX_SEEDS_LIMIT = 50  # seeds continue after the grid's largest; keeps them clear of searches' seeds (100-103)
 _GRID_POINTS = 401  # per look, Simpson's rule on the continuation region (odd); 1e-6 accuracy on the spending

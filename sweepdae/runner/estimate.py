@@ -76,7 +76,7 @@ SPLIT_SIZES: dict[str, tuple[int, int]] = {
 # conv VAE fit and FID at 0.64-0.78 x (convolutions and Inception run slower per FLOP on a CPU).
 CPU_FLOPS_PER_S = 85e9
 CPU_FIXED_S = 2.0
-# GPU: nothing measured here (no GPU was lent to this project). The rate of a phase is the GPU's peak for the
+# GPU: no rate is measured on a GPU yet. The rate of a phase is the GPU's peak for the
 # phase's precision (GPU_PEAKS) times a model FLOP utilisation (MFU) assumed until measured (ASSUMED_MFU;
 # benchmarks/bench_gpu.py measures it on a GPU). Fixed cost per cell: an `accelerate launch` process, 4.7 s measured
 # on the CPU machine (BENCHMARKS.md section 2), plus CUDA initialisation, assumed 15 s in all.
@@ -108,7 +108,7 @@ GPU_PEAKS: dict[str, GpuPeak] = {
 }
 DEFAULT_GPU = "H100"  # assumed when no GPU is visible to the dry run (planning for a cluster from a laptop)
 # MFU assumed until measured, against the peak of the phase's precision. Paper-size DiTs (ViT-B/L widths, 256
-# tokens) train at 25-40% MFU on H100s (the range of issue 30, from DiT-L steps in bf16); 30% here. The small DiTs of
+# tokens): 30%, inside the 25-40% expected of DiT-L training steps in bf16 on H100s (an assumption). The small DiTs of
 # the demo profiles (16 tokens, 96-192 wide) are bound by kernel launches and Python: 1% (~10 TFLOP/s on an H100).
 ASSUMED_MFU = {"paper": 0.30, "small": 0.01}
 PAPER_SIZES = ("base", "half_large", "large")
