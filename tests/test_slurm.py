@@ -47,7 +47,7 @@ def make_grid(write_grid: Callable[..., Path]) -> Callable[..., Path]:
 
 def _store_trials(url: str) -> Any:
     with open_store(url, create=False) as s:
-        return s.attempts(), s.cells(), s.jobs()
+        return s.attempts(), s.cells(), [j.to_dict() for j in s.jobs()]
 
 
 def _sacct(job_ids: list[str], fields: str = "JobID,State,AllocTRES,TimelimitRaw") -> dict[str, dict[str, str]]:

@@ -390,7 +390,7 @@ def test_a_failure_committed_before_the_connection_dropped_queues_one_retry(stor
     raises, it calls `fail` again (PatientStore), and exactly one retry is queued."""
     from optuna.exceptions import StorageInternalError
 
-    from sweepdae.runner.coordinator import PatientStore
+    from sweepdae.store import PatientStore
 
     store.enqueue([cell(0)])
     c = store.claim("w")
@@ -422,6 +422,55 @@ def test_a_failure_committed_before_the_connection_dropped_queues_one_retry(stor
     assert len(trials_of(store, "key000")) == 2
     retry = store.claim("w")
     assert retry is not None and retry.attempt == 2
+
+
+def test_a_patient_store_waits_out_an_outage_once_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PatientStore retries a call whose backend is down (once per outermost call: `forget` calls `forgettable`),
+    says so, gives up after `outage_s`, and shares the store's closed state."""
+    from sweepdae.errors import StoreUnavailable
+    from sweepdae.store import PatientStore
+
+    said: list[str] = []
+
+    class View:
+        def message(self, text: str) -> None:
+            said.append(text)
+
+    monkeypatch.setattr("sweepdae.store._base.time.sleep", lambda s: None)
+    with open_store(f"journal:{tmp_path / 'store.journal'}") as store:
+        store.enqueue([cell(0)])
+        real = store._storage.get_study_user_attrs
+        down = [3]
+
+        def flaky(study_id: int) -> dict[str, Any]:
+            if down[0]:
+                down[0] -= 1
+                raise OSError("journal briefly unreadable")
+            return real(study_id)
+
+        monkeypatch.setattr(store._storage, "get_study_user_attrs", flaky)
+        patient = PatientStore(store, View(), outage_s=60)
+        assert patient.forget(["nope"]) == []  # after three failed reads: nothing to forget
+        assert down == [0] and len(said) == 2 and said[0].startswith("store unreachable (forget)")
+        down[0] = 1
+        with pytest.raises(StoreUnavailable):  # no patience: the first failure is the last
+            PatientStore(store, View(), outage_s=0).grids()
+        assert patient.status() == {"key000": "queued"}
+    with pytest.raises(StoreError, match="closed"):
+        patient.status()
+
+
+def test_jobs_are_records(tmp_path: Path) -> None:
+    from sweepdae.store import JobRecord
+
+    with open_store(f"journal:{tmp_path / 'store.journal'}") as store:
+        full = JobRecord(job_id="7_0", keys=["a", "b"], grid="g", profile="demo", train_key="tk", labels=["x", "y"],
+                         log="/tmp/7_0.out", submitted=2.0, options={"time": 5, "cpus": 1})
+        store.record_jobs([full, {"job_id": "6_0", "keys": ["c"], "submitted": 1.0}])
+        assert store.jobs() == [JobRecord(job_id="6_0", keys=["c"], submitted=1.0), full]
+        assert JobRecord.from_dict(full.to_dict()) == full
+        with pytest.raises(ValueError, match="string job_id"):
+            store.record_jobs([{"job_id": 8, "keys": []}])
 
 
 @given(st.lists(st.sampled_from([TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL])))

@@ -4,6 +4,7 @@ recipe twice, prunes what the grid excludes, stops when the space is exhausted a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,28 @@ def test_a_study_keeps_its_direction(tmp_path: Path) -> None:
         with pytest.raises(SweepdaeError, match="was created to minimize its metric"):
             s.tune_study("sweepdae-tune:x::fid", direction="maximize")
         assert [st.direction for st in s.tune_studies()] == [optuna.study.StudyDirection.MINIMIZE]
+
+
+def test_trials_of_a_stopped_tune_process_are_failed(tmp_path: Path) -> None:
+    """A RUNNING trial whose tune process of this host is gone is failed (the search goes on); one of a live
+    process, or of another host, is left running."""
+    import socket
+    import subprocess
+    import sys
+
+    from sweepdae.store import dead_local_owner, tune_study_name
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    with open_store(f"journal:{tmp_path / 's.journal'}") as s:
+        study = s.tune_study(tune_study_name("x", None, "fid"), direction="minimize")
+        for owner in (f"{host}:{gone.pid}", f"{host}:{os.getpid()}", f"elsewhere:{gone.pid}"):
+            study.ask().set_user_attr("owner", owner)
+        assert s.fail_abandoned_tune_trials(study, dead_owner=dead_local_owner) == [(0, f"{host}:{gone.pid}")]
+        trials = study.get_trials()
+        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+        assert trials[0].user_attrs["error"] == "its tune process stopped"
 
 
 @pytest.mark.slow

@@ -102,7 +102,7 @@ def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
                out)
 
 
-def default_runs_dir(store: Any) -> Path:
+def default_runs_dir(store: ReportStore) -> Path:
     """Where a report looks for the cells' folders when not told: $SWEEPDAE_RUNS, else ./runs when it exists,
     else `runs` beside a journal or SQLite store file, else ./runs. (The store keeps each folder relative to it.)"""
     if os.environ.get("SWEEPDAE_RUNS"):

@@ -13,6 +13,7 @@ from sweepdae.grid import Plan
 from sweepdae.runner.coordinator import Coordinator, Options
 from sweepdae.runner.slots import Slot, detect_gpus, free_port, make_slots, parse_gpus
 from sweepdae.runner.view import View, make_view
+from sweepdae.store import Store
 
 __all__ = ["Coordinator", "Options", "RunSummary", "Slot", "detect_gpus", "enqueue_cells", "enqueue_plan", "free_port",
            "make_slots", "parse_gpus", "register_plan", "run_cells", "run_plan", "run_worker", "runs_dir_for"]
@@ -51,7 +52,7 @@ def select(plan: Plan, only: str | None, *, allow_empty: bool = False) -> list[A
     return cells
 
 
-def register_plan(store: Any, plan: Plan) -> None:
+def register_plan(store: Store, plan: Plan) -> None:
     """Register the grid (under its profile) and its cells, so that `status` and `report` show it, pending cells
     included. Idempotent."""
     store.register_grid(plan.grid.name, profile=plan.profile or "", spec=plan.spec(),
@@ -59,7 +60,7 @@ def register_plan(store: Any, plan: Plan) -> None:
                                 "train_key": c.train_key} for c in plan.cells])
 
 
-def enqueue_plan(store: Any, plan: Plan, cells: list[Any]) -> dict[str, str]:
+def enqueue_plan(store: Store, plan: Plan, cells: list[Any]) -> dict[str, str]:
     """Register the grid and enqueue its cells that are not done, queued or running (dedup by key)."""
     register_plan(store, plan)
     return enqueue_cells(store, cells, grid=plan.grid.name, profile=plan.profile, params=cell_params(plan))
@@ -78,7 +79,7 @@ def cell_params(plan: Plan) -> dict[str, dict[str, Any]]:
             for c in plan.cells}
 
 
-def enqueue_cells(store: Any, cells: list[Any], *, grid: str, profile: str | None,
+def enqueue_cells(store: Store, cells: list[Any], *, grid: str, profile: str | None,
                   params: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
     """Enqueue cells that are not done, queued or running (dedup by key); key -> what happened."""
     return store.enqueue([{"key": c.key, "label": c.label, "recipe": c.recipe.to_dict(), "grid": grid,
@@ -86,7 +87,7 @@ def enqueue_cells(store: Any, cells: list[Any], *, grid: str, profile: str | Non
                            **({"params": params[c.key]} if params and c.key in params else {})} for c in cells])
 
 
-def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "auto", gpus_per_cell: int = 1,
+def run_plan(store: Store, plan: Plan, *, only: str | None = None, gpus: str = "auto", gpus_per_cell: int = 1,
              cells_per_gpu: int = 1, cpu_cells: int = 1, max_retries: int = 1, fail_fast: bool = False,
              runs_dir: str | None = None, launcher: str = "auto", plain: bool | None = None,
              view: View | None = None) -> RunSummary:
@@ -99,7 +100,7 @@ def run_plan(store: Any, plan: Plan, *, only: str | None = None, gpus: str = "au
                      runs_dir=runs_dir, launcher=launcher, plain=plain, view=view)
 
 
-def run_cells(store: Any, cells: list[Any], *, grid: str, profile: str | None, title: str, gpus: str = "auto",
+def run_cells(store: Store, cells: list[Any], *, grid: str, profile: str | None, title: str, gpus: str = "auto",
               gpus_per_cell: int = 1, cells_per_gpu: int = 1, cpu_cells: int = 1, max_retries: int = 1,
               fail_fast: bool = False, runs_dir: str | None = None, launcher: str = "auto",
               plain: bool | None = None, view: View | None = None, close_view: bool = True,
@@ -133,7 +134,7 @@ def _say_parked(coord: Coordinator) -> None:
                            f"({'; '.join(why[:3])}). Run `sweepdae worker` there, or share the runs folder.")
 
 
-def run_worker(store: Any, *, gpus: str = "auto", gpus_per_cell: int = 1, cells_per_gpu: int = 1,
+def run_worker(store: Store, *, gpus: str = "auto", gpus_per_cell: int = 1, cells_per_gpu: int = 1,
                cpu_cells: int = 1, max_retries: int = 1, forever: bool = False, runs_dir: str | None = None,
                launcher: str = "auto", plain: bool | None = None) -> RunSummary:
     """`sweepdae worker`: run queued cells of any grid until none are left (or forever)."""

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, INTERRUPTIONS, RECIPE, RESULT, STOP, classify_exit, train_dir
-from sweepdae.errors import StoreUnavailable
 from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
-from sweepdae.store import Claim, Store
+from sweepdae.store import Claim, LeaseState, PatientStore, Store, dead_local_owner
 from sweepdae.store._paths import portable, portable_text, resolve_runs_dir, stored_runs_dir
 from sweepdae.utils import atomic_write_json, read_events
 
@@ -36,47 +35,6 @@ BUSY_RECHECK_S = 10.0  # a training another coordinator holds is asked about aga
 # how long the store may stay unreachable (e.g. a PostgreSQL restart) before the coordinator gives up; the running
 # cells go on meanwhile, their results wait on disk
 STORE_OUTAGE_S = float(os.environ.get("SWEEPDAE_STORE_OUTAGE_S", "900"))
-
-
-class PatientStore:
-    """The store, with every call retried through an outage of the database (a StoreError caused by the backend:
-    connection refused, server restarting, journal briefly unreadable) for up to STORE_OUTAGE_S seconds.
-
-    Retrying is safe for every call the coordinator makes: `complete` and `fail` are idempotent per claim in the
-    store's contract, and a `claim` whose reply was lost leaves a RUNNING trial whose lease expires and is reaped."""
-
-    def __init__(self, store: Store, view: View, outage_s: float | None = None) -> None:
-        self._store = store
-        self._view = view
-        self._outage_s = STORE_OUTAGE_S if outage_s is None else outage_s
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            down_since: float | None = None
-            delay = 0.5
-            while True:
-                try:
-                    result = attr(*args, **kwargs)
-                except StoreUnavailable as e:  # the backend's fault: the same call may work once it is back
-                    now = time.time()
-                    if down_since is None:
-                        down_since = now
-                        self._view.message(f"store unreachable ({name}): {e}; retrying for up to "
-                                           f"{self._outage_s:.0f} s, running cells go on")
-                    if now - down_since >= self._outage_s:
-                        raise
-                    time.sleep(delay)
-                    delay = min(2 * delay, 10.0)
-                    continue
-                if down_since is not None:
-                    self._view.message(f"store reachable again after {time.time() - down_since:.0f} s")
-                return result
-
-        return call
 
 
 @dataclass
@@ -150,7 +108,7 @@ class Coordinator:
     """Runs queued cells until none are left (or forever), with at most one cell per slot."""
 
     def __init__(self, store: Store, opts: Options, view: View) -> None:
-        self.store = PatientStore(store, view)
+        self.store = PatientStore(store, view, STORE_OUTAGE_S)
         self.opts = opts
         self.view = view
         self.owner = opts.owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -267,7 +225,7 @@ class Coordinator:
             time.sleep(self.opts.poll_s)
 
     def _dead_owner(self, owner: str) -> bool:
-        return _dead_local_owner(owner) or (self.opts.dead_owner is not None and self.opts.dead_owner(owner))
+        return dead_local_owner(owner) or (self.opts.dead_owner is not None and self.opts.dead_owner(owner))
 
     # -- trainings -----------------------------------------------------------------------------------------------
     def _train_key(self, claim: Claim) -> str:
@@ -318,9 +276,9 @@ class Coordinator:
         if read_trained(folder, tk) is not None:
             return "start", None
         lease = self.store.acquire_training(tk, owner=self.owner, lease_s=LEASE_S, label=claim.label)
-        if lease.state == "mine":
+        if lease.state == LeaseState.MINE:
             return "start", lease.claim
-        if lease.state == "busy":
+        if lease.state == LeaseState.BUSY:
             if lease.owner != self.owner:
                 self.blocked[tk] = time.time() + BUSY_RECHECK_S
             where = "here" if lease.owner == self.owner else lease.owner
@@ -542,21 +500,6 @@ def _stored_run_dir(run_dir: Path, runs_dir: Path) -> str:
         return run_dir.relative_to(runs_dir).as_posix()
     except ValueError:
         return run_dir.name
-
-
-def _dead_local_owner(owner: str) -> bool:
-    """A coordinator of this host whose process is gone (killed): its cells need not wait for the lease. An owner
-    is `host:pid`, or `tag@host:pid` (a SLURM job's coordinator: `slurm-<job id>.<restart>@host:pid`)."""
-    host, _, pid = owner.rpartition("@")[2].rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def jsonable(obj: Any) -> Any:

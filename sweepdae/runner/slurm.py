@@ -43,6 +43,7 @@ from typing import Any
 
 from sweepdae.errors import SweepdaeError
 from sweepdae.grid.schema import check_slurm_options, tomllib
+from sweepdae.store import JobRecord, Store
 
 # states in which a job still holds (or will hold) its cells; anything else, or a job SLURM no longer knows, has
 # ended (cancelling a pending array task on its own makes it vanish from squeue, scontrol and sacct alike)
@@ -283,7 +284,7 @@ def job_store_url(url: str | None) -> str:
     return u
 
 
-def check_store(store: Any, warn: Callable[[str], None]) -> None:
+def check_store(store: Store, warn: Callable[[str], None]) -> None:
     """PostgreSQL is the store for cluster jobs; a journal file works on a shared filesystem; SQLite is refused."""
     if store.kind == "sqlite":
         raise SweepdaeError("--executor slurm: an SQLite store cannot be shared by cluster jobs (two workers were "
@@ -294,7 +295,7 @@ def check_store(store: Any, warn: Callable[[str], None]) -> None:
              "(NFS without them can corrupt it); PostgreSQL is the store for clusters")
 
 
-def plan_groups(store: Any, cells: list[Any], *, spec: Any, cli: dict[str, Any], config: dict[str, Any],
+def plan_groups(store: Store, cells: list[Any], *, spec: Any, cli: dict[str, Any], config: dict[str, Any],
                 gpus_per_cell: int) -> tuple[list[Group], dict[str, str]]:
     """The groups to submit: the queued cells of `cells` that no live job holds, by train_key. Also returns
     key -> the live job already holding it. Trials held by jobs that ended are reaped first."""
@@ -303,12 +304,12 @@ def plan_groups(store: Any, cells: list[Any], *, spec: Any, cli: dict[str, Any],
     keys = [c.key for c in cells]
     status = store.status(keys)
     recorded = store.jobs()
-    states = job_states(j["job_id"] for j in recorded) if recorded else {}
+    states = job_states(j.job_id for j in recorded) if recorded else {}
     held: dict[str, str] = {}
     for job in recorded:
-        if is_live(states.get(job["job_id"], "GONE")):
-            for k in job["keys"]:
-                held[k] = job["job_id"]
+        if is_live(states.get(job.job_id, "GONE")):
+            for k in job.keys:
+                held[k] = job.job_id
     todo: dict[str, list[Any]] = {}
     for c in cells:
         if status.get(c.key) == "queued" and c.key not in held:
@@ -318,9 +319,10 @@ def plan_groups(store: Any, cells: list[Any], *, spec: Any, cli: dict[str, Any],
     return groups, held
 
 
-def submit(groups: list[Group], *, store: Any, store_url: str, plan: Any, runs_dir: Path, launcher: str,
+def submit(groups: list[Group], *, store: Store, store_url: str, plan: Any, runs_dir: Path, launcher: str,
            max_retries: int) -> list[dict[str, Any]]:
-    """Submit the groups (one job array per distinct set of options) and record every job in the store."""
+    """Submit the groups (one job array per distinct set of options) and record every job in the store; returns
+    the records (`JobRecord.to_dict`)."""
     submitit = _submitit()
 
     if shutil.which("sbatch") is None:
@@ -329,7 +331,7 @@ def submit(groups: list[Group], *, store: Any, store_url: str, plan: Any, runs_d
     by_options: dict[str, list[Group]] = {}
     for g in groups:
         by_options.setdefault(repr(sorted(g.options.items())), []).append(g)
-    records: list[dict[str, Any]] = []
+    records: list[JobRecord] = []
     for same in by_options.values():
         opts = same[0].options
         ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=int(opts.get("max_requeues", 3)))
@@ -348,19 +350,19 @@ def submit(groups: list[Group], *, store: Any, store_url: str, plan: Any, runs_d
                                 f"{msg[-1] if msg else type(e).__name__}") from None
         now = time.time()
         for g, job in zip(same, jobs, strict=True):
-            records.append({"job_id": str(job.job_id), "grid": plan.grid.name, "profile": plan.profile or "",
-                            "train_key": g.train_key, "keys": [c.key for c in g.cells],
-                            "labels": [c.label for c in g.cells], "log": str(job.paths.stdout),
-                            "submitted": now, "options": opts})
+            records.append(JobRecord(job_id=str(job.job_id), grid=plan.grid.name, profile=plan.profile or "",
+                                     train_key=g.train_key, keys=[c.key for c in g.cells],
+                                     labels=[c.label for c in g.cells], log=str(job.paths.stdout),
+                                     submitted=now, options=opts))
     store.record_jobs(records)
-    return records
+    return [r.to_dict() for r in records]
 
 
-def cancel(store: Any, keys: set[str], *, wait_s: float = 30.0) -> tuple[list[str], list[str]]:
+def cancel(store: Store, keys: set[str], *, wait_s: float = 30.0) -> tuple[list[str], list[str]]:
     """scancel the live jobs holding any of `keys`; wait for them to end, then queue their cells again (they
     resume from their checkpoints on the next submission). Returns (jobs cancelled, cells queued again)."""
-    jobs = [j for j in store.jobs() if keys & set(j["keys"])]
-    states = job_states(j["job_id"] for j in jobs)
+    jobs = [j for j in store.jobs() if keys & set(j.keys)]
+    states = job_states(j.job_id for j in jobs)
     live = sorted(jid for jid, st in states.items() if is_live(st))
     if live:
         _command("scancel", *live)
@@ -372,7 +374,7 @@ def cancel(store: Any, keys: set[str], *, wait_s: float = 30.0) -> tuple[list[st
     return live, [k for k in queued if k in keys]
 
 
-def job_of_cells(store: Any, keys: list[str] | None, jobs: list[dict[str, Any]] | None = None
+def job_of_cells(store: Store, keys: list[str] | None, jobs: list[JobRecord] | None = None
                  ) -> dict[str, dict[str, Any]]:
     """key -> the newest job submitted for it, with its `state` (for `status`); {} when no job was ever submitted.
     `jobs`: the store's jobs when the caller has read them already."""
@@ -380,20 +382,20 @@ def job_of_cells(store: Any, keys: list[str] | None, jobs: list[dict[str, Any]] 
     if not jobs:
         return {}
     wanted = set(keys) if keys is not None else None
-    newest: dict[str, dict[str, Any]] = {}
+    newest: dict[str, JobRecord] = {}
     for j in jobs:  # oldest first: later submissions win
-        for k in j["keys"]:
+        for k in j.keys:
             if wanted is None or k in wanted:
                 newest[k] = j
     try:
-        states = job_states({j["job_id"] for j in newest.values()})
+        states = job_states({j.job_id for j in newest.values()})
     except SweepdaeError as e:
-        states = {j["job_id"]: f"? ({e})"[:40] for j in newest.values()}
-    return {k: {**j, "state": states.get(j["job_id"], "GONE")} for k, j in newest.items()}
+        states = {j.job_id: f"? ({e})"[:40] for j in newest.values()}
+    return {k: {**j.to_dict(), "state": states.get(j.job_id, "GONE")} for k, j in newest.items()}
 
 
 # -- watching --------------------------------------------------------------------------------------------------------
-def wait(store: Any, keys: list[str], *, console: Any, plain: bool | None = None, interval: float = 2.0
+def wait(store: Store, keys: list[str], *, console: Any, plain: bool | None = None, interval: float = 2.0
          ) -> dict[str, str]:
     """The live view of `--wait`: until every cell is done or failed, or no live job holds the cells left (they
     wait queued for the next submission). Trials of jobs that died are reaped as it goes. Returns key -> status."""

@@ -13,16 +13,17 @@ from rich.table import Table
 from rich.text import Text
 
 from sweepdae.errors import printable
+from sweepdae.store import Store
 
 
-def cell_jobs(store: Any, keys: list[str] | None) -> dict[str, dict[str, Any]]:
+def cell_jobs(store: Store, keys: list[str] | None) -> dict[str, dict[str, Any]]:
     """key -> the SLURM job that runs (or ran) it, with its state; {} when the store never submitted one."""
     from sweepdae.runner.slurm import job_of_cells
 
     return job_of_cells(store, keys)
 
 
-def status_table(store: Any, keys: list[str] | None, jobs: dict[str, dict[str, Any]] | None = None
+def status_table(store: Store, keys: list[str] | None, jobs: dict[str, dict[str, Any]] | None = None
                  ) -> tuple[Table, dict[str, int]]:
     """The cells table and the count per status; `jobs` (from `cell_jobs`) when the caller has them already."""
     df = store.cells(keys)
@@ -55,7 +56,7 @@ def status_table(store: Any, keys: list[str] | None, jobs: dict[str, dict[str, A
     return t, counts
 
 
-def summary_table(store: Any, keys: list[str]) -> Table:
+def summary_table(store: Store, keys: list[str]) -> Table:
     return status_table(store, keys)[0]
 
 
@@ -78,7 +79,7 @@ def phases_of(row: dict[str, Any]) -> dict[str, Any]:
     return {"world_size": prov.get("world_size", prov.get("num_processes")), "phases": prov["phases"]}
 
 
-def show_status(store: Any, keys: list[str] | None, *, as_json: bool, watch: bool, interval: float,
+def show_status(store: Store, keys: list[str] | None, *, as_json: bool, watch: bool, interval: float,
                 console: Console) -> None:
     try:
         if as_json:

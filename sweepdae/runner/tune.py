@@ -6,8 +6,8 @@ point of that space: its cells (one per seed of the grid) are ordinary cells wit
 them, enqueued and run by the same coordinator and launchers. So a point already done, by `run` or by an earlier
 tune, is read back, not trained again. The trial's value is the mean of the metric over the seeds.
 
-A study lives in the store as the Optuna study `sweepdae-tune:<grid>:<profile>:<metric>`, with real params and
-values (optuna-dashboard shows it as it is). What is recorded:
+A study lives in the store as the Optuna study `sweepdae-tune:<grid>:<profile>:<metric>` (`store.tune_study_name`),
+with real params and values (optuna-dashboard shows it as it is). What is recorded:
 
 * a point that the grid's [[exclude]] rules out, or whose recipe fails validation: PRUNED, with no training;
 * a point the sampler proposes again: PRUNED as a duplicate, and it does not count;
@@ -35,8 +35,8 @@ from sweepdae.grid.expand import _excluded, _fmt, under_profile
 from sweepdae.grid.schema import Axis, TuneParam
 from sweepdae.metrics import METRICS, metric_info
 from sweepdae.recipe import recipe_from_flat
+from sweepdae.store import Store, dead_local_owner, tune_study_name
 
-STUDY_PREFIX = "sweepdae-tune:"
 SAMPLERS = ("tpe", "random", "grid")
 MAX_ENUMERATED = 100_000  # a space this small is enumerated: exhaustion is detected, duplicates are replaced
 MAX_DUPLICATES = 200  # proposals of tried points in a row before the search gives up on the sampler
@@ -45,10 +45,6 @@ MAX_DUPLICATES = 200  # proposals of tried points in a row before the search giv
 def default_direction(metric: str) -> str:
     """FID and losses minimise, accuracies maximise (`metrics.METRICS`' higher_is_better)."""
     return "maximize" if metric_info(metric).higher_is_better else "minimize"
-
-
-def study_name(grid: str, profile: str | None, metric: str) -> str:
-    return f"{STUDY_PREFIX}{grid}:{profile or ''}:{metric}"
 
 
 @dataclass(frozen=True)
@@ -193,23 +189,21 @@ class TuneSummary:
 RunCells = Callable[[list[Cell]], Any]  # runs cells to an end (done or failed for good); returns a RunSummary
 
 
-def tune(store: Any, space: Space, *, trials: int, metric: str, direction: str, sampler: str, seed: int | None,
+def tune(store: Store, space: Space, *, trials: int, metric: str, direction: str, sampler: str, seed: int | None,
          run_cells: RunCells, say: Callable[[str], None]) -> TuneSummary:
     """Run trials until `trials` of the study are COMPLETE, the space is exhausted, or a run is interrupted."""
     if metric not in METRICS:
         raise SweepdaeError(f"--metric: unknown metric {metric!r}; valid: {', '.join(METRICS)}")
     if direction not in ("maximize", "minimize"):
         raise SweepdaeError(f"--direction: expected maximize or minimize, got {direction!r}")
-    name = study_name(space.grid.name, space.profile, metric)
+    name = tune_study_name(space.grid.name, space.profile, metric)
     study = store.tune_study(name, direction=direction, sampler=make_sampler(sampler, seed, space),
                              attrs={"grid": space.grid.name, "profile": space.profile or "", "metric": metric,
                                     "seeds": list(space.seeds), "params": [d.name for d in space.dims]})
-    _fail_abandoned(study, say)
+    for number, owner in store.fail_abandoned_tune_trials(study, dead_owner=dead_local_owner):
+        say(f"trial {number}: its tune process ({owner}) stopped; marked failed")
     size = space.size()
-    tried: dict[str, int] = {}  # point -> the trial that settled it (complete, or pruned as invalid)
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and "pruned" in t.user_attrs):
-            tried.setdefault(_point_key(t.params), t.number)
+    tried = _tried(study)
     completed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     rng = random.Random(seed)
     duplicates = 0
@@ -276,6 +270,15 @@ def tune(store: Any, space: Space, *, trials: int, metric: str, direction: str, 
                        best_params=dict(best_t.params) if best_t else {}, exhausted=exhausted, stopped=stopped)
 
 
+def _tried(study: optuna.Study) -> dict[str, int]:
+    """point -> the trial that settled it (complete, or pruned as invalid)."""
+    tried: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and "pruned" in t.user_attrs):
+            tried.setdefault(_point_key(t.params), t.number)
+    return tried
+
+
 def _best(study: optuna.Study) -> Any:
     try:
         return study.best_trial
@@ -292,22 +295,10 @@ def _all_points(space: Space) -> list[dict[str, Any]]:
     return [dict(zip((d.name for d in space.dims), combo, strict=True)) for combo in itertools.product(*values)]
 
 
-def _metric_values(store: Any, keys: list[str], metric: str) -> list[float]:
+def _metric_values(store: Store, keys: list[str], metric: str) -> list[float]:
     df = store.cells(keys)
     col = f"metric.{metric}"
     if df.empty or col not in df.columns:
         return []
     done = df[(df["status"] == "done")]
     return [float(v) for v in done[col] if v == v]
-
-
-def _fail_abandoned(study: optuna.Study, say: Callable[[str], None]) -> None:
-    """RUNNING trials of a tune process of this host that is gone (killed): failed, so the search goes on."""
-    from sweepdae.runner.coordinator import _dead_local_owner
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = str(t.user_attrs.get("owner", ""))
-        if owner and _dead_local_owner(owner):
-            study._storage.set_trial_user_attr(t._trial_id, "error", "its tune process stopped")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            say(f"trial {t.number}: its tune process ({owner}) stopped; marked failed")

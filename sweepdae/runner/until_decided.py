@@ -27,6 +27,7 @@ from sweepdae.grid.expand import under_profile
 from sweepdae.report import build_report
 from sweepdae.report.findings import decided
 from sweepdae.report.sequential import Design, group_sequential
+from sweepdae.store import Store
 
 __all__ = ["GridRound", "Outcome", "plan_at", "plan_rounds", "register_design", "run_until_decided"]
 
@@ -88,14 +89,14 @@ def plan_at(plan: Plan, seeds: Sequence[int]) -> Plan:
     return expand(grid, plan.profile)
 
 
-def register_design(store: Any, plan: Plan, design: Design) -> None:
+def register_design(store: Store, plan: Plan, design: Design) -> None:
     """Register the grid at this look with its design in the spec (what `report` reads the verdicts under)."""
     store.register_grid(plan.grid.name, profile=plan.profile or "", spec={**plan.spec(), "design": design.to_json()},
                         cells=[{"key": c.key, "label": c.label, "coords": c.coords, "step": c.step, "seed": c.seed,
                                 "train_key": c.train_key} for c in plan.cells])
 
 
-def _resumed_look(store: Any, plan: Plan, design: Design) -> int:
+def _resumed_look(store: Store, plan: Plan, design: Design) -> int:
     """The look a previous `--until-decided` run of this grid and design reached (else the first)."""
     for g in store.grids():
         spec = g.get("spec") or {}
@@ -107,7 +108,7 @@ def _resumed_look(store: Any, plan: Plan, design: Design) -> int:
     return design.looks[0]
 
 
-def plan_rounds(plans: Sequence[Plan], max_seeds: int, store: Any | None = None) -> list[list[GridRound]]:
+def plan_rounds(plans: Sequence[Plan], max_seeds: int, store: Store | None = None) -> list[list[GridRound]]:
     """Every round the loop could run (each grid at each look after its current one, as if no finding were
     decided before max_seeds), grouped by round: what `--dry-run` shows."""
     per_grid: list[list[GridRound]] = []
@@ -127,7 +128,7 @@ def plan_rounds(plans: Sequence[Plan], max_seeds: int, store: Any | None = None)
     return [[r[i] for r in per_grid if i < len(r)] for i in range(depth)]
 
 
-def _findings(store: Any, plan: Plan, runs_dir: Path | None) -> dict[str, tuple[str, int | None]]:
+def _findings(store: Store, plan: Plan, runs_dir: Path | None) -> dict[str, tuple[str, int | None]]:
     report = build_report(store, [plan.grid.name], runs_dir=runs_dir)
     section = next((s for s in report.sections if (s.profile or None) == plan.profile), None)
     if section is None:
@@ -136,7 +137,7 @@ def _findings(store: Any, plan: Plan, runs_dir: Path | None) -> dict[str, tuple[
             for v in section.findings}
 
 
-def run_until_decided(store: Any, plans: Sequence[Plan], *, max_seeds: int, run_cells: RunCells,
+def run_until_decided(store: Store, plans: Sequence[Plan], *, max_seeds: int, run_cells: RunCells,
                       runs_dir: Path | None = None, say: Callable[[str], None] = lambda _: None) -> list[Outcome]:
     """Run each grid at its design's looks until its findings are decided or max_seeds is reached (see the
     module docstring); a round whose cells do not all end done stops the loop (its cells are in the store)."""
@@ -183,7 +184,7 @@ def run_from_cli(url: str | None, plans: Sequence[Plan], *, max_seeds: int, runs
     from sweepdae.runner import cell_params, run_cells, runs_dir_for
     from sweepdae.store import open_store
 
-    def run(store: Any, plan: Plan, cells: list[Any]) -> bool:
+    def run(store: Store, plan: Plan, cells: list[Any]) -> bool:
         return run_cells(store, cells, grid=plan.grid.name, profile=plan.profile, params=cell_params(plan),
                          title=f"{plan.grid.name} ({plan.profile or 'base'}, {len({c.seed for c in cells})} seeds)",
                          runs_dir=runs_dir, **run_options).ok
@@ -208,7 +209,7 @@ def dry_run_from_cli(url: str | None, plans: Sequence[Plan], *, max_seeds: int, 
 
     kind = "cuda" if gpus else "cpu"
     measured = None
-    store: Any = None
+    store: Store | None = None
     try:
         store = open_store(url, create=False)
     except StoreNotFound:

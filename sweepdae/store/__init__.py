@@ -16,8 +16,11 @@ URLs (`None` -> $SWEEPDAE_STORE -> `journal:./sweepdae.journal`):
 from __future__ import annotations
 
 from sweepdae.errors import StoreError, StoreNotFound, StoreUnavailable
-from sweepdae.store._common import DEFAULT_LEASE_S, Claim, TrainingLease
-from sweepdae.store._store import TRAININGS_STUDY, Store
+from sweepdae.store._common import DEFAULT_LEASE_S, Claim, LeaseState, TrainingLease, dead_local_owner
+from sweepdae.store._queue import Enqueued, Reason
+from sweepdae.store._registry import TUNE_STUDY_PREFIX, JobRecord, tune_study_name
+from sweepdae.store._store import Messages, PatientStore, Store
+from sweepdae.store._trainings import TRAININGS_STUDY
 from sweepdae.store._trials import CellStatus
 from sweepdae.store._url import DEFAULT_URL, ENV_VAR, STUDY_NAME, mask_password, open_storage, parse_url, resolve_url
 
@@ -28,15 +31,24 @@ __all__ = [
     "STUDY_NAME",
     "CellStatus",
     "Claim",
+    "Enqueued",
+    "JobRecord",
+    "LeaseState",
+    "Messages",
+    "PatientStore",
+    "Reason",
     "Store",
     "StoreError",
     "StoreNotFound",
     "StoreUnavailable",
     "TRAININGS_STUDY",
+    "TUNE_STUDY_PREFIX",
     "TrainingLease",
+    "dead_local_owner",
     "mask_password",
     "open_store",
     "resolve_url",
+    "tune_study_name",
 ]
 
 

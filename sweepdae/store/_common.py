@@ -1,24 +1,22 @@
-"""Pieces the Store is built from: the Claim record, error translation, JSON checks, retry overrides."""
+"""Pieces the Store is built from: the Claim record, lease states, backend errors, JSON checks, retry overrides,
+the owner check."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from enum import StrEnum
+from typing import Any
 
 from optuna.exceptions import StorageInternalError
 from optuna.trial import FrozenTrial
 
-from sweepdae.errors import StoreError, StoreUnavailable
+from sweepdae.errors import StoreError
 from sweepdae.store._trials import deep_merge
-from sweepdae.store._url import describe_error
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 DEFAULT_LEASE_S = 120.0  # also the lease assumed for a RUNNING trial that never got a `lease_expires`
 DEFAULT_POISON_ATTEMPTS = 3
@@ -61,12 +59,20 @@ class Claim:
     _trial_id: int = -1
 
 
+class LeaseState(StrEnum):
+    """What `Store.acquire_training` found about a training."""
+
+    MINE = "mine"  # this owner now trains it (with the claim to heartbeat and complete)
+    BUSY = "busy"  # another owner trains it
+    DONE = "done"  # it is trained (with the info its trainer recorded)
+
+
 @dataclass(frozen=True)
 class TrainingLease:
-    """What `Store.acquire_training` found: "mine" (with the claim to heartbeat and complete), "busy" (another
-    owner trains it) or "done" (with the info its trainer recorded)."""
+    """What `Store.acquire_training` found: `LeaseState.MINE` (with the claim to heartbeat and complete), `BUSY`
+    (`owner` trains it) or `DONE` (with the `info` its trainer recorded)."""
 
-    state: str
+    state: LeaseState
     claim: Claim | None
     info: dict[str, Any]
     owner: str
@@ -77,26 +83,6 @@ def is_backend_error(exc: BaseException) -> bool:
         return True
     sa_exc = sys.modules.get("sqlalchemy.exc")  # only loaded for RDB storages
     return sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError)
-
-
-def guarded(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn a lost database or unreadable journal into one StoreError line (the server may come back)."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        store: Any = args[0]  # a Store; typed loosely to keep this module free of it
-        if store._closed:
-            raise StoreError(f"store {store.url} is closed")
-        try:
-            return method(*args, **kwargs)
-        except StoreError:
-            raise
-        except Exception as exc:
-            if is_backend_error(exc):
-                raise StoreUnavailable(f"store {store.url}: {describe_error(exc)}") from exc
-            raise
-
-    return wrapper
 
 
 def jsonable(value: Any, what: str) -> None:
@@ -115,3 +101,19 @@ def overrides_after(trial: FrozenTrial) -> dict[str, Any]:
     if attrs.get("retry") and isinstance(info, Mapping) and isinstance(info.get("recipe_overrides"), Mapping):
         overrides = deep_merge(overrides, info["recipe_overrides"])
     return overrides
+
+
+def dead_local_owner(owner: str) -> bool:
+    """A coordinator (or tune process) of this host whose process is gone (killed): its claims need not wait for
+    their lease. An owner is `host:pid`, or `tag@host:pid` (a SLURM job's coordinator:
+    `slurm-<job id>.<restart>@host:pid`)."""
+    host, _, pid = owner.rpartition("@")[2].rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

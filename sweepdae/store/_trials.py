@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 
-class CellStatus(str, Enum):
+class CellStatus(StrEnum):
     """Status of one cell key, computed over all its trials (attempts)."""
 
     NEW = "new"  # no trial at all (registered in a grid, never enqueued)

@@ -12,6 +12,8 @@ from typing import Literal
 import optuna
 
 from sweepdae.errors import StoreError, StoreNotFound, StoreUnavailable, printable
+from sweepdae.store._index import ensure_key_index
+from sweepdae.store._journal import SafeJournalFileBackend
 
 ENV_VAR = "SWEEPDAE_STORE"
 DEFAULT_URL = "journal:./sweepdae.journal"
@@ -173,8 +175,6 @@ def _make_storage(parsed: StoreURL, *, create: bool, connect_timeout: float) -> 
             path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalStorage
 
-        from sweepdae.store._journal import SafeJournalFileBackend
-
         return JournalStorage(SafeJournalFileBackend(str(path), parsed.shown))
 
     from optuna.storages import RDBStorage, _CachedStorage
@@ -194,8 +194,6 @@ def _make_storage(parsed: StoreURL, *, create: bool, connect_timeout: float) -> 
         _require_tables(parsed, engine_kwargs)
     rdb = RDBStorage(parsed.target, engine_kwargs=engine_kwargs, skip_table_creation=not create)
     if create:
-        from sweepdae.store._index import ensure_key_index
-
         ensure_key_index(rdb.engine)
     # Optuna would wrap it the same way inside create_study; we keep the wrapper to read trials through its cache.
     return _CachedStorage(rdb)
