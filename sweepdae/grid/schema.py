@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,10 +106,28 @@ class Profile:
 
 @dataclass(frozen=True)
 class ReportSpec:
+    """A grid's `[report]` table: what its report's rows and columns are, its metrics and its findings."""
+
     rows: str | None = None  # knob path, axis name or "step"
     cols: str | None = None
     metrics: tuple[str, ...] = ("probe_top1",)
     findings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": self.rows, "cols": self.cols, "metrics": list(self.metrics), "findings": list(self.findings)}
+
+    @classmethod
+    def from_json(cls, d: Any) -> ReportSpec:
+        """The stored table (grid.spec.GridSpec); a missing or mistyped value reads as its default."""
+        d = d if isinstance(d, Mapping) else {}
+        rows, cols = d.get("rows"), d.get("cols")
+        return cls(rows=rows if isinstance(rows, str) else None, cols=cols if isinstance(cols, str) else None,
+                   metrics=_strs(d.get("metrics")) or ("probe_top1",), findings=_strs(d.get("findings")))
+
+
+def _strs(v: Any) -> tuple[str, ...]:
+    """A stored array as strings; anything else as none."""
+    return tuple(str(x) for x in v) if isinstance(v, (list, tuple)) else ()
 
 
 

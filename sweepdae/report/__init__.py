@@ -95,8 +95,9 @@ def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
         text = tidy[cols].map(_csv_text) if hasattr(tidy, "map") else tidy[cols].applymap(_csv_text)
         _write(out / "data" / f"{stem}.csv", text.to_csv(index=False), written, out)
         doc = {"grid": name, "sweepdae": report.version, "created": report.created,
-               "sections": [{"profile": s.profile, "spec": s.spec, "scale": s.table.scale, "citation": s.table.citation,
-                             "findings": s.findings, "provenance": s.provenance.to_json(),
+               "sections": [{"profile": s.profile, "spec": s.spec.to_json(), "scale": s.table.scale,
+                             "citation": s.table.citation, "findings": s.findings,
+                             "provenance": s.provenance.to_json(),
                              "rows": _records(s.table.tidy)} for s in sections]}
         _write(out / "data" / f"{stem}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written,
                out)

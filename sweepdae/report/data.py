@@ -20,6 +20,7 @@ import pandas as pd
 
 from sweepdae import __version__
 from sweepdae.errors import SweepdaeError
+from sweepdae.grid.spec import GridSpec
 from sweepdae.report.figures import FigureData, curve_figure, figure_data, tune_history_figure
 from sweepdae.report.findings import Verdict, compute_findings
 from sweepdae.report.paper import HEADLINE_FINDINGS
@@ -44,7 +45,7 @@ class GridReport:
     name: str
     profile: str | None
     slug: str  # unique, [a-z0-9-] only: safe in file names, HTML ids and LaTeX \input
-    spec: dict[str, Any]
+    spec: GridSpec
     table: TableData
     findings: list[Verdict]
     figures: list[FigureData]
@@ -53,11 +54,11 @@ class GridReport:
 
     @property
     def title(self) -> str:
-        return str(self.spec.get("title") or self.name)
+        return self.spec.title or self.name
 
     @property
     def description(self) -> str:
-        return str(self.spec.get("description") or "")
+        return self.spec.description
 
 
 @dataclass
@@ -197,8 +198,8 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
     for g in selected:
         name = str(g.get("name"))
         profile = g.get("profile")
-        spec: dict[str, Any] = dict(g.get("spec") or {})
-        spec.setdefault("name", name)
+        stored = g.get("spec")
+        spec = GridSpec.from_json(stored if isinstance(stored, Mapping) else {}, name=name)
         cells: list[Mapping[str, Any]] = [c for c in (g.get("cells") or []) if "key" in c]
         own = frame.loc[frame.index.intersection([str(c["key"]) for c in cells])].reset_index(drop=True)
         table = build_table(spec, own, cells, profile=profile, runs_dir=runs_dir)

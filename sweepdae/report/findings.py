@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sweepdae.grid.spec import GridSpec
 from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, canonical_label, get_reference
 from sweepdae.report.sequential import Design, DesignError, fixed_design
 from sweepdae.report.tables import TableData
@@ -625,11 +626,11 @@ def _seed_order(table: TableData) -> list[str]:
     return sorted(seeds, key=lambda x: (0, int(x), x) if x.lstrip("-").isdigit() else (1, 0, x))
 
 
-def design_of(spec: Mapping[str, Any], n_seeds: int) -> Design:
+def design_of(spec: GridSpec | Mapping[str, Any], n_seeds: int) -> Design:
     """The grid's design: the one `run --until-decided` registered in its spec, else one fixed look at the seeds
     there are (the committed rule)."""
-    d = spec.get("design")
-    if isinstance(d, Mapping):
+    d = GridSpec.of(spec).design
+    if d is not None:
         with contextlib.suppress(DesignError):
             return Design.from_json(d)
     return fixed_design(n_seeds)
@@ -657,18 +658,19 @@ def _judge(check: Callable[[TableData], Verdict], table: TableData, design: Desi
     return v
 
 
-def compute_findings(spec: Mapping[str, Any], table: TableData) -> list[Verdict]:
+def compute_findings(spec: GridSpec | Mapping[str, Any], table: TableData) -> list[Verdict]:
     """One verdict per finding named in the grid's `[report] findings`, in that order, each with its regime gate
     and design. Under a group-sequential design a finding is read at each look the store has had (the first
     seeds up to it) and keeps the verdict of the first look that decides it."""
+    spec = GridSpec.of(spec)
     seeds = _seed_order(table)
     design = design_of(spec, len(seeds))
     looks = design.looks_at(len(seeds)) if design.sequential and len(seeds) >= 2 else (len(seeds),)
     out = []
-    for name in (spec.get("report") or {}).get("findings") or []:
-        check = FINDING_CHECKS.get(str(name))
+    for name in spec.report.findings:
+        check = FINDING_CHECKS.get(name)
         if check is None:
-            out.append({"finding": str(name), "claim": str(name), "ours": "unknown finding", "paper": "",
+            out.append({"finding": name, "claim": name, "ours": "unknown finding", "paper": "",
                         "verdict": "inconclusive", "seeds": 0, "interval": None, "readouts": {}, "gate": None,
                         "design": design.to_json(), "seeds_at_decision": None})
             continue

@@ -206,7 +206,7 @@ def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]
     figures = [{"title": fd.title, "caption": fd.caption, "uri": rf.data_uri,
                 "pdf": TexRaw(rf.pdf.relative_to(out).as_posix() if out else rf.pdf.as_posix())} for fd, rf in figs]
     return {"slug": TexRaw(s.slug), "name": s.name, "profile": s.profile or "base", "title": s.title,
-            "description": s.description, "profile_description": s.spec.get("profile_description") or "",
+            "description": s.description, "profile_description": s.spec.profile_description,
             "citation": t.citation, "scale": t.scale, "notes": t.notes, "row_dim": t.row_dim or "",
             "headers": list(t.display.columns), "rows": table_rows(s), "n_cells": s.n_cells,
             "findings": [_verdict_context(v) for v in s.findings], "figures": figures,
