@@ -96,7 +96,7 @@ def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
         _write(out / "data" / f"{stem}.csv", text.to_csv(index=False), written, out)
         doc = {"grid": name, "sweepdae": report.version, "created": report.created,
                "sections": [{"profile": s.profile, "spec": s.spec.to_json(), "scale": s.table.scale,
-                             "citation": s.table.citation, "findings": s.findings,
+                             "citation": s.table.citation, "findings": [v.to_json() for v in s.findings],
                              "provenance": s.provenance.to_json(),
                              "rows": _records(s.table.tidy)} for s in sections]}
         _write(out / "data" / f"{stem}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written,

@@ -171,8 +171,8 @@ def _tuned_grids(studies: list[Any], registered: list[dict[str, Any]], grids: li
 def _headlines(sections: list[GridReport]) -> list[dict[str, Any]]:
     out = []
     for h in HEADLINE_FINDINGS:
-        verdicts = [{"section": s.slug, "title": s.title, "profile": s.profile, **v}
-                    for s in sections for v in s.findings if v["finding"] in h.checks]
+        verdicts = [{"section": s.slug, "title": s.title, "profile": s.profile, **v.to_json()}
+                    for s in sections for v in s.findings if v.finding in h.checks]
         out.append({"number": h.number, "text": h.text, "checks": list(h.checks), "verdicts": verdicts})
     return out
 

@@ -209,7 +209,7 @@ def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]
             "description": s.description, "profile_description": s.spec.profile_description,
             "citation": t.citation, "scale": t.scale, "notes": t.notes, "row_dim": t.row_dim or "",
             "headers": list(t.display.columns), "rows": table_rows(s), "n_cells": s.n_cells,
-            "findings": [_verdict_context(v) for v in s.findings], "figures": figures,
+            "findings": [_verdict_context(v.to_json()) for v in s.findings], "figures": figures,
             "prov": p, "phases": [(k.removesuffix("_s"), v) for k, v in p.phases.items()],
             "measured": _measured_rows(p)}
 
