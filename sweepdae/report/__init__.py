@@ -25,6 +25,7 @@ from sweepdae.report.data import GridReport, ReportData, ReportStore, build_repo
 from sweepdae.report.figures import FigureData, RenderedFigure, save_figure, write_atomic
 from sweepdae.report.findings import compute_findings
 from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, get_reference, paper_value
+from sweepdae.report.render import render_html, render_tex_document, render_tex_section
 from sweepdae.report.tables import TableData, build_table
 
 __all__ = ["HEADLINE_FINDINGS", "PAPER", "GridReport", "ReportData", "ReportStore", "TableData", "build_report",
@@ -103,7 +104,7 @@ def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
                out)
 
 
-def default_runs_dir(store: Any) -> Path:
+def default_runs_dir(store: ReportStore) -> Path:
     """Where a report looks for the cells' folders when not told: $SWEEPDAE_RUNS, else ./runs when it exists,
     else `runs` beside a journal or SQLite store file, else ./runs. (The store keeps each folder relative to it.)"""
     if os.environ.get("SWEEPDAE_RUNS"):
@@ -133,8 +134,6 @@ def write_reports(store: ReportStore, *, grids: list[str] | None, out: Path, htm
 
 
 def _write_all(report: ReportData, out: Path, *, html: bool, latex: bool, csv: bool) -> list[Path]:
-    from sweepdae.report.render import render_html, render_tex_document, render_tex_section
-
     if out.exists() and not out.is_dir():
         raise SweepdaeError(f"report: the output folder {out} is a file; name a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
