@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.core.groupby import DataFrameGroupBy
 
 from sweepdae.errors import SweepdaeError
 from sweepdae.grid.spec import AxisSpec, GridSpec
@@ -223,7 +224,7 @@ def _seed_values(pos: pd.DataFrame, got: pd.DataFrame, metrics: list[str], runs_
     pos["denoising"] = [_artifact(i, runs_dir) for i in (got["info"] if "info" in got else [None] * len(pos))]
 
 
-def _aggregate(pos: pd.DataFrame, g: Any) -> pd.DataFrame:
+def _aggregate(pos: pd.DataFrame, g: DataFrameGroupBy) -> pd.DataFrame:
     """One row per grid position (`g`: `pos` grouped by row_i, col_i): labels, step, keys, a recipe, denoising
     examples and the counts of its cells by status."""
     first = g.first()
@@ -245,7 +246,7 @@ def _aggregate(pos: pd.DataFrame, g: Any) -> pd.DataFrame:
     return agg.reset_index()
 
 
-def _tidy(agg: pd.DataFrame, g: Any, metrics: list[str], mirrors: str, *, by_traj: bool) -> pd.DataFrame:
+def _tidy(agg: pd.DataFrame, g: DataFrameGroupBy, metrics: list[str], mirrors: str, *, by_traj: bool) -> pd.DataFrame:
     """One row per position and metric: mean, std and count over the seeds that finished, and the paper's value
     (by trajectory step, or by row and column label)."""
     tidy_parts = []
