@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
-from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, SlurmSpec, _Ctx, _fmt, _jsonable
+from sweepdae.grid._source import _Ctx
+from sweepdae.grid._values import _fmt, _jsonable
+from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, SlurmSpec
 from sweepdae.grid.spec import AxisSpec, GridSpec
 from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
 from sweepdae.resources import resource_dir
