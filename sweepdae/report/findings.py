@@ -616,7 +616,7 @@ def decided(v: Verdict) -> bool:
     if v.verdict in ("agrees", "disagrees"):
         return True
     ci = v.gate.interval if v.gate is not None else None
-    return v.verdict == "out_of_regime" and bool(ci) and ci is not None and ci[1] < 0
+    return v.verdict == "out_of_regime" and ci is not None and len(ci) == 2 and ci[1] < 0
 
 
 def _seed_order(table: TableData) -> list[str]:
