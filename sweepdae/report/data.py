@@ -23,11 +23,12 @@ from sweepdae.errors import SweepdaeError
 from sweepdae.grid.spec import GridSpec
 from sweepdae.report.figures import FigureData, curve_figure, figure_data, tune_history_figure
 from sweepdae.report.findings import Verdict, compute_findings
-from sweepdae.report.paper import HEADLINE_FINDINGS
+from sweepdae.report.paper import HEADLINE_FINDINGS, Headline
 from sweepdae.report.provenance import Provenance, summarize_provenance
 from sweepdae.report.tables import TableData, build_table
 
-__all__ = ["GridReport", "ReportData", "ReportStore", "TuneReport", "build_report", "file_stem", "tune_reports"]
+__all__ = ["GridReport", "HeadlineVerdicts", "ReportData", "ReportStore", "TuneReport", "build_report", "file_stem",
+           "tune_reports"]
 
 
 class ReportStore(Protocol):
@@ -80,11 +81,19 @@ class TuneReport:
 
 
 @dataclass
+class HeadlineVerdicts:
+    """A headline finding of the paper and the verdict of every section that tests it."""
+
+    headline: Headline
+    verdicts: list[tuple[GridReport, Verdict]]
+
+
+@dataclass
 class ReportData:
     sections: list[GridReport]
     version: str = __version__
     created: str = ""
-    headlines: list[dict[str, Any]] = field(default_factory=list)
+    headlines: list[HeadlineVerdicts] = field(default_factory=list)
     tunes: list[TuneReport] = field(default_factory=list)
 
 
@@ -168,13 +177,9 @@ def _tuned_grids(studies: list[Any], registered: list[dict[str, Any]], grids: li
     return [e for e in found.values() if e["cells"]]
 
 
-def _headlines(sections: list[GridReport]) -> list[dict[str, Any]]:
-    out = []
-    for h in HEADLINE_FINDINGS:
-        verdicts = [{"section": s.slug, "title": s.title, "profile": s.profile, **v.to_json()}
-                    for s in sections for v in s.findings if v.finding in h.checks]
-        out.append({"number": h.number, "text": h.text, "checks": list(h.checks), "verdicts": verdicts})
-    return out
+def _headlines(sections: list[GridReport]) -> list[HeadlineVerdicts]:
+    return [HeadlineVerdicts(h, [(s, v) for s in sections for v in s.findings if v.finding in h.checks])
+            for h in HEADLINE_FINDINGS]
 
 
 def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir: Path | None = None) -> ReportData:
