@@ -17,7 +17,7 @@ import pytest
 from _tables import FakeStore, _recipe, _row, list_table
 
 from sweepdae.report import build_report, write_reports
-from sweepdae.report.findings import FINDING_CHECKS, dip_depth, interval, spearman
+from sweepdae.report.findings import FINDING_CHECKS, compute_findings, dip_depth, interval, spearman
 from sweepdae.report.tables import build_table
 
 SEEDS = ("0", "1", "2")
@@ -280,3 +280,17 @@ def test_report_files_carry_verdict_interval_and_seeds(tmp_path: Path) -> None:
     assert '<span class="agrees">agrees</span>' in html and ci in html and "kNN top-1" in html
     tex = "\n".join(p.read_text() for p in tmp_path.rglob("*.tex"))
     assert "\\textbf{agrees}" in tex and ci.replace("%", "\\%") in tex
+
+
+def test_a_verdicts_json_keys_are_in_a_fixed_order() -> None:
+    g, rows = list_table("tab3", {"a": [1.0, 2.0, 3.0], "b": [2.0, 3.0, 5.0]},
+                         findings=["multi_level_helps", "trajectory", "no_such_finding"])
+    rule, traj, unknown = (v.to_json() for v in compute_findings(g["spec"], build_table(g["spec"], pd.DataFrame(rows),
+                                                                                        g["cells"])))
+    judged = ["gate", "design", "seeds_at_decision"]
+    assert list(rule) == ["finding", "claim", "readout", "statistic", "rule", "confidence", "paper", "paper_value",
+                          "value", "interval", "seeds", "per_seed", "verdict", "readouts", "ours", *judged]
+    assert list(traj) == ["finding", "claim", "readout", "statistic", "confidence", "rule", "value", "interval",
+                          "seeds", "per_seed", "verdict", "paper_value", "readouts", "steps", "ours", "paper", *judged]
+    assert list(unknown) == ["finding", "claim", "ours", "paper", "verdict", "seeds", "interval", "readouts", *judged]
+    assert json.loads(json.dumps(rule)) == rule and traj["verdict"] == "inconclusive"

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from sweepdae.errors import GridError
 from sweepdae.grid import expand, load_grid, parse_grid
+from sweepdae.grid.spec import GridSpec
 from sweepdae.recipe import recipe_from_flat
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,3 +297,23 @@ def test_exclude_matches_a_knob_left_at_its_default() -> None:
     text = MINI + '\n[[exclude]]\ntokenizer.name = "patch_pca"\nmodel.class_cond = false\n'
     labels = {c.label for c in expand(parse_grid(text, "g.toml")).cells}
     assert labels and not any(label.startswith("patch_pca") for label in labels)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "grids").glob("*.toml")), ids=lambda p: p.stem)
+def test_the_stored_spec_reads_back_as_written(path: Path) -> None:
+    grid = load_grid(path)
+    for profile in [None, *grid.profiles]:
+        plan = expand(grid, profile)
+        stored = json.loads(json.dumps(plan.spec()))  # as a store returns it
+        assert stored == plan.grid_spec().to_json()
+        assert json.dumps(GridSpec.from_json(stored).to_json()) == json.dumps(stored)  # keys, order and values
+        design = {"kind": "fixed", "looks": [3], "alpha": 0.05, "max_seeds": 3, "spending": None}
+        assert GridSpec.from_json({**stored, "design": design}).to_json() == {**stored, "design": design}
+
+
+def test_a_stored_spec_of_the_wrong_shape_reads_as_defaults() -> None:
+    spec = GridSpec.from_json({"axes": {"x": [1]}, "steps": "abc", "seeds": "0", "report": [], "design": 3},
+                              name="g")
+    assert spec.name == "g" and spec.axes == () and spec.steps == () and spec.seeds is None and spec.design is None
+    assert spec.report.metrics == ("probe_top1",) and spec.report.findings == ()
+    assert "seeds" not in spec.to_json() and "design" not in spec.to_json()

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
-from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, SlurmSpec, _Ctx, _fmt, _jsonable
+from sweepdae.grid._source import _Ctx
+from sweepdae.grid._values import _fmt, _jsonable
+from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, SlurmSpec
+from sweepdae.grid.spec import AxisSpec, GridSpec
 from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
 from sweepdae.resources import resource_dir
 
@@ -46,17 +49,19 @@ class Plan:
         """The SLURM options of this plan's jobs: the grid's `[slurm]` with its profile's `slurm` table over it."""
         return self.grid.slurm.with_profile(self.grid.profiles.get(self.profile) if self.profile else None)
 
-    def spec(self) -> dict[str, Any]:
+    def grid_spec(self) -> GridSpec:
         """What the store keeps about the grid so reports can lay it out without the file."""
         g = self.grid
         prof = g.profiles.get(self.profile) if self.profile else None
-        axes = [{"name": a.name, "paths": list(a.paths), "labels": list(a.labels)} for a in g.axes]
-        return {"name": g.name, "title": g.title, "description": g.description, "mirrors": g.mirrors,
-                "profile": self.profile, "profile_description": prof.description if prof else "",
-                "axes": axes, "steps": [s.label for s in g.trajectory], "seeds": sorted({c.seed for c in self.cells}),
-                "report": {"rows": g.report.rows, "cols": g.report.cols, "metrics": list(g.report.metrics),
-                           "findings": list(g.report.findings)},
-                "path": shown_path(g.path)}
+        return GridSpec(name=g.name, title=g.title, description=g.description, mirrors=g.mirrors,
+                        profile=self.profile, profile_description=prof.description if prof else "",
+                        axes=tuple(AxisSpec(name=a.name, paths=a.paths, labels=a.labels) for a in g.axes),
+                        steps=tuple(s.label for s in g.trajectory), seeds=tuple(sorted({c.seed for c in self.cells})),
+                        report=g.report, path=shown_path(g.path))
+
+    def spec(self) -> dict[str, Any]:
+        """`grid_spec()` as the store keeps it (JSON)."""
+        return self.grid_spec().to_json()
 
 
 def shown_path(path: str) -> str:

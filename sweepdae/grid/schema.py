@@ -31,30 +31,39 @@ sees it, and the error-line lookup is linear in the file and the key.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sweepdae.errors import GridError, RecipeError, printable
+from sweepdae.errors import GridError
+from sweepdae.grid._source import (
+    MAX_GRID_BYTES,
+    MAX_KEY_CHARS,
+    MAX_KEY_PARTS,
+    _check_size,
+    _Ctx,
+    _shorten,
+    _str,
+    _table,
+    _tname,
+    tomllib,
+)
+from sweepdae.grid._values import MAX_AXIS_VALUES, _check_knob, _flatten, _fmt, _jsonable, _knob_table, _no_seed, _seeds
+from sweepdae.grid.slurm import SLURM_KEYS, SLURM_STRINGS, check_option_strings, check_slurm_options
+from sweepdae.grid.tune import TuneParam, TuneSpec, parse_tune
 from sweepdae.metrics import FINDINGS, METRICS
-from sweepdae.recipe import KNOBS, Bounds, coerce_knob, suggest
+from sweepdae.recipe import KNOBS, suggest
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+# What callers import from here; the parts of the language live in _source, _values, slurm and tune.
+__all__ = ["FINDINGS", "MAX_AXIS_VALUES", "MAX_CELLS", "MAX_GRID_BYTES", "MAX_KEY_CHARS", "MAX_KEY_PARTS", "METRICS",
+           "SLURM_KEYS", "SLURM_STRINGS", "Axis", "Grid", "Profile", "ReportSpec", "SlurmSpec", "Step", "TuneParam",
+           "TuneSpec", "check_option_strings", "check_slurm_options", "load_grid", "parse_grid", "tomllib"]
 
-MAX_AXIS_VALUES = 1000
 MAX_CELLS = 20_000
 _TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report", "slurm", "tune"}
-_TUNE_KEYS = {"metric", "direction", "params"}
-_TUNE_PARAM_KEYS = {"int": {"type", "low", "high", "step", "log"}, "float": {"type", "low", "high", "step", "log"},
-                    "categorical": {"type", "choices"}}
 _GRID_KEYS = {"name", "title", "description", "mirrors", "seeds", "default_profile"}
 _REPORT_KEYS = {"rows", "cols", "metrics", "findings"}
 _PROFILE_EXTRA = {"axes", "seeds", "description", "slurm"}
@@ -97,25 +106,29 @@ class Profile:
 
 @dataclass(frozen=True)
 class ReportSpec:
+    """A grid's `[report]` table: what its report's rows and columns are, its metrics and its findings."""
+
     rows: str | None = None  # knob path, axis name or "step"
     cols: str | None = None
     metrics: tuple[str, ...] = ("probe_top1",)
     findings: tuple[str, ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": self.rows, "cols": self.cols, "metrics": list(self.metrics), "findings": list(self.findings)}
 
-# `[slurm]`: the resources of the grid's jobs on a SLURM cluster (`sweepdae run --executor slurm`); not part of any
-# recipe, so they never change a cell's key. key -> (type, what it means)
-SLURM_KEYS: dict[str, tuple[type, str]] = {
-    "partition": (str, "partition (sbatch --partition)"),
-    "time": (int, "time limit of a job in minutes (sbatch --time)"),
-    "account": (str, "account to charge (sbatch --account)"),
-    "qos": (str, "quality of service (sbatch --qos)"),
-    "constraint": (str, "node features (sbatch --constraint)"),
-    "cpus": (int, "CPUs of a job (sbatch --cpus-per-task)"),
-    "mem_gb": (float, "memory of a job in GB (sbatch --mem)"),
-    "gpus": (int, "GPUs of a job (sbatch --gres=gpu:N; default --gpus-per-cell)"),
-    "max_requeues": (int, "how many times a job that reaches its time limit is requeued"),
-}
+    @classmethod
+    def from_json(cls, d: Any) -> ReportSpec:
+        """The stored table (grid.spec.GridSpec); a missing or mistyped value reads as its default."""
+        d = d if isinstance(d, Mapping) else {}
+        rows, cols = d.get("rows"), d.get("cols")
+        return cls(rows=rows if isinstance(rows, str) else None, cols=cols if isinstance(cols, str) else None,
+                   metrics=_strs(d.get("metrics")) or ("probe_top1",), findings=_strs(d.get("findings")))
+
+
+def _strs(v: Any) -> tuple[str, ...]:
+    """A stored array as strings; anything else as none."""
+    return tuple(str(x) for x in v) if isinstance(v, (list, tuple)) else ()
+
 
 
 @dataclass(frozen=True)
@@ -132,77 +145,6 @@ class SlurmSpec:
             return self
         return SlurmSpec(options={**self.options, **profile.slurm}, by=self.by)
 
-
-# SLURM names (partitions, accounts, QOS) are letters, digits, '_', '.' and '-'; sbatch takes a comma-separated list of
-# partitions. A constraint is features joined by its operators: & | , * [ ] ( ) ! and a count after ':'
-# (sbatch(1), --constraint). None may start with '-' (sbatch would read an option) or hold a space. Checked
-# wherever an option comes from: a grid's tables, the command line, the user's config.
-_NAME = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
-SLURM_STRINGS: dict[str, tuple[re.Pattern[str], str]] = {
-    "partition": (re.compile(rf"{_NAME}(,{_NAME})*"), "partition names (letters, digits, _ . -), comma-separated"),
-    "account": (re.compile(_NAME), "an account name (letters, digits, _ . -)"),
-    "qos": (re.compile(_NAME), "a QOS name (letters, digits, _ . -)"),
-    "constraint": (re.compile(r"[A-Za-z0-9_.\[(!][A-Za-z0-9_.&|,*:\[\]()!-]*"),
-                   "node features (letters, digits, _ . -) joined by & | , * : [ ] ( ) !"),
-}
-
-
-def check_option_strings(opts: dict[str, Any], error: Any) -> None:
-    """Refuse a SLURM option string sbatch would misread (a space, a leading '-'); `error(key, message)` makes the
-    exception, naming where the option came from (a grid's table, the command line, the user's config)."""
-    for key, value in opts.items():
-        if key not in SLURM_STRINGS or not isinstance(value, str):
-            continue
-        pattern, what = SLURM_STRINGS[key]
-        if len(value) > 256 or not pattern.fullmatch(value):
-            raise error(key, f"expected {what}, not starting with '-'; got {printable(repr(value[:80]))}")
-
-
-def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
-    """Validated SLURM options of a table (`error(key, message)` makes the exception to raise)."""
-    if not isinstance(t, dict):
-        raise error(key, f"must be a table, got {_tname(t)}")
-    out: dict[str, Any] = {}
-    for k, v in t.items():
-        if k not in SLURM_KEYS:
-            raise error(f"{key}.{k}", f"unknown key{suggest(k, SLURM_KEYS)}; valid: {', '.join(sorted(SLURM_KEYS))}")
-        typ, what = SLURM_KEYS[k]
-        if typ is str:
-            if not isinstance(v, str) or not v.strip() or any(c in v for c in "\n\r\0"):
-                raise error(f"{key}.{k}", f"must be a non-empty one-line string: the {what}")
-            check_option_strings({k: v}, lambda k, m: error(f"{key}.{k}", m))
-        else:
-            number = isinstance(v, int) or (typ is float and isinstance(v, float))
-            if isinstance(v, bool) or not number or not v >= (0 if k in ("gpus", "max_requeues") else 1) \
-                    or v > 10**7:
-                least = 0 if k in ("gpus", "max_requeues") else 1
-                kind = "an integer" if typ is int else "a number"
-                raise error(f"{key}.{k}", f"must be {kind} >= {least}: the {what}; got {v!r}"[:200])
-        out[k] = v
-    return out
-
-
-@dataclass(frozen=True)
-class TuneParam:
-    """A `[tune.params]` range of one knob: int or float in [low, high] (log-uniform when `log`, on a grid of
-    `step` when given), or a categorical over `choices`."""
-
-    kind: str  # "int" | "float" | "categorical"
-    low: float = 0
-    high: float = 0
-    step: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True)
-class TuneSpec:
-    """A grid's `[tune]` table: the default metric and direction of `sweepdae tune`, and ranges that replace the
-    axes setting the same knobs (knob path -> range)."""
-
-    metric: str | None = None
-    direction: str | None = None
-    params: dict[str, TuneParam] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -227,129 +169,6 @@ class Grid:
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     tune: TuneSpec = field(default_factory=TuneSpec)
 
-
-# Limits checked by a cheap linear scan before the text reaches tomllib, whose cost grows faster than the text in a
-# key of many dotted parts (a 40 KB dotted key: 21 s and 2.3 GB) and with the file's size (50 MB: 45 s). The largest
-# shipped grid is under 8 KB, with keys of at most 5 parts (profiles.cpu.axes.tokenizer.latent_dim) and 40 characters.
-MAX_GRID_BYTES = 1 << 20
-MAX_KEY_CHARS = 1000
-MAX_KEY_PARTS = 16
-_PART = r'(?:[A-Za-z0-9_\-]+|"[^"\n]*"|' + r"'[^'\n]*')"
-# a run of `.part` (the part before its first dot not included): starts only at a dot, and never backtracks far
-_DOT_RUN = re.compile(r"\.[ \t]*" + _PART + r"(?:[ \t]*\.[ \t]*" + _PART + ")*")
-_DOT_PART = re.compile(r"\.[ \t]*" + _PART)
-_KEY_SHAPE = re.compile(_PART + r"(?:[ \t]*\.[ \t]*" + _PART + ")*")
-# a key where it can stand: at a line's start (after [ or [[), or after { or , of an inline table; then = or ]
-_KEY_AT = re.compile(r"(?:^|[{,])[ \t]*\[*[ \t]*(" + _PART + r"(?:[ \t]*\.[ \t]*" + _PART + r")*)[ \t]*[=\]]")
-_PART_TEXT = re.compile(r'"([^"\n]*)"|' + r"'([^'\n]*)'|([A-Za-z0-9_\-]+)")
-_HEAD = re.compile(r"[ \t]*(\[\[?)([^\]\n]*)\]")
-
-
-def _check_size(text: str, path: str) -> None:
-    """Refuse, in one pass over the text, what would make tomllib (or the error-line lookup) slow: a file over
-    MAX_GRID_BYTES, a dotted key of more than MAX_KEY_PARTS parts, a key longer than MAX_KEY_CHARS."""
-    if len(text) > MAX_GRID_BYTES:  # characters; load_grid checks the bytes before decoding
-        raise GridError(f"{path}: the grid file is {len(text):,} characters, more than {MAX_GRID_BYTES:,} "
-                        f"({MAX_GRID_BYTES >> 20} MiB); a grid file is a few KB")
-    for m in _DOT_RUN.finditer(text):
-        if m.group().count(".") >= MAX_KEY_PARTS and len(_DOT_PART.findall(m.group())) >= MAX_KEY_PARTS:
-            line = text.count("\n", 0, m.start()) + 1
-            raise GridError(f"{path}:{line}: a dotted key of more than {MAX_KEY_PARTS} parts; grid keys have a few "
-                            "(profiles.NAME.axes.tokenizer.latent_dim)")
-    for i, ln in enumerate(text.splitlines()):
-        head = ln.strip()
-        head = head.lstrip("[").split("]", 1)[0] if head.startswith("[") else head.split("=", 1)[0]
-        head = head.strip()
-        if len(head) > MAX_KEY_CHARS and _KEY_SHAPE.fullmatch(head):
-            raise GridError(f"{path}:{i + 1}: a key of {len(head):,} characters, more than {MAX_KEY_CHARS}")
-
-
-def _parts(dotted: str) -> list[str]:
-    """The parts of a dotted key as written (`a."b.c"` -> a, b.c), quotes removed."""
-    return [q1 or q2 or bare for q1, q2, bare in _PART_TEXT.findall(dotted)]
-
-
-def _shorten(key: str) -> str:
-    """A key as an error line shows it: a hostile 900-character key is cut to its ends."""
-    return key if len(key) <= 120 else f"{key[:60]}...{key[-40:]} ({len(key)} characters)"
-
-
-class _Ctx:
-    """Carries the file name and text so every error names the file, the key path and the line."""
-
-    def __init__(self, path: str, text: str) -> None:
-        self.path = path
-        self.lines = text.splitlines()
-        self._heads: list[tuple[int, str, bool]] | None = None
-
-    def error(self, key: str, message: str) -> GridError:
-        line = self.line_of(key)
-        where = f"{self.path}:{line}" if line else self.path
-        return GridError(f"{where}: {_shorten(key)}: {message}" if key else f"{where}: {message}")
-
-    def line_of(self, key: str) -> int | None:
-        """Best-effort line number of a dotted key path (tomllib reports lines only for syntax errors): searched
-        first inside the key's own table (`[profiles.demo]`, the i-th `[[include]]`), then in the whole file.
-        Linear in the file and the key: each line's keys are read once and compared with the key's tails."""
-        start, end, rest = self._section(key)
-        found = self._search(rest, start, end) if start is not None and rest else None
-        if found is None and (start is None or rest):
-            found = self._search(key, 0, len(self.lines))
-        return found if found is not None or start is None else start + 1
-
-    def _table_heads(self) -> list[tuple[int, str, bool]]:
-        """(line index, dotted name with quotes removed, is an array of tables) of every [table] header."""
-        if self._heads is None:
-            self._heads = []
-            for i, ln in enumerate(self.lines):
-                m = _HEAD.match(ln)
-                if m and "=" not in m.group(2):
-                    self._heads.append((i, ".".join(_parts(m.group(2))), m.group(1) == "[["))
-        return self._heads
-
-    def _section(self, key: str) -> tuple[int | None, int, str]:
-        """(index of the header line of the table holding `key`, end of that table, the key inside it)."""
-        heads = self._table_heads()
-        m = re.match(r"([\w\-]+)\[(\d+)\]\.?", key)
-        start: int | None = None
-        rest = key
-        if m:  # an array of tables: the key sits under its (i+1)-th [[name]] header
-            tables = [i for i, name, array in heads if array and name == m.group(1)]
-            if int(m.group(2)) < len(tables):
-                start, rest = tables[int(m.group(2))], key[m.end():]
-        else:  # the table of the longest header that is a prefix of the key (first such line)
-            best = -1
-            for i, name, array in heads:
-                if not array and len(name) > best and (key == name or key.startswith(name + ".")):
-                    start, best = i, len(name)
-            if start is not None:
-                rest = key[best + 1:]
-        end = next((i for i, _, _ in heads if start is not None and i > start), len(self.lines))
-        return start, end, rest
-
-    def _search(self, key: str, start: int, end: int) -> int | None:
-        parts = [p for p in re.split(r"\.|\[\d+\]", key) if p]
-        if not parts:
-            return None
-        # the first line that sets the longest tail of the key (`model.size =`, `{ model.size =`, `[axes.d]`) ...
-        best: tuple[int, int] | None = None  # (-length of the tail, line)
-        words: dict[str, int] = {}  # ... else the first line whose keys hold the key's last part, or else an earlier
-        wanted = set(parts)
-        for i in range(start, end):
-            for m in _KEY_AT.finditer(self.lines[i]):
-                got = _parts(m.group(1))
-                if len(got) <= len(parts) and parts[len(parts) - len(got):] == got:
-                    if best is None or (-len(got), i) < best:
-                        best = (-len(got), i)
-                for w in got:
-                    if w in wanted:
-                        words.setdefault(w, i)
-        if best is not None:
-            return best[1] + 1
-        for leaf in reversed(parts):
-            if leaf in words:
-                return words[leaf] + 1
-        return None
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -436,7 +255,7 @@ def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
     _check_dead(g, base, axes, len(product), profiles, default_profile, ctx)
     report = _report(doc.get("report", {}), axes, ctx)
     slurm = _slurm(doc.get("slurm", {}), axes, ctx)
-    tune = _tune(doc.get("tune", {}), ctx)
+    tune = parse_tune(doc.get("tune", {}), ctx)
     return Grid(path=ctx.path, name=name, title=_str(g.get("title", name), "grid.title", ctx), slurm=slurm, tune=tune,
                 description=_str(g.get("description", ""), "grid.description", ctx),
                 mirrors=_str(g.get("mirrors", ""), "grid.mirrors", ctx), seeds=seeds,
@@ -445,85 +264,6 @@ def _build(doc: dict[str, Any], ctx: _Ctx, text: str) -> Grid:
 
 
 # -- pieces -------------------------------------------------------------------------------------------------------
-def _table(v: Any, key: str, ctx: _Ctx, required: bool = False) -> dict[str, Any]:
-    if v is None:
-        if required:
-            raise ctx.error(key, f"missing [{key}] table")
-        return {}
-    if not isinstance(v, dict):
-        raise ctx.error(key, f"must be a table, got {_tname(v)}")
-    return v
-
-
-def _str(v: Any, key: str, ctx: _Ctx, required: bool = False) -> str:
-    if v is None and required:
-        raise ctx.error(key, "missing (a string)")
-    if not isinstance(v, str):
-        raise ctx.error(key, f"must be a string, got {_tname(v)}")
-    return v
-
-
-def _tname(v: Any) -> str:
-    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a float"}.get(type(v), type(v).__name__)
-
-
-def _seeds(v: Any, key: str, ctx: _Ctx) -> tuple[int, ...]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, list) or not v or not all(isinstance(s, int) and not isinstance(s, bool) for s in v):
-        raise ctx.error(key, f"must be a non-empty array of integers, got {v!r}"[:200])
-    bounds = KNOBS["seed"].bounds or Bounds(0, 2**31 - 1)
-    if len(v) > MAX_AXIS_VALUES or len(set(v)) != len(v) or any(s not in bounds for s in v):
-        raise ctx.error(key, f"must hold distinct integers {bounds.describe()} (at most {MAX_AXIS_VALUES})")
-    return tuple(v)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested TOML tables -> dotted knob paths; stops at values that are not tables."""
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        path = f"{prefix}{k}"
-        if isinstance(v, dict) and path not in KNOBS and path.count(".") < 1 and not _is_axis_table(v):
-            out.extend(_flatten(v, path + "."))
-        else:
-            out.append((path, v))
-    return out
-
-
-def _is_axis_table(v: dict[str, Any]) -> bool:
-    return "values" in v
-
-
-def _check_knob(path: str, value: Any, key: str, ctx: _Ctx) -> Any:
-    if path not in KNOBS:
-        raise ctx.error(key, f"unknown knob {path!r}{suggest(path, KNOBS)}")
-    try:
-        return _jsonable(coerce_knob(path, value))
-    except RecipeError as e:
-        raise ctx.error(key, str(e)) from None
-
-
-def _jsonable(v: Any) -> Any:
-    return v.value if isinstance(v, Enum) else v
-
-
-def _knob_table(v: Any, key: str, ctx: _Ctx) -> dict[str, Any]:
-    t = _table(v, key, ctx)
-    out: dict[str, Any] = {}
-    for path, value in _flatten(t):
-        _no_seed(path, f"{key}.{path}", ctx)
-        out[path] = _check_knob(path, value, f"{key}.{path}", ctx)
-    return out
-
-
-def _no_seed(path: str, key: str, ctx: _Ctx) -> None:
-    """The expansion sets every cell's seed from the seeds lists: a `seed` knob anywhere else would be overwritten."""
-    if path == "seed":
-        raise ctx.error(key, "a cell's seed comes from grid.seeds or profiles.NAME.seeds (an [[include]] cell may "
-                        "set its own seed or seeds); remove it here")
-
-
 def _values(v: Any, key: str, path: str, ctx: _Ctx) -> list[Any]:
     if not isinstance(v, list):
         raise ctx.error(key, f"axis values must be an array, got {_tname(v)}")
@@ -554,16 +294,6 @@ def _labels(v: Any, n: int, key: str, ctx: _Ctx, default: list[Any]) -> tuple[st
         seen.add(lab)
     return labels
 
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return "on" if v else "off"
-    if isinstance(v, float):
-        # six significant digits, as every shipped label reads (1e-04 -> 0.0001), unless that is another number:
-        # 1.00000001e-4 keeps its exact (shortest round-trip) form, so two values never share a label
-        short = f"{v:g}"
-        return short if float(short) == v else repr(v)
-    return str(v)
 
 
 def _product_axes(v: Any, ctx: _Ctx) -> list[Axis]:
@@ -869,83 +599,6 @@ def _slurm(v: Any, axes: list[Axis], ctx: _Ctx) -> SlurmSpec:
                                                                       ctx.error)
     return SlurmSpec(options=options, by=by)
 
-
-def _tune(v: Any, ctx: _Ctx) -> TuneSpec:
-    t = _table(v, "tune", ctx)
-    for k in t:
-        if k not in _TUNE_KEYS:
-            raise ctx.error(f"tune.{k}", f"unknown key{suggest(k, _TUNE_KEYS)}; valid: {', '.join(sorted(_TUNE_KEYS))}")
-    metric = t.get("metric")
-    if metric is not None and (not isinstance(metric, str) or metric not in METRICS):
-        raise ctx.error("tune.metric", f"unknown metric {metric!r}{suggest(str(metric), METRICS)}; valid: "
-                        + ", ".join(METRICS))
-    direction = t.get("direction")
-    if direction is not None and direction not in ("maximize", "minimize"):
-        raise ctx.error("tune.direction", f"must be \"maximize\" or \"minimize\", got {direction!r}")
-    params: dict[str, TuneParam] = {}
-    for path, spec in _flatten(_table(t.get("params", {}), "tune.params", ctx)):
-        params[path] = _tune_param(path, spec, f"tune.params.{path}", ctx)
-    return TuneSpec(metric=metric, direction=direction, params=params)
-
-
-def _tune_param(path: str, spec: Any, key: str, ctx: _Ctx) -> TuneParam:
-    _no_seed(path, key, ctx)
-    if path not in KNOBS:
-        raise ctx.error(key, f"unknown knob {path!r}{suggest(path, KNOBS)}")
-    if not isinstance(spec, dict):
-        raise ctx.error(key, 'must be a table like { type = "int", low = 2, high = 32 }, got ' + _tname(spec))
-    kind = spec.get("type")
-    if kind not in _TUNE_PARAM_KEYS:
-        raise ctx.error(f"{key}.type", f"must be \"int\", \"float\" or \"categorical\", got {kind!r}")
-    for k in spec:
-        if k not in _TUNE_PARAM_KEYS[kind]:
-            raise ctx.error(f"{key}.{k}", f"unknown key for a {kind} range; valid: "
-                            + ", ".join(sorted(_TUNE_PARAM_KEYS[kind])))
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise ctx.error(f"{key}.choices", "must be a non-empty array of the knob's values")
-        checked = [_check_knob(path, c, f"{key}.choices", ctx) for c in choices]
-        if len({json.dumps(c, sort_keys=True) for c in checked}) != len(checked):
-            raise ctx.error(f"{key}.choices", "must not repeat a value")
-        if not all(isinstance(c, (str, int, float, bool)) or c is None for c in checked):
-            raise ctx.error(f"{key}.choices", "must hold strings, numbers or booleans")
-        return TuneParam(kind=kind, choices=tuple(checked))
-    typ = int if kind == "int" else (int, float)
-    bounds = {}
-    for b in ("low", "high"):
-        x = spec.get(b)
-        if isinstance(x, bool) or not isinstance(x, typ) or not _finite(x):
-            raise ctx.error(f"{key}.{b}", f"must be {'an integer' if kind == 'int' else 'a number'}, got {x!r}"[:200])
-        if b == "low" and spec.get("log") is True and not x > 0:  # said before the knob's own range would be
-            raise ctx.error(f"{key}.low", "a log range needs low > 0")
-        got = _check_knob(path, int(x) if kind == "int" else float(x), f"{key}.{b}", ctx)
-        if isinstance(got, bool) or not isinstance(got, (int, float)):
-            raise ctx.error(key, f"knob {path!r} takes {type(got).__name__} values: give it a categorical")
-        bounds[b] = x
-    if not bounds["low"] < bounds["high"]:
-        raise ctx.error(key, f"low ({bounds['low']}) must be below high ({bounds['high']})")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise ctx.error(f"{key}.log", f"must be true or false, got {log!r}")
-    step = spec.get("step")
-    if step is not None:
-        if isinstance(step, bool) or not isinstance(step, typ) or not step > 0 or not _finite(step) \
-                or step > bounds["high"] - bounds["low"]:
-            raise ctx.error(f"{key}.step", f"must be a positive {'integer' if kind == 'int' else 'number'}, at most "
-                            f"high - low ({bounds['high'] - bounds['low']:g}), got {_shorten(repr(step))}")
-        if log:
-            raise ctx.error(f"{key}.step", "a log range takes no step (Optuna samples it continuously)")
-    if log and not bounds["low"] > 0:
-        raise ctx.error(f"{key}.low", "a log range needs low > 0")
-    return TuneParam(kind=kind, low=bounds["low"], high=bounds["high"], step=step, log=log)
-
-
-def _finite(x: float) -> bool:
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an int too large for a float
-        return False
 
 
 def _report(v: Any, axes: list[Axis], ctx: _Ctx) -> ReportSpec:

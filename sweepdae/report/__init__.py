@@ -25,6 +25,7 @@ from sweepdae.report.data import GridReport, ReportData, ReportStore, build_repo
 from sweepdae.report.figures import FigureData, RenderedFigure, save_figure, write_atomic
 from sweepdae.report.findings import compute_findings
 from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, get_reference, paper_value
+from sweepdae.report.render import render_html, render_tex_document, render_tex_section
 from sweepdae.report.tables import TableData, build_table
 
 __all__ = ["HEADLINE_FINDINGS", "PAPER", "GridReport", "ReportData", "ReportStore", "TableData", "build_report",
@@ -95,8 +96,9 @@ def _write_data(report: ReportData, out: Path, written: list[Path]) -> None:
         text = tidy[cols].map(_csv_text) if hasattr(tidy, "map") else tidy[cols].applymap(_csv_text)
         _write(out / "data" / f"{stem}.csv", text.to_csv(index=False), written, out)
         doc = {"grid": name, "sweepdae": report.version, "created": report.created,
-               "sections": [{"profile": s.profile, "spec": s.spec, "scale": s.table.scale, "citation": s.table.citation,
-                             "findings": s.findings, "provenance": s.provenance.to_json(),
+               "sections": [{"profile": s.profile, "spec": s.spec.to_json(), "scale": s.table.scale,
+                             "citation": s.table.citation, "findings": [v.to_json() for v in s.findings],
+                             "provenance": s.provenance.to_json(),
                              "rows": _records(s.table.tidy)} for s in sections]}
         _write(out / "data" / f"{stem}.json", json.dumps(doc, indent=1, default=str, allow_nan=False) + "\n", written,
                out)
@@ -132,8 +134,6 @@ def write_reports(store: ReportStore, *, grids: list[str] | None, out: Path, htm
 
 
 def _write_all(report: ReportData, out: Path, *, html: bool, latex: bool, csv: bool) -> list[Path]:
-    from sweepdae.report.render import render_html, render_tex_document, render_tex_section
-
     if out.exists() and not out.is_dir():
         raise SweepdaeError(f"report: the output folder {out} is a file; name a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)

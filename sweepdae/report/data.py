@@ -20,13 +20,15 @@ import pandas as pd
 
 from sweepdae import __version__
 from sweepdae.errors import SweepdaeError
+from sweepdae.grid.spec import GridSpec
 from sweepdae.report.figures import FigureData, curve_figure, figure_data, tune_history_figure
 from sweepdae.report.findings import Verdict, compute_findings
-from sweepdae.report.paper import HEADLINE_FINDINGS
+from sweepdae.report.paper import HEADLINE_FINDINGS, Headline
 from sweepdae.report.provenance import Provenance, summarize_provenance
 from sweepdae.report.tables import TableData, build_table
 
-__all__ = ["GridReport", "ReportData", "ReportStore", "TuneReport", "build_report", "file_stem", "tune_reports"]
+__all__ = ["GridReport", "HeadlineVerdicts", "ReportData", "ReportStore", "TuneReport", "build_report", "file_stem",
+           "tune_reports"]
 
 
 class ReportStore(Protocol):
@@ -44,7 +46,7 @@ class GridReport:
     name: str
     profile: str | None
     slug: str  # unique, [a-z0-9-] only: safe in file names, HTML ids and LaTeX \input
-    spec: dict[str, Any]
+    spec: GridSpec
     table: TableData
     findings: list[Verdict]
     figures: list[FigureData]
@@ -53,11 +55,11 @@ class GridReport:
 
     @property
     def title(self) -> str:
-        return str(self.spec.get("title") or self.name)
+        return self.spec.title or self.name
 
     @property
     def description(self) -> str:
-        return str(self.spec.get("description") or "")
+        return self.spec.description
 
 
 @dataclass
@@ -79,11 +81,19 @@ class TuneReport:
 
 
 @dataclass
+class HeadlineVerdicts:
+    """A headline finding of the paper and the verdict of every section that tests it."""
+
+    headline: Headline
+    verdicts: list[tuple[GridReport, Verdict]]
+
+
+@dataclass
 class ReportData:
     sections: list[GridReport]
     version: str = __version__
     created: str = ""
-    headlines: list[dict[str, Any]] = field(default_factory=list)
+    headlines: list[HeadlineVerdicts] = field(default_factory=list)
     tunes: list[TuneReport] = field(default_factory=list)
 
 
@@ -167,13 +177,9 @@ def _tuned_grids(studies: list[Any], registered: list[dict[str, Any]], grids: li
     return [e for e in found.values() if e["cells"]]
 
 
-def _headlines(sections: list[GridReport]) -> list[dict[str, Any]]:
-    out = []
-    for h in HEADLINE_FINDINGS:
-        verdicts = [{"section": s.slug, "title": s.title, "profile": s.profile, **v}
-                    for s in sections for v in s.findings if v["finding"] in h.checks]
-        out.append({"number": h.number, "text": h.text, "checks": list(h.checks), "verdicts": verdicts})
-    return out
+def _headlines(sections: list[GridReport]) -> list[HeadlineVerdicts]:
+    return [HeadlineVerdicts(h, [(s, v) for s in sections for v in s.findings if v.finding in h.checks])
+            for h in HEADLINE_FINDINGS]
 
 
 def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir: Path | None = None) -> ReportData:
@@ -197,8 +203,8 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
     for g in selected:
         name = str(g.get("name"))
         profile = g.get("profile")
-        spec: dict[str, Any] = dict(g.get("spec") or {})
-        spec.setdefault("name", name)
+        stored = g.get("spec")
+        spec = GridSpec.from_json(stored if isinstance(stored, Mapping) else {}, name=name)
         cells: list[Mapping[str, Any]] = [c for c in (g.get("cells") or []) if "key" in c]
         own = frame.loc[frame.index.intersection([str(c["key"]) for c in cells])].reset_index(drop=True)
         table = build_table(spec, own, cells, profile=profile, runs_dir=runs_dir)
@@ -222,7 +228,7 @@ def build_report(store: ReportStore, grids: list[str] | None = None, *, runs_dir
 def tune_reports(store: ReportStore, grids: set[str] | None, taken: set[str], *, studies: list[Any] | None = None
                  ) -> list[TuneReport]:
     """Every tune study of the store (of `grids` when given), as report data."""
-    import optuna
+    import optuna  # a quarter second to import: loaded when a report is built, not with the package
     from optuna.trial import TrialState
 
     if studies is None:

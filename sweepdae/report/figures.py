@@ -141,7 +141,7 @@ def figure_data(table: TableData) -> list[FigureData]:
 def schedule_tables(name: str, num_steps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """gamma_t and sigma_t of a schedule: sweepdae.noise if importable, else the closed forms (docs/paper.md#noise)."""
     try:
-        from sweepdae.noise import create_schedule
+        from sweepdae.noise import create_schedule  # imports torch: heavy, and a report needs no torch
 
         s = create_schedule(name, num_steps)
         return s.gamma.numpy(), s.sigma.numpy()

@@ -6,8 +6,8 @@ as a mean with a 95 % Student-t interval over seeds, and the verdict is "agrees"
 interval lies on one side of the finding's decision point; one seed, or an interval holding the point, is
 "inconclusive".
 
-Each check returns a Verdict: {finding, claim, readout, statistic, rule, value, interval, confidence, seeds,
-per_seed, verdict, ours, paper, paper_value, readouts}; `compute_findings` adds `gate`, `design` and
+Each check returns a Verdict (`verdict.py`): {finding, claim, readout, statistic, rule, value, interval, confidence,
+seeds, per_seed, verdict, ours, paper, paper_value, readouts}; `compute_findings` adds `gate`, `design` and
 `seeds_at_decision` (REPRODUCTION.md, "The regime gate and seeds until decided"): the regime gate against the
 untrained nonlinear baseline turns a verdict whose cells do not beat it into `out_of_regime` (the rule's verdict
 kept as `rule_verdict`), and a grid run with `--until-decided` reads its verdicts at the looks of its group-
@@ -30,14 +30,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sweepdae.grid.spec import GridSpec
 from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, canonical_label, get_reference
 from sweepdae.report.sequential import Design, DesignError, fixed_design
 from sweepdae.report.tables import TableData
+from sweepdae.report.verdict import Gate, StepVerdict, Summary, Verdict
 
 __all__ = ["CONFIDENCE", "FINDING_CHECKS", "GATE_BASELINE", "READOUTS", "Rule", "Verdict", "compute_findings",
            "decided", "design_of", "interval", "regime_gate", "spearman", "verdict_of"]
 
-Verdict = dict[str, Any]
 CONFIDENCE = 0.95  # two-sided, Student t over seeds (REPRODUCTION.md)
 PRIMARY = "probe_top1"  # the paper's readout decides the verdict
 READOUTS = ("probe_top1", "knn_top1", "probe_gain")  # each finding is computed on each one the cells recorded
@@ -180,41 +181,37 @@ class Plan:
     detail: str
 
 
-def _summary(rule: Rule, per_seed: dict[str, float]) -> dict[str, Any]:
+def _summary(rule: Rule, per_seed: dict[str, float]) -> Summary:
     vals = [v for v in per_seed.values() if math.isfinite(v)]
     ci = interval(vals)
-    return {"value": float(np.mean(vals)) if vals else None, "interval": list(ci) if ci else None,
-            "seeds": len(vals), "per_seed": per_seed, "verdict": verdict_of(vals, rule)}
+    return Summary(value=float(np.mean(vals)) if vals else None, interval=list(ci) if ci else None,
+                   seeds=len(vals), per_seed=per_seed, verdict=verdict_of(vals, rule))
 
 
-def _fmt_summary(s: dict[str, Any], digits: int = 1) -> str:
-    if s["value"] is None:
+def _fmt_summary(s: Summary, digits: int = 1) -> str:
+    if s.value is None:
         return "no seed has the cells it needs"
-    text = f"{s['value']:+.{digits}f}"
-    if s["interval"]:
-        lo, hi = s["interval"]
+    text = f"{s.value:+.{digits}f}"
+    if s.interval:
+        lo, hi = s.interval
         text += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
-    return text + f" over {s['seeds']} seed{'s' if s['seeds'] != 1 else ''}"
+    return text + f" over {s.seeds} seed{'s' if s.seeds != 1 else ''}"
 
 
 def _run(name: str, table: TableData, statistic_name: str, rule: Rule,
          plan: Callable[[TableData, str, pd.DataFrame], Plan | str], paper_value: float | None, paper_text: str,
          digits: int = 1) -> Verdict:
     """The finding on every readout the cells recorded; the verdict from PRIMARY."""
-    base: Verdict = {"finding": name, "claim": _claim(name), "readout": PRIMARY, "statistic": statistic_name,
-                     "rule": rule.text(statistic_name), "confidence": CONFIDENCE, "paper": paper_text,
-                     "paper_value": _finite(paper_value), "value": None, "interval": None, "seeds": 0, "per_seed": {},
-                     "verdict": "inconclusive", "readouts": {}}
+    base = Verdict(finding=name, claim=_claim(name), readout=PRIMARY, statistic=statistic_name,
+                   rule=rule.text(statistic_name), confidence=CONFIDENCE, paper=paper_text,
+                   paper_value=_finite(paper_value), ours="no finished cells")
     for readout in READOUTS:
         mats = seed_matrices(table, readout)
         if not mats:
-            if readout == PRIMARY:
-                base["ours"] = "no finished cells"
             continue
         p = plan(table, readout, _mean(mats))
         if isinstance(p, str):  # not enough data: the reason
-            summary: dict[str, Any] = {"value": None, "interval": None, "seeds": 0, "per_seed": {},
-                                       "verdict": "inconclusive"}
+            summary = Summary()
             text = p
         else:
             per_seed = {}
@@ -228,11 +225,11 @@ def _run(name: str, table: TableData, statistic_name: str, rule: Rule,
             if left:
                 text += f" (left out, not finished on every seed: {', '.join(left)})"
         if readout == PRIMARY:
-            base.update(summary)
-            base["ours"] = text
+            base.summary = summary
+            base.ours = text
         else:
-            base["readouts"][readout] = {**summary, "ours": text}
-    base.setdefault("ours", "no finished cells")
+            summary.ours = text
+            base.readouts[readout] = summary
     return base
 
 
@@ -500,14 +497,13 @@ def image_prediction_ok(table: TableData) -> Verdict:
 def trajectory(table: TableData) -> Verdict:
     """Every step with its own paired interval; agrees when most steps with paper numbers agree in sign."""
     name = "trajectory"
-    base: Verdict = {"finding": name, "claim": _claim(name), "readout": PRIMARY,
-                     "statistic": "change of accuracy at each step", "confidence": CONFIDENCE,
-                     "rule": "a step agrees when its interval lies on the side of 0 the paper's change lies on; "
-                             "agrees when more than half of the steps agree, disagrees when more than half disagree",
-                     "value": None, "interval": None, "seeds": 0, "per_seed": {}, "verdict": "inconclusive",
-                     "paper_value": None, "readouts": {}, "steps": []}
+    base = Verdict(finding=name, claim=_claim(name), kind="trajectory", readout=PRIMARY,
+                   statistic="change of accuracy at each step", confidence=CONFIDENCE,
+                   rule="a step agrees when its interval lies on the side of 0 the paper's change lies on; "
+                        "agrees when more than half of the steps agree, disagrees when more than half disagree")
     if not table.trajectory:
-        return {**base, "ours": "needs a trajectory table (rows = step)", "paper": ""}
+        base.ours = "needs a trajectory table (rows = step)"
+        return base
     withpaper = [m for m in table.metrics if table.tidy.loc[table.tidy["metric"] == m, "paper"].notna().any()]
     metric = PRIMARY if PRIMARY in withpaper or not withpaper else withpaper[0]
     ps = _steps(paper_matrix(table, metric))
@@ -515,26 +511,30 @@ def trajectory(table: TableData) -> Verdict:
     fmt = lambda xs: ", ".join("?" if not math.isfinite(x) else f"{x:+.1f}" for x in xs)  # noqa: E731
     p_text = fmt(pdelta) if pdelta.notna().any() else "no paper numbers for these steps"
     mats = seed_matrices(table, metric)
+    base.paper = p_text
     if not mats:
-        return {**base, "ours": "no finished cells", "paper": p_text}
+        base.ours = "no finished cells"
+        return base
     deltas = {seed: _steps(m).diff().iloc[1:] for seed, m in mats.items()}
-    steps, words = [], []
+    steps: list[StepVerdict] = []
+    words: list[str] = []
     for j, step in enumerate(pdelta.index):
         vals = [float(d.iloc[j]) for d in deltas.values() if math.isfinite(d.iloc[j])]
         p = float(pdelta.iloc[j])
         word = verdict_of(vals, Rule(0.0, 1 if p > 0 else -1)) if math.isfinite(p) and p != 0 else "n/a"
         ci = interval(vals)
-        steps.append({"step": str(step), "value": float(np.mean(vals)) if vals else None,
-                      "interval": list(ci) if ci else None, "seeds": len(vals), "paper": _finite(p), "verdict": word})
+        steps.append(StepVerdict(step=str(step), value=float(np.mean(vals)) if vals else None,
+                                 interval=list(ci) if ci else None, seeds=len(vals), paper=_finite(p), verdict=word))
         words.append(word)
     judged = [w for w in words if w != "n/a"]
     agree, disagree = judged.count("agrees"), judged.count("disagrees")
     verdict = ("agrees" if agree * 2 > len(judged) else "disagrees" if disagree * 2 > len(judged)
                else "inconclusive") if judged else "inconclusive"
-    ours = "step changes " + fmt([s["value"] if s["value"] is not None else math.nan for s in steps]) + \
+    base.ours = "step changes " + fmt([s.value if s.value is not None else math.nan for s in steps]) + \
         f"; {agree} of {len(judged)} agree with the paper's sign, {disagree} disagree (over {len(mats)} seeds)"
-    return {**base, "metric": metric, "seeds": len(mats), "verdict": verdict, "ours": ours, "paper": p_text,
-            "steps": steps}
+    base.metric, base.steps = metric, steps
+    base.summary = Summary(seeds=len(mats), verdict=verdict)
+    return base
 
 
 # -- bigger / longer (Sec. 5) ------------------------------------------------------------------------------------
@@ -584,14 +584,12 @@ FINDING_CHECKS: dict[str, Callable[[TableData], Verdict]] = {
 
 
 # -- the regime gate and the design (REPRODUCTION.md, "The regime gate and seeds until decided") ------------------
-def regime_gate(table: TableData) -> dict[str, Any]:
+def regime_gate(table: TableData) -> Gate:
     """Do the cells the finding compares beat the untrained nonlinear baseline? Per seed, the smallest
     probe_top1 − random_features_probe_top1 over the table's positions that recorded both on every seed; passed
     when its interval (the look's) lies above 0, failed otherwise, None when not measured (no such position, or
     fewer than 2 seeds)."""
-    out: dict[str, Any] = {"baseline": GATE_BASELINE, "statistic": f"smallest {PRIMARY} − {GATE_BASELINE} over the "
-                           "table's positions", "value": None, "interval": None, "seeds": 0, "per_seed": {},
-                           "passed": None}
+    out = Gate(baseline=GATE_BASELINE, statistic=f"smallest {PRIMARY} − {GATE_BASELINE} over the table's positions")
     acc, rf = seed_matrices(table, PRIMARY), seed_matrices(table, GATE_BASELINE)
     seeds = [s for s in acc if s in rf]
     both: pd.DataFrame | None = None
@@ -599,24 +597,26 @@ def regime_gate(table: TableData) -> dict[str, Any]:
         ok = acc[s].notna() & rf[s].reindex_like(acc[s]).notna()
         both = ok if both is None else both & ok
     if both is None or not both.to_numpy().any():
-        return {**out, "note": f"not measured: no cell recorded {GATE_BASELINE} on every seed"}
+        out.note = f"not measured: no cell recorded {GATE_BASELINE} on every seed"
+        return out
     per_seed = {s: float(np.nanmin((acc[s] - rf[s].reindex_like(acc[s])).where(both).to_numpy())) for s in seeds}
     vals = list(per_seed.values())
     ci = interval(vals)
-    out.update(value=float(np.mean(vals)), interval=list(ci) if ci else None, seeds=len(vals), per_seed=per_seed,
-               passed=None if ci is None else bool(ci[0] > 0))
+    out.value, out.interval, out.seeds, out.per_seed = float(np.mean(vals)), list(ci) if ci else None, len(vals), \
+        per_seed
+    out.passed = None if ci is None else bool(ci[0] > 0)
     if ci is None:
-        out["note"] = "not measured: fewer than 2 seeds"
+        out.note = "not measured: fewer than 2 seeds"
     return out
 
 
 def decided(v: Verdict) -> bool:
     """A finding more seeds cannot change: agrees or disagrees, or out of regime with the gate's interval wholly
     below 0 (REPRODUCTION.md, Decided)."""
-    if v.get("verdict") in ("agrees", "disagrees"):
+    if v.verdict in ("agrees", "disagrees"):
         return True
-    gate = v.get("gate") or {}
-    return v.get("verdict") == "out_of_regime" and bool(gate.get("interval")) and gate["interval"][1] < 0
+    ci = v.gate.interval if v.gate is not None else None
+    return v.verdict == "out_of_regime" and ci is not None and len(ci) == 2 and ci[1] < 0
 
 
 def _seed_order(table: TableData) -> list[str]:
@@ -625,22 +625,22 @@ def _seed_order(table: TableData) -> list[str]:
     return sorted(seeds, key=lambda x: (0, int(x), x) if x.lstrip("-").isdigit() else (1, 0, x))
 
 
-def design_of(spec: Mapping[str, Any], n_seeds: int) -> Design:
+def design_of(spec: GridSpec | Mapping[str, Any], n_seeds: int) -> Design:
     """The grid's design: the one `run --until-decided` registered in its spec, else one fixed look at the seeds
     there are (the committed rule)."""
-    d = spec.get("design")
-    if isinstance(d, Mapping):
+    d = GridSpec.of(spec).design
+    if d is not None:
         with contextlib.suppress(DesignError):
             return Design.from_json(d)
     return fixed_design(n_seeds)
 
 
-def _gate_text(gate: Mapping[str, Any], rule_verdict: str | None) -> str:
-    if gate.get("passed") is None:
-        return f"regime gate {gate.get('note', 'not measured')}"
-    lo, hi = gate["interval"]
-    word = "passed" if gate["passed"] else f"failed, out of regime (the rule alone: {rule_verdict})"
-    return f"regime gate {word}: smallest gain over random features {gate['value']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+def _gate_text(gate: Gate, rule_verdict: str | None) -> str:
+    if gate.passed is None or gate.interval is None or gate.value is None:
+        return f"regime gate {gate.note or 'not measured'}"
+    lo, hi = gate.interval
+    word = "passed" if gate.passed else f"failed, out of regime (the rule alone: {rule_verdict})"
+    return f"regime gate {word}: smallest gain over random features {gate.value:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
 def _judge(check: Callable[[TableData], Verdict], table: TableData, design: Design, n: int,
@@ -649,47 +649,46 @@ def _judge(check: Callable[[TableData], Verdict], table: TableData, design: Desi
     with _at_confidence(conf):
         v = check(table)
         gate = regime_gate(table)
-    v["confidence"] = conf
-    v["gate"] = gate
-    if gate["passed"] is False:
-        v["rule_verdict"] = v["verdict"]
-        v["verdict"] = "out_of_regime"
+    v.confidence = conf
+    v.gate = gate
+    if gate.passed is False:
+        v.rule_verdict = v.verdict
+        v.summary.verdict = "out_of_regime"
     return v
 
 
-def compute_findings(spec: Mapping[str, Any], table: TableData) -> list[Verdict]:
+def compute_findings(spec: GridSpec | Mapping[str, Any], table: TableData) -> list[Verdict]:
     """One verdict per finding named in the grid's `[report] findings`, in that order, each with its regime gate
     and design. Under a group-sequential design a finding is read at each look the store has had (the first
     seeds up to it) and keeps the verdict of the first look that decides it."""
+    spec = GridSpec.of(spec)
     seeds = _seed_order(table)
     design = design_of(spec, len(seeds))
     looks = design.looks_at(len(seeds)) if design.sequential and len(seeds) >= 2 else (len(seeds),)
     out = []
-    for name in (spec.get("report") or {}).get("findings") or []:
-        check = FINDING_CHECKS.get(str(name))
+    for name in spec.report.findings:
+        check = FINDING_CHECKS.get(name)
         if check is None:
-            out.append({"finding": str(name), "claim": str(name), "ours": "unknown finding", "paper": "",
-                        "verdict": "inconclusive", "seeds": 0, "interval": None, "readouts": {}, "gate": None,
-                        "design": design.to_json(), "seeds_at_decision": None})
+            out.append(Verdict(finding=name, claim=name, kind="unknown", ours="unknown finding", design=design))
             continue
-        v: Verdict = {}
+        v = Verdict(finding=name, claim=name)
         for n in looks:
             sub = table if n == len(seeds) else dataclasses.replace(
                 table, seeds=table.seeds[table.seeds["seed"].astype(str).isin(seeds[:n])])
             v = _judge(check, sub, design, n, looks)
             if decided(v):
                 break
-        at = int(v.get("seeds") or 0) if decided(v) else None
-        v["design"] = design.to_json()
-        v["seeds_at_decision"] = at
-        extra = [_gate_text(v["gate"], v.get("rule_verdict"))]
+        at = v.summary.seeds if decided(v) else None
+        v.design = design
+        v.seeds_at_decision = at
+        extra = [_gate_text(v.gate, v.rule_verdict)] if v.gate is not None else []
         if at is not None:
             extra.append(f"decided at {at} seeds")
         elif design.sequential:
             extra.append(f"undecided at {max(looks)} of at most {design.max_seeds} seeds")
         if design.sequential:
             extra.append(f"group-sequential design, looks at {', '.join(map(str, design.looks))} seeds, "
-                         f"this look's interval {v['confidence'] * 100:.2f}%")
-        v["ours"] = f"{v.get('ours', '')}; {'; '.join(extra)}"
+                         f"this look's interval {v.confidence * 100:.2f}%")
+        v.ours = f"{v.ours}; {'; '.join(extra)}"
         out.append(v)
     return out

@@ -20,6 +20,7 @@ from sweepdae.report.data import GridReport, ReportData
 from sweepdae.report.figures import FigureData, RenderedFigure
 from sweepdae.report.paper import PAPER_SCALE
 from sweepdae.report.provenance import Provenance
+from sweepdae.report.verdict import Verdict
 from sweepdae.resources import resource_dir
 
 __all__ = ["TexRaw", "latex_escape", "oneline", "render_html", "render_tex_document", "render_tex_section",
@@ -206,10 +207,10 @@ def _section_context(s: GridReport, figs: list[tuple[FigureData, RenderedFigure]
     figures = [{"title": fd.title, "caption": fd.caption, "uri": rf.data_uri,
                 "pdf": TexRaw(rf.pdf.relative_to(out).as_posix() if out else rf.pdf.as_posix())} for fd, rf in figs]
     return {"slug": TexRaw(s.slug), "name": s.name, "profile": s.profile or "base", "title": s.title,
-            "description": s.description, "profile_description": s.spec.get("profile_description") or "",
+            "description": s.description, "profile_description": s.spec.profile_description,
             "citation": t.citation, "scale": t.scale, "notes": t.notes, "row_dim": t.row_dim or "",
             "headers": list(t.display.columns), "rows": table_rows(s), "n_cells": s.n_cells,
-            "findings": [_verdict_context(v) for v in s.findings], "figures": figures,
+            "findings": [_verdict_context(v.to_json()) for v in s.findings], "figures": figures,
             "prov": p, "phases": [(k.removesuffix("_s"), v) for k, v in p.phases.items()],
             "measured": _measured_rows(p)}
 
@@ -250,8 +251,14 @@ def render_tex_document(report: ReportData, table_files: list[Path], out: Path) 
                                                            findings=tex_headlines(report))
 
 
+def _headline_verdict(s: GridReport, v: Verdict) -> dict[str, Any]:
+    """A verdict under a headline: the finding and the section (grid and profile) it was found in."""
+    return {"section": s.slug, "title": s.title, "profile": s.profile, **v.to_json()}
+
+
 def _headline_context(report: ReportData) -> list[dict[str, Any]]:
-    return [{**h, "verdicts": [_verdict_context(v) for v in h["verdicts"]]} for h in report.headlines]
+    return [{"number": h.headline.number, "text": h.headline.text, "checks": list(h.headline.checks),
+             "verdicts": [_verdict_context(_headline_verdict(s, v)) for s, v in h.verdicts]} for h in report.headlines]
 
 
 def _signed(x: Any, digits: int) -> str:
@@ -268,11 +275,11 @@ def tex_headlines(report: ReportData) -> dict[str, Any]:
     of the same statistic), and the numbers of the headlines that no grid of this report tests."""
     groups, untested, levels = [], [], set()
     for h in report.headlines:
-        if not h["verdicts"]:
-            untested.append(str(h["number"]))
+        if not h.verdicts:
+            untested.append(str(h.headline.number))
             continue
         rows = []
-        for v in h["verdicts"]:
+        for v in (_headline_verdict(s, f) for s, f in h.verdicts):
             digits = 2 if str(v.get("finding")) == "fid_vs_accuracy" else 1
             ci = v.get("interval")
             levels.add(int(round(100 * float(v.get("confidence") or 0.95))))
@@ -280,6 +287,6 @@ def tex_headlines(report: ReportData) -> dict[str, Any]:
                          "profile": v.get("profile") or "base", "word": v.get("verdict", "inconclusive"),
                          "interval": f"[{_signed(ci[0], digits)}, {_signed(ci[1], digits)}]" if ci else "",
                          "seeds": int(v.get("seeds") or 0), "paper": _signed(v.get("paper_value"), digits)})
-        groups.append({"number": h["number"], "text": h["text"], "rows": rows})
+        groups.append({"number": h.headline.number, "text": h.headline.text, "rows": rows})
     level = f"{levels.pop()}% interval" if len(levels) == 1 else "interval"
     return {"groups": groups, "untested": untested, "total": len(report.headlines), "interval_header": level}

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.core.groupby import DataFrameGroupBy
 
 from sweepdae.errors import SweepdaeError
+from sweepdae.grid.spec import AxisSpec, GridSpec
 from sweepdae.metrics import METRICS, MetricInfo, metric_info
 from sweepdae.recipe import recipe_from_dict
 from sweepdae.report.paper import PAPER_SCALE, get_reference, paper_value
@@ -53,13 +55,13 @@ class TableData:
     notes: list[str] = field(default_factory=list)
 
 
-def _resolve(dim: str | None, axes: list[dict[str, Any]]) -> str | None:
+def _resolve(dim: str | None, axes: Sequence[AxisSpec]) -> str | None:
     """A report dimension (axis name, knob path, "step", "seed", "label") -> the coordinate name cells carry."""
     if dim is None or dim in ("step", "seed", "label"):
         return dim
     for a in axes:
-        if dim == a.get("name") or dim in (a.get("paths") or ()):
-            return str(a["name"])
+        if dim == a.name or dim in a.paths:
+            return a.name
     return dim
 
 
@@ -84,7 +86,7 @@ def _coord(dim: str, cell: Mapping[str, Any], steps: list[str]) -> tuple[str | N
     return (None, None) if value is None else (str(value), None)
 
 
-def _order(dim: str | None, labels: Iterable[str], axes: list[dict[str, Any]], steps: list[str]) -> dict[str, int]:
+def _order(dim: str | None, labels: Iterable[str], axes: Sequence[AxisSpec], steps: list[str]) -> dict[str, int]:
     """Label -> position: the axis' (or trajectory's) own order, then first appearance for anything else."""
     known: list[str] = []
     if dim == "step":
@@ -92,7 +94,7 @@ def _order(dim: str | None, labels: Iterable[str], axes: list[dict[str, Any]], s
     elif dim == "seed":
         known = sorted({x for x in labels if x.isdigit()}, key=int)
     else:
-        known = next((list(map(str, a.get("labels") or [])) for a in axes if a.get("name") == dim), [])
+        known = next((list(a.labels) for a in axes if a.name == dim), [])
     out = {x: i for i, x in enumerate(known)}
     for x in labels:
         out.setdefault(x, len(out))
@@ -107,25 +109,60 @@ def _numeric_label(s: str) -> bool:
     return bool(re.fullmatch(r"-?\d+(\.\d+)?", s))
 
 
-def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Sequence[Mapping[str, Any]], *,
-                profile: str | None = None, runs_dir: Path | None = None) -> TableData:
-    """The tidy data and display frame of one grid from its spec (`Plan.spec()`), the store's cell frame and
-    the grid's registered cells; the cells' folders are found under `runs_dir`."""
-    report = spec.get("report") or {}
-    metrics = [str(m) for m in (report.get("metrics") or ["probe_top1"])]
-    axes: list[dict[str, Any]] = list(spec.get("axes") or [])
-    steps = [str(s) for s in (spec.get("steps") or [])]
-    mirrors = str(spec.get("mirrors") or "")
-    row_dim, col_dim = _resolve(report.get("rows"), axes), _resolve(report.get("cols"), axes)
+def build_table(spec: GridSpec | Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Sequence[Mapping[str, Any]],
+                *, profile: str | None = None, runs_dir: Path | None = None) -> TableData:
+    """The tidy data and display frame of one grid from its spec (`Plan.grid_spec()` or its stored form), the
+    store's cell frame and the grid's registered cells; the cells' folders are found under `runs_dir`."""
+    spec = GridSpec.of(spec)
+    metrics, axes, steps, mirrors = list(spec.report.metrics), spec.axes, list(spec.steps), spec.mirrors
+    row_dim, col_dim = _resolve(spec.report.rows, axes), _resolve(spec.report.cols, axes)
     if row_dim is None and col_dim is None and steps:
         row_dim = "step"
     ref = get_reference(mirrors)
-    by_traj = ref is not None and ref.kind == "trajectory"
-
-    # -- grid positions ----------------------------------------------------------------------------------------
-    extras = [str(a["name"]) for a in axes if a.get("name") not in (row_dim, col_dim)]
+    extras = [a.name for a in axes if a.name not in (row_dim, col_dim)]
     if steps and "step" not in (row_dim, col_dim):
         extras.append("step")
+    pos = _positions(grid_cells, row_dim, col_dim, extras, steps)
+    # -- join the store's results ------------------------------------------------------------------------------
+    df = cells_df if cells_df is not None else pd.DataFrame()
+    if "key" in df.columns:
+        df = df.drop_duplicates("key", keep="last").set_index("key")
+    got = df.reindex(pos["key"])
+    pos["recipe"] = list(got["recipe"]) if "recipe" in got else [None] * len(pos)
+    split_notes = _place_rows(pos, extras, row_dim, col_dim, axes, steps)
+    _seed_values(pos, got, metrics, runs_dir)
+    g = pos.groupby(["row_i", "col_i"], sort=True)
+    agg = _aggregate(pos, g)
+    tidy = _tidy(agg, g, metrics, mirrors, by_traj=ref is not None and ref.kind == "trajectory")
+    seeds = _per_seed(pos, [*dict.fromkeys([*metrics, *FINDING_METRICS])])
+    up = {(ri, ci): _upsampled(r) for ri, ci, r in zip(agg["row_i"], agg["col_i"], agg["recipe"], strict=True)}
+    tidy["upsampled"] = [up.get((ri, ci), False) for ri, ci in zip(tidy["row_i"], tidy["col_i"], strict=True)]
+    tidy["state"] = np.select(
+        [tidy["n"] > 0, tidy["n_done"] > 0, tidy["n_pending"] > 0],
+        [np.where(tidy["n"] < tidy["n_cells"], "partial", "done"), "n/a", "pending"], default="failed")
+    tidy.insert(0, "grid", spec.name)
+    tidy.insert(1, "profile", profile)
+    display, bold, state, notes = _pivot(tidy, metrics, row_dim, col_dim)
+    notes[:0] = split_notes
+    citation = ref.citation if ref else None
+    if ref and ref.note:
+        notes.append(f"{citation}: {ref.note}.")
+    flagged = agg[[up.get((ri, ci), False) for ri, ci in zip(agg["row_i"], agg["col_i"], strict=True)]]
+    if len(flagged):
+        where = ", ".join(" ".join(str(v) for v in (r, c) if v) for r, c in zip(flagged["row"], flagged["col"],
+                                                                                 strict=True))
+        notes.append(f"upsampled: {where} (images resized up from smaller originals: pixels the data never had).")
+    recipes = [r for r in pos["recipe"] if isinstance(r, Mapping)]
+    return TableData(grid=spec.name, profile=profile, mirrors=mirrors, row_dim=row_dim,
+                     col_dim=col_dim, metrics=metrics, trajectory=row_dim == "step", tidy=tidy, positions=agg,
+                     seeds=seeds, display=display, bold=bold, state=state, citation=citation, notes=notes,
+                     scale=scale_line(recipes, profile, spec.profile_description))
+
+
+def _positions(grid_cells: Sequence[Mapping[str, Any]], row_dim: str | None, col_dim: str | None, extras: list[str],
+               steps: list[str]) -> pd.DataFrame:
+    """One row per registered cell: its key, row and column labels, step, seed and the labels of the other axes
+    (`x:<axis>`)."""
     recs: list[dict[str, Any]] = []
     for c in grid_cells:
         coords = c.get("coords") or {}
@@ -141,15 +178,14 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
         for e in extras:
             rec[f"x:{e}"] = _coord(e, c, steps)[0]
         recs.append(rec)
-    pos = pd.DataFrame(recs, columns=["key", "row_base", "col", "step", "seed", "included", "where",
-                                      *[f"x:{e}" for e in extras]])
-    # -- join the store's results ------------------------------------------------------------------------------
-    df = cells_df if cells_df is not None else pd.DataFrame()
-    if "key" in df.columns:
-        df = df.drop_duplicates("key", keep="last").set_index("key")
-    got = df.reindex(pos["key"])
-    pos["recipe"] = list(got["recipe"]) if "recipe" in got else [None] * len(pos)
+    return pd.DataFrame(recs, columns=["key", "row_base", "col", "step", "seed", "included", "where",
+                                       *[f"x:{e}" for e in extras]])
 
+
+def _place_rows(pos: pd.DataFrame, extras: list[str], row_dim: str | None, col_dim: str | None,
+                axes: Sequence[AxisSpec], steps: list[str]) -> list[str]:
+    """Name and order the rows and columns of `pos` in place (`row`, `row_i`, `col_i`): an axis neither rows nor
+    columns show, and that varies, adds its label to the row. Returns the notes of rows split by recipe."""
     axis_cells = ~pos["included"].astype(bool)
     varying = [e for e in extras if pos.loc[axis_cells, f"x:{e}"].nunique(dropna=True) > 1]
     row_orders = [("row_base", _order(row_dim, pos["row_base"].unique(), axes, steps))]
@@ -171,7 +207,12 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
     pos["col_i"] = pos["col"].map(col_order).astype(int)
     ranked = pos.sort_values([f"o:{n}" for n, _ in row_orders], kind="stable")["row"].drop_duplicates()
     pos["row_i"] = pos["row"].map({r: i for i, r in enumerate(ranked)}).astype(int)
+    return split_notes
 
+
+def _seed_values(pos: pd.DataFrame, got: pd.DataFrame, metrics: list[str], runs_dir: Path | None) -> None:
+    """Each cell's status, its metrics where it is done (`v:<metric>`, NaN elsewhere) and its denoising examples,
+    set in `pos` from the store's rows `got` (aligned with `pos`)."""
     pos["status"] = (got["status"].to_numpy() if "status" in got else np.full(len(pos), None))
     pos["status"] = pos["status"].fillna("new").astype(str)
     done = (pos["status"] == "done").to_numpy()
@@ -182,8 +223,10 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
         pos[f"v:{m}"] = np.where(done, vals, np.nan)
     pos["denoising"] = [_artifact(i, runs_dir) for i in (got["info"] if "info" in got else [None] * len(pos))]
 
-    # -- aggregate over seeds ----------------------------------------------------------------------------------
-    g = pos.groupby(["row_i", "col_i"], sort=True)
+
+def _aggregate(pos: pd.DataFrame, g: DataFrameGroupBy) -> pd.DataFrame:
+    """One row per grid position (`g`: `pos` grouped by row_i, col_i): labels, step, keys, a recipe, denoising
+    examples and the counts of its cells by status."""
     first = g.first()
     counts = pd.crosstab([pos["row_i"], pos["col_i"]], pos["status"])
     agg = pd.DataFrame({"row": first["row"], "row_base": first["row_base"], "col": first["col"],
@@ -200,8 +243,12 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
     summary = [", ".join(f"{int(n)} {s}" for s, n in zip(statuses, vals, strict=True) if n)
                for vals in counts[statuses].to_numpy()]
     agg["status"] = summary
-    agg = agg.reset_index()
+    return agg.reset_index()
 
+
+def _tidy(agg: pd.DataFrame, g: DataFrameGroupBy, metrics: list[str], mirrors: str, *, by_traj: bool) -> pd.DataFrame:
+    """One row per position and metric: mean, std and count over the seeds that finished, and the paper's value
+    (by trajectory step, or by row and column label)."""
     tidy_parts = []
     for m in metrics:
         t = agg[["row", "row_base", "col", "row_i", "col_i", "step", "n_cells", "n_done", "n_failed", "n_pending",
@@ -214,30 +261,7 @@ def build_table(spec: Mapping[str, Any], cells_df: pd.DataFrame, grid_cells: Seq
                       for rb, c, s in zip(t["row_base"], t["col"], t["step"], strict=True)]
         t["paper"] = t["paper"].astype(float)
         tidy_parts.append(t)
-    tidy = pd.concat(tidy_parts, ignore_index=True)
-    seeds = _per_seed(pos, [*dict.fromkeys([*metrics, *FINDING_METRICS])])
-    up = {(ri, ci): _upsampled(r) for ri, ci, r in zip(agg["row_i"], agg["col_i"], agg["recipe"], strict=True)}
-    tidy["upsampled"] = [up.get((ri, ci), False) for ri, ci in zip(tidy["row_i"], tidy["col_i"], strict=True)]
-    tidy["state"] = np.select(
-        [tidy["n"] > 0, tidy["n_done"] > 0, tidy["n_pending"] > 0],
-        [np.where(tidy["n"] < tidy["n_cells"], "partial", "done"), "n/a", "pending"], default="failed")
-    tidy.insert(0, "grid", str(spec.get("name", "")))
-    tidy.insert(1, "profile", profile)
-    display, bold, state, notes = _pivot(tidy, metrics, row_dim, col_dim, axes)
-    notes[:0] = split_notes
-    citation = ref.citation if ref else None
-    if ref and ref.note:
-        notes.append(f"{citation}: {ref.note}.")
-    flagged = agg[[up.get((ri, ci), False) for ri, ci in zip(agg["row_i"], agg["col_i"], strict=True)]]
-    if len(flagged):
-        where = ", ".join(" ".join(str(v) for v in (r, c) if v) for r, c in zip(flagged["row"], flagged["col"],
-                                                                                 strict=True))
-        notes.append(f"upsampled: {where} (images resized up from smaller originals: pixels the data never had).")
-    recipes = [r for r in pos["recipe"] if isinstance(r, Mapping)]
-    return TableData(grid=str(spec.get("name", "")), profile=profile, mirrors=mirrors, row_dim=row_dim,
-                     col_dim=col_dim, metrics=metrics, trajectory=row_dim == "step", tidy=tidy, positions=agg,
-                     seeds=seeds, display=display, bold=bold, state=state, citation=citation, notes=notes,
-                     scale=scale_line(recipes, profile, str(spec.get("profile_description") or "")))
+    return pd.concat(tidy_parts, ignore_index=True)
 
 
 def _where(coords: Mapping[str, Any], step: Any) -> tuple[tuple[str, str], ...]:
@@ -344,11 +368,8 @@ def _artifact(info: Any, runs_dir: Path | None) -> str | None:
     return str(runs_dir / found if runs_dir is not None else found)
 
 
-def _pivot(tidy: pd.DataFrame, metrics: list[str], row_dim: str | None, col_dim: str | None,
-           axes: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
-    """Tidy -> display strings with bold and state masks: (row, ours|paper) x (metric, col) headers."""
-    cols = tidy[["col_i", "col"]].drop_duplicates().sort_values("col_i")["col"].tolist()
-    rows = tidy[["row_i", "row"]].drop_duplicates().sort_values("row_i")["row"].tolist()
+def _headers(metrics: list[str], cols: list[str], col_dim: str | None) -> list[tuple[str, str, str]]:
+    """(metric, column label, header text) of every display column, metric by metric."""
     numeric_cols = bool(cols) and all(_numeric_label(c) for c in cols)
     headers: list[tuple[str, str, str]] = []
     for m in metrics:
@@ -357,6 +378,28 @@ def _pivot(tidy: pd.DataFrame, metrics: list[str], row_dim: str | None, col_dim:
             h = ch if (col_dim and len(metrics) == 1) else (f"{metric_info(m).short} {ch}".strip() if col_dim
                                                            else metric_info(m).title)
             headers.append((m, c, h))
+    return headers
+
+
+def _best(headers: list[tuple[str, str, str]], rows: list[str], cell: Mapping[tuple[str, str, str], Any]
+          ) -> dict[tuple[str, str], float]:
+    """The best value per column among finished positions (max for accuracies, min for FID), as shown."""
+    best: dict[tuple[str, str], float] = {}
+    for m, c, _ in headers:
+        info = metric_info(m)
+        vals = [round(rec["mean"], info.digits) for r in rows if (rec := cell.get((r, m, c)))
+                and rec["state"] in ("done", "partial")]
+        if len(set(vals)) >= 2:  # one value, or all equal as shown: nothing stands out, nothing is bold
+            best[(m, c)] = max(vals) if info.higher_is_better else min(vals)
+    return best
+
+
+def _pivot(tidy: pd.DataFrame, metrics: list[str], row_dim: str | None, col_dim: str | None
+           ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+    """Tidy -> display strings with bold and state masks: (row, ours|paper) x (metric, col) headers."""
+    cols = tidy[["col_i", "col"]].drop_duplicates().sort_values("col_i")["col"].tolist()
+    rows = tidy[["row_i", "row"]].drop_duplicates().sort_values("row_i")["row"].tolist()
+    headers = _headers(metrics, cols, col_dim)
     cell = {(r, m, c): rec for r, m, c, rec in zip(tidy["row"], tidy["metric"], tidy["col"],
                                                    tidy.to_dict("records"), strict=True)}
     index: list[tuple[str, str]] = []
@@ -366,13 +409,7 @@ def _pivot(tidy: pd.DataFrame, metrics: list[str], row_dim: str | None, col_dim:
     prev_ours: dict[tuple[str, str], float] = {}
     prev_paper: dict[tuple[str, str], float] = {}
     partial = False
-    best: dict[tuple[str, str], float] = {}
-    for m, c, _ in headers:  # best per column among finished positions (max for accuracies, min for FID)
-        info = metric_info(m)
-        vals = [round(rec["mean"], info.digits) for r in rows if (rec := cell.get((r, m, c)))
-                and rec["state"] in ("done", "partial")]
-        if len(set(vals)) >= 2:  # one value, or all equal as shown: nothing stands out, nothing is bold
-            best[(m, c)] = max(vals) if info.higher_is_better else min(vals)
+    best = _best(headers, rows, cell)
     for r in rows:
         o_text, o_bold, o_state, p_text, p_state = [], [], [], [], []
         for m, c, _ in headers:
