@@ -10,7 +10,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sweepdae.cell import RETRYABLE, classify, classify_exit, run_cell
+from sweepdae.cell import RETRYABLE, classify, classify_exit
+from sweepdae.cell.run import run_cell
 from sweepdae.cell.train import (
     CHECKPOINT,
     TRAINED,
