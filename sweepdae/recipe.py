@@ -21,6 +21,7 @@ from typing import Any
 
 from sweepdae.errors import RecipeError
 from sweepdae.noise_levels import closest_t, noise_to_signal
+from sweepdae.utils import plain
 
 # Bump when the meaning of an existing knob changes, so old cells are not mistaken for new ones.
 # 2: keys split into a training identity (`train_key`) and an evaluation key over resolved values.
@@ -414,12 +415,11 @@ def _sha(obj: Any) -> str:
 
 
 def _json_value(v: Any) -> Any:
-    """One knob value as `to_dict` and the keys hold it: an enum as its name, a float exactly (non-finite as text)."""
-    if isinstance(v, Enum):
-        return v.value
+    """One knob value as `to_dict` and the keys hold it: `plain` (an enum as its value), a float exactly
+    (non-finite as text)."""
     if isinstance(v, float):
         return float(repr(v)) if math.isfinite(v) else repr(v)
-    return v
+    return plain(v)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:

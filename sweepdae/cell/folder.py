@@ -175,7 +175,8 @@ class CellResult:
                                  "artifacts": {}, "tokenizer": {}, "steps": None, "resumed_from_epoch": None,
                                  "world_size": 1, "phases": {}, "provenance": {}, "finished": 0.0,
                                  "train_key": ""}
-        return cls(**{f: d.get(f, empty.get(f)) for f in cls.__dataclass_fields__})
+        values: dict[str, Any] = {f: d.get(f, empty.get(f)) for f in cls.__dataclass_fields__}
+        return cls(**values)
 
     def write(self, run_dir: Path) -> None:
         atomic_write_json(run_dir / RESULT, self.to_dict())
