@@ -163,8 +163,9 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
         del fit_x, heldout
 
     with phase("train", epoch=0, epochs=recipe.train.epochs):
-        trained = _train(recipe, spec, run_dir, key=key, train_key=train_key, tokenizer=tokenizer, data=train_set,
-                         accelerator=accelerator, events=events, tracking=bool(tracking))
+        name = run_name(str(spec.get("grid") or "cells"), str(spec.get("label") or key), train_key)
+        trained = _train(recipe, run_dir, key=key, train_key=train_key, tokenizer=tokenizer, data=train_set,
+                         accelerator=accelerator, events=events, track_as=name if tracking else None)
     model = trained.model
     model.eval()
     metrics: dict[str, float] = dict(trained.metrics)
@@ -197,12 +198,12 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
     return result.to_dict()
 
 
-def _train(recipe: Recipe, spec: dict[str, Any], run_dir: Path, *, key: str, train_key: str, tokenizer: Tokenizer,
-           data: ImageData, accelerator: Accelerator, events: Any, tracking: bool) -> Trained:
-    """The cell's training phase: its trained network, made here (tracked, stoppable) or loaded."""
+def _train(recipe: Recipe, run_dir: Path, *, key: str, train_key: str, tokenizer: Tokenizer, data: ImageData,
+           accelerator: Accelerator, events: Any, track_as: str | None) -> Trained:
+    """The cell's training phase: its trained network, made here (stoppable; logged to the tracker's run
+    `track_as`, None: not tracked) or loaded."""
     _STOP.training = True
-    track = Track(accelerator, run_name(str(spec.get("grid") or "cells"), str(spec.get("label") or key),
-                                        train_key), events) if tracking else None
+    track = Track(accelerator, track_as, events) if track_as is not None else None
     try:
         return ensure_trained(recipe, tokenizer=tokenizer, data=data, train_key=train_key,
                               train_dir=train_dir(run_dir, train_key), accelerator=accelerator, events=events,
