@@ -148,35 +148,31 @@ def read_trained(folder: Path, train_key: str) -> TrainedInfo | None:
 
 @dataclass
 class CellResult:
-    """result.json: every metric of a cell, with its timings, artifacts and provenance."""
+    """result.json: every metric of a cell, with its timings, artifacts and provenance (the defaults: what a
+    result.json of an older version lacks reads as)."""
 
     key: str
-    train_key: str
-    reused_training: bool  # it evaluated a training another cell made
-    trained_by: str | None  # the cell that made its training
-    metrics: dict[str, float]
-    timings: dict[str, float]  # seconds per phase, f"{phase}_s"
-    artifacts: dict[str, str]  # name -> file in the cell folder, or why it is missing
-    tokenizer: dict[str, Any]  # the tokenizer's own statistics (fit, reconstruction, posterior)
-    steps: int | None  # the training's optimizer steps
-    resumed_from_epoch: int | None
-    world_size: int
-    phases: dict[str, dict[str, Any]]  # per phase over the cell's processes (`Phases.summary`)
-    provenance: dict[str, Any]
-    finished: float  # time.time()
+    train_key: str = ""
+    reused_training: bool = False  # it evaluated a training another cell made
+    trained_by: str | None = None  # the cell that made its training
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, f"{phase}_s"
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> file in the cell folder, or why it is missing
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # the tokenizer's own statistics (fit, posterior)
+    steps: int | None = None  # the training's optimizer steps
+    resumed_from_epoch: int | None = None
+    world_size: int = 1
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)  # per phase over the cell's processes
+    provenance: dict[str, Any] = field(default_factory=dict)
+    finished: float = 0.0  # time.time()
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CellResult:
-        """From result.json's document; keys written by older versions that it lacks read as empty."""
-        empty: dict[str, Any] = {"reused_training": False, "trained_by": None, "metrics": {}, "timings": {},
-                                 "artifacts": {}, "tokenizer": {}, "steps": None, "resumed_from_epoch": None,
-                                 "world_size": 1, "phases": {}, "provenance": {}, "finished": 0.0,
-                                 "train_key": ""}
-        values: dict[str, Any] = {f: d.get(f, empty.get(f)) for f in cls.__dataclass_fields__}
-        return cls(**values)
+        """From result.json's document (keys it lacks keep their defaults; unknown keys are ignored)."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def write(self, run_dir: Path) -> None:
         atomic_write_json(run_dir / RESULT, self.to_dict())
