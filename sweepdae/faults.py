@@ -5,7 +5,7 @@ kinds: oom (raises torch.OutOfMemoryError), crash (RuntimeError), exit (os._exit
 SWEEPDAE_FAULT_SLEEP seconds, default 30), diskfull (OSError ENOSPC, e.g. at a checkpoint or file write).
 where: step=N (global optimizer step), epoch=N (start of epoch), phase=NAME (data|tokenizer|train|probe|fid|figures),
 checkpoint=N (saving the epoch-N checkpoint), write=FILENAME (any atomic write of that file, e.g. result.json),
-PHASE_batch=N (a phase that halves its own batch on out-of-memory, cell/memory.py, each time it tries batch N:
+PHASE_batch=N (a phase that halves its own batch on out-of-memory, sweepdae/memory.py, each time it tries batch N:
 tokenizer_batch=N for the conv VAE fit's micro-batch, fid_batch=N for FID's sampling / Inception batches).
 `:once` (`oom@step=2:once`) fires only on the first attempt (SWEEPDAE_ATTEMPT == 1).
 ` for REGEX` (`crash@phase=probe for d=4`) fires only in cells whose label matches REGEX.

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from sweepdae.errors import RecipeError, SweepdaeError
-from sweepdae.recipe import LossWeight, ScheduleName, Target, suggest
+from sweepdae.noise_levels import closest_t
+from sweepdae.recipe import LossWeight, NoiseConfig, ScheduleName, Target, suggest
 
-__all__ = ["SCHEDULES", "Schedule", "ScheduleError", "create_schedule", "schedule_names", "single_level_t"]
+__all__ = ["SCHEDULES", "Schedule", "ScheduleError", "create_schedule", "schedule_for", "schedule_names",
+           "single_level_t"]
 
 # Largest allowed |gamma^2 + sigma^2 - 1| for a variance-preserving table; float64 round-off is ~1e-16.
 _VP_TOL = 1e-12
@@ -162,12 +164,12 @@ def create_schedule(name: str | ScheduleName, num_steps: int = 1000) -> Schedule
     return builder(num_steps)
 
 
-def single_level_t(schedule: Schedule, sigma: float) -> int:
-    """The t whose noise-to-signal ratio sigma_t / gamma_t is closest to `sigma` (ties: the smaller t).
+def schedule_for(noise: NoiseConfig) -> Schedule:
+    """The schedule of a recipe's `noise` settings (noise.schedule with T = noise.num_steps)."""
+    return create_schedule(noise.schedule, noise.num_steps)
 
-    The paper's single-level ablation (Sec. 5) uses sigma = sqrt(1/3) on the input x_t / gamma_t = z0 + (sigma_t /
-    gamma_t) eps, which is the same corruption for every schedule.
-    """
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be positive and finite, got {sigma}")
-    return int(torch.argmin((schedule.noise_to_signal() - sigma).abs()))
+
+def single_level_t(schedule: Schedule, sigma: float) -> int:
+    """The t whose noise-to-signal ratio sigma_t / gamma_t is closest to `sigma` (ties: the smaller t;
+    `sweepdae.noise_levels.closest_t`, the rule a recipe's own t follows too)."""
+    return closest_t(schedule.noise_to_signal().tolist(), sigma)

@@ -20,6 +20,8 @@ from enum import Enum
 from typing import Any
 
 from sweepdae.errors import RecipeError
+from sweepdae.noise_levels import closest_t, noise_to_signal
+from sweepdae.utils import plain
 
 # Bump when the meaning of an existing knob changes, so old cells are not mistaken for new ones.
 # 2: keys split into a training identity (`train_key`) and an evaluation key over resolved values.
@@ -413,12 +415,11 @@ def _sha(obj: Any) -> str:
 
 
 def _json_value(v: Any) -> Any:
-    """One knob value as `to_dict` and the keys hold it: an enum as its name, a float exactly (non-finite as text)."""
-    if isinstance(v, Enum):
-        return v.value
+    """One knob value as `to_dict` and the keys hold it: `plain` (an enum as its value), a float exactly
+    (non-finite as text)."""
     if isinstance(v, float):
         return float(repr(v)) if math.isfinite(v) else repr(v)
-    return v
+    return plain(v)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
@@ -716,12 +717,34 @@ def probe_depth(r: Recipe) -> int:
 PAPER_PROBE_T = 10  # paper Sec. 4: the probe's encoder sees clean input at t = 10 of 1000
 
 
+def fixed_t(r: Recipe) -> int | None:
+    """The one time step a single-noise-level recipe trains at (the t closest to noise.single_sigma); None when
+    the recipe trains on every level."""
+    if r.noise.levels != NoiseLevels.single:
+        return None
+    return closest_t(noise_to_signal(r.noise.schedule.value, r.noise.num_steps), r.noise.single_sigma)
+
+
 def probe_t(r: Recipe) -> int:
     """The t the probe conditions the encoder on: probe.t when given, else 10, or a single-level model's own t."""
     if r.probe.t >= 0:
         return r.probe.t
-    if r.noise.levels == NoiseLevels.single:
-        from sweepdae.noise import create_schedule, single_level_t  # torch: only for single-level recipes
+    own = fixed_t(r)
+    return PAPER_PROBE_T if own is None else own
 
-        return single_level_t(create_schedule(r.noise.schedule.value, r.noise.num_steps), r.noise.single_sigma)
-    return PAPER_PROBE_T
+
+@dataclass(frozen=True)
+class ProbeAt:
+    """Where a cell's probe reads its encoder, resolved once per probe."""
+
+    depth: int  # the block whose pooled tokens are the features (`probe_depth`)
+    t: int  # the time step the encoder is conditioned on (`probe_t`)
+    # probe.t = -1 (auto) on a single-level model probes at its own t, and at the paper's t = 10 too
+    # (metric probe_top1_t10)
+    also_paper_t: bool
+
+
+def probe_at(r: Recipe) -> ProbeAt:
+    """The resolved probe depth and t of the recipe, and whether it is also probed at PAPER_PROBE_T."""
+    t = probe_t(r)
+    return ProbeAt(depth=probe_depth(r), t=t, also_paper_t=r.probe.t < 0 and t != PAPER_PROBE_T)

@@ -13,10 +13,26 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sweepdae import __version__, faults
+
+
+def plain(v: Any) -> Any:
+    """`v` as JSON holds it: an Enum as its value, a 0-dim numpy or torch scalar as its Python number, dicts,
+    lists and tuples element by element (tuples become lists); anything else as it is. The one conversion to plain
+    values of the package (knob values, cache headers)."""
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
+        return v.item()
+    return v
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -20,6 +20,7 @@ def measure(knobs: dict[str, Any], work: Path) -> dict[str, Any]:
     from accelerate import Accelerator
 
     from sweepdae.cell.baselines import random_encoder
+    from sweepdae.cell.build import step_seed
     from sweepdae.cell.probing import encoder_feature_fn
     from sweepdae.cell.train import setup_training, train_step
     from sweepdae.data import load_dataset, sample_images
@@ -39,7 +40,7 @@ def measure(knobs: dict[str, Any], work: Path) -> dict[str, Any]:
     tr.raw_model = acc.unwrap_model(tr.model)
     before = {k: v.detach().cpu().clone() for k, v in tr.raw_model.state_dict().items()}
     # the step generator train_one_epoch seeds for epoch 0 (the same on every rank)
-    gd = torch.Generator().manual_seed(r.seed * 100_003 + 7919)
+    gd = torch.Generator().manual_seed(step_seed(r.seed, 0))
     micros = next(iter(tr.source(0, gd)))
     loss = train_step(tr, micros, step=0, gd=gd)
     if acc.num_processes > 1:

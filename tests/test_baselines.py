@@ -15,7 +15,6 @@ from _digits import BASE, CPU, _digits
 
 import sweepdae.cell.baselines as baselines_module
 import sweepdae.eval as eval_module
-from sweepdae.cell import run_cell
 from sweepdae.cell.baselines import (
     BASELINES,
     baseline_key,
@@ -24,6 +23,7 @@ from sweepdae.cell.baselines import (
     random_encoder,
 )
 from sweepdae.cell.probing import encoder_feature_fn
+from sweepdae.cell.run import run_cell
 from sweepdae.data import InMemoryData, StreamedImageData, load_dataset, to_unit_range
 from sweepdae.recipe import probe_depth, probe_t, recipe_from_flat
 from sweepdae.tokenizers import get_tokenizer

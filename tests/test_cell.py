@@ -10,7 +10,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sweepdae.cell import RETRYABLE, classify, classify_exit, run_cell
+from sweepdae.cell import RETRYABLE, CellResult, TrainedInfo, classify, classify_exit, read_result, read_trained
+from sweepdae.cell.run import run_cell
 from sweepdae.cell.train import (
     CHECKPOINT,
     TRAINED,
@@ -213,3 +214,32 @@ def test_cells_of_one_training_share_it(tmp_path: Path) -> None:
     assert json.loads((folders[0] / TRAINED).read_text())["cell"] == a["key"]
     # no checkpoint in the cell folders: the training lives once, beside them
     assert not list((tmp_path / "runs").glob("[0-9a-f]*/checkpoint.pt"))
+
+
+def test_result_and_trained_json_read_back_and_write_the_same_bytes(tmp_path: Path) -> None:
+    """result.json and trained.json as the cell writes them: read into their dataclass and written again, the
+    bytes are the same; a foreign or unfinished file reads as None; an older result lacking keys reads."""
+    trained = {"train_key": "tk", "cell": "c1", "epochs": 2, "steps": 8, "train_loss": 0.5, "images_per_s": 10.0,
+               "seconds": 1.5, "resumed_from_epoch": None, "git_commit": None, "curve_fields": ["step", "loss"],
+               "curve": [[1.0, 0.5]], "finished": 1.0}
+    folder = tmp_path / "_train" / "tk"
+    atomic_write_json(folder / TRAINED, trained)
+    assert read_trained(folder, "tk") is None  # no checkpoint: not finished
+    (folder / CHECKPOINT).write_bytes(b"")
+    info = read_trained(folder, "tk")
+    assert info is not None and info.cell == "c1" and read_trained(folder, "other") is None
+    before = (folder / TRAINED).read_bytes()
+    info.write(folder)
+    assert (folder / TRAINED).read_bytes() == before and TrainedInfo.from_dict(trained).to_dict() == trained
+    result = {"key": "k", "train_key": "tk", "reused_training": False, "trained_by": "c1", "metrics": {"a": 1.0},
+              "timings": {"probe_s": 1.0}, "artifacts": {}, "tokenizer": {}, "steps": 8, "resumed_from_epoch": None,
+              "world_size": 1, "phases": {}, "provenance": {"seed": 0}, "finished": 2.0}
+    run_dir = tmp_path / "k"
+    atomic_write_json(run_dir / "result.json", result)
+    before = (run_dir / "result.json").read_bytes()
+    got = read_result(run_dir, "k")
+    assert got is not None and got.to_dict() == result and read_result(run_dir, "other") is None
+    got.write(run_dir)
+    assert (run_dir / "result.json").read_bytes() == before
+    old = CellResult.from_dict({"key": "k", "metrics": {"a": 1.0}})
+    assert old.metrics == {"a": 1.0} and old.phases == {} and old.world_size == 1

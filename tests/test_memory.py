@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweepdae.cell.memory import BatchSize, PhaseOutOfMemory
+from sweepdae.memory import BatchSize, PhaseOutOfMemory
 from sweepdae.recipe import TokenizerConfig, TokenizerName
 from sweepdae.tokenizers import ConvVAE, create_tokenizer
 from sweepdae.tokenizers._conv_vae import accumulate_step

@@ -9,6 +9,7 @@ import torch
 
 from sweepdae.errors import RecipeError
 from sweepdae.noise import SCHEDULES, Schedule, ScheduleError, create_schedule, schedule_names, single_level_t
+from sweepdae.noise_levels import closest_t, noise_to_signal
 from sweepdae.recipe import LossWeight, ScheduleName, Target
 
 T = 1000
@@ -155,3 +156,14 @@ def test_single_level_t_ties_and_extremes() -> None:
     assert single_level_t(s, 100.0) == 2
     with pytest.raises(ValueError):
         single_level_t(s, 0.0)
+
+
+@pytest.mark.parametrize("name", [m.value for m in ScheduleName])
+def test_plain_ratios_pick_the_tables_t(name: str) -> None:
+    """The torch-free ratios a recipe's single-level t reads pick the t the float64 tables pick."""
+    for steps in (25, 100, 999, 1000, 4000):
+        s = create_schedule(name, steps)
+        ratios = noise_to_signal(name, steps)
+        assert ratios == pytest.approx(s.noise_to_signal().tolist(), rel=1e-12)
+        for sigma in (1e-3, 0.1, math.sqrt(1 / 3), 0.5, 1.0, 3.0):
+            assert closest_t(ratios, sigma) == single_level_t(s, sigma)

@@ -136,7 +136,7 @@ def test_cell_with_augmented_probe_on_imagefolder(tmp_path: Path, monkeypatch: p
     """probe.augment = true on an imagefolder set (the paper profile's data path) runs a whole cell, cropping every
     probe epoch's train images, where it raised RecipeError before."""
     import sweepdae.eval.probe as probe_module
-    from sweepdae.cell import run_cell
+    from sweepdae.cell.run import run_cell
     from sweepdae.utils import atomic_write_json
 
     image_folder(tmp_path / "folder", {"train": 24, "val": 8}, num_classes=2, size=12)

@@ -80,7 +80,7 @@ def test_streamed_imagefolder_cell_end_to_end(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from sweepdae.cell import run_cell
+    from sweepdae.cell.run import run_cell
     from sweepdae.utils import atomic_write_json
 
     rng = np.random.default_rng(0)
@@ -108,7 +108,7 @@ def test_streamed_imagefolder_cell_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cell_with_fid_and_class_conditional_sampling(tmp_path: Path) -> None:
     """FID on generated samples (class-conditional, guidance 2) is recorded with the other metrics and figures."""
-    from sweepdae.cell import run_cell
+    from sweepdae.cell.run import run_cell
     from sweepdae.errors import MissingWeightsError
     from sweepdae.eval import fid_weights_path
 

@@ -14,9 +14,9 @@ import torch
 from accelerate import Accelerator
 from torch.distributions import Normal, kl_divergence
 
-from sweepdae.cell import run_cell
 from sweepdae.cell.build import build_model
 from sweepdae.cell.probing import encoder_feature_fn
+from sweepdae.cell.run import run_cell
 from sweepdae.cell.train import _batch_source, _encoded_source, setup_training, train_one_epoch
 from sweepdae.data import load_dataset, to_unit_range
 from sweepdae.data._base import InMemoryData

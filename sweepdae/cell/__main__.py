@@ -2,6 +2,6 @@
 
 import sys
 
-from sweepdae.cell import main
+from sweepdae.cell.run import main
 
 sys.exit(main())

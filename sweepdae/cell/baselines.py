@@ -51,13 +51,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 
+import sweepdae.eval as evaluation  # module attributes, looked up at call time (tests count the probes)
 from sweepdae.cell.build import build_model
-from sweepdae.cell.probing import FEATURE_BATCH, agreed, amp, encoder_feature_fn, features_of
+from sweepdae.cell.features import FEATURE_BATCH, agreed, amp, encoder_feature_fn, features_of
 from sweepdae.cell.random_features import draw_random_features, random_features
 from sweepdae.data import ImageData
 from sweepdae.models import Denoiser
-from sweepdae.recipe import MODEL_SIZES, Recipe, probe_depth, probe_t
+from sweepdae.objectives import make_model_input
+from sweepdae.recipe import MODEL_SIZES, ProbeAt, Recipe, probe_at
 from sweepdae.tokenizers import Tokenizer, tokenizer_key
 from sweepdae.utils import atomic_write_json, file_lock
 
@@ -149,7 +152,8 @@ def baseline_key(recipe: Recipe, name: str) -> str:
 
 def measure_baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
                       device: torch.device, cache: Path | None, events: Callable[..., None] | None = None,
-                      accelerator: Any = None, share_passes: bool = True) -> dict[str, float]:
+                      accelerator: Any = None, share_passes: bool = True, at: ProbeAt | None = None
+                      ) -> dict[str, float]:
     """{f"{name}_probe_top1"} of every baseline, from `cache` (a folder; None: no cache) or measured and stored
     there. Events: phase "probe" with `baseline` = name and `cached`, and the baseline probe's epochs.
 
@@ -158,8 +162,10 @@ def measure_baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData,
     augmentation, the baselines of a streamed set that are not cached share one feature pass over each split (each
     image decoded once for all of them, and the same numbers as a pass per baseline: tests/test_baselines.py); an
     in-memory set has nothing to decode, and one pass per baseline holds one baseline's features at a time.
-    `share_passes=False` runs a pass per baseline (to compare against)."""
+    `share_passes=False` runs a pass per baseline (to compare against). `at`: the cell's resolved probe depth and
+    t (`probe_at(recipe)` when not given)."""
     say = events or (lambda **_: None)
+    at = at or probe_at(recipe)
     out: dict[str, float] = {}
     shared: dict[str, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -175,9 +181,9 @@ def measure_baselines(recipe: Recipe, *, tokenizer: Tokenizer, train: ImageData,
             if share_passes and not recipe.probe.augment and not train.in_memory and name not in shared:
                 shared.update(_shared_features(recipe, [n for n in missing() if n not in shared] or [name],
                                                tokenizer=tokenizer, train=train, test=test, device=device,
-                                               accelerator=accelerator))
+                                               accelerator=accelerator, at=at))
             return _measure(recipe, name, tokenizer=tokenizer, train=train, test=test, device=device, events=say,
-                            accelerator=accelerator, features=shared.pop(name, None))
+                            accelerator=accelerator, features=shared.pop(name, None), at=at)
 
         if cache is None:
             result, cached = compute(), False
@@ -213,8 +219,6 @@ def random_features_fn(recipe: Recipe, tokenizer: Tokenizer) -> Callable[[torch.
     tokens; the layer is drawn at the first batch (its token count and dimension), under
     `manual_seed(recipe.seed + 2)` (the random encoders use seed + 1), on a CPU generator: the same on every
     device and process."""
-    from sweepdae.objectives import make_model_input
-
     width = MODEL_SIZES[recipe.model.size.value].width
     drawn: list[Any] = []
 
@@ -229,25 +233,25 @@ def random_features_fn(recipe: Recipe, tokenizer: Tokenizer) -> Callable[[torch.
 
 
 def _feature_fn(recipe: Recipe, name: str, *, tokenizer: Tokenizer, num_classes: int, device: torch.device,
-                accelerator: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+                accelerator: Any, at: ProbeAt | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Baseline `name`'s features of images in [-1, 1] (under the training's mixed precision)."""
     if name == RANDOM_FEATURES:
         return amp(random_features_fn(recipe, tokenizer), accelerator)
     adaln_zero = _adaln_zero(recipe, name)
     if adaln_zero is None:
         return pixel_features
+    at = at or probe_at(recipe)
     model = random_encoder(recipe, tokenizer, num_classes, adaln_zero=adaln_zero).to(device)
-    return amp(encoder_feature_fn(recipe, model, tokenizer, depth=probe_depth(recipe), t=probe_t(recipe),
-                                  seed=recipe.seed), accelerator)
+    return amp(encoder_feature_fn(recipe, model, tokenizer, depth=at.depth, t=at.t, seed=recipe.seed), accelerator)
 
 
 def _shared_features(recipe: Recipe, names: list[str], *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
-                     device: torch.device, accelerator: Any
+                     device: torch.device, accelerator: Any, at: ProbeAt
                      ) -> dict[str, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
     """Train and test features of the baselines `names`, from one pass over each split: every batch goes through
     each baseline's feature function and their features are concatenated, then split by width."""
     fns = [_feature_fn(recipe, n, tokenizer=tokenizer, num_classes=train.num_classes, device=device,
-                       accelerator=accelerator) for n in names]
+                       accelerator=accelerator, at=at) for n in names]
     widths: list[int] = []
 
     def all_fns(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -265,28 +269,26 @@ def _shared_features(recipe: Recipe, names: list[str], *, tokenizer: Tokenizer, 
 
 def _measure(recipe: Recipe, name: str, *, tokenizer: Tokenizer, train: ImageData, test: ImageData,
              device: torch.device, events: Callable[..., None], accelerator: Any = None,
-             features: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
-             ) -> dict[str, float]:
+             features: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+             at: ProbeAt | None = None) -> dict[str, float]:
     """Baseline `name`'s probe result (the keys of `linear_probe`) under the cell's probe protocol (`features`:
     its train and test features when a shared pass made them already)."""
-    from sweepdae.eval import linear_probe, linear_probe_augmented_data
-
     def progress(epoch: int, epochs: int, loss: float) -> None:
         events(phase="probe", baseline=name, probe_epoch=epoch, probe_epochs=epochs, probe_loss=loss)
 
     pc = recipe.probe
     if features is None:
         fn = _feature_fn(recipe, name, tokenizer=tokenizer, num_classes=train.num_classes, device=device,
-                         accelerator=accelerator)
+                         accelerator=accelerator, at=at)
         if pc.augment:  # as the cell's probe: fresh crops every epoch, features recomputed
-            return linear_probe_augmented_data(fn, train, test, cfg=pc, seed=recipe.seed,
+            return evaluation.linear_probe_augmented_data(fn, train, test, cfg=pc, seed=recipe.seed,
                                                feature_batch_size=FEATURE_BATCH, device=device, progress=progress,
                                                accelerator=accelerator)
         features = (features_of(fn, train, batch_size=FEATURE_BATCH, device=device, accelerator=accelerator),
                     features_of(fn, test, batch_size=FEATURE_BATCH, device=device, accelerator=accelerator))
     (tr_f, tr_y), (te_f, te_y) = features
-    return linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=pc, seed=recipe.seed,
-                        device=device, progress=progress)
+    return evaluation.linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=pc, seed=recipe.seed,
+                                   device=device, progress=progress)
 
 
 def _read(path: Path, identity: dict[str, Any]) -> dict[str, float] | None:
@@ -315,8 +317,6 @@ def _cached(path: Path, identity: dict[str, Any], compute: Callable[[], dict[str
     with file_lock(path.with_suffix(".lock")) if main else contextlib.nullcontext():
         hit = _read(path, identity) if main else None  # another cell may have measured it while we waited
         if accelerator is not None and accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
             hit = broadcast_object_list([hit])[0]
         if hit is not None:
             return hit, True

@@ -1,4 +1,4 @@
-"""The network of a recipe, and the precision it trains in."""
+"""The network of a recipe, the precision it trains in, and the seeds of its training's random streams."""
 
 from __future__ import annotations
 
@@ -28,3 +28,20 @@ def build_model(recipe: Recipe, tokenizer: Tokenizer, num_classes: int, *, adaln
                         cond_mlp_ratio=recipe.model.cond_mlp_ratio,
                         adaln_zero=recipe.model.adaln_zero if adaln_zero is None else adaln_zero,
                         fused_attn=recipe.model.fused_attn, class_dropout=recipe.model.class_dropout)
+
+
+# A training's random streams, from its recipe's seed (fixed: a change reorders every training's data). Epoch e's
+# data order is drawn from order_seed(seed, e) (a streamed set's sampler adds e to order_seed(seed) itself), its
+# time steps, noise and posterior samples from step_seed(seed, e), a stream apart from the order's.
+SEED_STRIDE = 100_003  # prime: the streams of seeds s and s + 1 meet only after 100,003 epochs
+STEP_STREAM = 7919  # prime: the step generator's offset from the data order's
+
+
+def order_seed(seed: int, epoch: int = 0) -> int:
+    """Seed of epoch `epoch`'s data order."""
+    return seed * SEED_STRIDE + epoch
+
+
+def step_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch `epoch`'s step generator (time steps, noise, a VAE's posterior draws)."""
+    return order_seed(seed, epoch) + STEP_STREAM

@@ -11,11 +11,14 @@ from typing import Any
 
 import torch
 
-from sweepdae.cell.memory import BatchSize
+from sweepdae.cell.build import mixed_precision
 from sweepdae.data import ImageData, from_unit_range, to_unit_range
-from sweepdae.eval.fid import InceptionFeatures
+from sweepdae.eval import denoising_figure, frechet_distance, reference_key, sample, sample_grid
+from sweepdae.eval.fid import InceptionFeatures, RunningStats, reference_stats_streamed
+from sweepdae.memory import BatchSize
 from sweepdae.models import Denoiser
-from sweepdae.noise import Schedule
+from sweepdae.noise import Schedule, schedule_for
+from sweepdae.objectives import make_model_input, predict_x0_latent
 from sweepdae.recipe import Recipe, image_fit
 from sweepdae.tokenizers import Tokenizer
 
@@ -35,8 +38,6 @@ GRID_SAMPLES = 64  # samples.png: the first 64 samples, 8 x 8
 def denoise_fn_for(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, schedule: Schedule
                    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """(x_t latent, t, y) -> clean-latent estimate, whatever the cell's target; classifier-free guidance if > 1."""
-    from sweepdae.objectives import make_model_input, predict_x0_latent
-
     scale = recipe.fid.guidance_scale
 
     def fn(xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -57,8 +58,6 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 def _autocast(recipe: Recipe, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """Sample in the precision training used (bf16 / fp16 autocast on a GPU); fp32 on CPU."""
-    from sweepdae.cell.build import mixed_precision
-
     mp = mixed_precision(recipe.train.precision, device)
     if device.type == "cuda" and mp in ("bf16", "fp16"):
         return torch.autocast("cuda", dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
@@ -76,10 +75,7 @@ def chunk_features(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, chu
     chunk, while the denoiser, the decoder and Inception run `sample_batch` / `inception_batch` samples at a
     time (halved on out-of-memory): the samples do not depend on those batches, nor on which rank draws them.
     """
-    from sweepdae.eval import sample
-    from sweepdae.noise import create_schedule
-
-    schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
+    schedule = schedule_for(recipe.noise)
     fn = denoise_fn_for(recipe, model, tokenizer, schedule)
     start = chunk * FID_CHUNK
     b = min(FID_CHUNK, num - start)
@@ -124,9 +120,6 @@ def fid_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, ref: Imag
     batches are split the same way, the statistics are merged across ranks and every rank returns the same
     metrics. The sampling and Inception batches halve on out-of-memory; `artifacts` records the ones that worked.
     """
-    from sweepdae.eval import frechet_distance, reference_key, sample_grid
-    from sweepdae.eval.fid import RunningStats, reference_stats_streamed
-
     rank = int(accelerator.process_index) if accelerator is not None else 0
     world = int(accelerator.num_processes) if accelerator is not None else 1
     main = accelerator is None or bool(accelerator.is_main_process)
@@ -171,10 +164,7 @@ def fid_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, ref: Imag
 def figures_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, images: torch.Tensor, labels: torch.Tensor,
                  device: torch.device, run_dir: Path) -> dict[str, str]:
     """Fig. 8-style triplets: clean / noisy / denoised at several noise levels, decoded through the tokenizer."""
-    from sweepdae.eval import denoising_figure
-    from sweepdae.noise import create_schedule
-
-    schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
+    schedule = schedule_for(recipe.noise)
     fn = denoise_fn_for(recipe, model, tokenizer, schedule)
     x = to_unit_range(images.to(device))
     z0 = tokenizer.encode(x)

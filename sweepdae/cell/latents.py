@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 
+from sweepdae.cell.build import order_seed
 from sweepdae.data import StreamedImageData, to_unit_range
 from sweepdae.data._base import shard_positions
 from sweepdae.recipe import Recipe
@@ -120,8 +122,6 @@ def stored_latents(recipe: Recipe, data: StreamedImageData, tokenizer: Tokenizer
     def agreed(flag: bool) -> bool:
         if world == 1:
             return flag
-        from accelerate.utils import broadcast_object_list
-
         return bool(broadcast_object_list([flag])[0])
 
     if not agreed(complete()):
@@ -173,6 +173,6 @@ def stored_order(recipe: Recipe, n: int, epoch: int, *, steps: int, accum: int, 
                  rank: int) -> Iterator[torch.Tensor]:
     """This rank's micro-batch indices of each step of an epoch: the layout of `sweepdae.cell.train` (the pass
     `randperm(n)` seeded by (seed, epoch), as the streamed sampler draws it)."""
-    g = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+    g = torch.Generator().manual_seed(order_seed(recipe.seed, epoch))
     order = torch.randperm(n, generator=g)[: steps * per_proc * world * accum]
     yield from order.view(steps, accum, per_proc, world)[..., rank]

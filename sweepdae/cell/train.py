@@ -18,7 +18,6 @@ A training is identified by its recipe's `train_key` and lives in its own folder
 from __future__ import annotations
 
 import copy
-import json
 import math
 import pickle
 import time
@@ -32,18 +31,22 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from sweepdae import faults
-from sweepdae.cell.build import build_model
+from sweepdae import __version__, faults
+from sweepdae.cell.build import build_model, order_seed, step_seed
+from sweepdae.cell.folder import CHECKPOINT, TRAINED, TrainedInfo, read_trained
+from sweepdae.cell.latents import stored_latents, stored_order
 from sweepdae.data import ImageData, StreamedImageData, to_unit_range
 from sweepdae.errors import TrainingError
 from sweepdae.models import Denoiser
-from sweepdae.noise import Schedule, create_schedule, single_level_t
+from sweepdae.noise import Schedule, schedule_for
 from sweepdae.objectives import compute_loss
-from sweepdae.recipe import Augment, Recipe, Space, Target
+from sweepdae.recipe import Augment, Recipe, Space, Target, fixed_t
 from sweepdae.tokenizers import PatchTokenizer, Tokenizer
-from sweepdae.utils import atomic_write, atomic_write_json, git_info
+from sweepdae.utils import atomic_write, git_info
 
-CHECKPOINT, TRAINED = "checkpoint.pt", "trained.json"
+__all__ = ["CHECKPOINT", "CURVE_FIELDS", "TRAINED", "StopRequested", "Trained", "Trainer", "ensure_trained",
+           "load_weights", "lr_at", "read_trained", "setup_training", "train", "train_one_epoch", "train_step"]
+
 Events = Callable[..., None]
 # The training curve: about CURVE_POINTS points per training, each [step, loss, lr, grad_norm, images_per_s]; kept in
 # the checkpoint (a resumed training keeps its points), in trained.json and in the store (`Store.training_curves`),
@@ -136,8 +139,7 @@ def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, acc
         raise TrainingError(f"train.batch_size ({tc.batch_size}) must split evenly over {world} processes x "
                             f"{accum} accumulation steps", "bad_recipe")
     steps_per_epoch = n // tc.batch_size
-    schedule = create_schedule(recipe.noise.schedule.value, recipe.noise.num_steps)
-    fixed_t = single_level_t(schedule, recipe.noise.single_sigma) if recipe.noise.levels.value == "single" else None
+    schedule = schedule_for(recipe.noise)
     tokenizer = tokenizer.to(device).requires_grad_(False)
     want_patches = recipe.objective.target == Target.image or recipe.objective.input_space == Space.image
     layout = dict(per_proc=per_proc, rank=rank, accum=accum, world=world, steps=steps_per_epoch, device=device,
@@ -146,8 +148,6 @@ def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, acc
         source = _encoded_source(data, tokenizer, recipe, **layout)
     elif (latent_cache is not None and isinstance(data, StreamedImageData) and not want_patches
           and recipe.data.augment == Augment.center_crop):
-        from sweepdae.cell.latents import stored_latents
-
         stored = stored_latents(recipe, data, tokenizer, cache=latent_cache, device=device, accelerator=accelerator)
         source = _stored_source(stored, recipe, n=len(data), **layout)
     else:
@@ -160,7 +160,7 @@ def setup_training(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, acc
     opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, betas=(tc.beta1, tc.beta2),
                             weight_decay=tc.weight_decay, fused=device.type == "cuda")
     return Trainer(recipe=recipe, accelerator=accelerator, model=model, raw_model=model, ema=ema, opt=opt,
-                   tokenizer=tokenizer, schedule=schedule, fixed_t=fixed_t, source=source,
+                   tokenizer=tokenizer, schedule=schedule, fixed_t=fixed_t(recipe), source=source,
                    steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * tc.epochs, peak_lr=peak_lr,
                    warmup_steps=tc.warmup_epochs * steps_per_epoch,
                    log_every=max(1, steps_per_epoch * tc.epochs // CURVE_POINTS))
@@ -224,7 +224,7 @@ def train_one_epoch(tr: Trainer, epoch: int, step: int, events: Events, *, skip:
     tr.model.train()
     # time steps and noise from a generator seeded by (seed, epoch), alike on every rank (each keeps its rows of
     # the global draws): a resumed epoch replays exactly, at any world size
-    gd = torch.Generator(device=device).manual_seed(tr.recipe.seed * 100_003 + epoch + 7919)
+    gd = torch.Generator(device=device).manual_seed(step_seed(tr.recipe.seed, epoch))
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     last_loss = float("nan")
@@ -349,52 +349,38 @@ class Trained:
     """The network a cell evaluates: the EMA weights when the recipe keeps an EMA, else the trained ones."""
 
     model: Denoiser
-    info: dict[str, Any]  # trained.json: train_key, cell (the cell that trained it), steps, loss, timings
+    info: TrainedInfo  # trained.json
     reused: bool  # True when another cell made this training
     resumed_from: int | None
 
     @property
     def metrics(self) -> dict[str, float]:
-        i = self.info
-        return {"train_loss": float(i["train_loss"]), "images_per_s": float(i["images_per_s"]),
-                "train_steps": float(i["steps"]), "train_seconds": float(i["seconds"])}
+        return self.info.metrics
 
 
-def read_trained(train_dir: Path, train_key: str) -> dict[str, Any] | None:
-    """trained.json of a finished training of `train_key` in train_dir, or None (none, unreadable, foreign)."""
-    try:
-        info = json.loads((train_dir / TRAINED).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(info, dict) or info.get("train_key") != train_key or not (train_dir / CHECKPOINT).exists():
-        return None
-    return info
-
-
-def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_dir: Path,
+def ensure_trained(recipe: Recipe, *, tokenizer: Tokenizer, data: ImageData, train_key: str, train_dir: Path,
                    accelerator: Accelerator, events: Events, cell_key: str,
                    stop: Callable[[], bool] | None = None, track: Tracker | None = None,
                    latent_cache: Path | None = None) -> Trained:
-    """The trained network of the recipe: loaded from train_dir when that training finished, else trained there
-    (resuming its checkpoint) and marked finished with trained.json. Emits a `trained` event once it exists."""
-    train_key = recipe.train_key()
+    """The trained network of the recipe (its training `train_key`, `recipe.train_key()`): loaded from train_dir
+    when that training finished, else trained there (resuming its checkpoint) and marked finished with
+    trained.json. Emits a `trained` event once it exists."""
     info = read_trained(train_dir, train_key)
     if info is not None:
         model = build_model(recipe, tokenizer, data.num_classes)
         load_weights(train_dir / CHECKPOINT, train_key, model, ema=recipe.train.ema_decay > 0)
         model = model.to(accelerator.device)
-        events(phase="train", reused_training=train_key, trained_by=info.get("cell"))
-        return Trained(model=model, info=info, reused=info.get("cell") != cell_key, resumed_from=None)
+        events(phase="train", reused_training=train_key, trained_by=info.cell)
+        return Trained(model=model, info=info, reused=info.cell != cell_key, resumed_from=None)
     train_dir.mkdir(parents=True, exist_ok=True)
     state = train(recipe, tokenizer=tokenizer, data=data, train_dir=train_dir, accelerator=accelerator,
                   events=events, identity=train_key, stop=stop, track=track, latent_cache=latent_cache)
-    info = {"train_key": train_key, "cell": cell_key, "epochs": state.epoch, "steps": state.step,
-            "train_loss": state.last_loss, "images_per_s": state.images_per_s, "seconds": state.seconds,
-            "resumed_from_epoch": state.resumed_from, "git_commit": git_info().get("commit"),
-            "curve_fields": list(CURVE_FIELDS), "curve": state.curve,
-            "finished": time.time()}
+    info = TrainedInfo(train_key=train_key, cell=cell_key, epochs=state.epoch, steps=state.step,
+                       train_loss=state.last_loss, images_per_s=state.images_per_s, seconds=state.seconds,
+                       resumed_from_epoch=state.resumed_from, git_commit=git_info().get("commit"),
+                       curve_fields=list(CURVE_FIELDS), curve=state.curve, finished=time.time())
     if accelerator.is_main_process:
-        atomic_write_json(train_dir / TRAINED, info)
+        info.write(train_dir)
         events(phase="trained", train_key=train_key)
     accelerator.wait_for_everyone()
     model = state.ema if state.ema is not None else state.model
@@ -449,7 +435,7 @@ def _encoded_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, pe
         return _posterior_draw(latents[idx], None if stds is None else stds[idx], gd, world=world, rank=rank)
 
     def source(epoch: int, gd: torch.Generator, skip: int = 0) -> Iterator[list[Micro]]:
-        g = torch.Generator(device="cpu").manual_seed(recipe.seed * 100_003 + epoch)
+        g = torch.Generator(device="cpu").manual_seed(order_seed(recipe.seed, epoch))
         order = torch.randperm(len(images), generator=g)[: steps * per_proc * world * accum]
         order = order.view(steps, accum, per_proc, world)[..., rank].to(device)  # the layout above
         for i in range(skip, steps):
@@ -462,8 +448,6 @@ def _stored_source(stored: Any, recipe: Recipe, *, n: int, per_proc: int, rank: 
                    steps: int, device: torch.device, want_patches: bool) -> Source:
     """A streamed set's stored latents (`sweepdae.cell.latents`), read a micro-batch's rows at a time in the
     layout above (the same order as the streamed sampler's, so the same steps as decoding every epoch)."""
-    from sweepdae.cell.latents import stored_order
-
     assert not want_patches
 
     def source(epoch: int, gd: torch.Generator, skip: int = 0) -> Iterator[list[Micro]]:
@@ -491,7 +475,7 @@ def _batch_source(data: ImageData, tokenizer: Tokenizer, recipe: Recipe, *, per_
     An in-memory set with augmentation has nothing to decode: every process crops the global micro-batch
     (seeded by (seed, epoch), the same on every rank) and keeps its rows."""
     group = world * per_proc
-    seed = recipe.seed * 100_003
+    seed = order_seed(recipe.seed)
 
     def encode(xb: torch.Tensor, yb: torch.Tensor, gd: torch.Generator) -> Micro:
         x = to_unit_range(xb)
@@ -542,8 +526,6 @@ def _save_checkpoint(path: Path, identity: str, recipe: Recipe, model: nn.Module
                      curve: list[list[float]] | None = None) -> None:
     """`epoch` epochs done, plus `batch` batches of the next one (a mid-epoch stop, with the step generator's
     state `gd_state` there)."""
-    from sweepdae import __version__
-
     state = {"train_key": identity, "recipe": recipe.to_dict(), "sweepdae": __version__,
              "git_commit": git_info().get("commit"), "epoch": epoch, "step": step, "batch": batch,
              "gd_state": gd_state, "curve": curve or [], "model": model.state_dict(),

@@ -7,12 +7,10 @@
 - DDPM ancestral / DDIM / Euler samplers over a respaced schedule, in `sampling`;
 - the denoising figure (paper Fig. 8) and sample grids, in `image_grids`.
 
-`image_grids` (matplotlib) is imported lazily so that importing sweepdae.eval stays light.
+`image_grids` imports matplotlib when it draws, so that importing sweepdae.eval stays light.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from sweepdae.eval.crops import random_resized_crop_flip
 from sweepdae.eval.fid import (
@@ -26,6 +24,7 @@ from sweepdae.eval.fid import (
     reference_key,
     reference_stats,
 )
+from sweepdae.eval.image_grids import denoising_figure, sample_grid
 from sweepdae.eval.lars import LARS
 from sweepdae.eval.probe import (
     ProbeHead,
@@ -36,9 +35,6 @@ from sweepdae.eval.probe import (
     linear_probe_augmented_data,
 )
 from sweepdae.eval.sampling import SAMPLERS, SamplerError, resolve_sampler, sample, space_timesteps
-
-if TYPE_CHECKING:
-    from sweepdae.eval.image_grids import denoising_figure, sample_grid
 
 __all__ = [
     "FIDError",
@@ -67,10 +63,3 @@ __all__ = [
     "space_timesteps",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in ("denoising_figure", "sample_grid"):
-        from sweepdae.eval import image_grids
-
-        return getattr(image_grids, name)
-    raise AttributeError(f"module 'sweepdae.eval' has no attribute {name!r}")

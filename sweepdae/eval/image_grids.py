@@ -10,11 +10,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.image as mpimg
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # explicit Agg canvas: pyplot's backend is untouched
-from matplotlib.figure import Figure
 
 CELL_INCHES = 1.0  # one image per inch in the denoising figure
 LABEL_INCHES = 1.4  # left column holding the row labels
@@ -63,6 +60,10 @@ def denoising_figure(clean: torch.Tensor | np.ndarray, noisy: Sequence[torch.Ten
             raise ValueError(f"level {level!r}: expected {k} noisy and denoised images")
         label = _format_level(level)
         rows += [("clean", clean_np), (f"noisy\n{label}", nz_np), ("denoised", dn_np)]
+    # heavy: matplotlib is imported when a figure is drawn, so that importing sweepdae.eval stays light
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # explicit Agg canvas: pyplot's backend is untouched
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(LABEL_INCHES + k * CELL_INCHES, len(rows) * CELL_INCHES), dpi=dpi)
     FigureCanvasAgg(fig)
     width = LABEL_INCHES + k * CELL_INCHES
@@ -99,5 +100,7 @@ def sample_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int =
     """Save samples [N, C, H, W] (uint8 or float [0, 1]) as one PNG grid at 1 image pixel = 1 PNG pixel."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    import matplotlib.image as mpimg  # heavy: imported when a grid is written
+
     mpimg.imsave(out, make_grid(images, nrow), format="png")
     return out

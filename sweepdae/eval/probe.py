@@ -262,8 +262,8 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
     batch, iters = _batching(len(train), cfg.batch_size)
     chunk = min(feature_batch_size or batch, batch)
     shuffle = torch.Generator().manual_seed(seed + 1)
-    rank, world = rank_world(accelerator)
-    shard = (rank, world) if world > 1 and augment_fn is None else None
+    world = rank_world(accelerator)[1]
+    shard = rank_world(accelerator) if world > 1 and augment_fn is None else None
     if shard is not None:
         chunk = -(-chunk // world)  # this process's rows of a global chunk of chunk x world
 
@@ -276,13 +276,9 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
         held, left = 0, iters * batch  # how many wait; images still to crop this epoch
         chunks = train.batches(chunk, shuffle=True, generator=shuffle, device=dev, shard=shard)
         for x, y in chunks:  # uint8 [<= chunk, C, S, S], int64 [<= chunk]
-            if shard is None:
-                fs.append(feature_fn(aug(x, aug_gen), y).float())
-                ys.append(y.long())
-            else:
-                fs.append(gather_rows(accelerator, feature_fn(_crop_rows(x, aug_gen, rank=rank, world=world),
-                                                              y).float()))
-                ys.append(gather_rows(accelerator, y.long()))
+            f, lab = _crop_features(feature_fn, aug, x, y, aug_gen, shard=shard, accelerator=accelerator)
+            fs.append(f)
+            ys.append(lab)
             got = fs[-1].shape[0]
             held, left = held + got, left - got
             while held >= batch:
@@ -317,6 +313,17 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
         if module is not None:
             module.train(was_training)
     return _result(trainer, tr_feats, tr_labels, te_feats, te_labels, train.num_classes, dev, started)
+
+
+def _crop_features(feature_fn: FeatureFn, aug: AugmentFn, x: Tensor, y: Tensor, generator: torch.Generator, *,
+                   shard: tuple[int, int] | None, accelerator: Any) -> tuple[Tensor, Tensor]:
+    """Features (float) and labels (int64) of one chunk's crops: of the whole chunk, or, sharded as (rank, world),
+    of this process's rows gathered back in order (`_crop_rows`, `gather_rows`)."""
+    if shard is None:
+        return feature_fn(aug(x, generator), y).float(), y.long()
+    rank, world = shard
+    feats = feature_fn(_crop_rows(x, generator, rank=rank, world=world), y).float()
+    return gather_rows(accelerator, feats), gather_rows(accelerator, y.long())
 
 
 @torch.no_grad()

@@ -331,9 +331,9 @@ class Coordinator:
             self.store.complete_training(r.train_claim, info={
                 "host": socket.gethostname(), "runs_dir": stored_runs_dir(self.opts.runs_dir, self.store.folder),
                 "train_dir": str(folder.relative_to(self.opts.runs_dir)), "cell": r.claim.key,
-                "label": r.claim.label, "grid": r.claim.grid, "steps": info.get("steps"),
-                "seconds": info.get("seconds"), "curve_fields": info.get("curve_fields"),
-                "curve": _finite(info.get("curve") or [])})
+                "label": r.claim.label, "grid": r.claim.grid, "steps": info.steps,
+                "seconds": info.seconds, "curve_fields": info.curve_fields,
+                "curve": _finite(info.curve or [])})
             self._last_wait_poll = 0.0  # cells waiting for it may start now
         elif r.handle.poll() is not None:
             self.store.fail_training(r.train_claim, error=f"cell {r.claim.label} ended before its training did")

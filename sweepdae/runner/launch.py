@@ -139,7 +139,7 @@ def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle
                 import torch
 
                 torch.set_num_threads(threads)
-            from sweepdae.cell import main
+            from sweepdae.cell.run import main
 
             code = main([str(run_dir)])
         except BaseException:

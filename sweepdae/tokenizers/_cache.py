@@ -19,7 +19,6 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from sweepdae.recipe import TOKENIZER_KNOBS, TokenizerConfig, TokenizerName
 from sweepdae.tokenizers._base import TOKENIZER_VERSION, Progress, Tokenizer, check_train_images, posterior_stats
 from sweepdae.tokenizers._patch import PCABasis, fit_pca_basis
 from sweepdae.tokenizers._registry import _name, create_tokenizer, fit_with_basis
-from sweepdae.utils import atomic_write, file_lock
+from sweepdae.utils import atomic_write, file_lock, plain
 
 _FORMAT = "sweepdae-tokenizer"
 _BASIS_FORMAT = "sweepdae-pca-basis"
@@ -44,12 +43,8 @@ class TokenizerCacheWarning(UserWarning):
     """A cached tokenizer file could not be used (unreadable, truncated or stale) and is fitted again."""
 
 
-def _jsonable(v: Any) -> Any:
-    return v.value if isinstance(v, Enum) else v
-
-
 def _knobs(cfg: TokenizerConfig, name: str) -> dict[str, Any]:
-    knobs = {k: _jsonable(getattr(cfg, k)) for k in RELEVANT_KNOBS[name]}
+    knobs = {k: plain(getattr(cfg, k)) for k in RELEVANT_KNOBS[name]}
     if name == "conv_vae" and cfg.perceptual_weight == 0:
         knobs.pop("perceptual_net")  # unused without a perceptual term
     return knobs
@@ -183,7 +178,7 @@ def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor, 
         if basis_cached is not None:
             stats["pca_basis_from_cache"] = basis_cached
         state = {k: v.detach().cpu() for k, v in tok.state_dict().items()}
-        save_atomic({"header": header, "config": {f.name: _jsonable(getattr(cfg, f.name))
+        save_atomic({"header": header, "config": {f.name: plain(getattr(cfg, f.name))
                                                   for f in dataclasses.fields(cfg)},
                      "state_dict": state, "stats": stats}, path)
     return finish(stats, False)

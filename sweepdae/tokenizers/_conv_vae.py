@@ -9,7 +9,7 @@ accumulated over micro-batches of the step's batch (`accumulate_step`), the same
 with the posterior noise drawn once per step. At the paper's shape one image keeps ~0.87 GiB of activations for
 the backward, so `fit_batch_size` 256 in one pass would need ~223 GiB. The first micro-batch is
 $SWEEPDAE_FIT_MICRO_BATCH, or chosen from the device's free memory; out-of-memory halves it and redoes the step
-(cell/memory.py); the fit's stats record the micro-batch that worked (`fit_micro_batch`). On a GPU the fit runs
+(sweepdae/memory.py); the fit's stats record the micro-batch that worked (`fit_micro_batch`). On a GPU the fit runs
 under bf16 autocast (where the GPU has bf16) and recomputes each ResBlock in the backward (activation
 checkpointing); those two are not exercised by the CPU tests.
 """
@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from sweepdae.cell.memory import BatchSize
 from sweepdae.data._base import to_unit_range
 from sweepdae.errors import RecipeError
+from sweepdae.memory import BatchSize
 from sweepdae.recipe import TokenizerConfig
 from sweepdae.tokenizers._base import (
     Progress,
@@ -403,7 +403,7 @@ def initial_micro_batch(tok: ConvVAE, loss_fn: ConvVAELoss, images_uint8: Tensor
                         device: torch.device) -> int:
     """The fit's first micro-batch: $SWEEPDAE_FIT_MICRO_BATCH when set (a runtime setting: the fit's cache key
     does not depend on it), else `batch` halved until its saved activations fill at most FIT_MEMORY_SHARE of the
-    memory the device has free. Out-of-memory later halves it again (cell/memory.py)."""
+    memory the device has free. Out-of-memory later halves it again (sweepdae/memory.py)."""
     raw = os.environ.get(FIT_MICRO_BATCH_ENV, "").strip()
     if raw:
         try:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from sweepdae import faults
 from sweepdae.errors import TrainingError
 
 T = TypeVar("T")
@@ -61,8 +62,6 @@ class BatchSize:
 
     def run(self, fn: Callable[[int], T]) -> T:
         """fn(batch) with the current batch, halving it on out-of-memory until fn returns (or batch 1 fails)."""
-        from sweepdae import faults
-
         while True:
             failed: str | None = None
             try:
