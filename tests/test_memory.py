@@ -225,7 +225,7 @@ def test_fid_sharded_over_two_processes_equals_one(tmp_path: Path) -> None:
     """fid_cell in 2 CPU processes (accelerate launch --multi_gpu, gloo) equals 1 process on the same seeds.
 
     Slow: three Python processes start torch and accelerate, ~30-60 s on 2 cores. 300 samples are chunks of 256
-    and 44 (one per rank) and 250 reference images batches of 100, 100 and 50 (two on rank 0, one on rank 1).
+    and 44 (one per rank); of the 250 reference images each rank reads its 125 (DistributedSampler shards).
     """
     import json
     import subprocess
