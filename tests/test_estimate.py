@@ -461,8 +461,8 @@ def test_shipped_paper_profiles_slurm_tables_are_sized_by_the_plan() -> None:
         recipes = [c.recipe for c in expand(g, "paper").cells]
         want = E.slurm_sizing(recipes)
         assert g.profiles["paper"].slurm == want and not g.slurm.options, (path.name, "regenerate the table:", want)
-        assert all(r.data.num_workers == want["cpus"] - 1 for r in recipes), path.name
-        assert want["cpus"] <= E.CPUS_PER_GPU_MAX and want["time"] >= E.SLURM_TIME_MIN
+        assert all(r.data.num_workers == want["cpus_per_gpu"] - 1 for r in recipes), path.name
+        assert want["cpus_per_gpu"] <= E.CPUS_PER_GPU_MAX and want["time"] >= E.SLURM_TIME_MIN
         sized += 1
     assert sized >= 2
 
@@ -473,11 +473,11 @@ def test_slurm_sizing_closed_forms() -> None:
                           "train.batch_size": 2048, "train.epochs": 400, "probe.augment": True,
                           "probe.baselines": True})
     out = E.slurm_sizing([r])
-    workers = out["cpus"] - 1
+    workers = out["cpus_per_gpu"] - 1
     n = 1_281_167 + 50_000
     params = E.dit_parameters("half_large", tokens=256, in_dim=32, out_dim=32)
     host = E.HOST_BASE_GB + (workers * 2 * 2048 * 3 * 256 * 256 + 4 * n * 1024 + 16 * params) / 1e9
-    assert out["mem_gb"] == math.ceil(1.25 * host)
+    assert out["mem_gb_per_gpu"] == math.ceil(1.25 * host)
     assert out["time"] % 60 == 0 and out["max_requeues"] >= 1
 
 

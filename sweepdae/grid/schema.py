@@ -113,9 +113,26 @@ SLURM_KEYS: dict[str, tuple[type, str]] = {
     "constraint": (str, "node features (sbatch --constraint)"),
     "cpus": (int, "CPUs of a job (sbatch --cpus-per-task)"),
     "mem_gb": (float, "memory of a job in GB (sbatch --mem)"),
+    "cpus_per_gpu": (int, "CPUs per GPU of a job: the job gets this x its GPUs (as sbatch --cpus-per-gpu)"),
+    "mem_gb_per_gpu": (float, "memory per GPU of a job in GB: the job gets this x its GPUs (as sbatch --mem-per-gpu)"),
     "gpus": (int, "GPUs of a job (sbatch --gres=gpu:N; default --gpus-per-cell)"),
     "max_requeues": (int, "how many times a job that reaches its time limit is requeued"),
 }
+
+
+# per-GPU options and the job totals they give (gpus x per-GPU; a CPU-only job counts as one GPU): one table names
+# one of the two; a later table's either one replaces an earlier table's other (`layer_slurm_options`)
+PER_GPU_KEYS = {"cpus_per_gpu": "cpus", "mem_gb_per_gpu": "mem_gb"}
+
+
+def layer_slurm_options(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """`high`'s SLURM options over `low`'s, a total and its per-GPU key replacing each other."""
+    out = dict(low)
+    for per, total in PER_GPU_KEYS.items():
+        if per in high or total in high:
+            out.pop(total if per in high else per, None)
+    out.update(high)
+    return out
 
 
 @dataclass(frozen=True)
@@ -130,7 +147,7 @@ class SlurmSpec:
         """The spec a profile's jobs get: the profile's `[profiles.NAME.slurm]` options over the grid's."""
         if profile is None or not profile.slurm:
             return self
-        return SlurmSpec(options={**self.options, **profile.slurm}, by=self.by)
+        return SlurmSpec(options=layer_slurm_options(self.options, profile.slurm), by=self.by)
 
 
 # SLURM names (partitions, accounts, QOS) are letters, digits, '_', '.' and '-'; sbatch takes a comma-separated list of
@@ -179,6 +196,9 @@ def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
                 kind = "an integer" if typ is int else "a number"
                 raise error(f"{key}.{k}", f"must be {kind} >= {least}: the {what}; got {v!r}"[:200])
         out[k] = v
+    for per, total in PER_GPU_KEYS.items():
+        if per in out and total in out:
+            raise error(f"{key}.{per}", f"give {total} (the job's) or {per} (x its GPUs), not both")
     return out
 
 

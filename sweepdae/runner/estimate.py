@@ -706,9 +706,9 @@ def requeues(job_seconds: float, time_min: float) -> int:
 
 
 # -- SLURM sizing -----------------------------------------------------------------------------------------------------
-# A job is one training group on --gpus-per-cell GPUs (runner/slurm.py); sized here for one GPU per job, the default.
-# CPUs: at most a GPU's share of an 8-GPU node: NVIDIA DGX H100 (user guide: 2 x Xeon Platinum 8480C, 56 cores
-# each) has 112 cores, 14 per GPU.
+# A job is one training group on --gpus-per-cell GPUs (runner/slurm.py), one process per GPU; sized here per GPU
+# (`cpus_per_gpu`, `mem_gb_per_gpu`: a job gets them x its GPUs). CPUs: at most a GPU's share of an 8-GPU node:
+# NVIDIA DGX H100 (user guide: 2 x Xeon Platinum 8480C, 56 cores each) has 112 cores, 14 per GPU.
 CPUS_PER_GPU_MAX = 14
 SLURM_TIME_MIN = 2880  # 48 h: a common cluster maximum per job; longer when one cell's evaluation needs it
 PREFETCH_FACTOR = 2  # torch DataLoader's default: batches each worker holds ready
@@ -716,11 +716,12 @@ HOST_BASE_GB = 2.0  # a process's own: Python, torch, CUDA's host side (assumed,
 
 
 def slurm_sizing(recipes: Sequence[Recipe], *, rate: Rate | None = None) -> dict[str, Any]:
-    """`[slurm]` options for one-GPU jobs of these recipes (a grid's cells under one profile), by this module's plan:
+    """`[slurm]` options per GPU of the jobs of these recipes (a grid's cells under one profile; a job of N GPUs
+    runs N processes and gets N x cpus_per_gpu CPUs, N x mem_gb_per_gpu GB), by this module's plan:
 
-    * cpus: the decoding cores that keep every phase of every recipe compute-bound on its GPU (data time at one core
+    * cpus_per_gpu: the decoding cores that keep every phase of every recipe compute-bound on its GPU (data time at one core
       over compute time), at most CPUS_PER_GPU_MAX less one, plus one for the process itself;
-    * mem_gb: 1.25 x the largest host memory of one process: its own (HOST_BASE_GB), the DataLoader's prefetched
+    * mem_gb_per_gpu: 1.25 x the largest host memory of one process: its own (HOST_BASE_GB), the DataLoader's prefetched
       uint8 training batches (workers x PREFETCH_FACTOR), the probe's cached float32 features (train + test x width),
       and a checkpoint's host copy (model, EMA and AdamW's two moments in float32);
     * time: SLURM_TIME_MIN, or 1.25 x the longest evaluation of one cell when that is longer (an evaluation is not
@@ -744,7 +745,7 @@ def slurm_sizing(recipes: Sequence[Recipe], *, rate: Rate | None = None) -> dict
     cores = min(need, CPUS_PER_GPU_MAX - 1)
     mem = max((host_memory_gb(r, cores) for r in recipes), default=HOST_BASE_GB)
     time_min = max(SLURM_TIME_MIN, math.ceil(1.25 * evals / 3600) * 60)
-    return {"cpus": cores + 1, "mem_gb": float(math.ceil(1.25 * mem)), "time": time_min,
+    return {"cpus_per_gpu": cores + 1, "mem_gb_per_gpu": float(math.ceil(1.25 * mem)), "time": time_min,
             "max_requeues": requeues(jobs, time_min) + 1}
 
 
