@@ -719,11 +719,11 @@ def slurm_sizing(recipes: Sequence[Recipe], *, rate: Rate | None = None) -> dict
     """`[slurm]` options per GPU of the jobs of these recipes (a grid's cells under one profile; a job of N GPUs
     runs N processes and gets N x cpus_per_gpu CPUs, N x mem_gb_per_gpu GB), by this module's plan:
 
-    * cpus_per_gpu: the decoding cores that keep every phase of every recipe compute-bound on its GPU (data time at one core
-      over compute time), at most CPUS_PER_GPU_MAX less one, plus one for the process itself;
-    * mem_gb_per_gpu: 1.25 x the largest host memory of one process: its own (HOST_BASE_GB), the DataLoader's prefetched
-      uint8 training batches (workers x PREFETCH_FACTOR), the probe's cached float32 features (train + test x width),
-      and a checkpoint's host copy (model, EMA and AdamW's two moments in float32);
+    * cpus_per_gpu: the decoding cores that keep every phase of every recipe compute-bound on its GPU (data time
+      at one core over compute time), at most CPUS_PER_GPU_MAX less one, plus one for the process itself;
+    * mem_gb_per_gpu: 1.25 x the largest host memory of one process: its own (HOST_BASE_GB), the DataLoader's
+      prefetched uint8 training batches (workers x PREFETCH_FACTOR), the probe's cached float32 features (train +
+      test x width), and a checkpoint's host copy (model, EMA and AdamW's two moments in float32);
     * time: SLURM_TIME_MIN, or 1.25 x the longest evaluation of one cell when that is longer (an evaluation is not
       checkpointed: a requeue restarts it), in whole hours;
     * max_requeues: the requeues the longest training group needs at that time, plus one for a preemption."""
