@@ -35,10 +35,11 @@ import json
 import math
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sweepdae.errors import GridError, RecipeError, printable
 from sweepdae.metrics import FINDINGS, METRICS
@@ -125,7 +126,10 @@ SLURM_KEYS: dict[str, tuple[type, str]] = {
 PER_GPU_KEYS = {"cpus_per_gpu": "cpus", "mem_gb_per_gpu": "mem_gb"}
 
 
-def layer_slurm_options(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+_V = TypeVar("_V")
+
+
+def layer_slurm_options(low: Mapping[str, _V], high: Mapping[str, _V]) -> dict[str, _V]:
     """`high`'s SLURM options over `low`'s, a total and its per-GPU key replacing each other."""
     out = dict(low)
     for per, total in PER_GPU_KEYS.items():
