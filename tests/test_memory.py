@@ -302,3 +302,18 @@ def test_fid_cell_reads_no_reference_image_when_its_statistics_are_cached(tmp_pa
     artifacts: dict[str, str] = {}
     again = generate.fid_cell(recipe, ref=ref, artifacts=artifacts, **kw)
     assert again == first and artifacts["fid_sample_batch"] == "256" and artifacts["fid_inception_batch"] == "100"
+
+
+def test_cell_processes_fix_the_mmap_threshold_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell fixes glibc's mmap threshold at start (BENCHMARKS.md section 17: the probe's feature passes otherwise
+    fragment the heap); an environment that sets MALLOC_MMAP_THRESHOLD_ keeps its own value; elsewhere a no-op."""
+    import platform
+
+    from sweepdae.cell import fix_mmap_threshold
+
+    assert fix_mmap_threshold() == (platform.libc_ver()[0] == "glibc")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert fix_mmap_threshold() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
+    assert fix_mmap_threshold() is False
