@@ -239,9 +239,10 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
                  else lambda: sample_images(train_set, TOKENIZER_SAMPLE)[0])
 
     with phase("tokenizer"):
-        # a VAE's posterior (std per dim, KL per token) is measured on test-split images it was not fitted on
+        # a VAE's posterior (std per dim, KL per token) is measured on test-split images it was not fitted on, by
+        # the main process (the one that writes result.json)
         heldout = (sample_images(test_set, POSTERIOR_SAMPLE)[0]
-                   if recipe.tokenizer.name.value in STOCHASTIC_TOKENIZERS else None)
+                   if recipe.tokenizer.name.value in STOCHASTIC_TOKENIZERS and main else None)
         tokenizer, tok_stats = get_tokenizer(recipe.tokenizer, data_key=recipe.data_key(), images_uint8=fit_x,
                                              channels=train_set.channels, image_size=recipe.data.image_size,
                                              cache_dir=cache_dir(run_dir) / "tokenizers", seed=recipe.seed,
