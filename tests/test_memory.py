@@ -304,16 +304,17 @@ def test_fid_cell_reads_no_reference_image_when_its_statistics_are_cached(tmp_pa
     assert again == first and artifacts["fid_sample_batch"] == "256" and artifacts["fid_inception_batch"] == "100"
 
 
-def test_cell_processes_fix_the_mmap_threshold_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A cell fixes glibc's mmap threshold at start (BENCHMARKS.md section 17: the probe's feature passes otherwise
-    fragment the heap); an environment that sets MALLOC_MMAP_THRESHOLD_ keeps its own value; elsewhere a no-op."""
+def test_feature_passes_give_freed_heap_pages_back_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """trim_heap (glibc malloc_trim(0), after each feature batch: BENCHMARKS.md section 17) runs on glibc, where a
+    freed heap block's pages go back, and is a no-op elsewhere."""
     import platform
 
-    from sweepdae.cell import fix_mmap_threshold
+    import sweepdae.utils as utils
 
-    assert fix_mmap_threshold() == (platform.libc_ver()[0] == "glibc")
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-    assert fix_mmap_threshold() is False
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
-    assert fix_mmap_threshold() is False
+    assert (utils._MALLOC_TRIM is not None) == (platform.libc_ver()[0] == "glibc")
+    if utils._MALLOC_TRIM is not None:
+        blocks = [bytearray(200_000) for _ in range(50)]  # heap blocks under glibc's raised mmap threshold
+        del blocks[::2]
+        assert isinstance(utils.trim_heap(), bool)
+    monkeypatch.setattr(utils, "_MALLOC_TRIM", None)
+    assert utils.trim_heap() is False

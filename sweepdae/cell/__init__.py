@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import math
 import os
-import platform
 import sys
 import time
 import traceback
@@ -169,28 +167,6 @@ def peak_rss_mb() -> float:
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return peak * unit / 2**20
-
-
-# glibc malloc.h: mallopt's M_MMAP_THRESHOLD parameter. Blocks of at least MMAP_THRESHOLD_BYTES are mmap-ed and
-# given back to the system when freed: 64 KiB, the threshold BENCHMARKS.md section 17 measured (a streamed cell's
-# peak RSS grows by 0.6 % over 8x the images with it, by 15.7 % with glibc's sliding default).
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 65536
-
-
-def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Fix glibc malloc's mmap threshold of this process (and of the DataLoader workers it forks) at `nbytes`, as
-    MALLOC_MMAP_THRESHOLD_ does. glibc's own threshold rises as large blocks are freed (up to 32 MiB), after which a
-    feature pass's per-batch activations come from the heap and fragment it, so the peak grows with the number of
-    batches. True when set; False off glibc or when MALLOC_MMAP_THRESHOLD_ is set (the environment's value stands)."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, nbytes))
 
 
 def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> dict[str, Any]:
@@ -442,7 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(sig, _STOP.handler)
     _watch_coordinator()
-    fix_mmap_threshold()  # before the cell allocates: a cell process's peak RSS stays bounded by its batches
     try:
         (run_dir / FAILURE).unlink(missing_ok=True)
         run_cell(run_dir)
@@ -461,5 +436,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["INTERRUPTIONS", "RETRYABLE", "STOP", "TRAIN_DIR", "classify", "classify_exit", "fix_mmap_threshold",
-           "main", "run_cell", "train_dir"]
+__all__ = ["INTERRUPTIONS", "RETRYABLE", "STOP", "TRAIN_DIR", "classify", "classify_exit", "main", "run_cell",
+           "train_dir"]

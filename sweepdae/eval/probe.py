@@ -34,6 +34,7 @@ from sweepdae.errors import TrainingError
 from sweepdae.eval.crops import AugmentFn, _uniform, crop_boxes, random_resized_crop_flip, resized_crop
 from sweepdae.eval.lars import LARS, WARMUP_FRACTION, cosine_lr, probe_lr, set_lr
 from sweepdae.recipe import ProbeConfig, ProbeOptimizer
+from sweepdae.utils import trim_heap
 
 # (images float [-1, 1] [B, C, H, W] on device, labels [B] long) -> features [B, F]
 FeatureFn = Callable[[Tensor, Tensor], Tensor]
@@ -283,6 +284,8 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
                 fs.append(gather_rows(accelerator, feature_fn(_crop_rows(x, aug_gen, rank=rank, world=world),
                                                               y).float()))
                 ys.append(gather_rows(accelerator, y.long()))
+            if dev.type == "cpu":  # the chunk's crops and activations were host memory: their freed pages go back
+                trim_heap()
             got = fs[-1].shape[0]
             held, left = held + got, left - got
             while held >= batch:
@@ -337,6 +340,8 @@ def split_features(feature_fn: FeatureFn, data: ImageData, *, batch_size: int, d
             f, lab = gather_rows(accelerator, f), gather_rows(accelerator, lab)
         feats.append(f.cpu())
         labels.append(lab.cpu())
+        if f.device.type == "cpu":  # the batch's activations were host memory: their freed pages go back
+            trim_heap()
     if not feats:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     n = len(data)
