@@ -13,9 +13,9 @@ large / small per phase. The bound holds when every ratio is at most 1.15.
 
 glibc's malloc raises its mmap threshold as large blocks are freed (up to 32 MiB), after which the feature passes'
 per-batch activations come from the heap and fragment it: the probe phase's peak then grows with the number of
-batches, not with anything the pass keeps. A cell process fixes the threshold at 64 KiB when it starts
-(`sweepdae.cell.fix_mmap_threshold`; an environment's `MALLOC_MMAP_THRESHOLD_` stands instead); BENCHMARKS.md
-section 17 gives the numbers with glibc's sliding threshold (a tree before that call) and with it.
+batches, not with anything the pass keeps. The CPU feature passes give the freed pages back after each batch
+(`sweepdae.utils.trim_heap`, glibc malloc_trim(0)); BENCHMARKS.md section 17 gives the numbers before that, with
+it, and with `MALLOC_MMAP_THRESHOLD_=65536` (the fixed threshold, which costs training throughput).
 """
 
 from __future__ import annotations
