@@ -637,8 +637,7 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
             tok = tokenizer_identity(r)
             if tk not in made and tok not in fitted:
                 fitted.add(tok)
-                sample = Work(tokenizer_fit_flops(r),
-                              min(split_sizes(r)[0], TOKENIZER_SAMPLE) if streamed(r) else 0.0)
+                sample = Work(tokenizer_fit_flops(r), min(split_sizes(r)[0], TOKENIZER_SAMPLE) if streamed(r) else 0.0)
             chain += add("tokenizer_fit", sample, r)
             if tk not in made:
                 made.add(tk)
