@@ -13,8 +13,9 @@ large / small per phase. The bound holds when every ratio is at most 1.15.
 
 glibc's malloc raises its mmap threshold as large blocks are freed (up to 32 MiB), after which the feature passes'
 per-batch activations come from the heap and fragment it: the probe phase's peak then grows with the number of
-batches, not with anything the pass keeps. `MALLOC_MMAP_THRESHOLD_=65536` in the environment (passed on to the
-cells) fixes the threshold and shows what the code itself holds (BENCHMARKS.md section 17 gives both).
+batches, not with anything the pass keeps. The CPU feature passes give the freed pages back after each batch
+(`sweepdae.utils.trim_heap`, glibc malloc_trim(0)); BENCHMARKS.md section 17 gives the numbers before that, with
+it, and with `MALLOC_MMAP_THRESHOLD_=65536` (the fixed threshold, which costs training throughput).
 """
 
 from __future__ import annotations

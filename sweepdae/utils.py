@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
@@ -33,6 +34,29 @@ def plain(v: Any) -> Any:
     if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
         return v.item()
     return v
+
+
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim through ctypes, or None off glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system (glibc `malloc_trim(0)`; a no-op elsewhere). Called after
+    each batch of a feature pass: glibc raises its mmap threshold as large blocks are freed, after which a pass's
+    per-batch activations come from the heap and fragment it, so without this the peak RSS grows with the number of
+    batches (BENCHMARKS.md section 17). True when memory was released."""
+    return bool(_MALLOC_TRIM(0)) if _MALLOC_TRIM is not None else False
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -104,13 +104,14 @@ CPU = E.Rate(1e9, 0.0, "cpu", "test", measured=True)
 # (every rank decoding the whole training batch, evaluation on rank 0 alone in fp32, a streamed set decoded every
 # epoch), and "sharded", the one cells run now (what estimate.py ships; tests/test_estimate.py
 # test_shipped_flags_are_the_sharded_state checks it).
-FLAGS: dict[str, tuple[dict[str, tuple[bool, bool, str]], bool]] = {
-    "rank0": ({"tokenizer_fit": (False, False, "bf16"), "train": (True, False, "train"),
-               "probe": (False, False, "fp32"), "baselines": (False, False, "fp32"), "knn": (False, False, "fp32"),
-               "fid_reference": (False, False, "fp32"), "fid_sampling": (False, False, "fp32")}, False),
-    "sharded": ({"tokenizer_fit": (False, False, "bf16"), "train": (True, True, "train"),
-                 "probe": (True, True, "train"), "baselines": (True, True, "train"), "knn": (False, False, "fp32"),
-                 "fid_reference": (True, False, "fp32"), "fid_sampling": (True, True, "train")}, True),
+SHARDED, EACH, ONCE = E.Decoding.sharded, E.Decoding.each, E.Decoding.once
+FLAGS: dict[str, tuple[dict[str, tuple[bool, E.Decoding, str]], bool]] = {
+    "rank0": ({"tokenizer_fit": (False, EACH, "bf16"), "train": (True, EACH, "train"),
+               "probe": (False, EACH, "fp32"), "baselines": (False, EACH, "fp32"), "knn": (False, EACH, "fp32"),
+               "fid_reference": (False, EACH, "fp32"), "fid_sampling": (False, EACH, "fp32")}, False),
+    "sharded": ({"tokenizer_fit": (False, ONCE, "bf16"), "train": (True, SHARDED, "train"),
+                 "probe": (True, SHARDED, "train"), "baselines": (True, SHARDED, "train"), "knn": (True, ONCE, "fp32"),
+                 "fid_reference": (True, SHARDED, "fp32"), "fid_sampling": (True, SHARDED, "train")}, True),
 }
 
 
@@ -158,15 +159,15 @@ def test_a_training_made_by_an_earlier_grid_of_the_run_is_not_costed_again(state
     assert (ea.trainings, ea.shared, eb.trainings, eb.shared) == (1, 0, 1, 1)
     assert eb.flops == pytest.approx(sum(E.evaluation_flops(c.recipe) for c in b))
     # one cell on two devices: the training is data-parallel; evaluation on rank 0 alone ("rank0"), or its sharded
-    # phases over both ranks, kNN whole on each ("sharded")
+    # phases over both ranks, kNN's queries shared out too ("sharded")
     r = a[0].recipe
     parts = E.evaluation_phases(r)
     assert set(parts) == {"probe", "baselines", "knn"} and parts["probe"].flops > 0 and parts["knn"].flops > 0
     if state == "rank0":
         assert ea.seconds == pytest.approx(E.training_flops(r) / 2e9 + E.evaluation_flops(r) / 1e9)
     else:
-        assert ea.seconds == pytest.approx((E.training_flops(r) + parts["probe"].flops + parts["baselines"].flops)
-                                           / 2e9 + parts["knn"].flops / 1e9)
+        assert ea.seconds == pytest.approx((E.training_flops(r) + parts["probe"].flops + parts["baselines"].flops
+                                            + parts["knn"].flops) / 2e9)
 
 
 # ----------------------------------------------------------------------------------------- calibration from a store
@@ -333,8 +334,8 @@ def test_each_phase_takes_the_larger_of_compute_and_data_time(state: str, monkey
     probe = e.phases["probe"]  # cached features of train + test, one pass per cell (two cells)
     assert probe.decoded == 2 * (n_tr + n_te)
     assert probe.data_seconds == pytest.approx(2 * (n_tr + n_te) / (E.DECODE_RATES["center_crop"] * 4))
-    fit = e.phases["tokenizer_fit"]  # every cell decodes the tokenizer's sample; PCA's fit costs no FLOPs
-    assert fit.decoded == 2 * n_tr and fit.compute_seconds == 0 and fit.bound == "data"
+    fit = e.phases["tokenizer_fit"]  # one fit (two cells, one tokenizer) decodes its sample; PCA costs no FLOPs
+    assert fit.decoded == n_tr and fit.compute_seconds == 0 and fit.bound == "data"
     assert e.phases["knn"].data_seconds == 0 and e.phases["knn"].bound == "compute"
     busy = sum(p.seconds for p in e.phases.values())
     assert e.seconds == pytest.approx(busy)
@@ -371,11 +372,14 @@ def test_single_rank_phases_are_not_divided_by_the_processes(state: str, monkeyp
         assert eight.phases["probe"].compute_seconds == pytest.approx(one.phases["probe"].compute_seconds / 8)
         assert eight.phases["probe"].data_seconds == pytest.approx(one.phases["probe"].data_seconds / 8)
         assert eight.phases["probe"].decoded == one.phases["probe"].decoded
-        # kNN: every rank computes it whole on the gathered features
-        assert eight.phases["knn"].compute_seconds == pytest.approx(one.phases["knn"].compute_seconds)
+        # kNN: the ranks share the queries out
+        assert eight.phases["knn"].compute_seconds == pytest.approx(one.phases["knn"].compute_seconds / 8)
+        # the tokenizer's sample: decoded once, by the main process, whatever the processes
+        assert eight.phases["tokenizer_fit"].decoded == one.phases["tokenizer_fit"].decoded
+        assert eight.phases["tokenizer_fit"].data_seconds == pytest.approx(one.phases["tokenizer_fit"].data_seconds)
     # one flag per phase: flipping the probe's divides it, or stops dividing it
     on = not E.PHASES["probe"][0]
-    monkeypatch.setitem(E.PHASES, "probe", (on, on, "fp32"))
+    monkeypatch.setitem(E.PHASES, "probe", (on, SHARDED if on else EACH, "fp32"))
     [flipped] = E.estimate_grids([("f", None, cells, cells)], trained=set(), rate=CPU, devices=8, slots=1)
     div = 8 if on else 1
     assert flipped.phases["probe"].compute_seconds == pytest.approx(one.phases["probe"].compute_seconds / div)
@@ -457,8 +461,8 @@ def test_shipped_paper_profiles_slurm_tables_are_sized_by_the_plan() -> None:
         recipes = [c.recipe for c in expand(g, "paper").cells]
         want = E.slurm_sizing(recipes)
         assert g.profiles["paper"].slurm == want and not g.slurm.options, (path.name, "regenerate the table:", want)
-        assert all(r.data.num_workers == want["cpus"] - 1 for r in recipes), path.name
-        assert want["cpus"] <= E.CPUS_PER_GPU_MAX and want["time"] >= E.SLURM_TIME_MIN
+        assert all(r.data.num_workers == want["cpus_per_gpu"] - 1 for r in recipes), path.name
+        assert want["cpus_per_gpu"] <= E.CPUS_PER_GPU_MAX and want["time"] >= E.SLURM_TIME_MIN
         sized += 1
     assert sized >= 2
 
@@ -469,11 +473,11 @@ def test_slurm_sizing_closed_forms() -> None:
                           "train.batch_size": 2048, "train.epochs": 400, "probe.augment": True,
                           "probe.baselines": True})
     out = E.slurm_sizing([r])
-    workers = out["cpus"] - 1
+    workers = out["cpus_per_gpu"] - 1
     n = 1_281_167 + 50_000
     params = E.dit_parameters("half_large", tokens=256, in_dim=32, out_dim=32)
     host = E.HOST_BASE_GB + (workers * 2 * 2048 * 3 * 256 * 256 + 4 * n * 1024 + 16 * params) / 1e9
-    assert out["mem_gb"] == math.ceil(1.25 * host)
+    assert out["mem_gb_per_gpu"] == math.ceil(1.25 * host)
     assert out["time"] % 60 == 0 and out["max_requeues"] >= 1
 
 

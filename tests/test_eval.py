@@ -185,6 +185,20 @@ def test_knn_matches_numpy_bruteforce(k: int, temp: float) -> None:
     assert 40.0 < expected < 100.0  # neither trivial nor chance
 
 
+def test_knn_sharded_by_test_chunks_sums_to_the_one_process_number() -> None:
+    """Rank r of N scores the test chunks r, r + N, ... against the whole bank: the ranks' correct counts (here
+    each rank alone, its gather a no-op) add up to the one-process count exactly."""
+    g = torch.Generator().manual_seed(0)
+    xtr, ytr = torch.randn(200, 8, generator=g), torch.randint(0, 5, (200,), generator=g)
+    xte, yte = torch.randn(150, 8, generator=g), torch.randint(0, 5, (150,), generator=g)
+    one = knn_probe(xtr, ytr, xte, yte, k=7, num_classes=5, chunk_size=16)["knn_top1"]
+    parts = []
+    for rank in range(3):
+        acc = SimpleNamespace(process_index=rank, num_processes=3, device=torch.device("cpu"), gather=lambda t: t)
+        parts.append(knn_probe(xtr, ytr, xte, yte, k=7, num_classes=5, chunk_size=16, accelerator=acc)["knn_top1"])
+    assert round(sum(parts) * 150 / 100) == round(one * 150 / 100) and all(p > 0 for p in parts)
+
+
 def test_probes_on_fashion_mnist_pixels() -> None:
     xtr, ytr = _fashion("train", 10000)
     xte, yte = _fashion("test", 2000)

@@ -225,7 +225,7 @@ def test_fid_sharded_over_two_processes_equals_one(tmp_path: Path) -> None:
     """fid_cell in 2 CPU processes (accelerate launch --multi_gpu, gloo) equals 1 process on the same seeds.
 
     Slow: three Python processes start torch and accelerate, ~30-60 s on 2 cores. 300 samples are chunks of 256
-    and 44 (one per rank) and 250 reference images batches of 100, 100 and 50 (two on rank 0, one on rank 1).
+    and 44 (one per rank); of the 250 reference images each rank reads its 125 (DistributedSampler shards).
     """
     import json
     import subprocess
@@ -302,3 +302,19 @@ def test_fid_cell_reads_no_reference_image_when_its_statistics_are_cached(tmp_pa
     artifacts: dict[str, str] = {}
     again = generate.fid_cell(recipe, ref=ref, artifacts=artifacts, **kw)
     assert again == first and artifacts["fid_sample_batch"] == "256" and artifacts["fid_inception_batch"] == "100"
+
+
+def test_feature_passes_give_freed_heap_pages_back_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """trim_heap (glibc malloc_trim(0), after each feature batch: BENCHMARKS.md section 17) runs on glibc, where a
+    freed heap block's pages go back, and is a no-op elsewhere."""
+    import platform
+
+    import sweepdae.utils as utils
+
+    assert (utils._MALLOC_TRIM is not None) == (platform.libc_ver()[0] == "glibc")
+    if utils._MALLOC_TRIM is not None:
+        blocks = [bytearray(200_000) for _ in range(50)]  # heap blocks under glibc's raised mmap threshold
+        del blocks[::2]
+        assert isinstance(utils.trim_heap(), bool)
+    monkeypatch.setattr(utils, "_MALLOC_TRIM", None)
+    assert utils.trim_heap() is False

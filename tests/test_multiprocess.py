@@ -153,6 +153,37 @@ def test_first_step_of_two_processes_is_the_step_of_one(tmp_path: Path, kind: st
 
 
 @pytest.mark.slow
+def test_two_process_evaluation_steps_split_their_work(tmp_path: Path) -> None:
+    """Needs two launched processes (~20 s). On a streamed folder: the FID reference statistics of 2 processes
+    equal 1 process's (float64 rounding) with each rank decoding its half of the 15 images (in batches of 2: 8
+    and 8, against 16 for one process in batches of 4); the sharded kNN is exactly the 1-process number; the
+    tokenizer's fit sample is decoded by the main process alone, and not at all once the tokenizer is cached."""
+    from _eval_ranks import measure
+
+    write_jpegs(tmp_path / "imgs", {"train": 8, "val": 9})
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--main_process_port", str(_port()), "--dynamo_backend", "no",
+           "--mixed_precision", "no", str(ROOT / "tests" / "_eval_ranks.py"), str(tmp_path / "imgs"),
+           str(tmp_path / "two")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env={**_env(), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    one = measure(tmp_path / "imgs", tmp_path / "one", None)
+    two = [torch.load(tmp_path / "two" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert one["world"] == 1 and [t["world"] for t in two] == [2, 2]
+    for t in two:
+        np.testing.assert_allclose(t["mu"], one["mu"], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(t["sigma"], one["sigma"], rtol=1e-10, atol=1e-14)
+        assert t["knn"] == one["knn"]
+        for name, v in one["tok_state"].items():
+            assert torch.equal(t["tok_state"][name], v), name
+    assert one["ref_decoded"] == 16 and [t["ref_decoded"] for t in two] == [8, 8]
+    assert one["tok_decoded"] == [16, 0] and [t["tok_decoded"] for t in two] == [[16, 0], [0, 0]]
+
+
+@pytest.mark.slow
 def test_two_process_stop_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
     """Needs a launched 2-process training (~30 s). tests/test_cell.py's exact mid-epoch resume at 2 processes on a
     streamed, augmented set: stopped on request at epoch 1 batch 2 and resumed (each rank's sampler starting at
@@ -223,6 +254,9 @@ def test_two_process_cell_on_a_streamed_folder_end_to_end(tmp_path: Path, sweepd
     train = phases["train"]
     assert 48 - 8 < train["decoded"] <= 48 and train["decoded_per_rank"] == [train["decoded"] // 2] * 2
     assert len(phases["probe"]["decoded_per_rank"]) == 2 and len(phases["figures"]["decoded_per_rank"]) == 1
+    # the tokenizer's fit sample is decoded by the main process alone; each rank reads half the 16 FID references
+    assert phases["data"]["decoded"] == 0 and phases["tokenizer"]["decoded_per_rank"] == [48, 0]
+    assert phases["fid"]["decoded_per_rank"] == [8, 8]
     assert all(p["seconds"] >= 0 and p["peak_rss_mb"] > 0 and p["peak_gpu_mb"] is None for p in phases.values())
     result = json.loads((run_dir / "result.json").read_text())
     assert result["world_size"] == 2 and result["provenance"]["num_processes"] == 2

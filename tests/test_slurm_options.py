@@ -115,6 +115,30 @@ def test_option_precedence_cli_then_axis_value_then_grid_then_user_config_then_d
     assert sl.resources([], SlurmSpec(), cli={}, config={}, gpus_per_cell=0) == {**sl.DEFAULTS, "gpus": 0}
 
 
+def test_per_gpu_cpus_and_memory_scale_with_the_jobs_gpus() -> None:
+    """cpus_per_gpu / mem_gb_per_gpu give a job N x them for its N GPUs (sbatch --cpus-per-gpu, --mem-per-gpu);
+    a total given at a higher layer (a later table, the command line) replaces them, and one table may not name
+    both; submitit gets the totals."""
+    text = GRID + '\n[profiles.big]\ntrain.epochs = 3\n\n[profiles.big.slurm]\ncpus_per_gpu = 14\nmem_gb_per_gpu = 30\n'
+    g = parse_grid(text)
+    spec = g.slurm.with_profile(g.profiles["big"])
+    cells = list(expand(g, "big").cells)
+    one = sl.resources(cells, spec, cli={}, config={"cpus": 8}, gpus_per_cell=1)
+    eight = sl.resources(cells, spec, cli={"cpus": None}, config={"cpus": 8}, gpus_per_cell=8)
+    assert (one["cpus"], one["mem_gb"], eight["cpus"], eight["mem_gb"]) == (14, 30, 112, 240)
+    assert sl.resources(cells, spec, cli={}, config={}, gpus_per_cell=0)["cpus"] == 14  # a CPU job: one share
+    cli = sl.resources(cells, spec, cli={"cpus": 20, "mem_gb": 64.0}, config={}, gpus_per_cell=8)
+    assert (cli["cpus"], cli["mem_gb"]) == (20, 64.0) and "cpus_per_gpu" not in cli
+    p = sl.executor_parameters(eight)
+    assert p["cpus_per_task"] == 112 and p["mem"] == f"{240 * 1024}M" and p["gres"] == "gpu:8"
+    # the grid's [slurm] total is replaced by the profile's per-GPU value
+    over = parse_grid(GRID + "\n[slurm]\ncpus = 4\n" + text.removeprefix(GRID))
+    spec = over.slurm.with_profile(over.profiles["big"])
+    assert sl.resources(cells, spec, cli={}, config={}, gpus_per_cell=2)["cpus"] == 28
+    with pytest.raises(GridError, match=r"slurm.cpus_per_gpu: give cpus \(the job's\) or cpus_per_gpu"):
+        parse_grid(GRID + "\n[slurm]\ncpus = 4\ncpus_per_gpu = 2\n")
+
+
 def test_executor_parameters() -> None:
     p = sl.executor_parameters({"time": 90, "cpus": 8, "gpus": 2, "mem_gb": 16.5, "partition": "gpu",
                                 "account": "proj", "qos": None, "max_requeues": 3})

@@ -365,6 +365,31 @@ def test_second_call_loads_from_cache(tmp_path: Path) -> None:
     assert not any(p.requires_grad for p in tok2.parameters()) and not tok2.training and tok2.fitted
 
 
+def test_fit_images_are_read_only_to_fit_and_a_waiting_process_loads_the_file(tmp_path: Path) -> None:
+    """Images given as a callable are read only on a cache miss; `wait=True` never fits: it polls the cache until
+    the fitting process's file is there (a cell's other ranks, while its main process fits)."""
+    import threading
+
+    images, cfg, calls = _random_images(8), _cfg("patch_pca"), []
+
+    def read() -> torch.Tensor:
+        calls.append(1)
+        return images
+
+    got: list[dict[str, Any]] = []
+    waiter = threading.Thread(target=lambda: got.append(get_tokenizer(
+        cfg, data_key="synthetic-16", images_uint8=read, channels=CH, image_size=SIZE, cache_dir=tmp_path,
+        wait=True)[1]))
+    waiter.start()
+    _, fitted = get_tokenizer(cfg, data_key="synthetic-16", images_uint8=read, channels=CH, image_size=SIZE,
+                              cache_dir=tmp_path)
+    waiter.join(timeout=60)
+    _, hit = get_tokenizer(cfg, data_key="synthetic-16", images_uint8=read, channels=CH, image_size=SIZE,
+                           cache_dir=tmp_path)
+    assert len(calls) == 1 and not fitted["from_cache"] and hit["from_cache"]
+    assert got and got[0]["from_cache"] and got[0]["key"] == fitted["key"]
+
+
 def test_pca_tokenizers_share_one_basis_across_d(tmp_path: Path) -> None:
     images = _random_images(8)
     tok4, s4 = _get(_cfg("patch_pca", latent_dim=4), images, tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +116,10 @@ def fid_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, ref: Imag
     Memory is bounded by the batches, not by the sets: reference images and samples become Inception features
     batch by batch, merged into running float64 statistics. With `accelerator` (None: one process) every rank
     calls this; the samples are FID_CHUNK-sized chunks, chunk c drawn by rank c mod N with its own seed (DiT
-    sample_ddp.py seeds each rank apart; seeding by chunk keeps the sample set the same for any N), the reference
-    batches are split the same way, the statistics are merged across ranks and every rank returns the same
-    metrics. The sampling and Inception batches halve on out-of-memory; `artifacts` records the ones that worked.
+    sample_ddp.py seeds each rank apart; seeding by chunk keeps the sample set the same for any N), each rank
+    reads and decodes only its DistributedSampler share of the reference images (about n / N), the statistics
+    are merged across ranks and every rank returns the same metrics. The sampling and Inception batches halve on
+    out-of-memory; `artifacts` records the ones that worked.
     """
     rank = int(accelerator.process_index) if accelerator is not None else 0
     world = int(accelerator.num_processes) if accelerator is not None else 1
@@ -136,9 +137,13 @@ def fid_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, ref: Imag
     def ref_features(x: torch.Tensor) -> torch.Tensor:
         return inception_batch.run(functools.partial(extractor.features, x.to(device).float() / 255.0))
 
+    def ref_shard(r: int, w: int) -> Iterator[torch.Tensor]:  # rank r's rows of global batches of REF_BATCH
+        per = min(-(-REF_BATCH // w), -(-n_ref // w))  # no rank reads past its share of the first n_ref
+        return (x for x, _ in ref.batches(per, shuffle=False, shard=(r, w)))
+
     mu, sigma = reference_stats_streamed(lambda: (x for x, _ in ref.batches(REF_BATCH, shuffle=False)), n=n_ref,
                                          cache_dir=cache, key=key, features=ref_features, accelerator=accelerator,
-                                         device=device)
+                                         device=device, shard=ref_shard)
     num = recipe.fid.num_samples
     stats = RunningStats(device=device)
     grid: torch.Tensor | None = None

@@ -57,7 +57,7 @@ def probe_cell(recipe: Recipe, *, model: Denoiser, tokenizer: Tokenizer, train: 
         out.update(linear_probe(tr_f, tr_y, te_f, te_y, num_classes=train.num_classes, cfg=pc, seed=recipe.seed,
                                 device=device, progress=progress))
     out.update(knn_probe(tr_f, tr_y, te_f, te_y, k=pc.knn_k, temperature=pc.knn_temperature,
-                         num_classes=train.num_classes))
+                         num_classes=train.num_classes, accelerator=accelerator))  # test rows shared out
     if at.also_paper_t:  # a single-level model probed at its own t: the paper's t = 10 too
         fn10 = amp(encoder_feature_fn(recipe, model, tokenizer, depth=depth, t=PAPER_PROBE_T, seed=recipe.seed),
                    accelerator)

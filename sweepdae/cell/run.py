@@ -148,18 +148,22 @@ def run_cell(run_dir: Path, *, echo: Any = None, in_process: bool = False) -> di
         data_dev = device if device.type == "cuda" else "cpu"
         train_set = load_dataset(recipe.data, "train", seed=0, device=data_dev)
         test_set = load_dataset(recipe.data, "test", seed=0, device=data_dev)
-        # the tokenizer is fitted on the whole set when in memory, on a fixed sample of a streamed one
-        fit_x = train_set.tensors()[0] if train_set.in_memory else sample_images(train_set, TOKENIZER_SAMPLE)[0]
+        # the tokenizer is fitted on the whole set when in memory, on a fixed sample of a streamed one, decoded
+        # only if the tokenizer is not cached and only by the main process, which fits it (the others wait for
+        # its cache file: get_tokenizer(wait=True))
+        fit_x = (train_set.tensors()[0] if train_set.in_memory
+                 else lambda: sample_images(train_set, TOKENIZER_SAMPLE)[0])
 
     with phase("tokenizer"):
-        # a VAE's posterior (std per dim, KL per token) is measured on test-split images it was not fitted on
+        # a VAE's posterior (std per dim, KL per token) is measured on test-split images it was not fitted on, by
+        # the main process (the one that writes result.json)
         heldout = (sample_images(test_set, POSTERIOR_SAMPLE)[0]
-                   if recipe.tokenizer.name.value in STOCHASTIC_TOKENIZERS else None)
+                   if recipe.tokenizer.name.value in STOCHASTIC_TOKENIZERS and main else None)
         tokenizer, tok_stats = get_tokenizer(recipe.tokenizer, data_key=recipe.data_key(), images_uint8=fit_x,
                                              channels=train_set.channels, image_size=recipe.data.image_size,
                                              cache_dir=cache_dir(run_dir) / "tokenizers", seed=recipe.seed,
                                              device=device, progress=lambda e: events(phase="tokenizer", **e),
-                                             heldout_uint8=heldout)
+                                             heldout_uint8=heldout, wait=not main)
         del fit_x, heldout
 
     with phase("train", epoch=0, epochs=recipe.train.epochs):

@@ -578,7 +578,8 @@ def _requeue_line(e: Any, job: dict[str, Any]) -> str:
     def times(n: int) -> str:
         return f"{n} requeue{'s' if n != 1 else ''}" if n else "no requeue"
 
-    line = (f"slurm: time = {limit:g} min, cpus = {job['cpus']}"
+    per_gpu = f" ({job['cpus_per_gpu']} per GPU)" if job.get("cpus_per_gpu") else ""
+    line = (f"slurm: time = {limit:g} min, cpus = {job['cpus']}{per_gpu}"
             + (f", mem_gb = {job['mem_gb']:g}" if job.get("mem_gb") else "")
             + (f": the longest training takes {est.human_seconds(e.longest_training_seconds)}, "
                f"{times(est.requeues(e.longest_training_seconds, limit))}" if e.longest_training_seconds else ":")

@@ -298,13 +298,18 @@ def save_reference_stats(mu: np.ndarray, sigma: np.ndarray, *, cache_dir: Path, 
 
 def reference_stats_streamed(batches: Callable[[], Iterable[Tensor]], *, n: int, cache_dir: Path, key: str,
                              features: Callable[[Tensor], Tensor | np.ndarray],
-                             accelerator: Any | None = None, device: torch.device | str = "cpu"
+                             accelerator: Any | None = None, device: torch.device | str = "cpu",
+                             shard: Callable[[int, int], Iterable[Tensor]] | None = None
                              ) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the first `n` images of `batches()` (uint8 [B, C, H, W] each), cached under `key`.
 
     The cache is looked up first: on a hit `batches` is never called, so no image is read. Otherwise the
-    features of each batch are merged into running float64 statistics; with an accelerator of N processes rank
-    r takes batches r, r + N, ... and the statistics are merged across ranks; the main process writes the cache.
+    features of each batch are merged into running float64 statistics; the main process writes the cache. With
+    an accelerator of N processes the statistics are merged across ranks, and each rank computes the features of
+    its share: with `shard`, `shard(rank, N)` yields only rank's batches of the split (DistributedSampler's split,
+    `ImageData.batches(shard=)`: rows are the positions rank, rank + N, ... padded by wrapping), of which the rows
+    at positions below n are kept (n must not exceed the split), so each rank reads and decodes about n / N
+    images; without it every rank reads all of `batches()` and takes batches r, r + N, ...
     """
     hit = cached_reference_stats(cache_dir=cache_dir, key=key, n=n)
     if accelerator is not None and int(accelerator.num_processes) > 1:
@@ -318,17 +323,27 @@ def reference_stats_streamed(batches: Callable[[], Iterable[Tensor]], *, n: int,
     rank = int(accelerator.process_index) if accelerator is not None else 0
     world = int(accelerator.num_processes) if accelerator is not None else 1
     stats = RunningStats(dim=None, device=device)
-    seen = 0
-    for i, x in enumerate(batches()):
-        x = x[: n - seen]
-        seen += int(x.shape[0])
-        if i % world == rank and x.shape[0]:
-            stats.update(features(x))
-        if seen >= n:
-            break
-    if seen < n:
-        raise FIDError(f"reference statistics for {key}: {n} images asked, the split has {seen}")
-    mu, sigma = stats.all_reduce(accelerator).stats()
+    if world > 1 and shard is not None:
+        mine = max(0, -(-(n - rank) // world))  # positions rank + k N below n
+        for x in shard(rank, world) if mine else ():
+            stats.update(features(x[: mine - stats.n]))
+            if stats.n >= mine:  # before the loader reads another batch
+                break
+    else:
+        seen = 0
+        for i, x in enumerate(batches()):
+            x = x[: n - seen]
+            seen += int(x.shape[0])
+            if i % world == rank and x.shape[0]:
+                stats.update(features(x))
+            if seen >= n:
+                break
+        if seen < n:  # every rank read the same batches, so every rank raises
+            raise FIDError(f"reference statistics for {key}: {n} images asked, the split has {seen}")
+    merged = stats.all_reduce(accelerator)
+    if merged.n < n:  # after the collective: every rank sees the same count and raises alike
+        raise FIDError(f"reference statistics for {key}: {n} images asked, the split has {merged.n}")
+    mu, sigma = merged.stats()
     if accelerator is None or accelerator.is_main_process:
         save_reference_stats(mu, sigma, cache_dir=cache_dir, key=key, n=n)
     return mu, sigma

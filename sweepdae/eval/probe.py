@@ -34,6 +34,7 @@ from sweepdae.errors import TrainingError
 from sweepdae.eval.crops import AugmentFn, _uniform, crop_boxes, random_resized_crop_flip, resized_crop
 from sweepdae.eval.lars import LARS, WARMUP_FRACTION, cosine_lr, probe_lr, set_lr
 from sweepdae.recipe import ProbeConfig, ProbeOptimizer
+from sweepdae.utils import trim_heap
 
 # (images float [-1, 1] [B, C, H, W] on device, labels [B] long) -> features [B, F]
 FeatureFn = Callable[[Tensor, Tensor], Tensor]
@@ -279,6 +280,8 @@ def linear_probe_augmented_data(feature_fn: FeatureFn, train: ImageData, test: I
             f, lab = _crop_features(feature_fn, aug, x, y, aug_gen, shard=shard, accelerator=accelerator)
             fs.append(f)
             ys.append(lab)
+            if dev.type == "cpu":  # the chunk's crops and activations were host memory: their freed pages go back
+                trim_heap()
             got = fs[-1].shape[0]
             held, left = held + got, left - got
             while held >= batch:
@@ -344,6 +347,8 @@ def split_features(feature_fn: FeatureFn, data: ImageData, *, batch_size: int, d
             f, lab = gather_rows(accelerator, f), gather_rows(accelerator, lab)
         feats.append(f.cpu())
         labels.append(lab.cpu())
+        if f.device.type == "cpu":  # the batch's activations were host memory: their freed pages go back
+            trim_heap()
     if not feats:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     n = len(data)
@@ -352,20 +357,25 @@ def split_features(feature_fn: FeatureFn, data: ImageData, *, batch_size: int, d
 
 @torch.no_grad()
 def knn_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor, *, k: int = 20,
-              temperature: float = 0.07, num_classes: int, chunk_size: int = 1024) -> dict[str, float]:
+              temperature: float = 0.07, num_classes: int, chunk_size: int = 1024,
+              accelerator: Any = None) -> dict[str, float]:
     """Weighted kNN on cosine similarity (DINO `eval_knn.py` knn_classifier, InstDisc's vote).
 
     Features are L2-normalised; each test sample's k nearest train samples vote for their class with weight
     exp(sim / T); prediction = the class with the largest summed weight. Returns {"knn_top1": percent}.
+    With an `accelerator` of N processes (each holding all the features) rank r scores the test chunks r, r + N,
+    ... against the whole bank and the correct counts are summed over the ranks: every rank returns the number one
+    process computes (the same chunks, each scored alike).
     """
     if train_feats.shape[0] == 0:
         raise ValueError("knn_probe needs at least one training sample")
+    rank, world = rank_world(accelerator)
     k = min(k, train_feats.shape[0])
     dev = train_feats.device
     train_n = F.normalize(train_feats.float(), dim=1)
     ytr = train_labels.to(dev).long()
     correct = 0
-    for start in range(0, test_feats.shape[0], chunk_size):
+    for start in range(rank * chunk_size, test_feats.shape[0], world * chunk_size):
         q = F.normalize(test_feats[start:start + chunk_size].to(dev).float(), dim=1)
         sim, idx = (q @ train_n.T).topk(k, dim=1, largest=True, sorted=True)  # [B, k]
         weights = (sim / temperature).exp()
@@ -373,4 +383,6 @@ def knn_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, tes
         votes.scatter_add_(1, ytr[idx], weights)
         pred = votes.argmax(dim=1)
         correct += int((pred == test_labels[start:start + chunk_size].to(dev)).sum())
+    if world > 1:
+        correct = int(accelerator.gather(torch.tensor([correct], device=accelerator.device)).sum())
     return {"knn_top1": 100.0 * correct / max(test_feats.shape[0], 1)}

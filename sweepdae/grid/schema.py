@@ -52,15 +52,23 @@ from sweepdae.grid._source import (
     tomllib,
 )
 from sweepdae.grid._values import MAX_AXIS_VALUES, _check_knob, _flatten, _fmt, _jsonable, _knob_table, _no_seed, _seeds
-from sweepdae.grid.slurm import SLURM_KEYS, SLURM_STRINGS, check_option_strings, check_slurm_options
+from sweepdae.grid.slurm import (
+    PER_GPU_KEYS,
+    SLURM_KEYS,
+    SLURM_STRINGS,
+    check_option_strings,
+    check_slurm_options,
+    layer_slurm_options,
+)
 from sweepdae.grid.tune import TuneParam, TuneSpec, parse_tune
 from sweepdae.metrics import FINDINGS, METRICS
 from sweepdae.recipe import KNOBS, suggest
 
 # What callers import from here; the parts of the language live in _source, _values, slurm and tune.
 __all__ = ["FINDINGS", "MAX_AXIS_VALUES", "MAX_CELLS", "MAX_GRID_BYTES", "MAX_KEY_CHARS", "MAX_KEY_PARTS", "METRICS",
-           "SLURM_KEYS", "SLURM_STRINGS", "Axis", "Grid", "Profile", "ReportSpec", "SlurmSpec", "Step", "TuneParam",
-           "TuneSpec", "check_option_strings", "check_slurm_options", "load_grid", "parse_grid", "tomllib"]
+           "PER_GPU_KEYS", "SLURM_KEYS", "SLURM_STRINGS", "Axis", "Grid", "Profile", "ReportSpec", "SlurmSpec", "Step",
+           "TuneParam", "TuneSpec", "check_option_strings", "check_slurm_options", "layer_slurm_options", "load_grid",
+           "parse_grid", "tomllib"]
 
 MAX_CELLS = 20_000
 _TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report", "slurm", "tune"}
@@ -131,6 +139,8 @@ def _strs(v: Any) -> tuple[str, ...]:
 
 
 
+
+
 @dataclass(frozen=True)
 class SlurmSpec:
     """A grid's `[slurm]` table: options for every job, and per axis value (`[slurm.by.AXIS."LABEL"]`) options for
@@ -143,7 +153,7 @@ class SlurmSpec:
         """The spec a profile's jobs get: the profile's `[profiles.NAME.slurm]` options over the grid's."""
         if profile is None or not profile.slurm:
             return self
-        return SlurmSpec(options={**self.options, **profile.slurm}, by=self.by)
+        return SlurmSpec(options=layer_slurm_options(self.options, profile.slurm), by=self.by)
 
 
 

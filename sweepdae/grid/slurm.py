@@ -4,13 +4,15 @@ user's config: the keys, their types and ranges, and the strings sbatch would mi
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from sweepdae.errors import printable
 from sweepdae.grid._source import _tname
 from sweepdae.recipe import suggest
 
-__all__ = ["SLURM_KEYS", "SLURM_STRINGS", "check_option_strings", "check_slurm_options"]
+__all__ = ["PER_GPU_KEYS", "SLURM_KEYS", "SLURM_STRINGS", "check_option_strings", "check_slurm_options",
+           "layer_slurm_options"]
 
 # `[slurm]`: the resources of the grid's jobs on a SLURM cluster (`sweepdae run --executor slurm`); not part of any
 # recipe, so they never change a cell's key. key -> (type, what it means)
@@ -22,9 +24,29 @@ SLURM_KEYS: dict[str, tuple[type, str]] = {
     "constraint": (str, "node features (sbatch --constraint)"),
     "cpus": (int, "CPUs of a job (sbatch --cpus-per-task)"),
     "mem_gb": (float, "memory of a job in GB (sbatch --mem)"),
+    "cpus_per_gpu": (int, "CPUs per GPU of a job: the job gets this x its GPUs (as sbatch --cpus-per-gpu)"),
+    "mem_gb_per_gpu": (float, "memory per GPU of a job in GB: the job gets this x its GPUs (as sbatch --mem-per-gpu)"),
     "gpus": (int, "GPUs of a job (sbatch --gres=gpu:N; default --gpus-per-cell)"),
     "max_requeues": (int, "how many times a job that reaches its time limit is requeued"),
 }
+
+
+# per-GPU options and the job totals they give (gpus x per-GPU; a CPU-only job counts as one GPU): one table names
+# one of the two; a later table's either one replaces an earlier table's other (`layer_slurm_options`)
+PER_GPU_KEYS = {"cpus_per_gpu": "cpus", "mem_gb_per_gpu": "mem_gb"}
+
+
+_V = TypeVar("_V")
+
+
+def layer_slurm_options(low: Mapping[str, _V], high: Mapping[str, _V]) -> dict[str, _V]:
+    """`high`'s SLURM options over `low`'s, a total and its per-GPU key replacing each other."""
+    out = dict(low)
+    for per, total in PER_GPU_KEYS.items():
+        if per in high or total in high:
+            out.pop(total if per in high else per, None)
+    out.update(high)
+    return out
 
 
 # SLURM names (partitions, accounts, QOS) are letters, digits, '_', '.' and '-'; sbatch takes a comma-separated list of
@@ -73,4 +95,7 @@ def check_slurm_options(t: Any, key: str, error: Any) -> dict[str, Any]:
                 kind = "an integer" if typ is int else "a number"
                 raise error(f"{key}.{k}", f"must be {kind} >= {least}: the {what}; got {v!r}"[:200])
         out[k] = v
+    for per, total in PER_GPU_KEYS.items():
+        if per in out and total in out:
+            raise error(f"{key}.{per}", f"give {total} (the job's) or {per} (x its GPUs), not both")
     return out

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from sweepdae.cell import TOKENIZER_SAMPLE
@@ -124,32 +125,44 @@ DECODE_CPU = "Intel(R) Xeon(R) Processor"  # /proc/cpuinfo model name of the mac
 DECODE_COMMAND = "python benchmarks/bench_decode.py --repeats 5"
 
 # -- phases: what runs on every process of a cell, and in which precision ---------------------------------------------
-# (compute split over the cell's N processes, decoding split over them, precision), as the code runs them:
+class Decoding(str, Enum):
+    """Who decodes a phase's images: split over the cell's processes, the whole set by each process, or the whole
+    set by one process while the others decode none."""
+
+    sharded = "sharded"
+    each = "each"
+    once = "once"
+
+
+# (compute split over the cell's N processes, who decodes, precision), as the code runs them:
 # * training is data-parallel with per-rank shards (cell/train.py: a DistributedSampler over the seeded pass, each
 #   image decoded once per epoch across the ranks);
 # * evaluation runs on every rank (cell/__init__.py run_cell): the probe's feature passes and the augmented probe's
 #   crops, and the random-init baselines', are sharded and gathered (cell/probing.py, cell/baselines.py,
 #   eval/probe.py split_features; MAE main_linprobe.py's DistributedSampler loaders) under the training's mixed
 #   precision (Accelerator.autocast: bf16 where training used it);
-# * kNN is not sharded: every rank computes it whole, in float32, on the gathered features (eval/probe.py
-#   knn_probe), which live on the host, so its compute time here (the GPU's TF32 rate) is a lower bound;
+# * kNN is sharded by its queries: rank r scores test chunks r, r + N, ... against the whole gathered bank and the
+#   correct counts are summed (eval/probe.py knn_probe), in float32 on the host, so its compute time here (the
+#   GPU's TF32 rate) is a lower bound; it decodes nothing (it reads the cached features);
 # * FID sampling shares its seeded chunks out over the ranks (cell/generate.py, as DiT sample_ddp.py) and runs the
 #   denoiser and the decoder under the training's autocast (Inception, a small part of its FLOPs, in fp32); the
-#   FID reference pass computes only its share of the Inception features, but every rank reads and decodes the
-#   whole reference set (eval/fid.py reference_stats_streamed takes batch i when i % N == rank);
-# * the tokenizer's fit sample is decoded by every rank, and the fit is not split.
+#   FID reference pass reads, decodes and computes only each rank's DistributedSampler share of the reference set
+#   (eval/fid.py reference_stats_streamed with `shard`);
+# * the tokenizer's fit sample is decoded only when the tokenizer is not cached, by the main process alone, which
+#   fits it (not split); the other ranks wait for its cache file (tokenizers/_cache.py get_tokenizer(wait=True)).
 # A streamed set with a deterministic training input (center crop, no objective reading image patches) is encoded
 # once into latents on disk, shared by every training of the same images and tokenizer (cell/latents.py, fast-DiT's
 # feature pre-extraction): its later epochs, and later trainings, decode nothing (STREAMED_LATENTS_ONCE).
 STREAMED_LATENTS_ONCE = True
-PHASES: dict[str, tuple[bool, bool, str]] = {
-    "tokenizer_fit": (False, False, "bf16"),  # the conv VAE fit autocasts to bf16 on a GPU (tokenizers/_conv_vae.py)
-    "train": (True, True, "train"),
-    "probe": (True, True, "train"),
-    "baselines": (True, True, "train"),
-    "knn": (False, False, "fp32"),  # decodes nothing: it reads the cached features
-    "fid_reference": (True, False, "fp32"),
-    "fid_sampling": (True, True, "train"),  # decodes no image from disk
+PHASES: dict[str, tuple[bool, Decoding, str]] = {
+    # the conv VAE fit autocasts to bf16 on a GPU (tokenizers/_conv_vae.py)
+    "tokenizer_fit": (False, Decoding.once, "bf16"),
+    "train": (True, Decoding.sharded, "train"),
+    "probe": (True, Decoding.sharded, "train"),
+    "baselines": (True, Decoding.sharded, "train"),
+    "knn": (True, Decoding.once, "fp32"),  # decodes nothing: it reads the cached features
+    "fid_reference": (True, Decoding.sharded, "fp32"),
+    "fid_sampling": (True, Decoding.sharded, "train"),  # decodes no image from disk
 }
 
 
@@ -559,14 +572,14 @@ def streamed(r: Recipe) -> bool:
 def phase_time(name: str, w: Work, r: Recipe, *, rate: Rate, capacity: float, procs: int,
                cpus_per_process: int | None) -> tuple[float, float]:
     """(compute s, data s) of one phase of one cell on a slot of `capacity` devices run by `procs` processes."""
-    compute_sharded, decode_sharded, precision = PHASES[name]
+    compute_sharded, decoding, precision = PHASES[name]
     devices = capacity if compute_sharded else capacity / procs
     compute = w.flops / (phase_flops_per_s(rate, r, precision) * devices) if w.flops else 0.0
     if not streamed(r) or not w.decoded:
         return compute, 0.0
     per_core = ((w.decoded - w.random_crop) / DECODE_RATES["center_crop"]
                 + w.random_crop / DECODE_RATES["random_resized_crop"])
-    data = per_core / decode_cores(r, cpus_per_process) / (procs if decode_sharded else 1)
+    data = per_core / decode_cores(r, cpus_per_process) / (procs if decoding == Decoding.sharded else 1)
     return compute, data
 
 
@@ -610,7 +623,7 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
             p.compute_seconds += c
             p.data_seconds += d
             p.flops += w.flops
-            p.decoded += w.decoded * (1 if PHASES[phase][1] else procs)
+            p.decoded += w.decoded * (procs if PHASES[phase][1] == Decoding.each else 1)
             return max(c, d)
 
         for c in todo:
@@ -619,12 +632,12 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
                 notes.add("image folder assumed ImageNet-1k size (1,281,167 / 50,000 images)")
             tk = c.train_key
             chain = 0.0
-            # every cell decodes the tokenizer's sample (cell/__init__.py data phase), fitted or cached
-            sample = Work(decoded=min(split_sizes(r)[0], TOKENIZER_SAMPLE)) if streamed(r) else Work()
+            # the tokenizer's sample is decoded only to fit it (cell/__init__.py run_cell): a cached one reads none
+            sample = Work()
             tok = tokenizer_identity(r)
             if tk not in made and tok not in fitted:
                 fitted.add(tok)
-                sample = Work(tokenizer_fit_flops(r), sample.decoded)
+                sample = Work(tokenizer_fit_flops(r), min(split_sizes(r)[0], TOKENIZER_SAMPLE) if streamed(r) else 0.0)
             chain += add("tokenizer_fit", sample, r)
             if tk not in made:
                 made.add(tk)
@@ -673,7 +686,7 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
 
 def training_images(r: Recipe) -> float:
     """Images a training decodes: every epoch's pass, or the set once when its latents are stored (`encoded_once`).
-    Split over the cell's processes when PHASES shards training's decoding, else decoded by each of them."""
+    Split over the cell's processes when PHASES shards training's decoding (Decoding.sharded)."""
     n = split_sizes(r)[0]
     return float(n if encoded_once(r) else (n // r.train.batch_size) * r.train.batch_size * r.train.epochs)
 
@@ -692,9 +705,9 @@ def requeues(job_seconds: float, time_min: float) -> int:
 
 
 # -- SLURM sizing -----------------------------------------------------------------------------------------------------
-# A job is one training group on --gpus-per-cell GPUs (runner/slurm.py); sized here for one GPU per job, the default.
-# CPUs: at most a GPU's share of an 8-GPU node: NVIDIA DGX H100 (user guide: 2 x Xeon Platinum 8480C, 56 cores
-# each) has 112 cores, 14 per GPU.
+# A job is one training group on --gpus-per-cell GPUs (runner/slurm.py), one process per GPU; sized here per GPU
+# (`cpus_per_gpu`, `mem_gb_per_gpu`: a job gets them x its GPUs). CPUs: at most a GPU's share of an 8-GPU node:
+# NVIDIA DGX H100 (user guide: 2 x Xeon Platinum 8480C, 56 cores each) has 112 cores, 14 per GPU.
 CPUS_PER_GPU_MAX = 14
 SLURM_TIME_MIN = 2880  # 48 h: a common cluster maximum per job; longer when one cell's evaluation needs it
 PREFETCH_FACTOR = 2  # torch DataLoader's default: batches each worker holds ready
@@ -702,13 +715,14 @@ HOST_BASE_GB = 2.0  # a process's own: Python, torch, CUDA's host side (assumed,
 
 
 def slurm_sizing(recipes: Sequence[Recipe], *, rate: Rate | None = None) -> dict[str, Any]:
-    """`[slurm]` options for one-GPU jobs of these recipes (a grid's cells under one profile), by this module's plan:
+    """`[slurm]` options per GPU of the jobs of these recipes (a grid's cells under one profile; a job of N GPUs
+    runs N processes and gets N x cpus_per_gpu CPUs, N x mem_gb_per_gpu GB), by this module's plan:
 
-    * cpus: the decoding cores that keep every phase of every recipe compute-bound on its GPU (data time at one core
-      over compute time), at most CPUS_PER_GPU_MAX less one, plus one for the process itself;
-    * mem_gb: 1.25 x the largest host memory of one process: its own (HOST_BASE_GB), the DataLoader's prefetched
-      uint8 training batches (workers x PREFETCH_FACTOR), the probe's cached float32 features (train + test x width),
-      and a checkpoint's host copy (model, EMA and AdamW's two moments in float32);
+    * cpus_per_gpu: the decoding cores that keep every phase of every recipe compute-bound on its GPU (data time
+      at one core over compute time), at most CPUS_PER_GPU_MAX less one, plus one for the process itself;
+    * mem_gb_per_gpu: 1.25 x the largest host memory of one process: its own (HOST_BASE_GB), the DataLoader's
+      prefetched uint8 training batches (workers x PREFETCH_FACTOR), the probe's cached float32 features (train +
+      test x width), and a checkpoint's host copy (model, EMA and AdamW's two moments in float32);
     * time: SLURM_TIME_MIN, or 1.25 x the longest evaluation of one cell when that is longer (an evaluation is not
       checkpointed: a requeue restarts it), in whole hours;
     * max_requeues: the requeues the longest training group needs at that time, plus one for a preemption."""
@@ -730,7 +744,7 @@ def slurm_sizing(recipes: Sequence[Recipe], *, rate: Rate | None = None) -> dict
     cores = min(need, CPUS_PER_GPU_MAX - 1)
     mem = max((host_memory_gb(r, cores) for r in recipes), default=HOST_BASE_GB)
     time_min = max(SLURM_TIME_MIN, math.ceil(1.25 * evals / 3600) * 60)
-    return {"cpus": cores + 1, "mem_gb": float(math.ceil(1.25 * mem)), "time": time_min,
+    return {"cpus_per_gpu": cores + 1, "mem_gb_per_gpu": float(math.ceil(1.25 * mem)), "time": time_min,
             "max_requeues": requeues(jobs, time_min) + 1}
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sweepdae.errors import SweepdaeError
-from sweepdae.grid.schema import check_slurm_options, tomllib
+from sweepdae.grid.schema import PER_GPU_KEYS, check_slurm_options, layer_slurm_options, tomllib
 from sweepdae.store import JobRecord, Store
 
 # states in which a job still holds (or will hold) its cells; anything else, or a job SLURM no longer knows, has
@@ -80,8 +80,11 @@ def resources(cells: Iterable[Any], spec: Any, *, cli: dict[str, Any], config: d
               gpus_per_cell: int) -> dict[str, Any]:
     """The options of one group's job. Precedence, highest first: the command line; the grid's
     `[slurm.by.AXIS."LABEL"]` for the group's cells (the largest time, GPUs, CPUs and memory when they differ);
-    the grid's `[slurm]`; the user config; `DEFAULTS`, with `gpus` = --gpus-per-cell."""
-    out: dict[str, Any] = {**DEFAULTS, "gpus": gpus_per_cell, **config, **spec.options}
+    the grid's `[slurm]`; the user config; `DEFAULTS`, with `gpus` = --gpus-per-cell. Per-GPU CPUs and memory
+    (`cpus_per_gpu`, `mem_gb_per_gpu`) become the job's totals `cpus`, `mem_gb` for its GPUs, as SLURM's
+    --cpus-per-gpu / --mem-per-gpu do, unless a higher layer gives the total."""
+    out: dict[str, Any] = layer_slurm_options(layer_slurm_options({**DEFAULTS, "gpus": gpus_per_cell}, config),
+                                              spec.options)
     by: dict[str, Any] = {}
     for cell in cells:
         for axis, per_label in spec.by.items():
@@ -91,8 +94,11 @@ def resources(cells: Iterable[Any], spec: Any, *, cli: dict[str, Any], config: d
                     by[k] = max(by[k], v)
                 else:
                     by.setdefault(k, v)
-    out.update(by)
-    out.update({k: v for k, v in cli.items() if v is not None})
+    out = layer_slurm_options(layer_slurm_options(out, by), {k: v for k, v in cli.items() if v is not None})
+    gpus = max(1, int(out.get("gpus") or 0))
+    for per, total in PER_GPU_KEYS.items():
+        if per in out:
+            out[total] = out[per] * gpus
     return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ _BASIS_FORMAT = "sweepdae-pca-basis"
 # The knobs of TokenizerConfig that change each tokenizer (the rest belong to other tokenizers).
 RELEVANT_KNOBS = TOKENIZER_KNOBS
 _PCA_BASIS_KNOBS = ("patch_size", "pca_num_patches", "pca_center")
+WAIT_POLL_S = 1.0  # get_tokenizer(wait=True): seconds between looks at the cache (a fit takes seconds to hours)
 
 
 class TokenizerCacheWarning(UserWarning):
@@ -128,14 +130,16 @@ def _get_pca_basis(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor,
         return fit, False
 
 
-def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor, channels: int, image_size: int,
-                  cache_dir: Path, seed: int = 0, device: torch.device | str = "cpu",
-                  progress: Progress | None = None, heldout_uint8: Tensor | None = None
+def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor | Callable[[], Tensor],
+                  channels: int, image_size: int, cache_dir: Path, seed: int = 0, device: torch.device | str = "cpu",
+                  progress: Progress | None = None, heldout_uint8: Tensor | None = None, wait: bool = False
                   ) -> tuple[Tokenizer, dict[str, Any]]:
     """The fitted tokenizer for `cfg` on this data: loaded from `cache_dir` or fitted once and cached.
 
-    `images_uint8` is the train split [N, C, H, W]; `data_key` must identify it (dataset, subset, size,
-    channels). Returns (tokenizer on `device`, eval mode, parameters frozen; its fit stats plus
+    `images_uint8` is the train split [N, C, H, W], or a callable returning it (called only to fit, so a cache
+    hit reads no image); `data_key` must identify it (dataset, subset, size, channels). `wait`: never fit, poll
+    the cache until another process (a cell's main process) has written it; no collective, so a fit of any
+    length keeps no barrier waiting. Returns (tokenizer on `device`, eval mode, parameters frozen; its fit stats plus
     "from_cache", "key" and "cache_path"). With `heldout_uint8` (images the tokenizer was not fitted on, e.g.
     test-split images), a VAE's stats also carry its posterior measured there (`posterior_stats`: posterior_std,
     kl_per_token_nats, ...), computed on every call (deterministic) and not stored in the cache file.
@@ -161,19 +165,23 @@ def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor, 
         return tok, {**stats, **posterior, "from_cache": from_cache, "key": key, "cache_path": str(path)}
 
     stats = _load_checked(path, header, use, quiet=True)  # fast path: atomic writes make an unlocked read safe
+    while stats is None and wait:
+        time.sleep(WAIT_POLL_S)
+        stats = _load_checked(path, header, use, quiet=True)
     if stats is not None:
         return finish(stats, True)
     with file_lock(cache_dir / f"{key}.lock"):
         stats = _load_checked(path, header, use)  # another process may have fitted it while we waited
         if stats is not None:
             return finish(stats, True)
-        check_train_images(images_uint8, channels=channels, image_size=image_size)
+        images = images_uint8() if callable(images_uint8) else images_uint8
+        check_train_images(images, channels=channels, image_size=image_size)
         basis, basis_cached = None, None
         if _name(cfg) == TokenizerName.patch_pca.value:
-            basis, basis_cached = _get_pca_basis(cfg, data_key=data_key, images_uint8=images_uint8,
+            basis, basis_cached = _get_pca_basis(cfg, data_key=data_key, images_uint8=images,
                                                  channels=channels, image_size=image_size, cache_dir=cache_dir,
                                                  seed=seed, progress=progress)
-        stats = fit_with_basis(tok, images_uint8, cfg=cfg, seed=seed, device=device, progress=progress,
+        stats = fit_with_basis(tok, images, cfg=cfg, seed=seed, device=device, progress=progress,
                                pca_basis=basis)
         if basis_cached is not None:
             stats["pca_basis_from_cache"] = basis_cached
