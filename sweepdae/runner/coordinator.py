@@ -21,6 +21,7 @@ from typing import Any
 
 from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, INTERRUPTIONS, RECIPE, RESULT, STOP, classify_exit, train_dir
 from sweepdae.errors import StoreUnavailable
+from sweepdae.recipe import recipe_from_dict
 from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
@@ -273,8 +274,6 @@ class Coordinator:
     def _train_key(self, claim: Claim) -> str:
         if claim.train_key:
             return str(claim.train_key)
-        from sweepdae.recipe import recipe_from_dict
-
         return recipe_from_dict(claim.recipe).train_key()  # a trial queued before train keys were recorded
 
     def _skip_train_keys(self, now: float) -> set[str]:
@@ -313,7 +312,7 @@ class Coordinator:
 
     def _decide_training(self, claim: Claim, tk: str) -> tuple[str, Any]:
         folder = train_dir(self.opts.runs_dir / claim.key, tk)
-        from sweepdae.cell.train import read_trained
+        from sweepdae.cell.train import read_trained  # why: cell.train imports torch
 
         if read_trained(folder, tk) is not None:
             return "start", None
@@ -365,7 +364,7 @@ class Coordinator:
         """Record the training a cell made (its `trained` event, or at its end), or give the lease back."""
         if r.train_claim is None:
             return
-        from sweepdae.cell.train import read_trained
+        from sweepdae.cell.train import read_trained  # why: cell.train imports torch
 
         folder = train_dir(r.run_dir, r.train_key)
         info = read_trained(folder, r.train_key)

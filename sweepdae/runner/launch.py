@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sweepdae.cell import LOG
+from sweepdae.cell import LOG, main
 from sweepdae.runner.slots import Slot, cell_env, cell_procs, free_port
 
 
@@ -139,8 +139,6 @@ def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle
                 import torch
 
                 torch.set_num_threads(threads)
-            from sweepdae.cell import main
-
             code = main([str(run_dir)])
         except BaseException:
             import traceback
