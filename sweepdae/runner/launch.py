@@ -18,11 +18,20 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from sweepdae.cell import LOG, main
 from sweepdae.runner.slots import Slot, cell_env, cell_procs, free_port
+
+
+class Launcher(StrEnum):
+    """How a cell's processes start."""
+
+    AUTO = "auto"  # fork on the CPU, accelerate on GPUs
+    ACCELERATE = "accelerate"  # `accelerate launch`, one process per GPU (or --procs-per-cell CPU processes)
+    FORK = "fork"  # a fork of the coordinator (CPU, one process)
 
 
 class Handle(Protocol):

@@ -28,6 +28,7 @@ from sweepdae.runner import make_slots, parse_gpus, register_plan, runs_dir_for,
 from sweepdae.runner import slurm as sl
 from sweepdae.runner import tune as tn
 from sweepdae.runner.dry_run import dry_run
+from sweepdae.runner.launch import Launcher
 from sweepdae.runner.slots import PROCS_ENV
 from sweepdae.runner.status import summary_table, wait
 from sweepdae.store import open_store
@@ -40,14 +41,6 @@ class Executor(StrEnum):
 
     LOCAL = "local"  # this machine's slots
     SLURM = "slurm"  # one SLURM job per training group, submitted through submitit
-
-
-class Launcher(StrEnum):
-    """How a cell's processes start (`runner.launch`)."""
-
-    AUTO = "auto"  # fork on the CPU, accelerate on GPUs
-    ACCELERATE = "accelerate"
-    FORK = "fork"
 
 
 def choice(kind: type[E], value: str, option: str) -> E:
