@@ -390,7 +390,7 @@ def _click_exceptions() -> tuple[type[Exception], ...]:
     bundled copy (typer._click), whose classes are not click's. Both are looked up, so either is caught."""
     found = {c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"}
     try:
-        import click
+        import click  # why: optional; newer typer bundles its own copy
 
         found.add(click.exceptions.ClickException)
     except ImportError:

@@ -28,6 +28,8 @@ grid's `[slurm]` table from the same plan.
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,7 @@ from typing import Any
 from sweepdae.cell import TOKENIZER_SAMPLE
 from sweepdae.recipe import (
     MODEL_SIZES,
+    TOKENIZER_KNOBS,
     NoiseLevels,
     Recipe,
     Space,
@@ -379,8 +382,6 @@ def fid_reference_key(r: Recipe) -> str:
 
 def tokenizer_identity(r: Recipe) -> str:
     """What a fitted tokenizer is cached by: its own knobs, the images, the seed (tokenizers/_cache.py)."""
-    from sweepdae.recipe import TOKENIZER_KNOBS
-
     knobs = {k: getattr(r.tokenizer, k) for k in TOKENIZER_KNOBS[r.tokenizer.name.value]}
     return f"{r.tokenizer.name.value}|{sorted(knobs.items())}|{r.data_key()}|{r.data.image_size}|{r.channels}|{r.seed}"
 
@@ -412,9 +413,6 @@ def gpu_peak(name: str | None) -> tuple[GpuPeak, bool]:
 
 def detect_gpu_name() -> str | None:
     """The first visible GPU's name from nvidia-smi (no torch import: the dry run stays fast); None without one."""
-    import shutil
-    import subprocess
-
     smi = shutil.which("nvidia-smi")
     if not smi:
         return None

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -150,8 +151,6 @@ def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle
                 torch.set_num_threads(threads)
             code = main([str(run_dir)])
         except BaseException:
-            import traceback
-
             traceback.print_exc()
         finally:  # the child must never return into the coordinator's code, even if flushing fails (disk full)
             for stream in (sys.stdout, sys.stderr):
