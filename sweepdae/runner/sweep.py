@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.text import Text
 
-import sweepdae.runner
+import sweepdae.runner  # run_plan, run_cells, run_worker, enqueue_plan: looked up where callers may replace them
 from sweepdae.cell import TRACKERS
 from sweepdae.errors import GridError, SweepdaeError, printable
 from sweepdae.grid import Plan, expand, load_grid
