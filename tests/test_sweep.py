@@ -1,4 +1,4 @@
-"""runner/sweep.py: the Resources of run, worker and tune, checked in one place; the closed sets of choices."""
+"""runner/options.py and runner/sweep.py: Resources checked in one place; the closed sets of choices."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from sweepdae.errors import SweepdaeError
 from sweepdae.runner.coordinator import Decision
 from sweepdae.runner.launch import Launcher
+from sweepdae.runner.options import Executor, Resources, SlurmOptions, choice
 from sweepdae.runner.slots import PROCS_ENV
-from sweepdae.runner.sweep import Executor, Resources, SlurmOptions, Sweep, choice
+from sweepdae.runner.sweep import Sweep
 
 
 def test_choices_keep_the_strings_of_the_command_line_and_the_store() -> None:

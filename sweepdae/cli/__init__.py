@@ -23,9 +23,10 @@ from sweepdae.grid import load_grid
 from sweepdae.recipe import probe_t
 from sweepdae.runner import select
 from sweepdae.runner.cleanup import collect_garbage, forget_cells, forget_missing_trainings
+from sweepdae.runner.options import Resources, SlurmOptions
 from sweepdae.runner.slurm import cancel as cancel_jobs
 from sweepdae.runner.status import show_status
-from sweepdae.runner.sweep import Resources, SlurmOptions, Sweep, grid_path, load_plan, run_sweep, tune_grid, work
+from sweepdae.runner.sweep import Sweep, grid_path, load_plan, run_sweep, tune_grid, work
 from sweepdae.store import open_store
 
 

@@ -15,6 +15,7 @@ from rich.text import Text
 from sweepdae.errors import StoreNotFound, printable
 from sweepdae.grid import Plan
 from sweepdae.runner import estimate as est
+from sweepdae.runner.options import SlurmOptions
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.slurm import resources, user_config
 from sweepdae.store import open_store
@@ -48,7 +49,7 @@ def _read_store(url: str | None, chosen: list[tuple[Plan, list[Any]]], kind: str
 
 
 def dry_run(url: str | None, chosen: list[tuple[Plan, list[Any]]], slots: list[Slot], rate_tflops: float | None,
-            *, json_out: bool = False, slurm_cli: dict[str, Any] | None = None, executor: str = "local",
+            *, json_out: bool = False, slurm: SlurmOptions | None = None, executor: str = "local",
             gpus_per_cell: int = 1, procs: int | None = None, err: Console, out: Console) -> None:
     """Each grid's estimate on the slots' devices (stderr, one line each; the cells that would run on stdout), then
     the total (several grids) and where every rate comes from. --json: one JSON object on stdout instead."""
@@ -62,7 +63,7 @@ def dry_run(url: str | None, chosen: list[tuple[Plan, list[Any]]], slots: list[S
     procs = procs or max(1, len(slots[0].gpus) if slots else 1)
     # each grid's SLURM job: the command line, the grid's [slurm] table, the user config, the defaults
     config = user_config()
-    jobs = [resources(cells, p.slurm, cli=slurm_cli or {}, config=config, gpus_per_cell=gpus_per_cell)
+    jobs = [resources(cells, p.slurm, cli=slurm.given() if slurm else {}, config=config, gpus_per_cell=gpus_per_cell)
             for p, cells in chosen]
     cpus = [max(1, int(j["cpus"]) // max(1, int(j.get("gpus") or 1))) if executor == "slurm" else None
             for j in jobs]

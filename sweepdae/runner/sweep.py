@@ -1,5 +1,5 @@
-"""What `sweepdae run`, `worker` and `tune` call: the resources a sweep runs on (`Resources`, checked in one place)
-and the sweep itself: a dry run, rounds until decided, the local run grid after grid, or SLURM jobs.
+"""What `sweepdae run`, `worker` and `tune` call: the sweep itself (a dry run, rounds until decided, the local run
+grid after grid, or SLURM jobs), a worker, a study; on the `Resources` of runner/options.py.
 
 These functions print progress on the `err` console and results on `out`, and return the command's exit status
 (0; 1: a cell not done; 130: stopped); errors are raised as SweepdaeError."""
@@ -7,18 +7,15 @@ These functions print progress on the `err` console and results on `out`, and re
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
 import sweepdae.runner  # run_plan, run_cells, run_worker, enqueue_plan: looked up where callers may replace them
-from sweepdae.cell import TRACKERS
 from sweepdae.errors import GridError, SweepdaeError, printable
 from sweepdae.grid import Plan, expand, load_grid
 from sweepdae.grid.schema import check_slurm_options
@@ -28,119 +25,9 @@ from sweepdae.runner import make_slots, parse_gpus, register_plan, runs_dir_for,
 from sweepdae.runner import slurm as sl
 from sweepdae.runner import tune as tn
 from sweepdae.runner.dry_run import dry_run
-from sweepdae.runner.launch import Launcher
-from sweepdae.runner.slots import PROCS_ENV
+from sweepdae.runner.options import Resources, SlurmOptions
 from sweepdae.runner.status import summary_table, wait
 from sweepdae.store import open_store
-
-E = TypeVar("E", bound=StrEnum)
-
-
-class Executor(StrEnum):
-    """Where `sweepdae run` runs the cells."""
-
-    LOCAL = "local"  # this machine's slots
-    SLURM = "slurm"  # one SLURM job per training group, submitted through submitit
-
-
-def choice(kind: type[E], value: str, option: str) -> E:
-    """`value` as a member of the closed set `kind`, or an error naming the option and the valid values."""
-    try:
-        return kind(value)
-    except ValueError:
-        names = [str(m.value) for m in kind]
-        raise SweepdaeError(f"{option}: expected {', '.join(names[:-1])} or {names[-1]}, got {value!r}") from None
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What the cells of `run`, `worker` and `tune` run on and how; the launcher and executor are checked here, the
-    rest by `apply`."""
-
-    gpus: str = "auto"  # 'auto', 'cpu' or GPU indices '0,1'
-    gpus_per_cell: int | None = None  # None: 1, or with --executor slurm what the grid's [slurm] table says
-    cells_per_gpu: int = 1
-    cpu_cells: int = 1  # concurrent cells without a GPU
-    procs_per_cell: int = 1  # CPU cells: processes of each (gloo), the code path of as many GPUs
-    max_retries: int = 1  # retries of a retryable failure (oom, crash, killed)
-    launcher: str = Launcher.AUTO
-    plain: bool | None = None  # line output (True), the live view (False), or as the terminal allows (None)
-    runs_dir: str | None = None  # None: $SWEEPDAE_RUNS or ./runs
-    tracker: str | None = None  # None: $SWEEPDAE_TRACKER or tensorboard
-    executor: str = Executor.LOCAL
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "launcher", choice(Launcher, self.launcher, "--launcher"))
-        object.__setattr__(self, "executor", choice(Executor, self.executor, "--executor"))
-
-    @property
-    def slurm(self) -> bool:
-        return self.executor == Executor.SLURM
-
-    @property
-    def cell_gpus(self) -> int:
-        """GPUs per cell on this machine's slots."""
-        return 1 if self.gpus_per_cell is None else self.gpus_per_cell
-
-    def apply(self, *, dry_run: bool = False) -> None:
-        """Check the tracker, --procs-per-cell (not for a dry run), the runs folder and --gpus-per-cell, and export
-        what the cells read from the environment (SWEEPDAE_TRACKER, SWEEPDAE_PROCS_PER_CELL; SLURM jobs inherit
-        it from the submitting shell)."""
-        _set_tracker(self.tracker)
-        if not dry_run:
-            _set_procs(self.procs_per_cell, self.gpus, self.executor)
-        _check_runs_dir(self.runs_dir)
-        if self.gpus_per_cell is not None and self.gpus_per_cell < (0 if self.slurm else 1):
-            raise SweepdaeError(f"--gpus-per-cell: expected an integer >= {0 if self.slurm else 1}, "
-                                f"got {self.gpus_per_cell}")
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """`run --executor slurm`'s options for every job; None: from the grid's [slurm] table, the user config or the
-    defaults (`runner.slurm.resources`)."""
-
-    partition: str | None = None
-    time: int | None = None  # minutes
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    cpus: int | None = None
-    mem_gb: float | None = None
-
-    def given(self) -> dict[str, Any]:
-        """The options given, by name, as `runner.slurm.resources` reads them."""
-        options = {"partition": self.partition, "time": self.time, "account": self.account, "qos": self.qos,
-                   "constraint": self.constraint, "cpus": self.cpus, "mem_gb": self.mem_gb}
-        return {k: v for k, v in options.items() if v is not None}
-
-
-def _set_tracker(tracker: str | None) -> None:
-    if tracker is None:
-        return
-    if tracker.lower() not in (*TRACKERS, "none"):
-        raise SweepdaeError(f"--tracker: expected one of {', '.join([*TRACKERS, 'none'])}, got {tracker!r}")
-    os.environ["SWEEPDAE_TRACKER"] = tracker.lower()
-
-
-def _set_procs(procs: int, gpus: str, executor: str) -> None:
-    """The coordinator's cells read SWEEPDAE_PROCS_PER_CELL (`sweepdae.runner.slots.cell_procs`)."""
-    if procs == 1:
-        return
-    if executor != Executor.LOCAL:
-        raise SweepdaeError("--procs-per-cell: local runs only (a SLURM job's processes are its --gpus-per-cell)")
-    if parse_gpus(gpus):
-        raise SweepdaeError("--procs-per-cell: for CPU cells (add --gpus cpu); a GPU cell runs one process per GPU "
-                            "(--gpus-per-cell)")
-    os.environ[PROCS_ENV] = str(procs)
-
-
-def _check_runs_dir(runs_dir: str | None) -> None:
-    """A runs folder that is a file would fail the first cell after it was claimed: refuse it before."""
-    path = runs_dir_for(runs_dir)
-    if path.exists() and not path.is_dir():
-        raise SweepdaeError(f"--runs-dir: {printable(str(path))} is not a folder"
-                            + ("" if runs_dir else " (from $SWEEPDAE_RUNS or ./runs)"))
 
 
 def grid_path(name: str) -> Path:
@@ -190,17 +77,17 @@ class Sweep:
                                 "slurm or --json)")
 
 
-def _slurm_options(res: Resources, slurm: SlurmOptions) -> dict[str, Any]:
+def _slurm_options(res: Resources, slurm: SlurmOptions) -> SlurmOptions:
     """The command line's options for every SLURM job (its GPUs are --gpus-per-cell), checked as sbatch reads
     them; an error when one is given without --executor slurm."""
     given = slurm.given()
     if given and not res.slurm:
         raise SweepdaeError(f"--{next(iter(given)).replace('_', '-')}: a SLURM option; add --executor slurm")
     if not res.slurm:
-        return given
+        return slurm
     check_slurm_options(given, "option",  # types, ranges and the strings sbatch would misread
                         lambda key, msg: SweepdaeError(f"--{key.split('.')[-1].replace('_', '-')}: {msg}"))
-    return {**given, "gpus": res.gpus_per_cell}
+    return replace(slurm, gpus=res.gpus_per_cell)
 
 
 def run_sweep(grids: Sequence[str], *, profile: str | None, store_url: str | None, res: Resources,
@@ -208,7 +95,7 @@ def run_sweep(grids: Sequence[str], *, profile: str | None, store_url: str | Non
     """`sweepdae run`: every grid (and its profile) is checked before anything runs; then the dry run, the rounds
     until decided, the SLURM jobs, or the local run, grid after grid. Returns the exit status."""
     res.apply(dry_run=sweep.dry_run)
-    slurm_cli = _slurm_options(res, slurm)
+    slurm = _slurm_options(res, slurm)
     sweep.check(res)
     plans = [load_plan(g, profile) for g in grids]
     chosen = [select(p, sweep.only, allow_empty=len(plans) > 1) for p in plans]
@@ -223,7 +110,7 @@ def run_sweep(grids: Sequence[str], *, profile: str | None, store_url: str | Non
         slots = make_slots(parse_gpus(res.gpus), gpus_per_cell=max(1, res.cell_gpus),
                            cells_per_gpu=res.cells_per_gpu, cpu_cells=res.cpu_cells)
         dry_run(store_url, list(zip(plans, chosen, strict=True)), slots, sweep.rate, json_out=sweep.json_out,
-                slurm_cli=slurm_cli, executor=res.executor, gpus_per_cell=res.cell_gpus, err=err, out=out)
+                slurm=slurm, executor=res.executor, gpus_per_cell=res.cell_gpus, err=err, out=out)
         if sweep.until_decided:
             from sweepdae.runner.until_decided import dry_run_from_cli  # why: pandas, scipy: ~2 s
 
@@ -231,7 +118,7 @@ def run_sweep(grids: Sequence[str], *, profile: str | None, store_url: str | Non
                              slots=len(slots), gpus=sorted({g for slot in slots for g in slot.gpus}), say=say)
         return 0
     if res.slurm:
-        return run_slurm(store_url, plans, chosen, cli=slurm_cli, res=res, watch=sweep.wait, err=err)
+        return run_slurm(store_url, plans, chosen, slurm=slurm, res=res, watch=sweep.wait, err=err)
     if sweep.until_decided:
         from sweepdae.runner.until_decided import run_from_cli  # why: pandas, scipy: ~2 s
 
@@ -286,7 +173,7 @@ def run_local(url: str | None, plans: list[Plan], chosen: list[list[Any]], *, re
     return 0
 
 
-def run_slurm(url: str | None, plans: list[Plan], chosen: list[list[Any]], *, cli: dict[str, Any], res: Resources,
+def run_slurm(url: str | None, plans: list[Plan], chosen: list[list[Any]], *, slurm: SlurmOptions, res: Resources,
               watch: bool, err: Console) -> int:
     """`run --executor slurm`: enqueue every grid, submit a job for each training group that no live job holds,
     print the jobs, and return (or, with --wait, watch until they end)."""
@@ -301,7 +188,7 @@ def run_slurm(url: str | None, plans: list[Plan], chosen: list[list[Any]], *, cl
         for p, cells in zip(plans, chosen, strict=True):
             if cells:
                 all_keys += [c.key for c in cells]
-                _submit_grid(s, p, cells, cli=cli, config=config, store_url=store_url, res=res, err=err)
+                _submit_grid(s, p, cells, slurm=slurm, config=config, store_url=store_url, res=res, err=err)
         if not watch:
             err.print("jobs run on the cluster; watch them with `sweepdae status GRID --watch`", highlight=False)
             return 0
@@ -322,12 +209,12 @@ def run_slurm(url: str | None, plans: list[Plan], chosen: list[list[Any]], *, cl
     return 0
 
 
-def _submit_grid(s: Any, p: Plan, cells: list[Any], *, cli: dict[str, Any], config: dict[str, Any],
+def _submit_grid(s: Any, p: Plan, cells: list[Any], *, slurm: SlurmOptions, config: dict[str, Any],
                  store_url: str, res: Resources, err: Console) -> None:
     """Enqueue one grid's cells and submit a job for each training group that no live job holds; print them."""
     outcome = sweepdae.runner.enqueue_plan(s, p, cells)
     cached = sum(1 for v in outcome.values() if v == "cached")
-    groups, held = sl.plan_groups(s, cells, spec=p.slurm, cli=cli, config=config, gpus_per_cell=res.cell_gpus)
+    groups, held = sl.plan_groups(s, cells, spec=p.slurm, cli=slurm.given(), config=config, gpus_per_cell=res.cell_gpus)
     jobs = sl.submit(groups, store=s, store_url=store_url, plan=p, runs_dir=runs_dir_for(res.runs_dir),
                      launcher=res.launcher, max_retries=res.max_retries) if groups else []
     name = f"{p.grid.name} ({p.profile or 'base'})"
