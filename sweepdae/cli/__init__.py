@@ -74,8 +74,7 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Profile
                                                 "...); default: the grid's default_profile")]
 RunsOpt = Annotated[str | None, typer.Option("--runs-dir", help="Where cell folders go (default $SWEEPDAE_RUNS or "
                                              "./runs)")]
-
-
+# the options of run, worker and tune: the fields of runner.options.Resources
 GpusOpt = Annotated[str, typer.Option(help="'auto', 'cpu' or GPU indices '0,1'")]
 GpusPerCellOpt = Annotated[int, typer.Option(min=1, help="GPUs per cell (one process each)")]
 CellsPerGpuOpt = Annotated[int, typer.Option(min=1, help="Cells packed on one GPU")]
