@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+import sweepdae.runner.status  # show_status: looked up where callers may replace it
 from sweepdae import __version__
 from sweepdae.errors import GridError, StoreNotFound, SweepdaeError, printable
 from sweepdae.grid import load_grid
@@ -25,7 +26,6 @@ from sweepdae.runner import select
 from sweepdae.runner.cleanup import collect_garbage, forget_cells, forget_missing_trainings
 from sweepdae.runner.options import Resources, SlurmOptions
 from sweepdae.runner.slurm import cancel as cancel_jobs
-from sweepdae.runner.status import show_status
 from sweepdae.runner.sweep import Sweep, grid_path, load_plan, run_sweep, tune_grid, work
 from sweepdae.store import open_store
 
@@ -192,7 +192,8 @@ def status(grid: Annotated[str | None, typer.Argument(help="Grid file (default: 
                                                    callback=_positive_seconds)] = 2.0) -> None:
     """Cells of a grid (or of the whole store) with their status, attempts and probe accuracy."""
     keys = [c.key for c in load_plan(grid, profile).cells] if grid else None
-    show_status(_store(store, create=False), keys, as_json=as_json, watch=watch, interval=interval, console=out)
+    sweepdae.runner.status.show_status(_store(store, create=False), keys, as_json=as_json, watch=watch,
+                                       interval=interval, console=out)
 
 
 @app.command(cls=_Command)

@@ -24,11 +24,9 @@ def forget_missing_trainings(store_url: str | None, plan: Plan, cells: list[Any]
     from sweepdae.cell.train import TRAINED  # why: cell.train imports torch
 
     tks = sorted({c.train_key for c in cells})
-    from sweepdae.report import default_runs_dir  # why: pandas, scipy: ~2 s to import
-
     s = open_store(store_url, create=False)
     try:
-        runs = runs_dir_for(runs_dir or default_runs_dir(s))  # as `report` finds it: also runs/ beside the store
+        runs = _runs_dir(runs_dir, s)
         status = s.training_status(tks)
         lost = [tk for tk in tks if status.get(tk) == "done" and not (runs / TRAIN_DIR / tk / TRAINED).exists()]
         gone = s.forget_trainings(lost)
@@ -41,11 +39,9 @@ def forget_missing_trainings(store_url: str | None, plan: Plan, cells: list[Any]
 def forget_cells(store_url: str | None, plan: Plan, cells: list[Any], *, runs_dir: str | None,
                  err: Console) -> None:
     """Remove the cells' results (store and cell folders) so the next run evaluates them again."""
-    from sweepdae.report import default_runs_dir  # why: pandas, scipy: ~2 s to import
-
     s = open_store(store_url, create=False)
     try:
-        runs = runs_dir_for(runs_dir or default_runs_dir(s))  # as `report` finds it: also runs/ beside the store
+        runs = _runs_dir(runs_dir, s)
         # All or nothing, in this order: every key is checked (none queued or running) before anything changes;
         # then the folders go; the store's marks come last. A folder not found here (another runs folder, another
         # machine) keeps its result.json, which the next run does not record again: the store keeps when each key
@@ -114,3 +110,10 @@ def collect_garbage(store_url: str | None, *, runs_dir: str | None, dry_run: boo
 
 def _unmark(training: Path, store_id: Any) -> None:
     (training / STORES_DIR / str(store_id)).unlink(missing_ok=True)
+
+
+def _runs_dir(runs_dir: str | None, store: Any) -> Path:
+    """The cells' folder as `report` finds it: also runs/ beside the store."""
+    from sweepdae.report import default_runs_dir  # why: pandas, scipy: ~2 s to import
+
+    return runs_dir_for(runs_dir or default_runs_dir(store))
