@@ -14,7 +14,7 @@ from sweepdae.errors import SweepdaeError, printable
 from sweepdae.grid import Plan
 from sweepdae.runner import runs_dir_for
 from sweepdae.runner.coordinator import LEGACY_MARK, STORES_DIR, training_stores
-from sweepdae.store import open_store
+from sweepdae.store import Store, open_store
 
 
 def forget_missing_trainings(store_url: str | None, plan: Plan, cells: list[Any], *, runs_dir: str | None,
@@ -112,7 +112,7 @@ def _unmark(training: Path, store_id: Any) -> None:
     (training / STORES_DIR / str(store_id)).unlink(missing_ok=True)
 
 
-def _runs_dir(runs_dir: str | None, store: Any) -> Path:
+def _runs_dir(runs_dir: str | None, store: Store) -> Path:
     """The cells' folder as `report` finds it: also runs/ beside the store."""
     from sweepdae.report import default_runs_dir  # why: pandas, scipy: ~2 s to import
 

@@ -27,7 +27,7 @@ from sweepdae.runner import tune as tn
 from sweepdae.runner.dry_run import dry_run
 from sweepdae.runner.options import Resources, SlurmOptions
 from sweepdae.runner.status import summary_table, wait
-from sweepdae.store import open_store
+from sweepdae.store import Store, open_store
 
 
 def grid_path(name: str) -> Path:
@@ -209,7 +209,7 @@ def run_slurm(url: str | None, plans: list[Plan], chosen: list[list[Any]], *, sl
     return 0
 
 
-def _submit_grid(s: Any, p: Plan, cells: list[Any], *, slurm: SlurmOptions, config: dict[str, Any],
+def _submit_grid(s: Store, p: Plan, cells: list[Any], *, slurm: SlurmOptions, config: dict[str, Any],
                  store_url: str, res: Resources, err: Console) -> None:
     """Enqueue one grid's cells and submit a job for each training group that no live job holds; print them."""
     outcome = sweepdae.runner.enqueue_plan(s, p, cells)
@@ -274,7 +274,7 @@ def tune_grid(grid: str, *, profile: str | None, store_url: str | None, trials: 
     return 130 if summary.stopped else 0
 
 
-def _trial_runner(s: Any, grid: str, profile: str | None, res: Resources) -> Callable[[list[Any]], Any]:
+def _trial_runner(s: Store, grid: str, profile: str | None, res: Resources) -> Callable[[list[Any]], Any]:
     """Runs one trial's cells on this machine's slots, as `run` does."""
     n = 0
 
