@@ -16,11 +16,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, INTERRUPTIONS, RECIPE, RESULT, STOP, classify_exit, train_dir
-from sweepdae.runner.launch import Handle, launch_accelerate, launch_fork
+from sweepdae.recipe import recipe_from_dict
+from sweepdae.runner.launch import Handle, Launcher, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
 from sweepdae.store import Claim, LeaseState, PatientStore, Store, dead_local_owner
@@ -52,6 +54,14 @@ class Running:
     train_claim: Claim | None = None  # the training lease it holds while it trains (None: evaluates a finished one)
 
 
+class Decision(StrEnum):
+    """What a claimed cell does about its training (`Coordinator._training_decision`)."""
+
+    START = "start"  # the training is finished here, or the cell takes its lease and makes it
+    WAIT = "wait"  # another cell is making it: hold the claim
+    ELSEWHERE = "elsewhere"  # it lives on another machine: give the claim back
+
+
 @dataclass
 class Waiting:
     """A claimed cell whose training another cell is making (here or on another machine)."""
@@ -66,7 +76,7 @@ class Waiting:
 class Options:
     runs_dir: Path
     slots: list[Slot]
-    launcher: str = "auto"  # auto | accelerate | fork
+    launcher: str = Launcher.AUTO
     max_retries: int = 1
     fail_fast: bool = False
     keys: set[str] | None = None  # only these cells (the grid of `run`); None = any queued cell (`worker`)
@@ -231,8 +241,6 @@ class Coordinator:
     def _train_key(self, claim: Claim) -> str:
         if claim.train_key:
             return str(claim.train_key)
-        from sweepdae.recipe import recipe_from_dict
-
         return recipe_from_dict(claim.recipe).train_key()  # a trial queued before train keys were recorded
 
     def _skip_train_keys(self, now: float) -> set[str]:
@@ -246,21 +254,21 @@ class Coordinator:
         machine."""
         tk = self._train_key(claim)
         decision, lease = self._training_decision(claim, tk)
-        if decision == "start":
+        if decision == Decision.START:
             self._start(claim, slot, tk, train_claim=lease)
-        elif decision == "wait":
+        elif decision == Decision.WAIT:
             self.waiting[claim.key] = Waiting(claim, tk, lease)
             self.view.cell_waiting(claim.key, claim.label, lease)
-        else:  # elsewhere
+        else:  # Decision.ELSEWHERE
             self.store.release(claim, reason=lease)
             self.blocked[tk] = float("inf")
             self.parked[claim.key] = lease
             self.view.message(f"{claim.label}: {lease}; left queued for a worker there")
 
-    def _training_decision(self, claim: Claim, tk: str) -> tuple[str, Any]:
-        """("start", training claim or None) | ("wait", why) | ("elsewhere", why)."""
+    def _training_decision(self, claim: Claim, tk: str) -> tuple[Decision, Any]:
+        """(START, training claim or None) | (WAIT, why) | (ELSEWHERE, why)."""
         decision = self._decide_training(claim, tk)
-        if decision[0] == "start":  # this store makes or uses the folder: `gc` of another store must keep it
+        if decision[0] == Decision.START:  # this store makes or uses the folder: `gc` of another store must keep it
             mark_training(train_dir(self.opts.runs_dir / claim.key, tk), self._store_id())
         return decision
 
@@ -269,40 +277,40 @@ class Coordinator:
             self._identity = str(self.store.identity())
         return self._identity
 
-    def _decide_training(self, claim: Claim, tk: str) -> tuple[str, Any]:
+    def _decide_training(self, claim: Claim, tk: str) -> tuple[Decision, Any]:
         folder = train_dir(self.opts.runs_dir / claim.key, tk)
-        from sweepdae.cell.train import read_trained
+        from sweepdae.cell.train import read_trained  # why: cell.train imports torch
 
         if read_trained(folder, tk) is not None:
-            return "start", None
+            return Decision.START, None
         lease = self.store.acquire_training(tk, owner=self.owner, lease_s=LEASE_S, label=claim.label)
         if lease.state == LeaseState.MINE:
-            return "start", lease.claim
+            return Decision.START, lease.claim
         if lease.state == LeaseState.BUSY:
             if lease.owner != self.owner:
                 self.blocked[tk] = time.time() + BUSY_RECHECK_S
             where = "here" if lease.owner == self.owner else lease.owner
-            return "wait", f"training {tk[:10]} is being made ({where})"
+            return Decision.WAIT, f"training {tk[:10]} is being made ({where})"
         info = lease.info
         where = resolve_runs_dir(str(info.get("runs_dir", "?")), self.store.folder)
         if info.get("host") == socket.gethostname() and where == str(self.opts.runs_dir):
             # finished here, then its folder was removed: the cell trains it again
             self.view.message(f"{claim.label}: training {tk[:10]} was removed from {folder}; training it again")
-            return "start", None
-        return "elsewhere", (f"training {tk[:10]} lives on {info.get('host', '?')} "
+            return Decision.START, None
+        return Decision.ELSEWHERE, (f"training {tk[:10]} lives on {info.get('host', '?')} "
                              f"({where}/{info.get('train_dir', '')})")
 
     def _start_waiting(self, slot: Slot) -> bool:
         """Start the first waiting cell whose training is now finished here or free to take."""
         for key, w in list(self.waiting.items()):
             decision, lease = self._training_decision(w.claim, w.train_key)
-            if decision == "wait":
+            if decision == Decision.WAIT:
                 if lease != w.why:
                     w.why = lease
                 continue
             del self.waiting[key]
             self.view.cell_unwaiting(key)
-            if decision == "start":
+            if decision == Decision.START:
                 self._start(w.claim, slot, w.train_key, train_claim=lease)
                 return True
             self.store.release(w.claim, reason=lease)
@@ -323,7 +331,7 @@ class Coordinator:
         """Record the training a cell made (its `trained` event, or at its end), or give the lease back."""
         if r.train_claim is None:
             return
-        from sweepdae.cell.train import read_trained
+        from sweepdae.cell.train import read_trained  # why: cell.train imports torch
 
         folder = train_dir(r.run_dir, r.train_key)
         info = read_trained(folder, r.train_key)
@@ -378,7 +386,7 @@ class Coordinator:
         self._set_aside_forgotten(claim, run_dir)
         if _valid_result(run_dir, claim.key):
             rc_handle: Handle = _DoneHandle()
-        elif self._launcher(slot) == "fork":
+        elif self._launcher(slot) == Launcher.FORK:
             rc_handle = launch_fork(run_dir, slot, env=env)
         else:
             ports = {r.port for r in self.running.values() if r.port}
@@ -417,9 +425,9 @@ class Coordinator:
                           f"{RESULT}.forgotten, the cell runs again")
 
     def _launcher(self, slot: Slot) -> str:
-        if self.opts.launcher != "auto":
+        if self.opts.launcher != Launcher.AUTO:
             return self.opts.launcher
-        return "fork" if not slot.gpus else "accelerate"
+        return Launcher.FORK if not slot.gpus else Launcher.ACCELERATE
 
     def _watch(self, r: Running) -> None:
         events, r.offset = read_events(r.run_dir / EVENTS, r.offset)

@@ -28,7 +28,9 @@ grid's `[slurm]` table from the same plan.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -36,6 +38,7 @@ from typing import Any
 from sweepdae.cell import TOKENIZER_SAMPLE
 from sweepdae.recipe import (
     MODEL_SIZES,
+    TOKENIZER_KNOBS,
     NoiseLevels,
     Recipe,
     Space,
@@ -137,7 +140,7 @@ class Decoding(str, Enum):
 # (compute split over the cell's N processes, who decodes, precision), as the code runs them:
 # * training is data-parallel with per-rank shards (cell/train.py: a DistributedSampler over the seeded pass, each
 #   image decoded once per epoch across the ranks);
-# * evaluation runs on every rank (cell/__init__.py run_cell): the probe's feature passes and the augmented probe's
+# * evaluation runs on every rank (cell/run.py run_cell): the probe's feature passes and the augmented probe's
 #   crops, and the random-init baselines', are sharded and gathered (cell/probing.py, cell/baselines.py,
 #   eval/probe.py split_features; MAE main_linprobe.py's DistributedSampler loaders) under the training's mixed
 #   precision (Accelerator.autocast: bf16 where training used it);
@@ -392,8 +395,6 @@ def fid_reference_key(r: Recipe) -> str:
 
 def tokenizer_identity(r: Recipe) -> str:
     """What a fitted tokenizer is cached by: its own knobs, the images, the seed (tokenizers/_cache.py)."""
-    from sweepdae.recipe import TOKENIZER_KNOBS
-
     knobs = {k: getattr(r.tokenizer, k) for k in TOKENIZER_KNOBS[r.tokenizer.name.value]}
     return f"{r.tokenizer.name.value}|{sorted(knobs.items())}|{r.data_key()}|{r.data.image_size}|{r.channels}|{r.seed}"
 
@@ -425,9 +426,6 @@ def gpu_peak(name: str | None) -> tuple[GpuPeak, bool]:
 
 def detect_gpu_name() -> str | None:
     """The first visible GPU's name from nvidia-smi (no torch import: the dry run stays fast); None without one."""
-    import shutil
-    import subprocess
-
     smi = shutil.which("nvidia-smi")
     if not smi:
         return None
@@ -599,89 +597,106 @@ def estimate_grids(grids: Sequence[tuple[str, str | None, Sequence[Any], Sequenc
     slots = max(slots, 1)
     procs = procs_per_cell or max(1, devices // slots)
     capacity = max(devices, 1) / slots  # devices of one slot (a fraction when cells share a GPU)
-    made: set[str] = set(trained)
-    fitted: set[str] = set()
-    refs: set[str] = set()
-    baselines: set[str] = set()
-    stored: set[str] = set()  # streamed sets' latents stored by an earlier training (cell/latents.py)
-    out = []
-    for gi, (name, profile, cells, todo) in enumerate(grids):
-        cpus = cpus_per_process[gi] if cpus_per_process is not None else None
-        flops = 0.0
-        own: set[str] = set()
-        shared: set[str] = set()
-        notes: set[str] = set()
-        phases: dict[str, PhaseTime] = {}
-        chains: dict[str, float] = {}  # train_key -> its training's wall s (0 when made before)
-        evals: dict[str, list[float]] = {}  # train_key -> each cell's evaluation wall s
+    seen = _Made(set(trained))
+    return [_estimate_grid(name, profile, cells, todo, seen, trained=trained, rate=rate, capacity=capacity,
+                           procs=procs, slots=slots, cpus=cpus_per_process[gi] if cpus_per_process else None)
+            for gi, (name, profile, cells, todo) in enumerate(grids)]
 
-        def add(phase: str, w: Work, r: Recipe, phases: dict[str, PhaseTime] = phases,
-                cpus: int | None = cpus) -> float:
-            c, d = phase_time(phase, w, r, rate=rate, capacity=capacity, procs=procs, cpus_per_process=cpus)
-            p = phases.setdefault(phase, PhaseTime())
-            p.seconds += max(c, d)
-            p.compute_seconds += c
-            p.data_seconds += d
-            p.flops += w.flops
-            p.decoded += w.decoded * (procs if PHASES[phase][1] == Decoding.each else 1)
-            return max(c, d)
 
-        for c in todo:
-            r: Recipe = c.recipe
-            if streamed(r) and not (r.data.train_size and r.data.test_size):
-                notes.add("image folder assumed ImageNet-1k size (1,281,167 / 50,000 images)")
-            tk = c.train_key
-            chain = 0.0
-            # the tokenizer's sample is decoded only to fit it (cell/__init__.py run_cell): a cached one reads none
-            sample = Work()
-            tok = tokenizer_identity(r)
-            if tk not in made and tok not in fitted:
-                fitted.add(tok)
-                sample = Work(tokenizer_fit_flops(r), min(split_sizes(r)[0], TOKENIZER_SAMPLE) if streamed(r) else 0.0)
-            chain += add("tokenizer_fit", sample, r)
-            if tk not in made:
-                made.add(tk)
-                own.add(tk)
-                tw = Work(training_flops(r), training_images(r) if streamed(r) else 0.0)
-                if streamed(r) and encoded_once(r):  # latents keyed by the images and the tokenizer
-                    if tokenizer_identity(r) in stored:  # read from disk: nothing decoded or encoded
-                        tw = Work(tw.flops - encode_flops(r) * split_sizes(r)[0], 0.0)
-                    stored.add(tokenizer_identity(r))
-                flops += tw.flops + sample.flops
-                chain += add("train", tw, r)
-            elif tk not in trained and tk not in own:
-                shared.add(tk)
-            chains[tk] = max(chains.get(tk, 0.0), chain)
-            ev = 0.0
-            for phase, w in evaluation_phases(r).items():
-                if phase == "fid_reference":
-                    ref = fid_reference_key(r)
-                    if ref in refs:
-                        continue
-                    refs.add(ref)
-                if phase == "baselines" and w.flops:
-                    bkey = baseline_identity(r)
-                    if bkey in baselines:
-                        continue
-                    baselines.add(bkey)
-                flops += w.flops
-                ev += add(phase, w, r)
-            evals.setdefault(tk, []).append(ev)
-        busy = sum(p.seconds for p in phases.values())
-        critical = max((chains[k] + max(v) for k, v in evals.items()), default=0.0)
-        jobs = [chains[k] + sum(v) for k, v in evals.items()]
-        seconds = max(busy / slots, critical) + len(todo) * rate.fixed_s / slots
-        for p in phases.values():  # in wall seconds of the run: the slots share the work
-            p.seconds /= slots
-            p.compute_seconds /= slots
-            p.data_seconds /= slots
-        if critical > busy / slots:
-            notes.add("bound by its longest chain (one training and its slowest cell), not by the slots")
-        out.append(GridEstimate(name, profile, len(cells), len(cells) - len(todo), len(todo),
-                                len(own) + len(shared), len(shared), flops, seconds, sorted(notes), phases,
-                                critical, jobs, max((x for v in evals.values() for x in v), default=0.0),
-                                max(chains.values(), default=0.0)))
-    return out
+@dataclass
+class _Made:
+    """What the grids before (or the store) made already: each is costed once."""
+
+    made: set[str]  # train_keys
+    fitted: set[str] = field(default_factory=set)  # tokenizer identities
+    refs: set[str] = field(default_factory=set)  # FID references
+    baselines: set[str] = field(default_factory=set)
+    stored: set[str] = field(default_factory=set)  # streamed sets' latents an earlier training stored (cell/latents.py)
+
+
+def _estimate_grid(name: str, profile: str | None, cells: Sequence[Any], todo: Sequence[Any], seen: _Made, *,
+                   trained: set[str], rate: Rate, capacity: float, procs: int, slots: int, cpus: int | None
+                   ) -> GridEstimate:
+    """One grid of `estimate_grids`."""
+    made, fitted, stored = seen.made, seen.fitted, seen.stored
+    flops = 0.0
+    own, shared, notes = set[str](), set[str](), set[str]()
+    phases: dict[str, PhaseTime] = {}
+    chains: dict[str, float] = {}  # train_key -> its training's wall s (0 when made before)
+    evals: dict[str, list[float]] = {}  # train_key -> each cell's evaluation wall s
+
+    def add(phase: str, w: Work, r: Recipe) -> float:
+        c, d = phase_time(phase, w, r, rate=rate, capacity=capacity, procs=procs, cpus_per_process=cpus)
+        p = phases.setdefault(phase, PhaseTime())
+        p.seconds += max(c, d)
+        p.compute_seconds += c
+        p.data_seconds += d
+        p.flops += w.flops
+        p.decoded += w.decoded * (procs if PHASES[phase][1] == Decoding.each else 1)
+        return max(c, d)
+
+    for c in todo:
+        r: Recipe = c.recipe
+        if streamed(r) and not (r.data.train_size and r.data.test_size):
+            notes.add("image folder assumed ImageNet-1k size (1,281,167 / 50,000 images)")
+        tk = c.train_key
+        chain = 0.0
+        # the tokenizer's sample is decoded only to fit it (cell/run.py run_cell): a cached one reads none
+        sample = Work()
+        tok = tokenizer_identity(r)
+        if tk not in made and tok not in fitted:
+            fitted.add(tok)
+            sample = Work(tokenizer_fit_flops(r), min(split_sizes(r)[0], TOKENIZER_SAMPLE) if streamed(r) else 0.0)
+        chain += add("tokenizer_fit", sample, r)
+        if tk not in made:
+            made.add(tk)
+            own.add(tk)
+            tw = Work(training_flops(r), training_images(r) if streamed(r) else 0.0)
+            if streamed(r) and encoded_once(r):  # latents keyed by the images and the tokenizer
+                if tokenizer_identity(r) in stored:  # read from disk: nothing decoded or encoded
+                    tw = Work(tw.flops - encode_flops(r) * split_sizes(r)[0], 0.0)
+                stored.add(tokenizer_identity(r))
+            flops += tw.flops + sample.flops
+            chain += add("train", tw, r)
+        elif tk not in trained and tk not in own:
+            shared.add(tk)
+        chains[tk] = max(chains.get(tk, 0.0), chain)
+        flops, ev = _evaluation(r, seen, add, flops)
+        evals.setdefault(tk, []).append(ev)
+    busy = sum(p.seconds for p in phases.values())
+    critical = max((chains[k] + max(v) for k, v in evals.items()), default=0.0)
+    jobs = [chains[k] + sum(v) for k, v in evals.items()]
+    seconds = max(busy / slots, critical) + len(todo) * rate.fixed_s / slots
+    for p in phases.values():  # in wall seconds of the run: the slots share the work
+        p.seconds /= slots
+        p.compute_seconds /= slots
+        p.data_seconds /= slots
+    if critical > busy / slots:
+        notes.add("bound by its longest chain (one training and its slowest cell), not by the slots")
+    return GridEstimate(name, profile, len(cells), len(cells) - len(todo), len(todo),
+                        len(own) + len(shared), len(shared), flops, seconds, sorted(notes), phases,
+                        critical, jobs, max((x for v in evals.values() for x in v), default=0.0),
+                        max(chains.values(), default=0.0))
+
+
+def _evaluation(r: Recipe, seen: _Made, add: Callable[[str, Work, Recipe], float], flops: float
+                ) -> tuple[float, float]:
+    """(`flops` + its FLOPs, wall s) of one cell's evaluation; an FID reference or baseline made before is free."""
+    ev = 0.0
+    for phase, w in evaluation_phases(r).items():
+        if phase == "fid_reference":
+            ref = fid_reference_key(r)
+            if ref in seen.refs:
+                continue
+            seen.refs.add(ref)
+        if phase == "baselines" and w.flops:
+            bkey = baseline_identity(r)
+            if bkey in seen.baselines:
+                continue
+            seen.baselines.add(bkey)
+        flops += w.flops
+        ev += add(phase, w, r)
+    return flops, ev
 
 
 def training_images(r: Recipe) -> float:

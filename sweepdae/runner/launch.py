@@ -17,12 +17,22 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from sweepdae.cell import LOG
 from sweepdae.runner.slots import Slot, cell_env, cell_procs, free_port
+
+
+class Launcher(StrEnum):
+    """How a cell's processes start."""
+
+    AUTO = "auto"  # fork on the CPU, accelerate on GPUs
+    ACCELERATE = "accelerate"  # `accelerate launch`, one process per GPU (or --procs-per-cell CPU processes)
+    FORK = "fork"  # a fork of the coordinator (CPU, one process)
 
 
 class Handle(Protocol):
@@ -139,12 +149,10 @@ def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle
                 import torch
 
                 torch.set_num_threads(threads)
-            from sweepdae.cell.run import main
+            from sweepdae.cell.run import main  # torch and the cell's libraries: loaded by the forked child only
 
             code = main([str(run_dir)])
         except BaseException:
-            import traceback
-
             traceback.print_exc()
         finally:  # the child must never return into the coordinator's code, even if flushing fails (disk full)
             for stream in (sys.stdout, sys.stderr):

@@ -43,7 +43,10 @@ from typing import Any
 
 from sweepdae.errors import SweepdaeError
 from sweepdae.grid.schema import PER_GPU_KEYS, check_slurm_options, layer_slurm_options, tomllib
-from sweepdae.store import JobRecord, Store
+from sweepdae.runner.coordinator import Coordinator, Options
+from sweepdae.runner.slots import detect_gpus, make_slots
+from sweepdae.runner.view import make_view
+from sweepdae.store import JobRecord, Store, open_store, parse_url, resolve_url
 
 # states in which a job still holds (or will hold) its cells; anything else, or a job SLURM no longer knows, has
 # ended (cancelling a pending array task on its own makes it vanish from squeue, scontrol and sacct alike)
@@ -224,11 +227,6 @@ class CellGroupJob:
 
     def __call__(self) -> dict[str, Any]:
         submitit = _submitit()
-
-        from sweepdae.runner import Coordinator, Options, detect_gpus, make_slots
-        from sweepdae.runner.view import make_view
-        from sweepdae.store import open_store
-
         env = submitit.JobEnvironment()
         job_id, restart = str(env.job_id), int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if os.environ.get("SLURM_CPUS_PER_TASK"):  # the cells' threads: this job's CPUs, not the node's
@@ -281,8 +279,6 @@ def job_store_url(url: str | None) -> str:
     """The store URL as the jobs must see it: resolved ($SWEEPDAE_STORE, the default) and, for a journal file, made
     absolute (a job's working folder may differ). It travels in the job's pickle under runs/_slurm/: a password in
     a PostgreSQL URL is better kept in ~/.pgpass or $PGPASSWORD."""
-    from sweepdae.store import parse_url, resolve_url
-
     u = resolve_url(url)
     parsed = parse_url(u)
     if parsed.kind == "journal":
@@ -398,53 +394,3 @@ def job_of_cells(store: Store, keys: list[str] | None, jobs: list[JobRecord] | N
     except SweepdaeError as e:
         states = {j.job_id: f"? ({e})"[:40] for j in newest.values()}
     return {k: {**j.to_dict(), "state": states.get(j.job_id, "GONE")} for k, j in newest.items()}
-
-
-# -- watching --------------------------------------------------------------------------------------------------------
-def wait(store: Store, keys: list[str], *, console: Any, plain: bool | None = None, interval: float = 2.0
-         ) -> dict[str, str]:
-    """The live view of `--wait`: until every cell is done or failed, or no live job holds the cells left (they
-    wait queued for the next submission). Trials of jobs that died are reaped as it goes. Returns key -> status."""
-    from rich.live import Live
-
-    from sweepdae.runner.status import status_table
-
-    dead = DeadJobOwner()
-
-    def settled() -> tuple[bool, dict[str, str]]:
-        store.reap_stale(dead_owner=dead)
-        store.reap_stale_trainings(dead_owner=dead)
-        st = store.status(keys)
-        open_keys = [k for k in keys if st.get(k) in ("queued", "running")]
-        if not open_keys:
-            return True, st
-        held = [k for k, j in job_of_cells(store, open_keys).items() if is_live(j["state"])]
-        return not held, st
-
-    if plain is None:
-        plain = not sys.stderr.isatty()
-    done, st = settled()
-    if plain:
-        last = ""
-        while True:
-            counts = _counts(st)
-            if counts != last:
-                console.print(f"[{time.strftime('%H:%M:%S')}] {counts}", markup=False, highlight=False)
-                last = counts
-            if done:
-                return st
-            time.sleep(interval)
-            done, st = settled()
-    with Live(status_table(store, keys)[0], console=console, refresh_per_second=1) as live:
-        while not done:
-            time.sleep(interval)
-            done, st = settled()
-            live.update(status_table(store, keys)[0])
-    return st
-
-
-def _counts(st: dict[str, str]) -> str:
-    c: dict[str, int] = {}
-    for v in st.values():
-        c[v] = c.get(v, 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(c.items()))

@@ -1,4 +1,5 @@
-"""`sweepdae status`: the cells of a grid (or the store) with status, attempts and results; --watch refreshes."""
+"""`sweepdae status`: the cells of a grid (or the store) with status, attempts and results; --watch refreshes;
+`run --executor slurm --wait` watches the jobs."""
 
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ from rich.table import Table
 from rich.text import Text
 
 from sweepdae.errors import printable
+from sweepdae.runner.slurm import DeadJobOwner, is_live, job_of_cells
 from sweepdae.store import Store
 
 
 def cell_jobs(store: Store, keys: list[str] | None) -> dict[str, dict[str, Any]]:
     """key -> the SLURM job that runs (or ran) it, with its state; {} when the store never submitted one."""
-    from sweepdae.runner.slurm import job_of_cells
-
     return job_of_cells(store, keys)
 
 
@@ -106,3 +106,49 @@ def show_status(store: Store, keys: list[str] | None, *, as_json: bool, watch: b
                 time.sleep(interval)
     finally:
         store.close()
+
+
+# -- run --executor slurm --wait ---------------------------------------------------------------------------------------
+def wait(store: Store, keys: list[str], *, console: Any, plain: bool | None = None, interval: float = 2.0
+         ) -> dict[str, str]:
+    """The live view of `--wait`: until every cell is done or failed, or no live job holds the cells left (they
+    wait queued for the next submission). Trials of jobs that died are reaped as it goes. Returns key -> status."""
+    dead = DeadJobOwner()
+
+    def settled() -> tuple[bool, dict[str, str]]:
+        store.reap_stale(dead_owner=dead)
+        store.reap_stale_trainings(dead_owner=dead)
+        st = store.status(keys)
+        open_keys = [k for k in keys if st.get(k) in ("queued", "running")]
+        if not open_keys:
+            return True, st
+        held = [k for k, j in job_of_cells(store, open_keys).items() if is_live(j["state"])]
+        return not held, st
+
+    if plain is None:
+        plain = not sys.stderr.isatty()
+    done, st = settled()
+    if plain:
+        last = ""
+        while True:
+            counts = _counts(st)
+            if counts != last:
+                console.print(f"[{time.strftime('%H:%M:%S')}] {counts}", markup=False, highlight=False)
+                last = counts
+            if done:
+                return st
+            time.sleep(interval)
+            done, st = settled()
+    with Live(status_table(store, keys)[0], console=console, refresh_per_second=1) as live:
+        while not done:
+            time.sleep(interval)
+            done, st = settled()
+            live.update(status_table(store, keys)[0])
+    return st
+
+
+def _counts(st: dict[str, str]) -> str:
+    c: dict[str, int] = {}
+    for v in st.values():
+        c[v] = c.get(v, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(c.items()))

@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweepdae.errors import SweepdaeError
+from sweepdae.errors import StoreNotFound, SweepdaeError
 from sweepdae.grid import Plan, expand
 from sweepdae.grid.expand import under_profile
 from sweepdae.report import build_report
 from sweepdae.report.findings import decided
 from sweepdae.report.sequential import Design, group_sequential
-from sweepdae.store import Store
+from sweepdae.runner import cell_params, run_cells, runs_dir_for
+from sweepdae.runner import estimate as est
+from sweepdae.store import Store, open_store
 
 __all__ = ["GridRound", "Outcome", "plan_at", "plan_rounds", "register_design", "run_until_decided"]
 
@@ -181,9 +183,6 @@ def run_from_cli(url: str | None, plans: Sequence[Plan], *, max_seeds: int, runs
                  say: Callable[[str], None], **run_options: Any) -> bool:
     """`run --until-decided` on this machine's slots (`run_options`: those of `runner.run_cells`); prints each
     finding's verdict and the seeds at its decision; whether every cell of every round ended done."""
-    from sweepdae.runner import cell_params, run_cells, runs_dir_for
-    from sweepdae.store import open_store
-
     def run(store: Store, plan: Plan, cells: list[Any]) -> bool:
         return run_cells(store, cells, grid=plan.grid.name, profile=plan.profile, params=cell_params(plan),
                          title=f"{plan.grid.name} ({plan.profile or 'base'}, {len({c.seed for c in cells})} seeds)",
@@ -203,10 +202,6 @@ def dry_run_from_cli(url: str | None, plans: Sequence[Plan], *, max_seeds: int, 
                      gpus: list[int], slots: int, say: Callable[[str], None]) -> None:
     """`run --until-decided --dry-run`: after the grids' own dry run (the first look), the seeds each later round
     would add and its estimated cost, as if every finding stayed undecided to the last look."""
-    from sweepdae.errors import StoreNotFound
-    from sweepdae.runner import estimate as est
-    from sweepdae.store import open_store
-
     kind = "cuda" if gpus else "cpu"
     measured = None
     store: Store | None = None
