@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from sweepdae.cell import TRAIN_DIR
+from sweepdae.cell import TRAIN_DIR, TRAINED
 from sweepdae.errors import SweepdaeError, printable
 from sweepdae.grid import Plan
 from sweepdae.runner import runs_dir_for
@@ -21,8 +21,6 @@ def forget_missing_trainings(store_url: str | None, plan: Plan, cells: list[Any]
                              err: Console) -> None:
     """Forget the finished trainings of `cells` whose folder is not under the runs folder, so the next run trains
     them again; the cells keep their results."""
-    from sweepdae.cell.train import TRAINED  # why: cell.train imports torch
-
     tks = sorted({c.train_key for c in cells})
     s = open_store(store_url, create=False)
     try:

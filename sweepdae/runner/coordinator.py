@@ -20,7 +20,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sweepdae.cell import EVENTS, EXIT_IO, FAILURE, INTERRUPTIONS, RECIPE, RESULT, STOP, classify_exit, train_dir
+from sweepdae.cell import (
+    EVENTS,
+    EXIT_IO,
+    FAILURE,
+    INTERRUPTIONS,
+    RECIPE,
+    RESULT,
+    STOP,
+    classify_exit,
+    read_trained,
+    train_dir,
+)
 from sweepdae.recipe import recipe_from_dict
 from sweepdae.runner.launch import Handle, Launcher, launch_accelerate, launch_fork
 from sweepdae.runner.slots import Slot
@@ -279,8 +290,6 @@ class Coordinator:
 
     def _decide_training(self, claim: Claim, tk: str) -> tuple[Decision, Any]:
         folder = train_dir(self.opts.runs_dir / claim.key, tk)
-        from sweepdae.cell.train import read_trained  # why: cell.train imports torch
-
         if read_trained(folder, tk) is not None:
             return Decision.START, None
         lease = self.store.acquire_training(tk, owner=self.owner, lease_s=LEASE_S, label=claim.label)
@@ -331,8 +340,6 @@ class Coordinator:
         """Record the training a cell made (its `trained` event, or at its end), or give the lease back."""
         if r.train_claim is None:
             return
-        from sweepdae.cell.train import read_trained  # why: cell.train imports torch
-
         folder = train_dir(r.run_dir, r.train_key)
         info = read_trained(folder, r.train_key)
         if info is not None:
