@@ -6,10 +6,13 @@ and docs/paper.md's reference numbers are those the reports print (sweepdae/repo
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,3 +173,63 @@ def test_docs_paper_numbers_are_the_reports(ref_id: str) -> None:
     printed = {f"{v:.1f}" for values in ref.values.values() for v in values.values() if v is not None}
     written = set(re.findall(r"(?<![\w.])\d+\.\d(?!\d)", paper_section(PAPER_SECTIONS[ref_id])))
     assert written == printed, (ref_id, sorted(written ^ printed))
+
+
+# -- the package's structure: one-way imports, sizes (benchmarks/codebase.py counts them) -------------------------
+def _codebase() -> Any:
+    spec = importlib.util.spec_from_file_location("codebase_counts", ROOT / "benchmarks" / "codebase.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    cb = _codebase()
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e2"}, "e2": {"e"}}
+    assert sorted(cb.cycles(graph)) == [["a", "b", "c"], ["e", "e2"]]
+    assert cb.cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_import_graph_of_the_package_has_no_cycle() -> None:
+    """Imports inside functions included, `if TYPE_CHECKING:` ones excluded."""
+    cb = _codebase()
+    paths = sorted((ROOT / "sweepdae").rglob("*.py"))
+    modules = {cb.module_name(p) for p in paths}
+    graph = {cb.module_name(p): cb.imports_of(p, modules)[0] for p in paths}
+    assert sum(len(v) for v in graph.values()) > 200  # the graph was built
+    assert cb.cycles(graph) == []
+
+
+def test_imports_of_the_package_inside_functions_say_why() -> None:
+    """An import of a sweepdae module inside a function stays only to keep a heavy dependency (torch, pandas) out of
+    a light import path, and says so on its line."""
+    silent = []
+    for p in sorted((ROOT / "sweepdae").rglob("*.py")):
+        lines = p.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("sweepdae") \
+                        and "#" not in lines[sub.lineno - 1]:
+                    silent.append(f"{p.relative_to(ROOT)}:{sub.lineno}")
+    assert not silent, f"imports inside functions without a reason: {sorted(set(silent))}"
+
+
+def test_module_and_function_sizes() -> None:
+    """No module over 800 lines; at most two functions over 80 lines."""
+    cb = _codebase()
+    paths = sorted((ROOT / "sweepdae").rglob("*.py"))
+    big = [(str(p.relative_to(ROOT)), n) for p in paths if (n := len(p.read_text().splitlines())) > cb.BIG_MODULE]
+    assert not big
+    long = [f for p in paths for f in cb.long_functions(p)]
+    assert len(long) <= 2, long
+
+
+def test_the_layers_contract_holds() -> None:
+    """pyproject's [tool.importlinter]: cli -> runner -> cell -> ... -> recipe, and no cycle inside a package."""
+    exe = Path(sys.executable).parent / "lint-imports"
+    done = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "2 kept, 0 broken" in done.stdout
