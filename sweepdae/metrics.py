@@ -42,6 +42,9 @@ METRICS: dict[str, MetricInfo] = {
     "probe_gain": MetricInfo("gain over the better random-init encoder (pts)", "gain", True, 1),
     # a single-level model probed at the paper's t = 10 instead of its own t (probe_top1)
     "probe_top1_t10": MetricInfo("linear probe top-1 at t = 10 (%)", "acc. t=10", True, 1),
+    # probe.pool2x2: the same probe on the tokens averaged per 2 x 2 spatial quadrant, [B, 4C] (the paper reads
+    # only the mean-pooled tokens). Shown, never judged: no finding reads it (sweepdae/report/findings.py READOUTS)
+    "probe_top1_pool2x2": MetricInfo("linear probe top-1 on 2 x 2-pooled tokens (%)", "acc. 2x2", True, 1),
 }
 
 # The checks a grid's [report] findings may ask for (each is a function in sweepdae.report.findings).

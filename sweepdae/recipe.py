@@ -292,6 +292,9 @@ class ProbeConfig:
     # also probe the same architecture at random init (as training starts it, and with adaLN-Zero off), the raw
     # pixels, and record probe_gain over the better random encoder (sweepdae/cell/baselines.py; cached across cells)
     baselines: bool = False
+    # also a linear probe on the tokens average-pooled per 2 x 2 spatial quadrant and concatenated, [B, 4C]
+    # (probe_top1_pool2x2; the paper reads only the mean-pooled tokens): shown in reports, never judged
+    pool2x2: bool = False
 
 
 @dataclass(frozen=True)
@@ -496,6 +499,7 @@ _EVAL_KNOBS = (
     "data.test_size", "model.encoder_depth",
     "probe.t", "probe.noisy_input", "probe.depth", "probe.epochs", "probe.batch_size", "probe.optimizer",
     "probe.base_lr", "probe.lr", "probe.augment", "probe.knn_k", "probe.knn_temperature", "probe.baselines",
+    "probe.pool2x2",
     "fid.enabled", "fid.num_samples", "fid.sampler", "fid.steps", "fid.guidance_scale", "fid.ref_split",
     "fid.ref_size",
 )
@@ -531,6 +535,8 @@ def _reads(r: Recipe, path: str) -> bool:
         return r.objective.target == Target.image
     if path == "probe.base_lr":
         return r.probe.lr == 0  # probe.lr > 0 overrides the scaled base lr
+    if path == "probe.pool2x2":
+        return r.probe.pool2x2  # off, it enters no key: the keys of cells that predate it stay as they were
     if section == "fid" and name != "enabled":
         return r.fid.enabled
     return True
@@ -701,6 +707,9 @@ def validate(r: Recipe) -> None:
     need(r.model.encoder_depth < depth,
          f"model.encoder_depth ({r.model.encoder_depth}) must be < the model's {depth} blocks")
     need(r.probe.depth <= depth, f"probe.depth ({r.probe.depth}) must be <= the model's {depth} blocks")
+    if r.probe.pool2x2:
+        need(not r.probe.augment, "probe.pool2x2 reads cached features and cannot be combined with probe.augment")
+        need(r.num_tokens() >= 4, f"probe.pool2x2 needs a token grid of at least 2 x 2, got {r.num_tokens()} tokens")
     if r.fid.guidance_scale != 1.0:
         need(r.model.class_cond, "fid.guidance_scale != 1 needs model.class_cond = true "
              "(unconditional rows cannot use guidance)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from timm.models.vision_transformer import Block
@@ -170,6 +171,42 @@ def test_features_equal_manual_block_loop() -> None:
     assert m.encoder_depth == 3
     with pytest.raises(ValueError):
         m.features(x, t, y, depth=7)
+
+
+@pytest.mark.parametrize("grid", [7, 4])
+def test_quadrant_features_are_the_quadrant_means_of_the_token_grid(grid: int) -> None:
+    """features(pool="2x2") on a G x G grid: rows and columns split at ceil(G / 2), each quadrant averaged, in the
+    order top-left, top-right, bottom-left, bottom-right; weighted by quadrant size they average to the mean pool."""
+    torch.manual_seed(0)
+    m = Denoiser(in_dim=3, out_dim=3, num_tokens=grid * grid, width=16, depth=2, heads=2, adaln_zero=False).eval()
+    x, t = torch.randn(5, grid * grid, 3), torch.tensor([1, 5, 9, 20, 999])
+    with torch.no_grad():
+        c = m.t_embedder(t)
+        tokens = m.blocks[0](m.x_embedder(x) + m.pos_embed, c).numpy()  # [B, N, C] after the encoder's one block
+        got = m.features(x, t, pool="2x2").numpy()
+        mean = m.features(x, t).numpy()
+    assert got.shape == (5, 4 * 16) and mean.shape == (5, 16)
+    img = tokens.reshape(5, grid, grid, 16)  # raster order: token i is row i // G, column i % G
+    s = -(-grid // 2)
+    blocks = [img[:, :s, :s], img[:, :s, s:], img[:, s:, :s], img[:, s:, s:]]
+    if grid == 7:
+        assert [b.shape[1:3] for b in blocks] == [(4, 4), (4, 3), (3, 4), (3, 3)]
+    for i, b in enumerate(blocks):
+        np.testing.assert_allclose(got[:, 16 * i:16 * (i + 1)], b.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    sizes = [b.shape[1] * b.shape[2] for b in blocks]
+    weighted = sum(n * got[:, 16 * i:16 * (i + 1)] for i, n in enumerate(sizes)) / grid ** 2
+    np.testing.assert_allclose(weighted, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean, tokens.mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_quadrant_features_need_a_grid_of_two_by_two() -> None:
+    m = Denoiser(in_dim=3, out_dim=3, num_tokens=1, width=16, depth=2, heads=2).eval()
+    x, t = torch.randn(2, 1, 3), torch.tensor([1, 2])
+    assert m.features(x, t).shape == (2, 16)
+    with pytest.raises(ValueError, match="2 x 2"):
+        m.features(x, t, pool="2x2")
+    with pytest.raises(ValueError):
+        m.features(x, t, pool="3x3")
 
 
 def test_fused_and_unfused_attention_agree() -> None:

@@ -78,7 +78,7 @@ BASELINES = ("random_init", "random_net", "raw_pixel")
 # The regime gate's baseline (measure_random_features): metric f"{RANDOM_FEATURES}_probe_top1", apart from BASELINES.
 RANDOM_FEATURES = "random_features"
 # Probe knobs no baseline reads (the baselines run a linear probe only, never kNN).
-_PROBE_UNREAD = ("probe.knn_k", "probe.knn_temperature", "probe.baselines")
+_PROBE_UNREAD = ("probe.knn_k", "probe.knn_temperature", "probe.baselines", "probe.pool2x2")
 # What the raw pixels do not read either: no encoder, so no t, depth or noise.
 _ENCODER_PROBE = ("probe.t", "probe.depth", "probe.noisy_input")
 

@@ -11,7 +11,7 @@ import torch
 
 from sweepdae.data import ImageData
 from sweepdae.eval.probe import split_features
-from sweepdae.models import Denoiser
+from sweepdae.models import Denoiser, Pool
 from sweepdae.noise import schedule_for
 from sweepdae.objectives import make_model_input
 from sweepdae.recipe import Recipe, probe_t
@@ -23,14 +23,17 @@ FEATURE_BATCH = 512
 
 
 def encoder_feature_fn(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, *, depth: int, t: int | None = None,
-                       seed: int = 0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """x in [-1, 1] -> pooled tokens after block `depth`, the encoder conditioned on time step `t` (default: the
-    recipe's resolved probe t; paper Sec. 4: clean input, t = 10).
+                       seed: int = 0, pool: Pool | str = Pool.mean
+                       ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """x in [-1, 1] -> pooled tokens after block `depth` ([B, width] mean-pooled, [B, 4 width] for "2x2": see
+    `Denoiser.features`), the encoder conditioned on time step `t` (default: the recipe's resolved probe t; paper
+    Sec. 4: clean input, t = 10).
 
     Class-conditional models get the null label, so the probe never sees the true class through the input.
     """
     schedule = schedule_for(recipe.noise)
     at = probe_t(recipe) if t is None else t
+    pool = Pool(pool)
     gen: dict[str, torch.Generator] = {}
 
     def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,7 +46,7 @@ def encoder_feature_fn(recipe: Recipe, model: Denoiser, tokenizer: Tokenizer, *,
             noise = torch.zeros_like(z0)
         xt = schedule.add_noise(z0, t, noise)
         inp = make_model_input(xt, tokenizer=tokenizer, objective=recipe.objective)
-        return model.features(inp, t, None, depth=depth)  # [B, width]; y=None: the null class
+        return model.features(inp, t, None, depth=depth, pool=pool)  # [B, F]; y=None: the null class
 
     return fn
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 from torch import nn
@@ -24,6 +25,13 @@ from sweepdae.recipe import MODEL_SIZES, ModelSize, ModelSpec, suggest
 CLASS_DROPOUT = 0.1
 # DiT `initialize_weights`: embedding tables and the timestep MLP start from N(0, 0.02^2).
 EMBED_INIT_STD = 0.02
+
+
+class Pool(str, Enum):
+    """How `Denoiser.features` pools the token grid into one vector per image."""
+
+    mean = "mean"  # all tokens averaged, [B, C]: the paper's linear probe (MAE's global pool)
+    quadrants = "2x2"  # each of the 2 x 2 spatial quadrants averaged, concatenated, [B, 4C]
 
 
 def model_names() -> list[str]:
@@ -153,19 +161,33 @@ class Denoiser(nn.Module):
         return uncond + cfg_scale * (cond - uncond)  # [B, N, out_dim]
 
     def features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
-                 depth: int | None = None) -> torch.Tensor:
-        """Average-pooled tokens after block `depth` (default: the encoder's last), [B, C].
+                 depth: int | None = None, pool: Pool | str = Pool.mean) -> torch.Tensor:
+        """Pooled tokens after block `depth` (default: the encoder's last): [B, C] averaged over all tokens
+        (`Pool.mean`), or [B, 4C] for `Pool.quadrants` ("2x2").
 
         Runs only the first `depth` blocks: the frozen encoder of the linear probe (paper: block 12 of 24).
+        "2x2" views the tokens as their G x G raster grid, splits rows and columns at ceil(G / 2) (a 7 x 7 grid
+        gives quadrants of 4 x 4, 4 x 3, 3 x 4 and 3 x 3 tokens), averages each quadrant and concatenates them
+        in the order top-left, top-right, bottom-left, bottom-right.
         """
+        pool = Pool(pool)
         depth = self.encoder_depth if depth is None else depth
         if not 0 <= depth <= self.depth:
             raise ValueError(f"depth must be in 0..{self.depth}, got {depth}")
+        g = math.isqrt(self.num_tokens)
+        if pool == Pool.quadrants and g < 2:
+            raise ValueError(f"2 x 2 pooling needs a token grid of at least 2 x 2, got {g} x {g}")
         h = self.embed(x)  # [B, N, C]
         c = self.condition(t, y)  # [B, C]
         for block in self.blocks[:depth]:
             h = block(h, c)  # [B, N, C]
-        return h.mean(dim=1)  # [B, C]
+        if pool == Pool.mean:
+            return h.mean(dim=1)  # [B, C]
+        s = (g + 1) // 2  # ceil(G / 2): the top rows and left columns take the odd one
+        grid = h.reshape(h.shape[0], g, g, h.shape[2])  # [B, G, G, C], tokens in raster order
+        halves = (slice(0, s), slice(s, g))
+        quads = [grid[:, rows, cols].mean(dim=(1, 2)) for rows in halves for cols in halves]  # 4 x [B, C]
+        return torch.cat(quads, dim=1)  # [B, 4C]
 
 
 def create_model(size: str | ModelSize, *, in_dim: int, out_dim: int, num_tokens: int, num_classes: int = 0,
