@@ -99,7 +99,7 @@ STAYS: dict[str, Any] = {
     "objective.loss_weight": "gamma2", "data.augment": "random_resized_crop", "data.num_workers": 1,
     "model.fused_attn": False, "model.class_dropout": 0.2,
     "tokenizer.fit_epochs": 9, "noise.single_sigma": 0.5, "probe.knn_k": 5, "probe.knn_temperature": 0.1,
-    "probe.baselines": True, "fid.enabled": True, "fid.num_samples": 64,
+    "probe.baselines": True, "fid.enabled": True, "fid.num_samples": 64, "probe.pool2x2": True,
 }
 
 

@@ -181,6 +181,24 @@ def test_single_level_cell_is_probed_at_its_own_t(tmp_path: Path) -> None:
     assert torch.load(run_dir / "features.pt")["t"] == 407 and torch.load(run_dir / "features_t10.pt")["t"] == 10
 
 
+def test_pool2x2_cell_adds_its_readout_and_keeps_the_mean_pooled_probe(tmp_path: Path) -> None:
+    """probe.pool2x2 records probe_top1_pool2x2 from its own feature cache ([N, 4C]); probe_top1 is the same
+    cell's without it."""
+    rs = [recipe_from_flat({**BASE, "train.epochs": 1, "probe.pool2x2": on}) for on in (False, True)]
+    ms = []
+    for r in rs:
+        run_dir = tmp_path / "runs" / r.key()
+        atomic_write_json(run_dir / "recipe.json", {"key": r.key(), "label": "pool", "recipe": r.to_dict()})
+        ms.append(run_cell(run_dir)["metrics"])
+    plain, pooled = ms
+    assert "probe_top1_pool2x2" not in plain and 0 <= pooled["probe_top1_pool2x2"] <= 100
+    assert pooled["probe_top1"] == plain["probe_top1"] and pooled["knn_top1"] == plain["knn_top1"]
+    mean, quads = (torch.load(tmp_path / "runs" / rs[1].key() / f) for f in ("features.pt", "features_pool2x2.pt"))
+    assert quads["pool"] == "2x2" and "pool" not in mean
+    assert quads["train"][0].shape[1] == 4 * mean["train"][0].shape[1]
+    assert not (tmp_path / "runs" / rs[0].key() / "features_pool2x2.pt").exists()
+
+
 def test_a_cell_records_its_cpu_thread_count(tmp_path: Path) -> None:
     """CPU float results repeat bitwise at one thread count but not across counts, so a cell records its count."""
     before = torch.get_num_threads()

@@ -208,6 +208,26 @@ def test_readouts_beside_the_probe_do_not_decide() -> None:
     assert o["readouts"]["probe_gain"]["per_seed"] == pytest.approx(o["per_seed"])
 
 
+def test_the_pool2x2_readout_is_shown_and_never_judged(tmp_path: Path) -> None:
+    """probe_top1_pool2x2 (pre-registered as shown, not judged) reaches the report's data and CSV, and no finding
+    reads it: a 2x2 readout that says the opposite of the probe leaves every verdict, statistic and readout as
+    they are without it."""
+    values = {"conv_vae": _curve(55, 60, 59, 52), "patch_vae": _curve(56, 61, 60, 53),
+              "patch_ae": _curve(57, 62, 61, 54), "patch_pca": _curve(56, 60, 62, 55)}
+    knn = {t: _curve(50, 45, 46, 60) for t in values}
+    g, rows = tab2(values, readouts={"knn_top1": knn})
+    without = {v["finding"]: v for v in build_report(FakeStore([g], rows)).sections[0].findings}
+    opposite = {t: _curve(90, 10, 10, 95) for t in values}
+    g, rows = tab2(values, readouts={"knn_top1": knn, "probe_top1_pool2x2": opposite})
+    g["spec"]["report"]["metrics"] = ["probe_top1", "probe_top1_pool2x2"]
+    section = build_report(FakeStore([g], rows)).sections[0]
+    assert "probe_top1_pool2x2" in set(section.table.tidy["metric"])
+    assert {v["finding"]: v for v in section.findings} == without
+    assert all("probe_top1_pool2x2" not in v.get("readouts", {}) for v in without.values())
+    write_reports(FakeStore([g], rows), grids=None, out=tmp_path, html=False, latex=False, csv=True, runs_dir=tmp_path)
+    assert "probe_top1_pool2x2" in "".join(p.read_text() for p in (tmp_path / "data").glob("*.csv"))
+
+
 def test_a_row_without_paper_numbers_stays_out_of_the_tokenizer_checks() -> None:
     """tokenizer_dims' "patch_pca per-dim" ablation: shown in the table, not counted in "every tokenizer"."""
     values = {"conv_vae": _curve(55, 60, 59, 52), "patch_vae": _curve(56, 61, 60, 53),

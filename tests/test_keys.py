@@ -6,6 +6,8 @@ which component reads it), not derived from `recipe.KNOB_ROLES`, so a wrong clas
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sweepdae.errors import RecipeError
@@ -119,3 +121,33 @@ def test_shipped_probe_grids_train_once_per_seed() -> None:
             assert len(plan.cells) == n_cells * len(seeds), (name, profile)
             assert len({c.train_key for c in plan.cells}) == len(seeds), (name, profile)
             assert len({c.key for c in plan.cells}) == len(plan.cells)
+
+
+# Recipe().key() and train_key() as computed before probe.pool2x2 existed: a knob left off changes no key.
+DEFAULT_KEY = "eb6b90c12472b62d1910a7b92a1c3fca9eaf11235e1663e039daebb3b8d1ed60"
+DEFAULT_TRAIN_KEY = "008880f4f9f7f22f2c5cbfe82f6f4b3ec8ed890108c436d9f2f62ad9bb7e1466"
+
+
+def test_pool2x2_is_an_evaluation_knob_that_off_enters_no_key() -> None:
+    base = Recipe()
+    assert KNOB_ROLES["probe.pool2x2"] == "eval" and KNOBS["probe.pool2x2"].default is False
+    assert (base.key(), base.train_key()) == (DEFAULT_KEY, DEFAULT_TRAIN_KEY)
+    assert "probe.pool2x2" not in base.eval_identity() and "probe.pool2x2" not in base.train_identity()
+    on = base.with_updates({"probe.pool2x2": True})
+    assert on.train_key() == base.train_key() and on.key() != base.key()
+    assert on.eval_identity() == {**base.eval_identity(), "probe.pool2x2": True}
+    shipped = sorted((Path(__file__).parents[1] / "grids").glob("*.toml"))
+    assert len(shipped) > 5
+    for path in shipped:  # no shipped cell turns it on: their keys are as before
+        grid = load_grid(path)
+        for profile in grid.profiles:
+            for c in expand(grid, profile).cells:
+                assert "probe.pool2x2" not in c.recipe.eval_identity(), (path.name, profile, c.label)
+
+
+def test_pool2x2_is_refused_where_it_is_undefined() -> None:
+    with pytest.raises(RecipeError, match="probe.augment"):
+        Recipe().with_updates({"probe.pool2x2": True, "probe.augment": True})
+    with pytest.raises(RecipeError, match="2 x 2"):  # 8 px in 8 px patches: one token
+        Recipe().with_updates({"probe.pool2x2": True, "data.image_size": 8, "tokenizer.patch_size": 8,
+                               "tokenizer.latent_dim": 4})
