@@ -3,8 +3,8 @@
 in-process as `measure(knobs, work)` with one process.
 
 `measure` takes the first optimizer step of a fresh training (its loss averaged over the processes, the weights
-after it) and the sharded, gathered evaluation passes: the test split's features under a random-init encoder and
-the augmented linear probe (per-epoch crops, sharded by rows)."""
+after it) and the sharded, gathered evaluation passes: the test split's features under a random-init encoder
+(mean- and 2 x 2-pooled) and the augmented linear probe (per-epoch crops, sharded by rows)."""
 
 from __future__ import annotations
 
@@ -48,12 +48,14 @@ def measure(knobs: dict[str, Any], work: Path) -> dict[str, Any]:
     enc = random_encoder(r, tok, train.num_classes, adaln_zero=False)
     fn = encoder_feature_fn(r, enc, tok, depth=probe_depth(r), t=10, seed=r.seed)
     feats, labels = split_features(fn, test, batch_size=6, device=torch.device("cpu"), accelerator=acc)
+    fn2 = encoder_feature_fn(r, enc, tok, depth=probe_depth(r), t=10, seed=r.seed, pool="2x2")
+    quads, _ = split_features(fn2, test, batch_size=6, device=torch.device("cpu"), accelerator=acc)
     probe = linear_probe_augmented_data(fn, train, test, cfg=r.probe, seed=r.seed, feature_batch_size=6,
                                         accelerator=acc)
     return {"loss": float(loss), "params": {k: v.detach().cpu().clone() for k, v in tr.raw_model.state_dict().items()},
             "before": before,
-            "rows": sum(m[0].shape[0] for m in micros), "features": feats, "labels": labels, "probe": probe,
-            "world": acc.num_processes}
+            "rows": sum(m[0].shape[0] for m in micros), "features": feats, "labels": labels, "quadrants": quads,
+            "probe": probe, "world": acc.num_processes}
 
 
 def resume(knobs: dict[str, Any], work: Path) -> dict[str, Any]:

@@ -129,6 +129,14 @@ def cells_of(name: str = "g", ts: str = "[10, 50, 100]") -> list[Any]:
     return list(expand(parse_grid(GRID.format(name=name, ts=ts), f"{name}.toml")).cells)
 
 
+def test_the_pool2x2_probe_costs_one_more_feature_pass() -> None:
+    base = Recipe()
+    pooled = base.with_updates({"probe.pool2x2": True})
+    n_tr, n_te = E.split_sizes(base)
+    a, b = E.evaluation_phases(base)["probe"], E.evaluation_phases(pooled)["probe"]
+    assert b.decoded == a.decoded + n_tr + n_te and b.flops == pytest.approx(a.flops * 2)
+
+
 def test_a_training_shared_by_cells_is_counted_once() -> None:
     cells = cells_of()
     assert len({c.train_key for c in cells}) == 1 and len(cells) == 3

@@ -126,7 +126,8 @@ MEMORY = {"data.name": "digits", "data.image_size": 8, "data.train_size": 64, "d
 def test_first_step_of_two_processes_is_the_step_of_one(tmp_path: Path, kind: str) -> None:
     """Needs two launched processes (~20 s each kind). The same global batch, seed and draws give the same loss
     and weights after the first optimizer step at 1 and 2 processes, and the sharded, gathered evaluation passes
-    (test features; the augmented probe's per-epoch crops and result) equal the one-process ones."""
+    (test features, mean- and 2 x 2-pooled; the augmented probe's per-epoch crops and result) equal the one-process
+    ones."""
     from _mp_step import measure
 
     knobs = dict(MEMORY)
@@ -148,6 +149,8 @@ def test_first_step_of_two_processes_is_the_step_of_one(tmp_path: Path, kind: st
     assert torch.equal(two["labels"], one["labels"]) and len(one["labels"]) == len(load_dataset(
         recipe_from_flat(knobs).data, "test"))
     torch.testing.assert_close(two["features"], one["features"], rtol=1e-5, atol=1e-5)
+    assert one["quadrants"].shape == (one["features"].shape[0], 4 * one["features"].shape[1])
+    torch.testing.assert_close(two["quadrants"], one["quadrants"], rtol=1e-5, atol=1e-5)
     assert two["probe"]["probe_top1"] == one["probe"]["probe_top1"]
     assert two["probe"]["probe_train_top1"] == one["probe"]["probe_train_top1"]
 

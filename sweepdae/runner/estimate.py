@@ -255,6 +255,8 @@ def evaluation_phases(r: Recipe) -> dict[str, Work]:
     probe_crops = crops if pc.augment else 0
     if pc.t < 0 and r.noise.levels == NoiseLevels.single:  # also probed at the paper's t = 10 (cell/probing.py)
         probe_images += n_tr + n_te
+    if pc.pool2x2:  # the 2 x 2-pooled features: one more pass over each split (cell/probing.py)
+        probe_images += n_tr + n_te
     out = {"probe": Work(per_image * probe_images, probe_images, probe_crops)}
     # the random-init and random-network encoders under the cell's probe protocol, and the raw pixels (no FLOPs
     # counted: a pooling): each reads the images once more under the augmented probe (fresh crops per baseline),
