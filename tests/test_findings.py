@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 from _tables import FakeStore, _recipe, _row, list_table
 
+from sweepdae.metrics import METRICS
 from sweepdae.report import build_report, write_reports
-from sweepdae.report.findings import FINDING_CHECKS, compute_findings, dip_depth, interval, spearman
-from sweepdae.report.tables import build_table
+from sweepdae.report.findings import FINDING_CHECKS, READOUTS, compute_findings, dip_depth, interval, spearman
+from sweepdae.report.tables import FINDING_METRICS, build_table
 
 SEEDS = ("0", "1", "2")
 
@@ -212,6 +213,7 @@ def test_the_pool2x2_readout_is_shown_and_never_judged(tmp_path: Path) -> None:
     """probe_top1_pool2x2 (pre-registered as shown, not judged) reaches the report's data and CSV, and no finding
     reads it: a 2x2 readout that says the opposite of the probe leaves every verdict, statistic and readout as
     they are without it."""
+    assert "probe_top1_pool2x2" in METRICS and "probe_top1_pool2x2" not in (*READOUTS, *FINDING_METRICS)
     values = {"conv_vae": _curve(55, 60, 59, 52), "patch_vae": _curve(56, 61, 60, 53),
               "patch_ae": _curve(57, 62, 61, 54), "patch_pca": _curve(56, 60, 62, 55)}
     knn = {t: _curve(50, 45, 46, 60) for t in values}
