@@ -7,6 +7,7 @@ import ctypes
 import errno
 import fcntl
 import json
+import math
 import os
 import platform
 import socket
@@ -21,18 +22,23 @@ from typing import Any, BinaryIO
 from sweepdae import __version__, faults
 
 
-def plain(v: Any) -> Any:
+def plain(v: Any, *, strict: bool = False) -> Any:
     """`v` as JSON holds it: an Enum as its value, a 0-dim numpy or torch scalar as its Python number, dicts,
     lists and tuples element by element (tuples become lists); anything else as it is. The one conversion to plain
-    values of the package (knob values, cache headers)."""
+    values of the package (knob values, cache headers, the report's data files). `strict`: what
+    `json.dumps(allow_nan=False)` takes: a missing value (NaN, +-inf, pandas' NA and NaT) becomes None (null) and
+    every dict key a string."""
+    if strict and (v is None or (isinstance(v, float) and not math.isfinite(v))
+                   or type(v).__name__ in ("NAType", "NaTType")):
+        return None
     if isinstance(v, Enum):
         return v.value
     if isinstance(v, dict):
-        return {k: plain(x) for k, x in v.items()}
+        return {(str(k) if strict else k): plain(x, strict=strict) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [plain(x) for x in v]
+        return [plain(x, strict=strict) for x in v]
     if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
-        return v.item()
+        return plain(v.item(), strict=strict)
     return v
 
 

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
 
 from sweepdae.errors import RecipeError
 from sweepdae.grid._source import _Ctx, _table
 from sweepdae.recipe import KNOBS, Bounds, coerce_knob, suggest
+from sweepdae.utils import plain
 
 MAX_AXIS_VALUES = 1000
 
@@ -44,13 +44,9 @@ def _check_knob(path: str, value: Any, key: str, ctx: _Ctx) -> Any:
     if path not in KNOBS:
         raise ctx.error(key, f"unknown knob {path!r}{suggest(path, KNOBS)}")
     try:
-        return _jsonable(coerce_knob(path, value))
+        return plain(coerce_knob(path, value))
     except RecipeError as e:
         raise ctx.error(key, str(e)) from None
-
-
-def _jsonable(v: Any) -> Any:
-    return v.value if isinstance(v, Enum) else v
 
 
 def _knob_table(v: Any, key: str, ctx: _Ctx) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from typing import Any
 
 from sweepdae.errors import GridError, RecipeError
 from sweepdae.grid._source import _Ctx
-from sweepdae.grid._values import _fmt, _jsonable
+from sweepdae.grid._values import _fmt
 from sweepdae.grid.schema import MAX_CELLS, Axis, Grid, SlurmSpec
 from sweepdae.grid.spec import AxisSpec, GridSpec
 from sweepdae.recipe import KNOBS, Recipe, recipe_from_flat
 from sweepdae.resources import resource_dir
+from sweepdae.utils import plain
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def _excluded(grid: Grid, knobs: dict[str, Any], coords: dict[str, str]) -> bool
             if axis_label is not None:
                 ok = axis_label in {_fmt(x) for x in vals}
             else:  # the resolved value: a knob nothing sets has its default
-                ok = knobs.get(path, _jsonable(KNOBS[path].default)) in vals
+                ok = knobs.get(path, plain(KNOBS[path].default)) in vals
             if not ok:
                 hit = False
                 break

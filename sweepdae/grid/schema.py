@@ -51,7 +51,7 @@ from sweepdae.grid._source import (
     _tname,
     tomllib,
 )
-from sweepdae.grid._values import MAX_AXIS_VALUES, _check_knob, _flatten, _fmt, _jsonable, _knob_table, _no_seed, _seeds
+from sweepdae.grid._values import MAX_AXIS_VALUES, _check_knob, _flatten, _fmt, _knob_table, _no_seed, _seeds
 from sweepdae.grid.slurm import (
     PER_GPU_KEYS,
     SLURM_KEYS,
@@ -63,6 +63,7 @@ from sweepdae.grid.slurm import (
 from sweepdae.grid.tune import TuneParam, TuneSpec, parse_tune
 from sweepdae.metrics import FINDINGS, METRICS
 from sweepdae.recipe import KNOBS, suggest
+from sweepdae.utils import plain
 
 # What callers import from here; the parts of the language live in _source, _values, slurm and tune.
 __all__ = ["FINDINGS", "MAX_AXIS_VALUES", "MAX_CELLS", "MAX_GRID_BYTES", "MAX_KEY_CHARS", "MAX_KEY_PARTS", "METRICS",
@@ -489,7 +490,7 @@ def _check_overwrites(base: dict[str, Any], axes: list[Axis], trajectory: tuple[
             axis = on_axis.get(path)
             if axis is not None and len(axis.paths) == 1:
                 continue  # matched by axis label, checked when parsed
-            possible = {repr(_jsonable(KNOBS[path].default)), *(repr(v) for k, v in base.items() if k == path)}
+            possible = {repr(plain(KNOBS[path].default)), *(repr(v) for k, v in base.items() if k == path)}
             possible |= {repr(p.overrides[path]) for p in profiles.values() if path in p.overrides}
             possible |= {repr(s.set[path]) for s in trajectory if path in s.set}
             if axis is not None:

@@ -12,7 +12,6 @@ data and provenance summary as plain data (`ReportData`, what tests assert on); 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -27,6 +26,7 @@ from sweepdae.report.findings import compute_findings
 from sweepdae.report.paper import HEADLINE_FINDINGS, PAPER, get_reference, paper_value
 from sweepdae.report.render import render_html, render_tex_document, render_tex_section
 from sweepdae.report.tables import TableData, build_table
+from sweepdae.utils import plain
 
 __all__ = ["HEADLINE_FINDINGS", "PAPER", "GridReport", "ReportData", "ReportStore", "TableData", "build_report",
            "build_table", "compute_findings", "default_runs_dir", "get_reference", "paper_value", "write_reports"]
@@ -36,27 +36,9 @@ DATA_COLUMNS = ["grid", "profile", "row", "col", "metric", "mean", "std", "n", "
                 "n_pending", "status", "state", "paper", "step", "row_i", "col_i"]
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if hasattr(v, "item"):  # numpy scalars
-        return _jsonable(v.item())
-    if v is pd.NA or v is pd.NaT:
-        return None
-    return v
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return _jsonable(v)
-
-
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     cols = [c for c in DATA_COLUMNS if c in frame.columns]
-    return [{k: _jsonable(v) for k, v in rec.items()} for rec in frame[cols].to_dict("records")]
+    return [{k: plain(v, strict=True) for k, v in rec.items()} for rec in frame[cols].to_dict("records")]
 
 
 def _write(path: Path, text: str, written: list[Path], out: Path) -> None:
@@ -159,8 +141,8 @@ def _write_all(report: ReportData, out: Path, *, html: bool, latex: bool, csv: b
             doc = {"study": t.study, "grid": t.grid, "profile": t.profile, "metric": t.metric,
                    "direction": t.direction, "counts": t.counts, "best": t.best, "trials": t.trials,
                    "importances": t.importances, "importance_note": t.importance_note}
-            _write(out / "data" / f"{t.slug}.json", json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n",
-                   written, out)
+            _write(out / "data" / f"{t.slug}.json",
+                   json.dumps(plain(doc, strict=True), indent=1, allow_nan=False) + "\n", written, out)
     for figs in rendered.values():
         for _, rf in figs:
             written.extend([rf.svg, rf.pdf])

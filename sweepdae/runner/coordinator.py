@@ -38,7 +38,7 @@ from sweepdae.runner.slots import Slot
 from sweepdae.runner.view import View
 from sweepdae.store import Claim, LeaseState, PatientStore, Store, dead_local_owner
 from sweepdae.store._paths import portable, portable_text, resolve_runs_dir, stored_runs_dir
-from sweepdae.utils import atomic_write_json, read_events
+from sweepdae.utils import atomic_write_json, plain, read_events
 
 HEARTBEAT_S = float(os.environ.get("SWEEPDAE_HEARTBEAT_S", "10"))
 LEASE_S = float(os.environ.get("SWEEPDAE_LEASE_S", "60"))  # a coordinator silent this long is presumed dead
@@ -518,8 +518,8 @@ def _stored_run_dir(run_dir: Path, runs_dir: Path) -> str:
 
 
 def jsonable(obj: Any) -> Any:
-    """Round-trip through JSON so the store only ever sees plain values."""
-    return json.loads(json.dumps(obj, default=str))
+    """Round-trip through JSON so the store only ever sees plain values (`plain`; anything else as its str)."""
+    return json.loads(json.dumps(plain(obj), default=str))
 
 
 class _DoneHandle:

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -84,7 +85,10 @@ def show_status(store: Store, keys: list[str] | None, *, as_json: bool, watch: b
     try:
         if as_json:
             df = store.cells(keys)
-            rows = json.loads(df.drop(columns=[c for c in ("recipe",) if c in df.columns]).to_json(orient="records"))
+            frame = df.drop(columns=[c for c in ("recipe",) if c in df.columns])
+            for c in frame.select_dtypes(include=["datetime", "datetimetz"]).columns:  # epoch milliseconds
+                frame[c] = [None if pd.isna(t) else t.value // 1_000_000 for t in frame[c]]
+            rows = json.loads(frame.to_json(orient="records"))
             jobs = cell_jobs(store, keys)
             for row in rows:
                 row.update(phases_of(row))
