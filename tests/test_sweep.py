@@ -47,8 +47,9 @@ def test_apply_checks_gpus_per_cell_by_executor(tmp_path: Path, monkeypatch: pyt
 
 def test_apply_exports_what_the_cells_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SWEEPDAE_TRACKER", raising=False)
-    monkeypatch.delenv(PROCS_ENV, raising=False)
+    for name in ("SWEEPDAE_TRACKER", PROCS_ENV):  # recorded first, so what apply() exports is undone afterwards
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     Resources(gpus="cpu", procs_per_cell=2, tracker="None").apply(dry_run=True)
     assert os.environ["SWEEPDAE_TRACKER"] == "none" and PROCS_ENV not in os.environ  # a dry run launches nothing
     Resources(gpus="cpu", procs_per_cell=2).apply()

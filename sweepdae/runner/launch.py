@@ -132,6 +132,8 @@ def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle
     A cell of several CPU processes (`--procs-per-cell`) cannot be one fork: it goes through `accelerate launch`."""
     if cell_procs(slot, env) > 1:
         return launch_accelerate(run_dir, slot, env=env, ports_in_use=set())
+    from sweepdae.cell.run import main  # why: torch and the cell's code, loaded once here, not by each forked cell
+
     log_fd = os.open(run_dir / LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     pid = os.fork()
     if pid == 0:  # child
@@ -149,8 +151,6 @@ def launch_fork(run_dir: Path, slot: Slot, *, env: dict[str, str]) -> ForkHandle
                 import torch
 
                 torch.set_num_threads(threads)
-            from sweepdae.cell.run import main  # torch and the cell's libraries: loaded by the forked child only
-
             code = main([str(run_dir)])
         except BaseException:
             traceback.print_exc()
