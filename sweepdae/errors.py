@@ -62,6 +62,11 @@ class StoreUnavailable(StoreError):
     later, so coordinators retry it through an outage."""
 
 
+class ScheduleError(SweepdaeError, ValueError):
+    """A noise schedule cannot be built as asked (too few steps) or its table is malformed (not finite, not
+    monotone, gamma outside (0, 1], or not variance-preserving)."""
+
+
 class TrainingError(SweepdaeError):
     """A cell cannot go on training (e.g. a non-finite loss); `failure_class` says why."""
 

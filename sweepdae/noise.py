@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sweepdae.errors import RecipeError, SweepdaeError
+from sweepdae.errors import RecipeError, ScheduleError
 from sweepdae.noise_levels import closest_t
 from sweepdae.recipe import LossWeight, NoiseConfig, ScheduleName, Target, suggest
 
@@ -22,10 +22,6 @@ __all__ = ["SCHEDULES", "Schedule", "ScheduleError", "create_schedule", "schedul
 
 # Largest allowed |gamma^2 + sigma^2 - 1| for a variance-preserving table; float64 round-off is ~1e-16.
 _VP_TOL = 1e-12
-
-
-class ScheduleError(SweepdaeError, ValueError):
-    """A schedule table is malformed (not finite, not monotone, gamma outside (0, 1], or not variance-preserving)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from sweepdae.cell import RETRYABLE, CellResult, TrainedInfo, classify, classify_exit, read_result, read_trained
-from sweepdae.cell.run import run_cell
+from sweepdae.cell.run import run_cell, write_failure
 from sweepdae.cell.train import (
     CHECKPOINT,
     TRAINED,
@@ -261,3 +261,16 @@ def test_result_and_trained_json_read_back_and_write_the_same_bytes(tmp_path: Pa
     assert (run_dir / "result.json").read_bytes() == before
     old = CellResult.from_dict({"key": "k", "metrics": {"a": 1.0}})
     assert old.metrics == {"a": 1.0} and old.phases == {} and old.world_size == 1
+
+
+def test_the_other_processes_of_a_cell_keep_the_main_process_failure(tmp_path: Path) -> None:
+    """When a cell's main process fails, the launcher stops the others: their interruption ("killed", retried
+    without using a retry) must not overwrite the main process's failure (here a recipe error, never retried)."""
+    from sweepdae.errors import RecipeError
+
+    main = write_failure(tmp_path, RecipeError("patch_size 7 does not divide 32"))
+    other = write_failure(tmp_path, KeyboardInterrupt(), keep=True)
+    stored = json.loads((tmp_path / "failure.json").read_text())
+    assert main["failure_class"] == other["failure_class"] == stored["failure_class"] == "bad_recipe"
+    (tmp_path / "new").mkdir()
+    assert write_failure(tmp_path / "new", KeyboardInterrupt(), keep=True)["failure_class"] == "killed"  # its own

@@ -167,3 +167,17 @@ def test_plain_ratios_pick_the_tables_t(name: str) -> None:
         assert ratios == pytest.approx(s.noise_to_signal().tolist(), rel=1e-12)
         for sigma in (1e-3, 0.1, math.sqrt(1 / 3), 0.5, 1.0, 3.0):
             assert closest_t(ratios, sigma) == single_level_t(s, sigma)
+
+
+def test_the_torch_free_levels_refuse_what_the_tables_refuse() -> None:
+    """A single-level recipe's t is found without torch (noise_levels): the schedules it cannot build are refused
+    there with the tables' own one-line error, not a ZeroDivisionError at plan time."""
+    from sweepdae.noise_levels import noise_to_signal
+
+    for name, steps in (("ddpm_linear", 20), ("ddpm_linear", 1), ("sigma_linear", 1)):
+        with pytest.raises(ScheduleError) as torch_side:
+            create_schedule(name, steps)
+        with pytest.raises(ScheduleError) as plain_side:
+            noise_to_signal(name, steps)
+        assert str(plain_side.value) == str(torch_side.value)
+    assert len(noise_to_signal("ddpm_linear", 21)) == 21

@@ -103,7 +103,13 @@ def test_quickstart_on_slurm_every_cell_done_exactly_once(tmp_path: Path, sweepd
     assert len(attempts) == 3 and (attempts["state"] == "COMPLETE").sum() == 3
     ids = [j["job_id"] for j in jobs]
     assert len(ids) == 3 and sorted(k for j in jobs for k in j["keys"]) == sorted(cells["key"])
-    acct = _sacct(ids)
+    # --wait returns once the cells are done; a job's process may still be exiting: ask until each job has ended
+    def ended() -> dict[str, dict[str, str]] | None:
+        a = _sacct(ids)
+        return a if all(a.get(j, {}).get("State") not in (None, "PENDING", "RUNNING", "COMPLETING") for j in ids) \
+            else None
+
+    acct = _wait_for("the jobs' end in accounting", ended, 60)
     assert {acct[j]["State"] for j in ids} == {"COMPLETED"}, acct
     for j in jobs:  # each job's log is where status says it is
         assert Path(j["log"]).exists(), j["log"]

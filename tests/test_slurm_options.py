@@ -137,6 +137,13 @@ def test_per_gpu_cpus_and_memory_scale_with_the_jobs_gpus() -> None:
     assert sl.resources(cells, spec, cli={}, config={}, gpus_per_cell=2)["cpus"] == 28
     with pytest.raises(GridError, match=r"slurm.cpus_per_gpu: give cpus \(the job's\) or cpus_per_gpu"):
         parse_grid(GRID + "\n[slurm]\ncpus = 4\ncpus_per_gpu = 2\n")
+    # two [slurm.by] tables of one job, one with each: refused, not one silently winning
+    mixed = parse_grid(GRID + '\n[slurm.by.latent_dim."2"]\ncpus = 6\n\n[slurm.by.latent_dim."4"]\ncpus_per_gpu = 3\n')
+    both = list(expand(mixed, None).cells)
+    with pytest.raises(SweepdaeError, match=r"\[slurm.by\] tables of one job give both cpus and cpus_per_gpu"):
+        sl.resources(both, mixed.slurm, cli={}, config={}, gpus_per_cell=2)
+    one = [c for c in both if c.coords["latent_dim"] == "4"]
+    assert sl.resources(one, mixed.slurm, cli={}, config={}, gpus_per_cell=2)["cpus"] == 6
 
 
 def test_executor_parameters() -> None:

@@ -390,6 +390,48 @@ def test_fit_images_are_read_only_to_fit_and_a_waiting_process_loads_the_file(tm
     assert got and got[0]["from_cache"] and got[0]["key"] == fitted["key"]
 
 
+def test_a_waiting_process_stops_when_the_fit_it_waits_on_fails(tmp_path: Path) -> None:
+    """The fitting process's error reaches the processes polling for its file (they would otherwise wait forever);
+    a failure marker from before a process began waiting does not stop it."""
+    import threading
+
+    from sweepdae.tokenizers._cache import TokenizerFitError
+
+    cfg = _cfg("patch_pca")
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            get_tokenizer(cfg, data_key="synthetic-16", images_uint8=lambda: _random_images(8), channels=CH,
+                          image_size=SIZE, cache_dir=tmp_path, wait=True)
+        except BaseException as e:
+            errors.append(e)
+
+    def broken() -> torch.Tensor:
+        raise RuntimeError("the data went away")
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    with pytest.raises(RuntimeError, match="the data went away"):
+        get_tokenizer(cfg, data_key="synthetic-16", images_uint8=broken, channels=CH, image_size=SIZE,
+                      cache_dir=tmp_path)
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and len(errors) == 1 and isinstance(errors[0], TokenizerFitError)
+    assert "RuntimeError: the data went away" in str(errors[0])
+    # a new attempt: the old marker is older than the waiter, which now gets the tokenizer the fitter makes
+    marker = next(tmp_path.glob("*.failed"))
+    os.utime(marker, (time.time() - 60, time.time() - 60))
+    got: list[dict[str, Any]] = []
+    waiter = threading.Thread(target=lambda: got.append(get_tokenizer(
+        cfg, data_key="synthetic-16", images_uint8=lambda: _random_images(8), channels=CH, image_size=SIZE,
+        cache_dir=tmp_path, wait=True)[1]))
+    waiter.start()
+    get_tokenizer(cfg, data_key="synthetic-16", images_uint8=lambda: _random_images(8), channels=CH,
+                  image_size=SIZE, cache_dir=tmp_path)
+    waiter.join(timeout=60)
+    assert got and got[0]["from_cache"] and not marker.exists()
+
+
 def test_pca_tokenizers_share_one_basis_across_d(tmp_path: Path) -> None:
     images = _random_images(8)
     tok4, s4 = _get(_cfg("patch_pca", latent_dim=4), images, tmp_path)

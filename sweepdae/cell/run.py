@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import resource
@@ -250,8 +251,17 @@ def _result(recipe: Recipe, *, key: str, train_key: str, trained: Trained, metri
                       finished=time.time())
 
 
-def write_failure(run_dir: Path, exc: BaseException) -> dict[str, Any]:
-    """failure.json of the exception that ended the cell (`classify`), written and returned."""
+def write_failure(run_dir: Path, exc: BaseException, *, keep: bool = False) -> dict[str, Any]:
+    """failure.json of the exception that ended the cell (`classify`), written and returned. `keep`: a failure.json
+    already there stays (the cell's other processes: the main process's failure is the cell's, and when it ends the
+    launcher stops the others, whose interruption must not overwrite it)."""
+    if keep:
+        try:
+            kept = json.loads((run_dir / FAILURE).read_text())
+        except (OSError, ValueError):
+            kept = None
+        if isinstance(kept, dict) and isinstance(kept.get("failure_class"), str):
+            return {"error": "", **kept}
     cls, retryable = classify(exc)
     tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
     info = {"failure_class": cls, "retryable": retryable, "error": f"{type(exc).__name__}: {exc}"[:2000],
@@ -305,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(sig, _STOP.handler)
     _watch_coordinator()
+    main_process = int(os.environ.get("RANK", "0") or 0) == 0  # accelerate launch (torchrun) sets RANK
     try:
-        (run_dir / FAILURE).unlink(missing_ok=True)
+        if main_process:
+            (run_dir / FAILURE).unlink(missing_ok=True)
         run_cell(run_dir)
     except BaseException as e:  # recorded for the coordinator, then a non-zero exit
         try:
-            info = write_failure(run_dir, e)
+            info = write_failure(run_dir, e, keep=not main_process)
         except OSError:  # the disk is full (or gone): no failure.json, so say it with the exit status
             return EXIT_IO
         try:

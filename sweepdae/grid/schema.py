@@ -139,9 +139,6 @@ def _strs(v: Any) -> tuple[str, ...]:
     return tuple(str(x) for x in v) if isinstance(v, (list, tuple)) else ()
 
 
-
-
-
 @dataclass(frozen=True)
 class SlurmSpec:
     """A grid's `[slurm]` table: options for every job, and per axis value (`[slurm.by.AXIS."LABEL"]`) options for
@@ -155,7 +152,6 @@ class SlurmSpec:
         if profile is None or not profile.slurm:
             return self
         return SlurmSpec(options=layer_slurm_options(self.options, profile.slurm), by=self.by)
-
 
 
 @dataclass(frozen=True)
@@ -179,7 +175,6 @@ class Grid:
     source: str = field(repr=False, default="")
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     tune: TuneSpec = field(default_factory=TuneSpec)
-
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -304,7 +299,6 @@ def _labels(v: Any, n: int, key: str, ctx: _Ctx, default: list[Any]) -> tuple[st
                             "label (a report would average them as seeds of one row)")
         seen.add(lab)
     return labels
-
 
 
 def _product_axes(v: Any, ctx: _Ctx) -> list[Axis]:
@@ -609,7 +603,6 @@ def _slurm(v: Any, axes: list[Axis], ctx: _Ctx) -> SlurmSpec:
             by.setdefault(axis_name, {})[label] = check_slurm_options(opts, f"slurm.by.{axis_name}.{label}",
                                                                       ctx.error)
     return SlurmSpec(options=options, by=by)
-
 
 
 def _report(v: Any, axes: list[Axis], ctx: _Ctx) -> ReportSpec:

@@ -186,7 +186,7 @@ PHASES: dict[str, tuple[bool, Decoding, str]] = {
 }
 
 
-# -- FLOPs ------------------------------------------------------------------------------------------------------------
+# -- FLOPs of the phases (the modules' own counts: runner/flops.py) ------------------------------------------------
 
 
 def training_flops(r: Recipe) -> float:

@@ -97,6 +97,9 @@ def resources(cells: Iterable[Any], spec: Any, *, cli: dict[str, Any], config: d
                     by[k] = max(by[k], v)
                 else:
                     by.setdefault(k, v)
+    for per, total in PER_GPU_KEYS.items():  # one table cannot give both (check_slurm_options); nor may two of a job
+        if per in by and total in by:
+            raise SweepdaeError(f"[slurm.by] tables of one job give both {total} and {per}: give the same one in each")
     out = layer_slurm_options(layer_slurm_options(out, by), {k: v for k, v in cli.items() if v is not None})
     gpus = max(1, int(out.get("gpus") or 0))
     for per, total in PER_GPU_KEYS.items():

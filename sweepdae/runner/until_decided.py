@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sweepdae.runner  # run_cells: looked up at call time, where callers may replace it
 from sweepdae.errors import StoreNotFound, SweepdaeError
 from sweepdae.grid import Plan, expand
 from sweepdae.grid.expand import under_profile
 from sweepdae.report import build_report
 from sweepdae.report.findings import decided
 from sweepdae.report.sequential import Design, group_sequential
-from sweepdae.runner import cell_params, run_cells, runs_dir_for
+from sweepdae.runner import cell_params, runs_dir_for
 from sweepdae.runner import estimate as est
 from sweepdae.store import Store, open_store
 
@@ -184,9 +185,11 @@ def run_from_cli(url: str | None, plans: Sequence[Plan], *, max_seeds: int, runs
     """`run --until-decided` on this machine's slots (`run_options`: those of `runner.run_cells`); prints each
     finding's verdict and the seeds at its decision; whether every cell of every round ended done."""
     def run(store: Store, plan: Plan, cells: list[Any]) -> bool:
-        return run_cells(store, cells, grid=plan.grid.name, profile=plan.profile, params=cell_params(plan),
-                         title=f"{plan.grid.name} ({plan.profile or 'base'}, {len({c.seed for c in cells})} seeds)",
-                         runs_dir=runs_dir, **run_options).ok
+        seeds = len({c.seed for c in cells})
+        return sweepdae.runner.run_cells(store, cells, grid=plan.grid.name, profile=plan.profile,
+                                         params=cell_params(plan),
+                                         title=f"{plan.grid.name} ({plan.profile or 'base'}, {seeds} seeds)",
+                                         runs_dir=runs_dir, **run_options).ok
 
     with open_store(url) as store:
         outcomes = run_until_decided(store, plans, max_seeds=max_seeds, run_cells=run,

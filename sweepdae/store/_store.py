@@ -94,5 +94,5 @@ class PatientStore(Store):
     store's contract, and a `claim` whose reply was lost leaves a RUNNING trial whose lease expires and is reaped."""
 
     def __init__(self, store: Store, view: Messages, outage_s: float) -> None:
-        vars(self).update(vars(store))  # the same storage, index, trainings queue and open/closed state
+        vars(self).update(vars(store))  # the same storage, index and open/closed state (and trainings queue, once made)
         self._retry = Retry(outage_s, view.message)

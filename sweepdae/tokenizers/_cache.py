@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sweepdae.errors import SweepdaeError
 from sweepdae.recipe import TOKENIZER_KNOBS, TokenizerConfig, TokenizerName
 from sweepdae.tokenizers._base import TOKENIZER_VERSION, Progress, Tokenizer, check_train_images, posterior_stats
 from sweepdae.tokenizers._patch import PCABasis, fit_pca_basis
@@ -130,6 +131,20 @@ def _get_pca_basis(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor,
         return fit, False
 
 
+class TokenizerFitError(SweepdaeError):
+    """The tokenizer fit another process of the cell was making failed."""
+
+
+def _raise_if_failed(failed: Path, *, since: float) -> None:
+    """A waiting process's end when the fit it waits on failed (a marker written after it began waiting)."""
+    try:
+        if failed.stat().st_mtime >= since - 1.0:
+            raise TokenizerFitError(f"tokenizer fit failed in the process that fits it: "
+                                    f"{failed.read_text()[:500]}")
+    except FileNotFoundError:
+        pass
+
+
 def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor | Callable[[], Tensor],
                   channels: int, image_size: int, cache_dir: Path, seed: int = 0, device: torch.device | str = "cpu",
                   progress: Progress | None = None, heldout_uint8: Tensor | None = None, wait: bool = False
@@ -164,8 +179,11 @@ def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor |
         posterior = posterior_stats(tok, heldout_uint8, device=device) if heldout_uint8 is not None else {}
         return tok, {**stats, **posterior, "from_cache": from_cache, "key": key, "cache_path": str(path)}
 
+    failed = cache_dir / f"{key}.failed"  # the fitter's error, for the processes that wait on its fit
+    started = time.time()
     stats = _load_checked(path, header, use, quiet=True)  # fast path: atomic writes make an unlocked read safe
     while stats is None and wait:
+        _raise_if_failed(failed, since=started)
         time.sleep(WAIT_POLL_S)
         stats = _load_checked(path, header, use, quiet=True)
     if stats is not None:
@@ -174,15 +192,21 @@ def get_tokenizer(cfg: TokenizerConfig, *, data_key: str, images_uint8: Tensor |
         stats = _load_checked(path, header, use)  # another process may have fitted it while we waited
         if stats is not None:
             return finish(stats, True)
-        images = images_uint8() if callable(images_uint8) else images_uint8
-        check_train_images(images, channels=channels, image_size=image_size)
-        basis, basis_cached = None, None
-        if _name(cfg) == TokenizerName.patch_pca.value:
-            basis, basis_cached = _get_pca_basis(cfg, data_key=data_key, images_uint8=images,
-                                                 channels=channels, image_size=image_size, cache_dir=cache_dir,
-                                                 seed=seed, progress=progress)
-        stats = fit_with_basis(tok, images, cfg=cfg, seed=seed, device=device, progress=progress,
-                               pca_basis=basis)
+        failed.unlink(missing_ok=True)
+        try:
+            images = images_uint8() if callable(images_uint8) else images_uint8
+            check_train_images(images, channels=channels, image_size=image_size)
+            basis, basis_cached = None, None
+            if _name(cfg) == TokenizerName.patch_pca.value:
+                basis, basis_cached = _get_pca_basis(cfg, data_key=data_key, images_uint8=images,
+                                                     channels=channels, image_size=image_size, cache_dir=cache_dir,
+                                                     seed=seed, progress=progress)
+            stats = fit_with_basis(tok, images, cfg=cfg, seed=seed, device=device, progress=progress,
+                                   pca_basis=basis)
+        except BaseException as e:  # the waiting processes stop with it instead of polling forever
+            why = f"{type(e).__name__}: {e}"[:2000].encode()
+            atomic_write(failed, lambda f: f.write(why))
+            raise
         if basis_cached is not None:
             stats["pca_basis_from_cache"] = basis_cached
         state = {k: v.detach().cpu() for k, v in tok.state_dict().items()}
