@@ -159,9 +159,8 @@ def run_local(url: str | None, plans: list[Plan], chosen: list[list[Any]], *, re
         if sweep.report:
             from sweepdae.report import write_reports  # why: pandas, scipy: ~2 s to import
 
-            paths = write_reports(s, grids=list(dict.fromkeys(p.grid.name for p in plans)),
-                                                  out=Path("reports"), html=True, latex=False, csv=False,
-                                                  runs_dir=runs_dir_for(res.runs_dir))
+            paths = write_reports(s, grids=list(dict.fromkeys(p.grid.name for p in plans)), out=Path("reports"),
+                                  html=True, latex=False, csv=False, runs_dir=runs_dir_for(res.runs_dir))
             for path in paths:
                 out.print(f"report: {path}")
     finally:
