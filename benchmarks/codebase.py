@@ -129,24 +129,54 @@ def long_functions(path: Path) -> list[tuple[str, int]]:
     return out
 
 
-def cited_documents() -> list[str]:
-    """Tracked files' lines that name a document (*.md) the repository does not hold."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    have = {Path(f).name for f in files if f.endswith(".md")}
+# A document named alone: README.md, REPRODUCTION.md, BENCHMARKS.md, ...
+BARE_NAME = re.compile(r"\b([A-Z][A-Z_]+\.md)(#[\w-]+)?\b")
+# A document named by its path: docs/paper.md, ../REPRODUCTION.md, reports/examples/README.md, with an optional anchor
+PATH = re.compile(r"(?<![\w/.-])((?:\.{1,2}/|[\w-][\w.-]*/)+[\w.-]+\.md)(#[\w-]+)?")
+SKIP_SUFFIXES = {".journal", ".png", ".pdf", ".pt", ".npz", ".svg", ".csv", ".json"}
+
+
+def tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def citations() -> list[tuple[str, int, str, str, str]]:
+    """(citing file, line, cited name as written, resolved document path or "", anchor or "") of every citation."""
+    files = tracked_files()
+    md = {f for f in files if f.endswith(".md")}
+    by_name = {Path(f).name: f for f in md}
     out = []
     for f in files:
         p = ROOT / f
-        if not p.is_file() or p.suffix in {".journal", ".png", ".pdf", ".pt", ".npz"}:
+        if Path(f).suffix in SKIP_SUFFIXES or not p.is_file():
             continue
         try:
             text = p.read_text()
         except (UnicodeDecodeError, OSError):
             continue
         for i, line in enumerate(text.splitlines(), 1):
-            for name in re.findall(r"\b([A-Z][A-Z_]+\.md)\b", line):
-                if name not in have:
-                    out.append(f"{f}:{i}: {name}")
+            spans = []
+            for m in PATH.finditer(line):
+                spans.append(m.span(1))
+                name, anchor = m.group(1), (m.group(2) or "")[1:]
+                found = ""
+                for base in (ROOT, p.parent):  # from the repository root, or relative to the citing file
+                    target = (base / name).resolve()
+                    if target.is_relative_to(ROOT) and str(target.relative_to(ROOT)) in md:
+                        found = str(target.relative_to(ROOT))
+                        break
+                out.append((f, i, name, found, anchor))
+            for m in BARE_NAME.finditer(line):
+                if any(a <= m.start(1) < b for a, b in spans):
+                    continue  # the tail of a path already checked
+                out.append((f, i, m.group(1), by_name.get(m.group(1), ""), (m.group(2) or "")[1:]))
     return out
+
+
+def cited_documents() -> list[str]:
+    """Tracked files' citations of a document (*.md, by name or path) the repository does not hold."""
+    return [f"{f}:{i}: {name}" for f, i, name, found, _ in citations() if not found]
 
 
 def main() -> None:

@@ -19,6 +19,18 @@ import pytest
 from sweepdae.report.paper import PAPER
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _codebase() -> Any:
+    """benchmarks/codebase.py, the rules these tests and its counts share."""
+    spec = importlib.util.spec_from_file_location("codebase_counts", ROOT / "benchmarks" / "codebase.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+CB = _codebase()
 # Public API kept for library users although the package itself does not call it (name: why).
 LIBRARY_API = {"with_updates": "Recipe.with_updates: a recipe with some knobs changed, for scripts and notebooks",
                "relativize_journal": "store._paths.relativize_journal: rewrites a journal made before sweepdae kept "
@@ -69,18 +81,6 @@ def test_test_modules_import_no_other_test_module() -> None:
 
 
 # -- the repository stands on its own --------------------------------------------------------------------------------
-# A document named alone, as benchmarks/codebase.py counts them: README.md, REPRODUCTION.md, BENCHMARKS.md, ...
-BARE_NAME = re.compile(r"\b([A-Z][A-Z_]+\.md)(#[\w-]+)?\b")
-# A document named by its path: docs/paper.md, ../REPRODUCTION.md, reports/examples/README.md, with an optional anchor
-PATH = re.compile(r"(?<![\w/.-])((?:\.{1,2}/|[\w-][\w.-]*/)+[\w.-]+\.md)(#[\w-]+)?")
-SKIP_SUFFIXES = {".journal", ".png", ".pdf", ".pt", ".npz", ".svg", ".csv", ".json"}
-
-
-def tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return out.split()
-
-
 def slug(heading: str) -> str:
     """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
     text = re.sub(r"[`*_]", "", heading.strip().lower())
@@ -93,46 +93,13 @@ def anchors(doc: Path) -> set[str]:
     return out | set(re.findall(r"""<a\s+(?:id|name)=["']([^"']+)["']""", text))
 
 
-def citations() -> list[tuple[str, int, str, str, str]]:
-    """(citing file, line, cited name as written, resolved document path or "", anchor or "") of every citation."""
-    files = tracked_files()
-    md = {f for f in files if f.endswith(".md")}
-    by_name = {Path(f).name: f for f in md}
-    out = []
-    for f in files:
-        p = ROOT / f
-        if Path(f).suffix in SKIP_SUFFIXES or not p.is_file():
-            continue
-        try:
-            text = p.read_text()
-        except (UnicodeDecodeError, OSError):
-            continue
-        for i, line in enumerate(text.splitlines(), 1):
-            spans = []
-            for m in PATH.finditer(line):
-                spans.append(m.span(1))
-                name, anchor = m.group(1), (m.group(2) or "")[1:]
-                found = ""
-                for base in (ROOT, p.parent):  # from the repository root, or relative to the citing file
-                    target = (base / name).resolve()
-                    if target.is_relative_to(ROOT) and str(target.relative_to(ROOT)) in md:
-                        found = str(target.relative_to(ROOT))
-                        break
-                out.append((f, i, name, found, anchor))
-            for m in BARE_NAME.finditer(line):
-                if any(a <= m.start(1) < b for a, b in spans):
-                    continue  # the tail of a path already checked
-                out.append((f, i, m.group(1), by_name.get(m.group(1), ""), (m.group(2) or "")[1:]))
-    return out
-
-
 def test_every_cited_document_is_in_the_repository() -> None:
-    missing = [f"{f}:{i}: {name}" for f, i, name, found, _ in citations() if not found]
+    missing = CB.cited_documents()
     assert not missing, "documents cited but not in the repository:\n" + "\n".join(missing)
 
 
 def test_every_cited_anchor_exists() -> None:
-    bad = [f"{f}:{i}: {name}#{anchor}" for f, i, name, found, anchor in citations()
+    bad = [f"{f}:{i}: {name}#{anchor}" for f, i, name, found, anchor in CB.citations()
            if found and anchor and anchor not in anchors(ROOT / found)]
     assert not bad, "anchors cited but not in their document:\n" + "\n".join(bad)
 
@@ -140,9 +107,9 @@ def test_every_cited_anchor_exists() -> None:
 def test_the_rules_find_every_form_of_citation() -> None:
     notes, paper = "NOTES" + ".md", "PAPER" + ".md"  # split, so that this file cites neither
     line = f"see ../shared/{notes} and {paper}, docs/paper.md#table-2 and [x](../REPRODUCTION.md#the-six-findings)"
-    assert [(m.group(1), m.group(2)) for m in PATH.finditer(line)] == [
+    assert [(m.group(1), m.group(2)) for m in CB.PATH.finditer(line)] == [
         (f"../shared/{notes}", None), ("docs/paper.md", "#table-2"), ("../REPRODUCTION.md", "#the-six-findings")]
-    assert [m.group(1) for m in BARE_NAME.finditer(line)] == [notes, paper, "REPRODUCTION.md"]
+    assert [m.group(1) for m in CB.BARE_NAME.finditer(line)] == [notes, paper, "REPRODUCTION.md"]
     assert slug("Table 2") == "table-2" and slug("Knobs and their sources") == "knobs-and-their-sources"
     assert slug("`sweepdae tune`: the study") == "sweepdae-tune-the-study"
 
@@ -176,29 +143,19 @@ def test_docs_paper_numbers_are_the_reports(ref_id: str) -> None:
 
 
 # -- the package's structure: one-way imports, sizes (benchmarks/codebase.py counts them) -------------------------
-def _codebase() -> Any:
-    spec = importlib.util.spec_from_file_location("codebase_counts", ROOT / "benchmarks" / "codebase.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_the_cycle_finder_finds_cycles() -> None:
-    cb = _codebase()
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e2"}, "e2": {"e"}}
-    assert sorted(cb.cycles(graph)) == [["a", "b", "c"], ["e", "e2"]]
-    assert cb.cycles({"a": {"b"}, "b": set()}) == []
+    assert sorted(CB.cycles(graph)) == [["a", "b", "c"], ["e", "e2"]]
+    assert CB.cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_the_import_graph_of_the_package_has_no_cycle() -> None:
     """Imports inside functions included, `if TYPE_CHECKING:` ones excluded."""
-    cb = _codebase()
     paths = sorted((ROOT / "sweepdae").rglob("*.py"))
-    modules = {cb.module_name(p) for p in paths}
-    graph = {cb.module_name(p): cb.imports_of(p, modules)[0] for p in paths}
+    modules = {CB.module_name(p) for p in paths}
+    graph = {CB.module_name(p): CB.imports_of(p, modules)[0] for p in paths}
     assert sum(len(v) for v in graph.values()) > 200  # the graph was built
-    assert cb.cycles(graph) == []
+    assert CB.cycles(graph) == []
 
 
 def test_imports_of_the_package_inside_functions_say_why() -> None:
@@ -219,11 +176,10 @@ def test_imports_of_the_package_inside_functions_say_why() -> None:
 
 def test_module_and_function_sizes() -> None:
     """No module over 800 lines; at most two functions over 80 lines."""
-    cb = _codebase()
     paths = sorted((ROOT / "sweepdae").rglob("*.py"))
-    big = [(str(p.relative_to(ROOT)), n) for p in paths if (n := len(p.read_text().splitlines())) > cb.BIG_MODULE]
+    big = [(str(p.relative_to(ROOT)), n) for p in paths if (n := len(p.read_text().splitlines())) > CB.BIG_MODULE]
     assert not big
-    long = [f for p in paths for f in cb.long_functions(p)]
+    long = [f for p in paths for f in CB.long_functions(p)]
     assert len(long) <= 2, long
 
 
