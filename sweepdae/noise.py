@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sweepdae.errors import RecipeError, ScheduleError
-from sweepdae.noise_levels import closest_t
+from sweepdae.noise_levels import check_num_steps, closest_t
 from sweepdae.recipe import LossWeight, NoiseConfig, ScheduleName, Target, suggest
 
 __all__ = ["SCHEDULES", "Schedule", "ScheduleError", "create_schedule", "schedule_for", "schedule_names",
@@ -112,10 +112,9 @@ def _check_tables(s: Schedule) -> None:
 def _ddpm_linear(num_steps: int) -> Schedule:
     # DDPM (Ho et al.) linear betas 1e-4 -> 0.02 at T = 1000; for other T the endpoints scale by 1000/T as in
     # DiT / improved-DDPM `get_named_beta_schedule("linear")`, so the end-point noise level stays comparable.
+    check_num_steps("ddpm_linear", num_steps)
     scale = 1000.0 / num_steps
     betas = torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
-    if float(betas.max()) >= 1.0:
-        raise ScheduleError(f"schedule 'ddpm_linear': num_steps={num_steps} gives beta >= 1 (need T > 20)")
     gamma2 = torch.cumprod(1.0 - betas, dim=0)
     return Schedule("ddpm_linear", num_steps, gamma2.sqrt(), (1.0 - gamma2).sqrt(), input_scaling=True)
 
@@ -155,8 +154,7 @@ def create_schedule(name: str | ScheduleName, num_steps: int = 1000) -> Schedule
     if builder is None:
         raise RecipeError(f"unknown noise schedule {key!r}{suggest(key, SCHEDULES)}; valid: "
                           + ", ".join(SCHEDULES))
-    if num_steps < 2:
-        raise ScheduleError(f"schedule {key!r}: num_steps must be >= 2, got {num_steps}")
+    check_num_steps(key, num_steps)
     return builder(num_steps)
 
 

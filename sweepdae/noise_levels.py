@@ -13,14 +13,12 @@ from collections.abc import Callable, Sequence
 
 from sweepdae.errors import ScheduleError
 
-__all__ = ["closest_t", "noise_to_signal"]
+__all__ = ["check_num_steps", "closest_t", "noise_to_signal"]
 
 
 def _ddpm_linear(num_steps: int) -> list[float]:
     # sweepdae.noise._ddpm_linear: betas linspace(1e-4, 0.02) x 1000/T, gamma^2 = cumprod(1 - beta)
     scale = 1000.0 / num_steps
-    if scale * 0.02 >= 1.0:
-        raise ScheduleError(f"schedule 'ddpm_linear': num_steps={num_steps} gives beta >= 1 (need T > 20)")
     lo, hi = scale * 1e-4, scale * 0.02
     step = (hi - lo) / (num_steps - 1)
     out, gamma2 = [], 1.0
@@ -52,9 +50,17 @@ def noise_to_signal(name: str, num_steps: int) -> list[float]:
     """sigma_t / gamma_t of schedule `name` with T = num_steps (a name of `sweepdae.recipe.ScheduleName`)."""
     if name not in _RATIOS:
         raise ValueError(f"unknown noise schedule {name!r}; valid: " + ", ".join(_RATIOS))
-    if num_steps < 2:  # as sweepdae.noise.create_schedule
-        raise ScheduleError(f"schedule {name!r}: num_steps must be >= 2, got {num_steps}")
+    check_num_steps(name, num_steps)
     return _RATIOS[name](num_steps)
+
+
+def check_num_steps(name: str, num_steps: int) -> None:
+    """The steps a named schedule can be built with (here and by `sweepdae.noise`'s tables): T >= 2, and for
+    ddpm_linear T > 20 (its largest beta, 0.02 x 1000 / T, must stay below 1)."""
+    if num_steps < 2:
+        raise ScheduleError(f"schedule {name!r}: num_steps must be >= 2, got {num_steps}")
+    if name == "ddpm_linear" and 0.02 * 1000.0 / num_steps >= 1.0:
+        raise ScheduleError(f"schedule 'ddpm_linear': num_steps={num_steps} gives beta >= 1 (need T > 20)")
 
 
 def closest_t(ratios: Sequence[float], sigma: float) -> int:
