@@ -474,3 +474,45 @@ def test_imagefolder_bad_image_is_one_line(image_tree: Path, workers: int) -> No
     clear_cache()
     with pytest.raises(DatasetError, match="no val or test/ folder"):
         load_dataset(cfg("imagefolder", root=str(image_tree)), "test")
+
+
+def test_loader_workers_do_not_inherit_a_lock_held_by_another_thread(image_tree: Path) -> None:
+    """A cell's processes have threads (gloo's, a persistent loader's queue feeders). A child forked while one of
+    them holds a lock starts with it held (and a loader worker would wait on it forever); the workers of
+    `worker_context` start from a forkserver and get it free. Streamed sets' loaders use it."""
+    import multiprocessing
+
+    from _fork_lock import LOCK, LockedItems, take_lock
+    from torch.utils.data import DataLoader
+
+    from sweepdae.data._imagefolder import worker_context
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with LOCK:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    try:
+        exits = {}
+        for name, ctx in (("fork", multiprocessing.get_context("fork")), ("worker_context", worker_context(1))):
+            child = ctx.Process(target=take_lock)  # type: ignore[attr-defined]
+            child.start()
+            child.join(30)
+            exits[name] = child.exitcode
+        assert exits == {"fork": 3, "worker_context": 0}
+        got = list(DataLoader(LockedItems(), batch_size=2, num_workers=1, timeout=30,
+                              multiprocessing_context=worker_context(1)))
+        assert torch.cat(got).flatten().tolist() == [0, 1, 2, 3]
+    finally:
+        release.set()
+        holder.join()
+    assert worker_context(0) is None
+    data = load_dataset(cfg("imagefolder", root=str(image_tree), image_size=8, num_workers=1), "train")
+    loader = data.shard_loader(2, world=1, rank=0, seed=0, augment="center_crop", per_rank=2,
+                               device=torch.device("cpu")).loader
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import math
 import os
@@ -314,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir: Path = args.run_dir
     for sig in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(sig, _STOP.handler)
+    # `kill -USR1` on a cell that seems stuck writes every thread's stack to cell.log (its stderr) and goes on
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     _watch_coordinator()
     main_process = int(os.environ.get("RANK", "0") or 0) == 0  # accelerate launch (torchrun) sets RANK
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,20 @@ def load_image(path: str, image_size: int, mode: str, seed: int | None) -> torch
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | None:
+    """How a loader's worker processes start: from a forkserver where there is one (Linux, macOS), else the
+    platform's default. Not `fork`: a cell's processes have threads (gloo's, NCCL's, the coordinator watch), and a
+    child forked while one of them holds a lock can wait on it forever (pytorch/pytorch#130610; Python 3.14 made
+    forkserver the default on Linux for this reason). The server preloads the main module and this one (torch,
+    PIL), so starting a worker is a fork of a single-threaded process that has them, not an interpreter start;
+    as with `spawn`, a script that runs loaders must keep its work under `if __name__ == "__main__":`."""
+    if num_workers == 0 or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", __name__])  # read when the server starts (the first loader's workers)
+    return ctx
+
+
 class _Pass(Dataset[tuple[torch.Tensor, int]]):
     """One pass in a fixed order: item k is file order[k], augmented with seeds[k] (picklable for workers)."""
 
@@ -185,7 +200,8 @@ class ShardLoader:
                                   augment=as_augment(augment) == Augment.random_resized_crop)
         self.device = device
         self.loader = DataLoader(files, batch_size=batch_size, sampler=self.sampler, num_workers=data.num_workers,
-                                 persistent_workers=data.num_workers > 0, pin_memory=device.type == "cuda")
+                                 persistent_workers=data.num_workers > 0, pin_memory=device.type == "cuda",
+                                 multiprocessing_context=worker_context(data.num_workers))
 
     def epoch(self, epoch: int, *, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.set_epoch(epoch, start)
@@ -234,7 +250,8 @@ class StreamedImageData(ImageData):
             sampler = DistributedSampler(one_pass, num_replicas=shard[1], rank=shard[0], shuffle=False,
                                          drop_last=False)
         loader = DataLoader(one_pass, batch_size=batch_size, shuffle=False, sampler=sampler,
-                            num_workers=self.num_workers, drop_last=drop_last, pin_memory=target.type == "cuda")
+                            num_workers=self.num_workers, drop_last=drop_last, pin_memory=target.type == "cuda",
+                            multiprocessing_context=worker_context(self.num_workers))
         return self._iterate(loader, target)
 
     def shard_loader(self, batch_size: int, *, world: int, rank: int, seed: int, augment: Augment | str,
