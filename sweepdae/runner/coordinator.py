@@ -29,6 +29,7 @@ from sweepdae.cell import (
     RESULT,
     STOP,
     classify_exit,
+    read_result,
     read_trained,
     train_dir,
 )
@@ -391,7 +392,7 @@ class Coordinator:
         # a finished result of this key already on disk (e.g. its first coordinator was reaped while the cell
         # ended): record it instead of training again -- unless it is the result `forget` dropped
         self._set_aside_forgotten(claim, run_dir)
-        if _valid_result(run_dir, claim.key):
+        if read_result(run_dir, claim.key) is not None:
             rc_handle: Handle = _DoneHandle()
         elif self._launcher(slot) == Launcher.FORK:
             rc_handle = launch_fork(run_dir, slot, env=env)
@@ -412,7 +413,7 @@ class Coordinator:
         result.json.forgotten, so neither this start nor `_finish` reads it, and the cell runs again. Made = the
         earlier of the cell's own `finished` time and the file's mtime (a clock off between machines sets a result
         aside rather than record a forgotten one: that costs a re-run, never a wrong result)."""
-        result = _valid_result(run_dir, claim.key)
+        result = read_result(run_dir, claim.key)
         if result is None:
             return
         forgot = self.store.forgotten_at(claim.key)
@@ -422,8 +423,8 @@ class Coordinator:
             made = (run_dir / RESULT).stat().st_mtime
         except OSError:
             return
-        finished = result.get("finished")
-        if isinstance(finished, (int, float)) and not isinstance(finished, bool):
+        finished = result.finished  # 0.0: a result.json that does not say (its mtime alone then)
+        if isinstance(finished, (int, float)) and not isinstance(finished, bool) and finished > 0:
             made = min(made, float(finished))
         if made >= forgot:
             return
@@ -463,16 +464,16 @@ class Coordinator:
         rc = r.handle.poll()
         elapsed = time.time() - r.started
         key = r.claim.key
-        result = _valid_result(r.run_dir, key)
+        result = read_result(r.run_dir, key)
         if result is not None:
-            info = {"timings": {**result.get("timings", {}), "wall_s": elapsed}, "artifacts": result["artifacts"],
+            info = {"timings": {**result.timings, "wall_s": elapsed}, "artifacts": result.artifacts,
                     "run_dir": _stored_run_dir(r.run_dir, self.opts.runs_dir),
-                    "provenance": result.get("provenance", {}), "steps": result["steps"],
-                    "resumed_from_epoch": result.get("resumed_from_epoch"), "tokenizer": result.get("tokenizer"),
+                    "provenance": result.provenance, "steps": result.steps,
+                    "resumed_from_epoch": result.resumed_from_epoch, "tokenizer": result.tokenizer,
                     "slot": r.slot.label, "overrides": dict(r.claim.recipe_overrides or {}),
-                    "train_key": result.get("train_key"), "reused_training": result.get("reused_training"),
-                    "trained_by": result.get("trained_by")}
-            metrics = {k: float(v) for k, v in result["metrics"].items()}
+                    "train_key": result.train_key, "reused_training": result.reused_training,
+                    "trained_by": result.trained_by}
+            metrics = {k: float(v) for k, v in result.metrics.items()}
             # no machine paths in the store: tokenizer cache paths relative to the runs folder, and so on
             recorded = self.store.complete(r.claim, metrics=metrics, info=jsonable(portable(info, self.opts.runs_dir)))
             self.done.append(key)
@@ -534,15 +535,12 @@ class _DoneHandle:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None (missing, unreadable, not JSON, or not an object)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-
-
-def _valid_result(run_dir: Path, key: str) -> dict[str, Any] | None:
-    res = _read_json(run_dir / RESULT)
-    return res if res is not None and res.get("key") == key and "metrics" in res else None
+    return doc if isinstance(doc, dict) else None
 
 
 def _log_tail(run_dir: Path, n: int = 4000) -> str:
