@@ -71,10 +71,10 @@ tokenizer.latent_dim = 4
 
 
 def test_tokenizer_dims_has_the_papers_18_cells_and_the_per_dim_row() -> None:
-    """Every profile but the reproduction ones (demo, cpu and cpu_fitted keep fewer positions to fit their
+    """Every profile but the reproduction ones (demo, cpu, cpu_fitted and cpu_fair keep fewer positions to fit their
     budgets, see tests/test_shipped_grids.py)."""
     g = load_grid(ROOT / "grids" / "tokenizer_dims.toml")
-    for profile in sorted(set(g.profiles) - {"demo", "cpu", "cpu_fitted"}):
+    for profile in sorted(set(g.profiles) - {"demo", "cpu", "cpu_fitted", "cpu_fair"}):
         plan = expand(g, profile)
         assert len(plan.cells) == 18 + 5, profile  # the paper's 18, and the 5 d of the per-dim PCA ablation row
         names = {(c.coords["tokenizer"], c.coords["d"]) for c in plan.cells}
@@ -297,6 +297,27 @@ def test_exclude_matches_a_knob_left_at_its_default() -> None:
     text = MINI + '\n[[exclude]]\ntokenizer.name = "patch_pca"\nmodel.class_cond = false\n'
     labels = {c.label for c in expand(parse_grid(text, "g.toml")).cells}
     assert labels and not any(label.startswith("patch_pca") for label in labels)
+
+
+def test_a_profile_exclude_cuts_that_profile_only() -> None:
+    """[[profiles.NAME.exclude]]: the profile's own cuts (a budget's), by axis label or resolved value, on top of the
+    grid's [[exclude]]; other profiles keep their cells; a pattern that can never match, or of a knob that is not
+    one, is refused with its key."""
+    text = MINI + ('\n[profiles.cut]\n[[profiles.cut.exclude]]\ntokenizer.name = "patch_pca"\n'
+                   'tokenizer.latent_dim = ["8", "16"]\n[[profiles.cut.exclude]]\nmodel.class_cond = false\n'
+                   'tokenizer.name = "patch_ae"\n[profiles.other]\n')
+    grid = parse_grid(text, "g.toml")
+    plain = {c.label for c in expand(grid).cells}
+    assert {c.label for c in expand(grid, "other").cells} == plain
+    assert {c.label for c in expand(grid, "cut").cells} == {x for x in plain if x.startswith("patch_pca d=32")}
+    with pytest.raises(GridError, match=r"g\.toml:\d+: profiles\.cut\.exclude\[0\]\.tokenizer\.latent_dim: 7"):
+        parse_grid(MINI + '\n[profiles.cut]\n[[profiles.cut.exclude]]\ntokenizer.latent_dim = 7\n', "g.toml")
+    with pytest.raises(GridError, match=r"profiles\.cut\.exclude\[0\]\.model\.class_cond: no cell of any profile"):
+        parse_grid(MINI + '\n[profiles.cut]\n[[profiles.cut.exclude]]\nmodel.class_cond = true\n', "g.toml")
+    with pytest.raises(GridError, match=r"profiles\.cut\.exclude\[0\]\.model\.depth: unknown knob"):
+        parse_grid(MINI + '\n[profiles.cut]\n[[profiles.cut.exclude]]\nmodel.depth = 3\n', "g.toml")
+    with pytest.raises(GridError, match=r"profiles\.cut\.exclude.*must be an array of tables"):
+        parse_grid(MINI + '\n[profiles.cut]\nexclude = 3\n', "g.toml")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "grids").glob("*.toml")), ids=lambda p: p.stem)

@@ -13,7 +13,8 @@ The grid language (README "Writing a grid" has a worked example):
                  For a knob on an axis the pattern names the axis *label* (e.g. the paper's d), so one pattern
                  serves every profile; other knobs match the cell's resolved value.
     [profiles.NAME] knob overrides, plus optional axes = {...} (new values per axis, or
-                 {values = [...], labels = [...]} for a subset of its labels), seeds, description
+                 {values = [...], labels = [...]} for a subset of its labels), seeds, description, and
+                 [[profiles.NAME.exclude]] patterns that drop cells of this profile only (a budget's cuts)
     [report]     rows, cols, metrics, findings
 
 Nothing a grid sets is silently dropped: a knob that the expansion would overwrite in every cell that reads it
@@ -75,7 +76,7 @@ MAX_CELLS = 20_000
 _TOP_KEYS = {"grid", "base", "axes", "zip", "trajectory", "include", "exclude", "profiles", "report", "slurm", "tune"}
 _GRID_KEYS = {"name", "title", "description", "mirrors", "seeds", "default_profile"}
 _REPORT_KEYS = {"rows", "cols", "metrics", "findings"}
-_PROFILE_EXTRA = {"axes", "seeds", "description", "slurm"}
+_PROFILE_EXTRA = {"axes", "seeds", "description", "slurm", "exclude"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ class Profile:
     # `[profiles.NAME.slurm]`: SLURM options of this profile's jobs, over the grid's `[slurm]` (a paper-scale
     # profile asks for a node's share of CPUs and days; a CPU profile for minutes)
     slurm: dict[str, Any] = field(default_factory=dict)
+    # `[[profiles.NAME.exclude]]`: patterns as the grid's [[exclude]], dropping cells of this profile only
+    exclude: tuple[dict[str, tuple[Any, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -414,12 +417,12 @@ def _include(v: Any, ctx: _Ctx) -> list[dict[str, Any]]:
     return out
 
 
-def _exclude(v: Any, ctx: _Ctx, axes: list[Axis]) -> list[dict[str, tuple[Any, ...]]]:
+def _exclude(v: Any, ctx: _Ctx, axes: list[Axis], where: str = "exclude") -> list[dict[str, tuple[Any, ...]]]:
     if not isinstance(v, list):
-        raise ctx.error("exclude", "must be an array of tables ([[exclude]])")
+        raise ctx.error(where, f"must be an array of tables ([[{where}]])")
     out = []
     for i, s in enumerate(v):
-        key = f"exclude[{i}]"
+        key = f"{where}[{i}]"
         s = _table(s, key, ctx)
         if not s:
             raise ctx.error(key, "an empty pattern would exclude every cell")
@@ -479,7 +482,9 @@ def _check_overwrites(base: dict[str, Any], axes: list[Axis], trajectory: tuple[
             if path in on_axis:
                 raise ctx.error(f"trajectory[{i}].set.{path}", f"varied by axis {on_axis[path].name!r}: the step "
                                 "would overwrite the axis value from here on; vary it on the axis or in the steps")
-    for i, pat in enumerate(exclude):
+    patterns = [(f"exclude[{i}]", pat) for i, pat in enumerate(exclude)]
+    patterns += [(f"profiles.{p.name}.exclude[{i}]", pat) for p in profiles.values() for i, pat in enumerate(p.exclude)]
+    for where, pat in patterns:
         for path, vals in pat.items():
             axis = on_axis.get(path)
             if axis is not None and len(axis.paths) == 1:
@@ -493,7 +498,7 @@ def _check_overwrites(base: dict[str, Any], axes: list[Axis], trajectory: tuple[
                 possible |= {repr(r[j]) for vals_ in rows for r in vals_}
             for x in vals:
                 if repr(x) not in possible:
-                    raise ctx.error(f"exclude[{i}].{path}", f"no cell of any profile has {path} = {x!r}, so this "
+                    raise ctx.error(f"{where}.{path}", f"no cell of any profile has {path} = {x!r}, so this "
                                     "pattern never matches (an exclude does not apply to [[include]] cells)")
 
 
@@ -560,8 +565,9 @@ def _profiles(v: Any, axes: list[Axis], ctx: _Ctx) -> dict[str, Profile]:
         seeds = _seeds(extra["seeds"], f"{key}.seeds", ctx) if "seeds" in extra else None
         desc = _str(extra.get("description", ""), f"{key}.description", ctx)
         slurm = check_slurm_options(extra["slurm"], f"{key}.slurm", ctx.error) if "slurm" in extra else {}
+        exclude = tuple(_exclude(extra["exclude"], ctx, axes, f"{key}.exclude")) if "exclude" in extra else ()
         out[pname] = Profile(name=pname, description=desc, overrides=overrides, axes=prof_axes, seeds=seeds,
-                             keep=keep, slurm=slurm)
+                             keep=keep, slurm=slurm, exclude=exclude)
     return out
 
 
