@@ -4,7 +4,8 @@
 
 Writes `--n` small JPEGs (64 px) to a temp folder and times, side by side in this one process, a whole pass of
 `sweepdae.data._imagefolder._Pass` (decode + center crop to 8 px, batch 8) through a DataLoader whose workers start
-with `fork` and with `worker_context` (forkserver, preloading the main module and the data module). A training
+with `fork` and as streamed sets start them (`loader_workers`: a forkserver preloading the main module and the data
+module, and a thread per worker that ends it when the loader's owner is gone). A training
 loader with persistent workers is kept alive meanwhile, as in a cell (its queue feeder threads are what a fork can
 copy mid-lock; it also starts the forkserver, timed apart). Printed: the median ms per pass of each, and the ratio.
 """
@@ -25,13 +26,13 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweepdae.data._imagefolder import _Pass, worker_context  # noqa: E402
+from sweepdae.data._imagefolder import _Pass, loader_workers  # noqa: E402
 
 
 def one_pass(ds: _Pass, workers: int, method: str) -> float:
-    ctx = worker_context(workers) if method == "forkserver" else "fork"
+    kw = loader_workers(workers) if method == "forkserver" else {"multiprocessing_context": "fork"}
     t = time.perf_counter()
-    n = sum(int(x.shape[0]) for x, _ in DataLoader(ds, batch_size=8, num_workers=workers, multiprocessing_context=ctx))
+    n = sum(int(x.shape[0]) for x, _ in DataLoader(ds, batch_size=8, num_workers=workers, **kw))  # type: ignore[arg-type]
     assert n == len(ds)
     return (time.perf_counter() - t) * 1000
 
@@ -51,7 +52,7 @@ def main() -> None:
             Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(files[-1], quality=90)
         ds = _Pass(files, [0] * len(files), list(range(len(files))), None, 8, "RGB")
         training = DataLoader(ds, batch_size=8, num_workers=1, persistent_workers=True,
-                              multiprocessing_context=worker_context(1))
+                              **loader_workers(1))  # type: ignore[arg-type]
         t = time.perf_counter()
         next(iter(training))  # its workers and feeder thread alive for the rest of the run
         print(f"first batch of the training loader, which starts the forkserver: "

@@ -516,3 +516,66 @@ def test_loader_workers_do_not_inherit_a_lock_held_by_another_thread(image_tree:
     loader = data.shard_loader(2, world=1, rank=0, seed=0, augment="center_crop", per_rank=2,
                                device=torch.device("cpu")).loader
     assert loader.multiprocessing_context.get_start_method() == "forkserver"
+
+
+_OWNER = """
+import sys, time
+import multiprocessing.forkserver as forkserver
+from sweepdae.data import load_dataset
+from sweepdae.recipe import DataConfig, DatasetName
+if __name__ == "__main__":
+    data = load_dataset(DataConfig(name=DatasetName.imagefolder, root=sys.argv[1], image_size=8, num_workers=2),
+                        "train")
+    batches = data.batches(2, shuffle=False)
+    next(batches)  # the workers are up, the loader still open
+    print(forkserver._forkserver._forkserver_pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and f"\nPPid:\t{pid}\n" in (p / "status").read_text():
+                out.append(int(p.name))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_loader_workers_end_when_their_owner_is_killed(image_tree: Path, tmp_path: Path) -> None:
+    """A process SIGKILLed with a loader open (no chance to close it): its workers, whose parent is the forkserver,
+    see their owner gone and exit within seconds, and the server with them; nothing is left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "owner.py").write_text(_OWNER)
+    owner = subprocess.Popen([sys.executable, str(tmp_path / "owner.py"), str(image_tree)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        server = int(owner.stdout.readline())  # type: ignore[union-attr]
+        workers = _children(server)
+        assert len(workers) == 2
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    deadline = time.time() + 15
+    left = [server, *workers]
+    while left and time.time() < deadline:
+        time.sleep(0.2)
+        left = [p for p in left if Path(f"/proc/{p}").exists() and "State:\tZ" not in _status(p)]
+    for p in left:  # a failure leaves nothing running either
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"still running after their owner's SIGKILL: {left}"
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ""

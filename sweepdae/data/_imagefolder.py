@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,13 +106,49 @@ def load_image(path: str, image_size: int, mode: str, seed: int | None) -> torch
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _exit_with(owner: int, worker_id: int) -> None:
+    """A loader worker's init (`worker_init_fn`): exit when the process that owns the loader is gone. The worker's
+    parent is the forkserver, so DataLoader's own check (is my parent alive?) never fires when the owner dies
+    without closing its loader (SIGKILL, os._exit); the worker, and the server it keeps open, would wait forever."""
+
+    def watch() -> None:
+        while _alive(owner):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="sweepdae-loader-owner-watch").start()
+
+
+def loader_workers(num_workers: int) -> dict[str, object]:
+    """A streamed set's DataLoader arguments for how its workers start (`worker_context`) and end (`_exit_with`)."""
+    ctx = worker_context(num_workers)
+    return {"multiprocessing_context": ctx, "worker_init_fn": functools.partial(_exit_with, os.getpid())} if ctx \
+        else {}
+
+
 def worker_context(num_workers: int) -> multiprocessing.context.BaseContext | None:
     """How a loader's worker processes start: from a forkserver where there is one (Linux, macOS), else the
     platform's default. Not `fork`: a cell's processes have threads (gloo's, NCCL's, the coordinator watch), and a
     child forked while one of them holds a lock can wait on it forever (pytorch/pytorch#130610; Python 3.14 made
     forkserver the default on Linux for this reason). The server preloads the main module and this one (torch,
     PIL), so starting a worker is a fork of a single-threaded process that has them, not an interpreter start;
-    as with `spawn`, a script that runs loaders must keep its work under `if __name__ == "__main__":`."""
+    as with `spawn`, a script that runs loaders must keep its work under `if __name__ == "__main__":`. The
+    workers' parent is then the server, not the loader's owner: `loader_workers` adds the check that ends them."""
     if num_workers == 0 or "forkserver" not in multiprocessing.get_all_start_methods():
         return None
     ctx = multiprocessing.get_context("forkserver")
@@ -201,7 +240,7 @@ class ShardLoader:
         self.device = device
         self.loader = DataLoader(files, batch_size=batch_size, sampler=self.sampler, num_workers=data.num_workers,
                                  persistent_workers=data.num_workers > 0, pin_memory=device.type == "cuda",
-                                 multiprocessing_context=worker_context(data.num_workers))
+                                 **loader_workers(data.num_workers))  # type: ignore[arg-type]
 
     def epoch(self, epoch: int, *, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.set_epoch(epoch, start)
@@ -251,7 +290,7 @@ class StreamedImageData(ImageData):
                                          drop_last=False)
         loader = DataLoader(one_pass, batch_size=batch_size, shuffle=False, sampler=sampler,
                             num_workers=self.num_workers, drop_last=drop_last, pin_memory=target.type == "cuda",
-                            multiprocessing_context=worker_context(self.num_workers))
+                            **loader_workers(self.num_workers))  # type: ignore[arg-type]
         return self._iterate(loader, target)
 
     def shard_loader(self, batch_size: int, *, world: int, rank: int, seed: int, augment: Augment | str,
