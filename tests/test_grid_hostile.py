@@ -202,11 +202,11 @@ def test_the_shipped_tokenizer_dims_keeps_one_used_value_per_axis() -> None:
 
 DEAD = {  # case: (grid text, key named in the error, what the line says)
     "a zip every profile re-values": (
-        TOKENIZER_DIMS.replace(  # the shipped grid as it was: smoke re-valued the zip too
-            "probe.epochs = 30\n\n[profiles.cpu]",
-            "probe.epochs = 30\naxes.tokenizer = [[\"conv_vae\", \"global\", 2], [\"patch_vae\", \"global\", 2], "
+        TOKENIZER_DIMS.replace(  # the shipped grid as it was: smoke (the profile before cpu) re-valued the zip too
+            "\n\n[profiles.cpu]\n",
+            "\naxes.tokenizer = [[\"conv_vae\", \"global\", 2], [\"patch_vae\", \"global\", 2], "
             "[\"patch_ae\", \"global\", 2], [\"patch_pca\", \"global\", 2], [\"patch_pca\", \"per_dim\", 2]]"
-            "\n\n[profiles.cpu]", 1),
+            "\n\n[profiles.cpu]\n", 1),
         "g.toml:41: zip[0].tokenizer.name: ", "re-values axis 'tokenizer'"),
     "an axis every profile re-values": (
         HEAD.replace('name = "h"', 'name = "h"\ndefault_profile = "a"') + "\n[axes]\ntrain.epochs = [1, 2]\n"

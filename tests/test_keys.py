@@ -138,9 +138,9 @@ def test_pool2x2_is_an_evaluation_knob_that_off_enters_no_key() -> None:
     assert on.eval_identity() == {**base.eval_identity(), "probe.pool2x2": True}
     shipped = sorted((Path(__file__).parents[1] / "grids").glob("*.toml"))
     assert len(shipped) > 5
-    for path in shipped:  # no shipped cell turns it on: their keys are as before
+    for path in shipped:  # no shipped cell turns it on but cpu_fair's (made with it): their keys are as before
         grid = load_grid(path)
-        for profile in grid.profiles:
+        for profile in set(grid.profiles) - {"cpu_fair"}:
             for c in expand(grid, profile).cells:
                 assert "probe.pool2x2" not in c.recipe.eval_identity(), (path.name, profile, c.label)
 
