@@ -226,3 +226,20 @@ def test_cli_until_decided_dry_run_shows_each_round_and_its_cost(tmp_path: Any) 
     assert "round 3: levels (base) to 8 seeds, adds seeds 6, 7: 4 cells" in r.output
     r = CliRunner().invoke(app, ["run", str(grid), "--max-seeds", "8", "--dry-run", "--store", store])
     assert r.exit_code == 1 and "--max-seeds: only with --until-decided" in str(r.exception)
+
+
+def test_until_decided_stops_at_once_when_stopped(tmp_path: Any) -> None:
+    """Ctrl-C during one grid (`stopped()` true after its cells): the loop returns before the next grid runs, as a
+    plain `run` of several grids stops (RunSummary.interrupted); a second grid of the same list is never started."""
+    from sweepdae.grid import expand
+    from sweepdae.grid.schema import parse_grid
+    from sweepdae.runner.until_decided import run_until_decided
+    from sweepdae.store import open_store
+
+    first = expand(parse_grid(GRID))
+    second = expand(parse_grid(GRID.replace('name = "levels"', 'name = "levels2"')))
+    fake = FakeCells(effect=2.0)
+    with open_store(f"journal:{tmp_path / 'store.journal'}") as store:
+        outcomes = run_until_decided(store, [first, second], max_seeds=10, run_cells=fake, runs_dir=tmp_path,
+                                     stopped=lambda: bool(fake.ran))
+    assert outcomes == [] and len(fake.ran) == 6  # the first grid's 2 positions x 3 seeds, then nothing

@@ -141,9 +141,11 @@ def _findings(store: Store, plan: Plan, runs_dir: Path | None) -> dict[str, tupl
 
 
 def run_until_decided(store: Store, plans: Sequence[Plan], *, max_seeds: int, run_cells: RunCells,
-                      runs_dir: Path | None = None, say: Callable[[str], None] = lambda _: None) -> list[Outcome]:
+                      runs_dir: Path | None = None, say: Callable[[str], None] = lambda _: None,
+                      stopped: Callable[[], bool] = lambda: False) -> list[Outcome]:
     """Run each grid at its design's looks until its findings are decided or max_seeds is reached (see the
-    module docstring); a round whose cells do not all end done stops the loop (its cells are in the store)."""
+    module docstring); a round whose cells do not all end done stops the loop (its cells are in the store), and
+    `stopped()` (Ctrl-C, a preemption) stops it at once, before the next grid."""
     designs = [design_for(plan, max_seeds) for plan in plans]
     looks = [_resumed_look(store, plan, design) for plan, design in zip(plans, designs, strict=True)]
     outcomes: dict[int, Outcome] = {}
@@ -156,6 +158,9 @@ def run_until_decided(store: Store, plans: Sequence[Plan], *, max_seeds: int, ru
             at_look = plan_at(plan, seeds)
             register_design(store, at_look, design)
             ok = run_cells(store, at_look, list(at_look.cells))
+            if stopped():
+                say(f"{plan.grid.name} ({plan.profile or 'base'}): stopped; run again to resume")
+                return [outcomes[j] for j in sorted(outcomes)]
             found = _findings(store, plan, runs_dir)
             out = Outcome(plan.grid.name, plan.profile, design, seeds, found, ok)
             outcomes[i] = out
@@ -184,16 +189,22 @@ def run_from_cli(url: str | None, plans: Sequence[Plan], *, max_seeds: int, runs
                  say: Callable[[str], None], **run_options: Any) -> bool:
     """`run --until-decided` on this machine's slots (`run_options`: those of `runner.run_cells`); prints each
     finding's verdict and the seeds at its decision; whether every cell of every round ended done."""
+    interrupted = [False]
+
     def run(store: Store, plan: Plan, cells: list[Any]) -> bool:
         seeds = len({c.seed for c in cells})
-        return sweepdae.runner.run_cells(store, cells, grid=plan.grid.name, profile=plan.profile,
-                                         params=cell_params(plan),
-                                         title=f"{plan.grid.name} ({plan.profile or 'base'}, {seeds} seeds)",
-                                         runs_dir=runs_dir, **run_options).ok
+        summary = sweepdae.runner.run_cells(store, cells, grid=plan.grid.name, profile=plan.profile,
+                                            params=cell_params(plan),
+                                            title=f"{plan.grid.name} ({plan.profile or 'base'}, {seeds} seeds)",
+                                            runs_dir=runs_dir, **run_options)
+        interrupted[0] = interrupted[0] or summary.interrupted  # Ctrl-C: the other grids wait too
+        return summary.ok
 
     with open_store(url) as store:
         outcomes = run_until_decided(store, plans, max_seeds=max_seeds, run_cells=run,
-                                     runs_dir=runs_dir_for(runs_dir), say=say)
+                                     runs_dir=runs_dir_for(runs_dir), say=say, stopped=lambda: interrupted[0])
+    if interrupted[0]:
+        return False
     for out in outcomes:
         for name, (verdict, at) in out.findings.items():
             where = f"decided at {at} seeds" if at is not None else f"undecided at {len(out.seeds)} seeds"
