@@ -79,16 +79,26 @@ def _write_grid(tmp: Path, dims: list[int] = [2, 4, 8], epochs: int = 1, name: s
     return p
 
 
-def _sweepdae(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
-              store: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m sweepdae ARGS` in `tmp`, on the journal store and runs folder there unless told otherwise."""
+def sweepdae_command(tmp: Path, *args: str, store: str | None = None) -> list[str]:
+    """`python -m sweepdae ARGS`, on the journal store and runs folder in `tmp` unless told otherwise."""
     cmd = [sys.executable, "-m", "sweepdae", *args]
     if args and args[0] in ("run", "worker", "status") and "--store" not in args:
         cmd += ["--store", store or f"journal:{tmp / 'store.journal'}"]
     if args and args[0] in ("run", "worker"):
         cmd += ["--plain"] + ([] if "--runs-dir" in args else ["--runs-dir", str(tmp / "runs")])
-    return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return cmd
+
+
+def sweepdae_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the tests' sweepdae subprocesses: one torch thread each."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def _sweepdae(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300,
+              store: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`sweepdae_command` run in `tmp`."""
+    return subprocess.run(sweepdae_command(tmp, *args, store=store), cwd=tmp, capture_output=True, text=True,
+                          timeout=timeout, env=sweepdae_env(env))
 
 
 def _events(run_dir: Path) -> list[dict[str, Any]]:

@@ -238,10 +238,11 @@ noise.schedule = ["ddpm_linear"]
 def _run_or_dump_stacks(tmp: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """`sweepdae ARGS` in `tmp` (journal store, runs/ there); past `timeout` s every process of its cells is sent
     SIGUSR1 (the cell's faulthandler writes each thread's stack to cell.log) and the test fails with those logs."""
-    cmd = [sys.executable, "-m", "sweepdae", *args, "--store", f"journal:{tmp / 'store.journal'}", "--plain",
-           "--runs-dir", str(tmp / "runs")]
+    from conftest import sweepdae_command, sweepdae_env
+
+    cmd = sweepdae_command(tmp, *args)
     proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env=sweepdae_env())
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
