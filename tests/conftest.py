@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 import uuid
 from collections.abc import Callable, Iterator
@@ -101,6 +103,30 @@ def _sweepdae(tmp: Path, *args: str, env: dict[str, str] | None = None, timeout:
                           timeout=timeout, env=sweepdae_env(env))
 
 
+def _sweepdae_or_stacks(tmp: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`sweepdae ARGS` in `tmp` (journal store, runs/ there); past `timeout` s every process of its cells is sent
+    SIGUSR1 (the cell's faulthandler writes each thread's stack to cell.log) and the test fails with those logs."""
+    cmd = sweepdae_command(tmp, *args)
+    proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=sweepdae_env())
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in Path("/proc").iterdir():  # the cell's processes (not their launcher: USR1 would end it)
+            try:
+                line = (pid / "cmdline").read_text() if pid.name.isdigit() else ""
+                if str(tmp / "runs") in line and "sweepdae.cell" in line and "accelerate" not in line:
+                    os.kill(int(pid.name), signal.SIGUSR1)
+            except OSError:
+                pass
+        time.sleep(3.0)
+        proc.kill()
+        proc.communicate()
+        logs = "\n".join(f"--- {f}\n{f.read_text()[-6000:]}" for f in (tmp / "runs").glob("*/cell.log"))
+        pytest.fail(f"`sweepdae {' '.join(args)}` still running after {timeout:.0f} s; the cells' logs:\n{logs}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _events(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -124,6 +150,12 @@ def write_grid() -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def sweepdae() -> Callable[..., subprocess.CompletedProcess[str]]:
     return _sweepdae
+
+
+@pytest.fixture(scope="session")
+def sweepdae_or_stacks() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`sweepdae` for a sweep that might hang: past its timeout the cells dump their threads' stacks and it fails."""
+    return _sweepdae_or_stacks
 
 
 @pytest.fixture(scope="session")

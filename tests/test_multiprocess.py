@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +106,6 @@ def _launch(knobs: dict[str, Any], out: Path, *mode: str) -> dict[str, Any]:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
@@ -235,40 +231,15 @@ noise.schedule = ["ddpm_linear"]
 """
 
 
-def _run_or_dump_stacks(tmp: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """`sweepdae ARGS` in `tmp` (journal store, runs/ there); past `timeout` s every process of its cells is sent
-    SIGUSR1 (the cell's faulthandler writes each thread's stack to cell.log) and the test fails with those logs."""
-    from conftest import sweepdae_command, sweepdae_env
-
-    cmd = sweepdae_command(tmp, *args)
-    proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=sweepdae_env())
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for pid in Path("/proc").iterdir():  # the cell's processes (not their launcher: USR1 would end it)
-            try:
-                line = (pid / "cmdline").read_text() if pid.name.isdigit() else ""
-                if str(tmp / "runs") in line and "sweepdae.cell" in line and "accelerate" not in line:
-                    os.kill(int(pid.name), signal.SIGUSR1)
-            except OSError:
-                pass
-        time.sleep(3.0)
-        proc.kill()
-        proc.communicate()
-        logs = "\n".join(f"--- {f}\n{f.read_text()[-6000:]}" for f in (tmp / "runs").glob("*/cell.log"))
-        pytest.fail(f"`sweepdae {' '.join(args)}` still running after {timeout:.0f} s; the cells' logs:\n{logs}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
 @pytest.mark.slow
-def test_two_process_cell_on_a_streamed_folder_end_to_end(tmp_path: Path, sweepdae: Any) -> None:
+def test_two_process_cell_on_a_streamed_folder_end_to_end(tmp_path: Path, sweepdae: Any,
+                                                          sweepdae_or_stacks: Any) -> None:
     """Needs a launched 2-process cell (~60 s). `sweepdae run --procs-per-cell 2` on an image folder of JPEGs:
     training, probe, kNN, FID and baselines; `status --json` gives world_size 2 and the phases, and one epoch
     decodes the train set once (48 images: 6 steps of 8), half on each rank."""
     write_jpegs(tmp_path / "imgs", {"train": 24, "val": 8})
     (tmp_path / "g.toml").write_text(GRID.format(root=tmp_path / "imgs"))
-    p = _run_or_dump_stacks(tmp_path, "run", "g.toml", "--procs-per-cell", "2", timeout=420)
+    p = sweepdae_or_stacks(tmp_path, "run", "g.toml", "--procs-per-cell", "2", timeout=420)
     assert p.returncode == 0, p.stderr[-3000:]
     run_dir = next(d for d in (tmp_path / "runs").iterdir() if not d.name.startswith("_"))
     launched = (run_dir / "cell.log").read_text().splitlines()[0]
