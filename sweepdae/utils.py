@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, JSON lines events, provenance."""
+"""Small shared helpers: atomic writes, JSON lines events, provenance, watching another process."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import platform
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -63,6 +64,35 @@ def trim_heap() -> bool:
     per-batch activations come from the heap and fragment it, so without this the peak RSS grows with the number of
     batches (BENCHMARKS.md section 17). True when memory was released."""
     return bool(_MALLOC_TRIM(0)) if _MALLOC_TRIM is not None else False
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs. A zombie (dead, not yet reaped by its parent) does not; a process of
+    another user does (it exists, we may not signal it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # Linux; elsewhere a zombie reads as alive
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def exit_when_gone(pid: int, code: int, name: str) -> None:
+    """Start a daemon thread (`name`) that ends this process with `os._exit(code)` once process `pid` is gone,
+    checked every second. For a process whose owner can die without a chance to stop it (SIGKILL): a cell whose
+    coordinator died, a loader worker whose cell died."""
+
+    def watch() -> None:
+        while alive(pid):
+            time.sleep(1.0)
+        os._exit(code)
+
+    threading.Thread(target=watch, daemon=True, name=name).start()
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -17,7 +17,6 @@ import os
 import resource
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -54,7 +53,7 @@ from sweepdae.errors import MissingWeightsError, SweepdaeError
 from sweepdae.models import Denoiser
 from sweepdae.recipe import Recipe, recipe_from_dict
 from sweepdae.tokenizers import STOCHASTIC_TOKENIZERS, Tokenizer, get_tokenizer
-from sweepdae.utils import EventLog, atomic_write_json, provenance
+from sweepdae.utils import EventLog, atomic_write_json, exit_when_gone, provenance
 
 __all__ = ["Phases", "main", "peak_rss_mb", "run_cell", "write_failure"]
 
@@ -275,20 +274,8 @@ def _watch_coordinator() -> None:
     """Exit when the coordinator that launched this cell dies (SIGKILL leaves no chance to stop its cells):
     the cell would otherwise train on beside the attempt that a new coordinator starts for it."""
     pid = int(os.environ.get("SWEEPDAE_COORDINATOR_PID", "0") or 0)
-    if not pid:
-        return
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(137)
-            except PermissionError:
-                return
-
-    threading.Thread(target=watch, daemon=True, name="sweepdae-coordinator-watch").start()
+    if pid:
+        exit_when_gone(pid, 137, "sweepdae-coordinator-watch")
 
 
 class _StopState:

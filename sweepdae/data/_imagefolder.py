@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from sweepdae.data._base import ImageData, as_augment, data_env_dir, subset_indi
 from sweepdae.data._memory import MISC, split_size
 from sweepdae.errors import DatasetError
 from sweepdae.recipe import Augment, DataConfig
+from sweepdae.utils import exit_when_gone
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -106,32 +105,11 @@ def load_image(path: str, image_size: int, mode: str, seed: int | None) -> torch
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, dead but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _exit_with(owner: int, worker_id: int) -> None:
     """A loader worker's init (`worker_init_fn`): exit when the process that owns the loader is gone. The worker's
     parent is the forkserver, so DataLoader's own check (is my parent alive?) never fires when the owner dies
     without closing its loader (SIGKILL, os._exit); the worker, and the server it keeps open, would wait forever."""
-
-    def watch() -> None:
-        while _alive(owner):
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="sweepdae-loader-owner-watch").start()
+    exit_when_gone(owner, 0, "sweepdae-loader-owner-watch")
 
 
 def loader_workers(num_workers: int) -> dict[str, object]:

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 from sweepdae.errors import StoreError
 from sweepdae.store._trials import deep_merge
+from sweepdae.utils import alive
 
 DEFAULT_LEASE_S = 120.0  # also the lease assumed for a RUNNING trial that never got a `lease_expires`
 DEFAULT_POISON_ATTEMPTS = 3
@@ -110,10 +111,4 @@ def dead_local_owner(owner: str) -> bool:
     host, _, pid = owner.rpartition("@")[2].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not alive(int(pid))
