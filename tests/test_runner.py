@@ -187,6 +187,7 @@ def test_two_coordinators_on_one_journal_run_each_cell_once(tmp_path: Path, writ
     assert a[a["state"] != "COMPLETE"]["duplicate"].all()
 
 
+@pytest.mark.slow  # 25-45 s of CI's default suite: whole sweeps, cell after cell
 @pytest.mark.postgres
 def test_run_and_worker_on_postgres(tmp_path: Path, write_grid: Any, cells: Any, pg_url: str) -> None:
     url = pg_url

@@ -119,6 +119,7 @@ def _status(tmp: Path, sweepdae: Any) -> list[dict[str, Any]]:
     return list(json.loads(p.stdout)["cells"])
 
 
+@pytest.mark.slow  # 25-45 s of CI's default suite: whole sweeps, cell after cell
 def test_one_training_for_a_probe_grid_and_cells_wait_for_it(tmp_path: Path, sweepdae: Any) -> None:
     grid = _grid(tmp_path)
     plan = subprocess.run([sys.executable, "-m", "sweepdae", "plan", str(grid), "--json"], cwd=tmp_path,
@@ -191,6 +192,7 @@ def test_two_machines_train_once(tmp_path: Path) -> None:
     assert "lives on" in err_b or "is being made" in err_b, err_b
 
 
+@pytest.mark.slow  # 25-45 s of CI's default suite: whole sweeps, cell after cell
 def test_a_lost_training_is_parked_then_forgotten_and_trained_again(tmp_path: Path, sweepdae: Any) -> None:
     """A training finished in runs_a, whose folder this machine (runs_b) does not have: the run leaves its cells
     alone and says where it lives; `forget --missing-trainings` drops it, and the next run trains it again."""

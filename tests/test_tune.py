@@ -125,6 +125,7 @@ def _trainings(store: Any) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow  # 25-45 s of CI's default suite: whole sweeps, cell after cell
 def test_tune_never_trains_a_recipe_twice_prunes_exclusions_and_stops_when_exhausted(
         tmp_path: Path, sweepdae: Any) -> None:
     grid = tmp_path / "tn.toml"

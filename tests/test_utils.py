@@ -10,7 +10,7 @@ import sys
 import time
 
 from sweepdae.store import dead_local_owner
-from sweepdae.utils import alive, exit_when_gone
+from sweepdae.utils import alive
 
 
 def _state(pid: int) -> str:
