@@ -160,6 +160,7 @@ def test_one_training_for_a_probe_grid_and_cells_wait_for_it(tmp_path: Path, swe
     assert len(trained) == 1
 
 
+@pytest.mark.slow  # 25-45 s of CI's default suite: whole sweeps, cell after cell
 def test_two_machines_train_once(tmp_path: Path) -> None:
     """Two coordinators on one store with separate runs folders (two machines, nothing shared but the store):
     one trains; the other waits, then leaves the cells to the machine that holds the training."""
