@@ -126,8 +126,7 @@ def expand(grid: Grid, profile: str | None = None) -> Plan:
                 points.append(({**knobs, **acc}, {**coords, "step": s.label}, si, None, seeds, None))
         else:
             points.append((knobs, coords, None, None, seeds, None))
-    cuts = grid.profiles[pname].exclude if pname else ()  # the profile's own [[profiles.NAME.exclude]]
-    points = [p for p in points if not _excluded(grid, {**base, **p[0]}, p[1], cuts)]
+    points = [p for p in points if not _excluded(grid, {**base, **p[0]}, p[1], pname)]
     for j, inc in enumerate(grid.include):
         inc = dict(inc)
         label = inc.pop("__label__", None)
@@ -171,11 +170,11 @@ def _profiled(axis: Axis, values: tuple[Any, ...] | None, keep: tuple[str, ...] 
     return Axis(name=axis.name, paths=axis.paths, values=values, labels=keep or axis.labels, bare=axis.bare)
 
 
-def _excluded(grid: Grid, knobs: dict[str, Any], coords: dict[str, str],
-              more: tuple[dict[str, tuple[Any, ...]], ...] = ()) -> bool:
-    """A pattern (the grid's, or `more`: a profile's) matches when, for every knob in it, the cell's axis label
-    (knobs on an axis) or resolved value (other knobs) is among the pattern's values."""
-    for pat in (*grid.exclude, *more):
+def _excluded(grid: Grid, knobs: dict[str, Any], coords: dict[str, str], profile: str | None) -> bool:
+    """Whether a pattern of the grid's [[exclude]] or of `profile`'s own [[profiles.NAME.exclude]] matches: it does
+    when, for every knob in it, the cell's axis label (knobs on an axis) or resolved value (other knobs) is among
+    the pattern's values."""
+    for pat in (*grid.exclude, *(grid.profiles[profile].exclude if profile else ())):
         hit = True
         for path, vals in pat.items():
             axis_label = next((coords[a.name] for a in grid.axes if path in a.paths and a.name in coords), None)

@@ -118,7 +118,7 @@ class Space:
         for d in self.dims:
             knobs.update(d.knobs(point[d.name]))
             coords[d.name] = point[d.name] if d.axis is not None else _fmt(point[d.name])
-        if _excluded(self.grid, knobs, coords, self.grid.profiles[self.profile].exclude if self.profile else ()):
+        if _excluded(self.grid, knobs, coords, self.profile):
             return "excluded by the grid's [[exclude]] rules (or its profile's)"
         label = " ".join(d.shown(point[d.name]) for d in self.dims)
         cells = []
